@@ -1,0 +1,1 @@
+"""Offline tools that produce model variants for the bot: datasets, training, evaluation, export."""

@@ -1,0 +1,100 @@
+"""Tiny Stable Diffusion pipelines with random weights.
+
+Used by the tests and benchmarks (and as a starting point for training from scratch): the real
+diffusers classes at a size that runs in well under a second on a CPU. Same seed, same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+CLIP_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "bot" / "engine" / "archs" / "clip_tokenizer"
+
+
+def tiny_unet(sample_size: int = 8, cross_attention_dim: int = 32) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+def tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+    )
+
+
+def tiny_text_encoder(hidden_size: int = 32) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        projection_dim=hidden_size,
+    )
+    return CLIPTextModel(config)
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    return CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR))
+
+
+def tiny_pipeline(seed: int = 0, sample_size: int = 8) -> StableDiffusionPipeline:
+    """A Stable Diffusion 1.x-shaped pipeline: 8x8 latents (64 px) by default, random weights."""
+    torch.manual_seed(seed)
+    unet = tiny_unet(sample_size=sample_size)
+    vae = tiny_vae()
+    text_encoder = tiny_text_encoder()
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_tiny_pipeline(folder: Path, seed: int = 0, sample_size: int = 8) -> Path:
+    """Write a tiny pipeline folder (diffusers format, safetensors) and return it."""
+    tiny_pipeline(seed=seed, sample_size=sample_size).save_pretrained(folder, safe_serialization=True)
+    return folder
