@@ -1,0 +1,225 @@
+"""config.toml -> frozen dataclasses.
+
+The file is checked strictly: an unknown key or a value of the wrong type is an error that names
+the key, so a typo never silently falls back to a default. Secrets (bot tokens, the admin token)
+are never read from the file, only from the environment.
+
+Which file: `--config PATH`, else `$IMAGEBOT_CONFIG`, else `./config.toml` when it exists, else the
+built-in defaults. Relative paths in the file are relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+
+class ConfigError(ValueError):
+    """The configuration file is wrong; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    state_dir: str = "state"  # the database and generated images live here
+    database: str = ""  # default: <state_dir>/imagebot.sqlite3
+    outputs: str = ""  # default: <state_dir>/outputs
+    models_dir: str = "models"
+
+    def database_path(self) -> Path:
+        return Path(self.database or Path(self.state_dir) / "imagebot.sqlite3")
+
+    def outputs_path(self) -> Path:
+        return Path(self.outputs or Path(self.state_dir) / "outputs")
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    default: str = "demo"
+    rescan_seconds: float = 2.0  # how often the model store is checked for new/changed variants
+    allow_download: bool = True  # hub variants may be fetched on first use where online
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_chars: int = 1000
+    max_steps: int = 50
+    max_guidance: float = 30.0
+    min_side: int = 64
+    max_side: int = 1024
+    max_pixels: int = 1024 * 1024
+    max_images: int = 4  # images per request
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # auto: float16 on GPUs, float32 on CPU
+    attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto = PyTorch SDPA
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the UNet (slow first call, faster after)
+    cpu_offload: Literal["none", "model", "sequential"] = "none"  # CUDA only: trade speed for memory
+    vae_tiling_pixels: int = 1024 * 1024  # decode in tiles above this many pixels (0 = never)
+    max_batch: int = 4  # images per pipeline call
+    # An image is bit-identical whether it ran alone or in a batch; costs some batching speed.
+    # auto = on for CPU (where it is cheap), off on GPUs.
+    batch_invariant: Literal["auto", "on", "off"] = "auto"
+    memory_budget_gb: float = 0.0  # resident models; 0 = 80% of GPU memory, or 50% of RAM on CPU
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+
+@dataclass(frozen=True)
+class VariantOverride:
+    """Per-variant defaults from config.toml; they win over the variant's own variant.toml."""
+
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    scheduler: str | None = None
+    negative_prompt: str | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    limits: Limits = field(default_factory=Limits)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    variants: Mapping[str, VariantOverride] = field(default_factory=dict)
+    source: str = "built-in defaults"  # which file this came from, for messages
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Tokens from the environment. repr() never shows them, so they cannot leak into logs."""
+
+    discord_token: str | None = None
+    telegram_token: str | None = None
+    admin_token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Secrets":
+        env = os.environ if env is None else env
+        return cls(
+            discord_token=env.get("DISCORD_TOKEN") or None,
+            telegram_token=env.get("TELEGRAM_TOKEN") or None,
+            admin_token=env.get("IMAGEBOT_ADMIN_TOKEN") or None,
+        )
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={'set' if getattr(self, f.name) else 'unset'}" for f in fields(self))
+        return f"Secrets({shown})"
+
+
+_SECRET_WORDS = ("token", "secret", "password")
+_PATH_KEYS = {("storage", "state_dir"), ("storage", "database"), ("storage", "outputs"), ("storage", "models_dir")}
+
+
+def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("IMAGEBOT_CONFIG"):
+        return Path(os.environ["IMAGEBOT_CONFIG"])
+    local = Path("config.toml")
+    return local if local.is_file() else None
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Load the configuration chosen by `path`, $IMAGEBOT_CONFIG or ./config.toml."""
+    file = find_config_file(path)
+    if file is None:
+        return Config()
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{file}: not valid TOML: {error}") from None
+    return config_from_dict(data, base_dir=file.resolve().parent, source=str(file))
+
+
+def config_from_dict(data: Mapping[str, Any], base_dir: Path | None = None, source: str = "dict") -> Config:
+    sections = {f.name: f for f in fields(Config) if f.name not in ("variants", "source")}
+    built: dict[str, Any] = {"source": source}
+    for key, value in data.items():
+        if key == "variants":
+            built["variants"] = _build_variants(value)
+        elif key in sections:
+            cls = typing.get_type_hints(Config)[key]
+            built[key] = _build_section(cls, value, key, base_dir)
+        else:
+            allowed = ", ".join(sorted([*sections, "variants"]))
+            raise ConfigError(f"unknown section [{key}] (allowed: {allowed})")
+    return Config(**built)
+
+
+def _build_variants(value: Any) -> dict[str, VariantOverride]:
+    if not isinstance(value, dict):
+        raise ConfigError("[variants] must be a table of [variants.<name>] tables")
+    out = {}
+    for name, section in value.items():
+        out[name] = _build_section(VariantOverride, section, f"variants.{name}", None)
+    return out
+
+
+def _build_section(cls: type, value: Any, prefix: str, base_dir: Path | None) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{prefix}] must be a table")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, item in value.items():
+        name = f"{prefix}.{key}"
+        if key not in hints:
+            if any(word in key.lower() for word in _SECRET_WORDS):
+                raise ConfigError(f"{name}: secrets are not read from the config file; set them in the environment "
+                                  "(DISCORD_TOKEN, TELEGRAM_TOKEN, IMAGEBOT_ADMIN_TOKEN)")
+            raise ConfigError(f"unknown key {name} (allowed: {', '.join(hints)})")
+        kwargs[key] = _check_type(name, item, hints[key])
+        if (prefix, key) in _PATH_KEYS and kwargs[key] and base_dir is not None:
+            kwargs[key] = str(base_dir / kwargs[key])
+    _check_values(prefix, kwargs)
+    return cls(**kwargs)
+
+
+def _check_type(name: str, value: Any, expected: Any) -> Any:
+    origin = typing.get_origin(expected)
+    if origin is Literal:
+        choices = typing.get_args(expected)
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = [t for t in typing.get_args(expected) if t is not type(None)]
+        return _check_type(name, value, options[0])
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, float) and isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"{name} must be {_type_word(expected)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _type_word(expected: Any) -> str:
+    return {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}.get(
+        expected, getattr(expected, "__name__", str(expected)))
+
+
+def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{prefix}.{key} must not be negative, got {value}")
+    if prefix == "engine" and values.get("max_batch", 1) < 1:
+        raise ConfigError("engine.max_batch must be at least 1")

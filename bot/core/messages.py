@@ -1,0 +1,79 @@
+"""Every text a user reads, in English and Vietnamese.
+
+Frontends and the CLI never hard-code user-facing sentences: they render a message key in the
+user's locale (Telegram `language_code`, Discord `locale`, the browser's language). English is the
+fallback for unknown locales and for keys not yet translated.
+"""
+
+from __future__ import annotations
+
+CATALOGUE: dict[str, dict[str, str]] = {
+    "en": {
+        "prompt_empty": "The prompt is empty. Describe the picture, e.g. /imagine a red fox in the snow --ar 16:9",
+        "prompt_too_long": "The prompt is {got} characters long; the limit is {limit}.",
+        "negative_too_long": "The negative prompt is {got} characters long; the limit is {limit}.",
+        "flag_unknown": "Unknown option --{flag}. Allowed: {allowed}.",
+        "flag_needs_value": "--{flag} needs a value, e.g. {example}.",
+        "flag_twice": "--{flag} was given twice; give it once.",
+        "flag_conflict": "Give either --size or --ar, not both.",
+        "not_integer": "{name} must be a whole number, got '{got}'.",
+        "not_number": "{name} must be a number, got '{got}'.",
+        "out_of_range": "{name} must be {low}-{high}, got {got}.",
+        "bad_size": "Size must look like 768x512 (width x height), got '{got}'.",
+        "bad_aspect": "Aspect ratio must look like 16:9, got '{got}'.",
+        "aspect_out_of_range": "Aspect ratio {got} is too extreme; allowed from 1:4 to 4:1.",
+        "side_out_of_range": "Width and height must be {low}-{high} pixels, got {width}x{height}.",
+        "too_many_pixels": "{width}x{height} is {pixels} pixels; the limit is {limit} (e.g. {example}).",
+        "bad_model_name": "'{got}' is not a model name. Names use letters, digits, '.', '_' and '-'.",
+        "unknown_model": "There is no model '{got}'. Available: {available}.",
+        "no_models": "No model is installed yet. Put a model folder with a variant.toml into {models_dir} (see README, 'Adding models').",
+        "model_broken": "Model '{name}' cannot be used right now: {error}",
+        "unknown_scheduler": "Unknown scheduler '{got}'. Allowed: {allowed}.",
+        "model_offline": "Model '{name}' comes from the hub ({repo}) and is not downloaded, and this machine is offline. Download it on a machine with internet access, or copy it into {folder}.",
+        "out_of_memory": "The GPU ran out of memory for {width}x{height}, even one image at a time. Try a smaller size or fewer steps.",
+        "cancelled": "The job was cancelled.",
+        "strength_out_of_range": "strength must be 0.05-1, got {got}.",
+    },
+    "vi": {
+        "prompt_empty": "Câu mô tả đang trống. Hãy mô tả bức ảnh, ví dụ: /imagine một con cáo đỏ trên tuyết --ar 16:9",
+        "prompt_too_long": "Câu mô tả dài {got} ký tự; giới hạn là {limit}.",
+        "negative_too_long": "Câu mô tả loại trừ dài {got} ký tự; giới hạn là {limit}.",
+        "flag_unknown": "Không có tùy chọn --{flag}. Các tùy chọn hợp lệ: {allowed}.",
+        "flag_needs_value": "--{flag} cần một giá trị, ví dụ {example}.",
+        "flag_twice": "--{flag} được nhập hai lần; chỉ nhập một lần.",
+        "flag_conflict": "Chỉ dùng --size hoặc --ar, không dùng cả hai.",
+        "not_integer": "{name} phải là số nguyên, nhận được '{got}'.",
+        "not_number": "{name} phải là một số, nhận được '{got}'.",
+        "out_of_range": "{name} phải trong khoảng {low}-{high}, nhận được {got}.",
+        "bad_size": "Kích thước phải có dạng 768x512 (rộng x cao), nhận được '{got}'.",
+        "bad_aspect": "Tỉ lệ khung hình phải có dạng 16:9, nhận được '{got}'.",
+        "aspect_out_of_range": "Tỉ lệ {got} quá lệch; cho phép từ 1:4 đến 4:1.",
+        "side_out_of_range": "Chiều rộng và chiều cao phải trong khoảng {low}-{high} điểm ảnh, nhận được {width}x{height}.",
+        "too_many_pixels": "{width}x{height} là {pixels} điểm ảnh; giới hạn là {limit} (ví dụ {example}).",
+        "bad_model_name": "'{got}' không phải tên mô hình. Tên chỉ gồm chữ, số, '.', '_' và '-'.",
+        "unknown_model": "Không có mô hình '{got}'. Hiện có: {available}.",
+        "no_models": "Chưa cài mô hình nào. Hãy đặt một thư mục mô hình có variant.toml vào {models_dir} (xem README, 'Adding models').",
+        "model_broken": "Mô hình '{name}' hiện không dùng được: {error}",
+        "unknown_scheduler": "Không có bộ lấy mẫu '{got}'. Các giá trị hợp lệ: {allowed}.",
+        "model_offline": "Mô hình '{name}' lấy từ hub ({repo}) nhưng chưa được tải về, và máy này không có mạng. Hãy tải nó trên máy có mạng, hoặc chép vào {folder}.",
+        "out_of_memory": "GPU hết bộ nhớ với kích thước {width}x{height}, kể cả khi tạo từng ảnh. Hãy thử kích thước nhỏ hơn hoặc ít bước hơn.",
+        "cancelled": "Yêu cầu đã bị hủy.",
+        "strength_out_of_range": "strength phải trong khoảng 0.05-1, nhận được {got}.",
+    },
+}
+
+FALLBACK_LOCALE = "en"
+
+
+def pick_locale(locale: str | None) -> str:
+    """Map a platform locale ("vi", "vi-VN", "en_US", None) to a catalogue language."""
+    if not locale:
+        return FALLBACK_LOCALE
+    language = locale.replace("_", "-").split("-")[0].lower()
+    return language if language in CATALOGUE else FALLBACK_LOCALE
+
+
+def render(key: str, locale: str | None = None, **params: object) -> str:
+    language = pick_locale(locale)
+    template = CATALOGUE[language].get(key) or CATALOGUE[FALLBACK_LOCALE][key]
+    return template.format(**params)

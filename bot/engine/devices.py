@@ -1,0 +1,56 @@
+"""Which device and number format to run on, and how much memory models may occupy."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from bot.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+
+class EngineSetupError(RuntimeError):
+    """The engine settings cannot work on this machine; the message says what to change."""
+
+
+def pick_device(config: EngineConfig) -> torch.device:
+    cuda, mps = torch.cuda.is_available(), _mps_available()
+    if config.device == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if config.device == "cuda" and not cuda:
+        raise EngineSetupError("engine.device is 'cuda' but torch sees no CUDA GPU. Install a CUDA build of "
+                               "torch (see README, 'Installing') or set engine.device = \"auto\".")
+    if config.device == "mps" and not mps:
+        raise EngineSetupError("engine.device is 'mps' but Apple's Metal backend is not available here; "
+                               "set engine.device = \"auto\".")
+    return torch.device(config.device)
+
+
+def pick_dtype(config: EngineConfig, device: torch.device) -> torch.dtype:
+    if config.dtype == "auto":
+        # Half precision halves memory and roughly doubles speed on GPUs; CPUs are fastest (and
+        # only exact) in float32.
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    dtype = getattr(torch, config.dtype)
+    if device.type == "cpu" and dtype is torch.float16:
+        raise EngineSetupError("engine.dtype = \"float16\" does not run on the CPU; use \"float32\" or \"bfloat16\".")
+    return dtype
+
+
+def memory_budget_bytes(config: EngineConfig, device: torch.device) -> int:
+    if config.memory_budget_gb > 0:
+        return int(config.memory_budget_gb * 2**30)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.8)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+    except (ValueError, OSError, AttributeError):  # Windows has no sysconf
+        return 8 * 2**30
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())

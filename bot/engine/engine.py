@@ -1,0 +1,335 @@
+"""The generation engine: the only place that runs diffusion pipelines.
+
+One instance is owned by one thread (the GPU worker, or the CLI). It keeps recently used models
+resident under a memory budget, shares a base model's weights between the base and its LoRA
+variants (named adapters) and with img2img (`from_pipe`), and runs a batch of compatible requests
+as one pipeline call with one random generator per image, so each image depends only on its own
+seed and prompt, never on what else was in the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
+from PIL import Image
+
+from bot.config import EngineConfig
+from bot.core.errors import Cancelled, UserError
+from bot.core.request import GenerationRequest
+from bot.engine.batch_invariance import make_pipeline_batch_invariant
+from bot.engine.devices import EngineSetupError, memory_budget_bytes, pick_device, pick_dtype
+from bot.engine.loader import load_base_pipeline, load_lora, model_bytes
+from bot.engine.registry import Registry, VariantSpec
+from bot.engine.schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # steps done, 1..total
+    total: int
+    latents: Any = None  # the current latents (torch tensor) for previews; None when not asked for
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request: GenerationRequest
+    images: list[Image.Image]
+    seeds: list[int]
+    model_fingerprint: str
+
+
+@dataclass
+class EngineStats:
+    """Counters for /metrics and benchmarks."""
+
+    model_loads: int = 0
+    model_load_seconds: float = 0.0
+    batches: int = 0
+    images: int = 0
+    oom_retries: int = 0
+    seconds_per_step: dict[str, float] = field(default_factory=dict)  # by variant, moving average
+
+
+@dataclass
+class _Resident:
+    """A loaded full model and the LoRA adapters attached to it."""
+
+    spec: VariantSpec
+    pipe: DiffusionPipeline
+    scheduler_config: dict
+    nbytes: int
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA variant name -> its fingerprint
+    img2img: DiffusionPipeline | None = None
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image to make: which request it belongs to and its own seed."""
+
+    request_index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    init_image: Image.Image | None
+
+
+ProgressCallback = Callable[[Progress], None]
+CancelCheck = Callable[[], bool]
+
+
+class Engine:
+    def __init__(self, registry: Registry, config: EngineConfig | None = None, *, allow_download: bool = True,
+                 want_latents: bool = False) -> None:
+        self.registry = registry
+        self.config = config or EngineConfig()
+        self.allow_download = allow_download
+        self.want_latents = want_latents
+        self.device = pick_device(self.config)
+        self.dtype = pick_dtype(self.config, self.device)
+        self.budget = memory_budget_bytes(self.config, self.device)
+        self.stats = EngineStats()
+        self._resident: OrderedDict[str, _Resident] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()  # the engine is one thread's, but listing may come from others
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+
+    # --- public API --------------------------------------------------------------------------
+
+    def loaded(self) -> dict[str, list[str]]:
+        """Resident models and, for each, the LoRA variants attached to it."""
+        with self._lock:
+            return {name: list(r.adapters) for name, r in self._resident.items()}
+
+    def refresh(self) -> None:
+        """Pick up changes in the model store; call between batches.
+
+        A model whose files changed is dropped and loads again (new weights) when next used; one
+        that vanished is dropped at once to free its memory.
+        """
+        self.registry.scan_if_due()
+        with self._lock:
+            for name, resident in list(self._resident.items()):
+                entry = self.registry.entry(name)
+                if entry is None or not entry.ready or entry.spec.fingerprint != resident.spec.fingerprint:
+                    log.info("model %s changed or removed in the store; unloading it", name)
+                    self._evict(name)
+
+    def preload(self, model: str) -> None:
+        self._activate(self.registry.get(model))
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list[GenerationResult]:
+        """Run compatible requests (equal `batch_key()`) together, `max_batch` images per call."""
+        if not requests:
+            return []
+        keys = {r.batch_key() for r in requests}
+        if len(keys) != 1:
+            raise ValueError(f"requests in one batch must share model, size, steps, guidance and scheduler: {keys}")
+        first = requests[0]
+        self.refresh()
+        spec = self.registry.get(first.model)
+        pipe, resident = self._activate(spec)
+        if first.init_image is not None:
+            pipe = self._img2img(resident)
+        pipe.scheduler = make_scheduler(first.scheduler, resident.scheduler_config)
+        self._configure_vae(pipe, first.width * first.height)
+
+        items = [
+            _Item(index, request.prompt, request.negative_prompt, seed, self._init_image(request))
+            for index, request in enumerate(requests)
+            for seed in request.seeds()
+        ]
+        images: list[Image.Image] = []
+        started = time.perf_counter()
+        for start in range(0, len(items), self.config.max_batch):
+            chunk = items[start: start + self.config.max_batch]
+            images += self._run_with_oom_retry(pipe, first, chunk, on_progress, should_cancel)
+        self._record_speed(spec.name, first, time.perf_counter() - started, len(items))
+
+        results = []
+        for index, request in enumerate(requests):
+            mine = [image for item, image in zip(items, images) if item.request_index == index]
+            results.append(GenerationResult(request, mine, request.seeds(), spec.fingerprint))
+        return results
+
+    # --- models ------------------------------------------------------------------------------
+
+    def _activate(self, spec: VariantSpec) -> tuple[DiffusionPipeline, _Resident]:
+        """Make `spec` the model the next pipeline call uses; load what is missing."""
+        if spec.kind == "lora":
+            base_spec = self.registry.get(spec.base or "")
+            resident = self._resident_for(base_spec)
+            if resident.adapters.get(spec.name) != spec.fingerprint:
+                if spec.name in resident.adapters:
+                    resident.pipe.delete_adapters(spec.name)
+                    del resident.adapters[spec.name]
+                started = time.perf_counter()
+                load_lora(resident.pipe, spec)
+                resident.adapters[spec.name] = spec.fingerprint
+                self._count_load(time.perf_counter() - started)
+            resident.pipe.enable_lora()
+            resident.pipe.set_adapters([spec.name], adapter_weights=[spec.scale])
+        else:
+            resident = self._resident_for(spec)
+            if resident.adapters:
+                resident.pipe.disable_lora()
+        return resident.pipe, resident
+
+    def _resident_for(self, spec: VariantSpec) -> _Resident:
+        with self._lock:
+            resident = self._resident.get(spec.name)
+            if resident is not None and resident.spec.fingerprint == spec.fingerprint:
+                self._resident.move_to_end(spec.name)
+                return resident
+            if resident is not None:
+                self._evict(spec.name)
+        started = time.perf_counter()
+        log.info("loading model %s (%s) on %s as %s", spec.name, spec.kind, self.device, self.dtype)
+        pipe = load_base_pipeline(spec, self.dtype, self.allow_download)
+        self._place(pipe)
+        resident = _Resident(spec, pipe, dict(pipe.scheduler.config), model_bytes(pipe))
+        self._count_load(time.perf_counter() - started)
+        with self._lock:
+            self._resident[spec.name] = resident
+            self._enforce_budget(keep=spec.name)
+        return resident
+
+    def _place(self, pipe: DiffusionPipeline) -> None:
+        """Device, attention kernel and memory layout, as configured."""
+        pipe.set_progress_bar_config(disable=True)
+        if self.config.cpu_offload != "none" and self.device.type == "cuda":
+            if self.config.cpu_offload == "model":
+                pipe.enable_model_cpu_offload(device=self.device)
+            else:
+                pipe.enable_sequential_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        if self.config.attention == "xformers":
+            try:
+                pipe.enable_xformers_memory_efficient_attention()
+            except Exception as error:  # not installed, or no CUDA
+                raise EngineSetupError(
+                    f"engine.attention is 'xformers' but it cannot be used here ({error}). "
+                    "Install it with pip install 'imagebot[xformers]' on a CUDA machine, "
+                    "or set engine.attention = \"auto\".") from error
+        invariant = self.config.batch_invariant
+        if invariant == "on" or invariant == "auto" and self.device.type == "cpu":
+            make_pipeline_batch_invariant(pipe)
+        denoiser = getattr(pipe, "unet", None)
+        if denoiser is not None and self.config.channels_last:
+            denoiser.to(memory_format=torch.channels_last)
+        if denoiser is not None and self.config.compile:
+            pipe.unet = torch.compile(denoiser)
+
+    def _img2img(self, resident: _Resident) -> DiffusionPipeline:
+        """An image-to-image pipeline over the same weights (no second copy in memory)."""
+        if resident.img2img is None:
+            resident.img2img = AutoPipelineForImage2Image.from_pipe(resident.pipe)
+            resident.img2img.set_progress_bar_config(disable=True)
+        return resident.img2img
+
+    def _enforce_budget(self, keep: str) -> None:
+        total = sum(r.nbytes for r in self._resident.values())
+        for name in list(self._resident):
+            if total <= self.budget:
+                break
+            if name != keep:
+                total -= self._resident[name].nbytes
+                log.info("unloading model %s to stay within the memory budget", name)
+                self._evict(name)
+
+    def _evict(self, name: str) -> None:
+        self._resident.pop(name, None)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _count_load(self, seconds: float) -> None:
+        self.stats.model_loads += 1
+        self.stats.model_load_seconds += seconds
+
+    # --- running -----------------------------------------------------------------------------
+
+    def _configure_vae(self, pipe: DiffusionPipeline, pixels: int) -> None:
+        vae = getattr(pipe, "vae", None)
+        if vae is None or not hasattr(vae, "enable_tiling"):
+            return
+        if 0 < self.config.vae_tiling_pixels < pixels:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
+
+    def _init_image(self, request: GenerationRequest) -> Image.Image | None:
+        if request.init_image is None:
+            return None
+        with Image.open(request.init_image) as source:
+            return source.convert("RGB").resize((request.width, request.height), Image.Resampling.LANCZOS)
+
+    def _run_with_oom_retry(self, pipe, request, items, on_progress, should_cancel) -> list[Image.Image]:
+        try:
+            return self._call(pipe, request, items, on_progress, should_cancel)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(items) == 1:
+                raise UserError("out_of_memory", width=request.width, height=request.height) from None
+            self.stats.oom_retries += 1
+            half = len(items) // 2
+            log.warning("out of memory with %d images; retrying as %d + %d", len(items), half, len(items) - half)
+            return (self._run_with_oom_retry(pipe, request, items[:half], on_progress, should_cancel)
+                    + self._run_with_oom_retry(pipe, request, items[half:], on_progress, should_cancel))
+
+    def _call(self, pipe, request: GenerationRequest, items: list[_Item], on_progress, should_cancel):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled()
+        # One CPU generator per image: the same seed gives the same starting noise on any device
+        # and in any batch.
+        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
+        negatives = [item.negative_prompt for item in items]
+        if not any(negatives) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            negatives = None  # SDXL's own convention for "no negative prompt"
+
+        def on_step_end(pipeline, step, timestep, tensors):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()  # leaves the denoising loop at once, skipping the decode
+            if on_progress is not None:
+                total = getattr(pipeline, "num_timesteps", None) or request.steps
+                on_progress(Progress(step + 1, total, tensors.get("latents") if self.want_latents else None))
+            return {}
+
+        kwargs: dict[str, Any] = dict(
+            prompt=[item.prompt for item in items],
+            negative_prompt=negatives,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            generator=generators,
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+            output_type="pil",
+        )
+        if request.init_image is not None:
+            kwargs.update(image=[item.init_image for item in items], strength=request.strength or 0.6)
+        else:
+            kwargs.update(width=request.width, height=request.height)
+        with torch.inference_mode():
+            output = pipe(**kwargs)
+        self.stats.batches += 1
+        self.stats.images += len(items)
+        return list(output.images)
+
+    def _record_speed(self, model: str, request: GenerationRequest, seconds: float, images: int) -> None:
+        per_step = seconds / max(1, request.steps * images)
+        old = self.stats.seconds_per_step.get(model)
+        self.stats.seconds_per_step[model] = per_step if old is None else 0.8 * old + 0.2 * per_step

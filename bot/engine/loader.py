@@ -1,0 +1,74 @@
+"""Turn a variant spec into a diffusers pipeline (weights only; device placement is the engine's)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from diffusers import DiffusionPipeline
+
+from bot.core.errors import UserError
+from bot.engine.registry import VariantSpec
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A variant's files are present but could not be loaded; names the variant and the cause."""
+
+
+def load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) -> DiffusionPipeline:
+    """Load a full model (pipeline folder, single checkpoint file or hub id)."""
+    try:
+        if spec.kind == "pipeline":
+            return DiffusionPipeline.from_pretrained(str(spec.folder), torch_dtype=dtype, local_files_only=True)
+        if spec.kind == "single_file":
+            from bot.engine.single_file import detect_arch, load_single_file, read_checkpoint_header
+
+            assert spec.file is not None
+            arch = spec.arch
+            if arch == "auto" and spec.config_dir is None:
+                arch = detect_arch(read_checkpoint_header(spec.file))
+            return load_single_file(spec.file, arch if arch != "auto" else "sd15", config_dir=spec.config_dir,
+                                    torch_dtype=dtype, allow_pickle=spec.allow_pickle)
+        if spec.kind == "hub":
+            return _load_from_hub(spec, dtype, allow_download)
+    except UserError:
+        raise
+    except Exception as error:  # diffusers raises many types; the user needs the variant and the cause
+        raise ModelLoadError(f"model '{spec.name}' could not be loaded: {type(error).__name__}: {error}") from error
+    raise ModelLoadError(f"model '{spec.name}' of kind {spec.kind} is not a full model")
+
+
+def _load_from_hub(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) -> DiffusionPipeline:
+    offline = not allow_download or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    try:
+        return DiffusionPipeline.from_pretrained(spec.repo, revision=spec.revision, torch_dtype=dtype,
+                                                 local_files_only=offline)
+    except (OSError, ValueError) as error:
+        # Missing from the local cache, and either offline or the download failed.
+        log.warning("hub model %s (%s) unavailable: %s", spec.name, spec.repo, error)
+        raise UserError("model_offline", name=spec.name, repo=spec.repo, folder=str(spec.folder)) from error
+
+
+def load_lora(pipe: DiffusionPipeline, spec: VariantSpec) -> None:
+    """Attach a LoRA variant to its (already loaded) base pipeline as a named adapter."""
+    try:
+        if spec.file is not None:
+            pipe.load_lora_weights(str(spec.file.parent), weight_name=spec.file.name, adapter_name=spec.name)
+        else:
+            pipe.load_lora_weights(str(spec.folder), adapter_name=spec.name)
+    except Exception as error:
+        raise ModelLoadError(f"LoRA '{spec.name}' could not be applied to '{spec.base}': "
+                             f"{type(error).__name__}: {error}") from error
+
+
+def model_bytes(pipe: DiffusionPipeline) -> int:
+    """Memory held by a pipeline's weights (what the resident-model budget counts)."""
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in component.parameters())
+            total += sum(t.numel() * t.element_size() for t in component.buffers())
+    return total

@@ -1,0 +1,372 @@
+"""The model store: `models/<name>/variant.toml` folders, scanned and rescanned while running.
+
+A variant exists only once its `variant.toml` does. Whoever produces a variant (a training
+script, an admin copying files) writes the weights first and `variant.toml` last, so a half-written
+checkpoint is never picked up. A broken variant is listed with its error and never affects the
+others. Nothing here imports torch: listing models stays instant.
+
+variant.toml:
+
+    kind = "pipeline"            # pipeline | single_file | lora | hub (inferred when left out)
+    description = "..."
+    file = "model.safetensors"   # single_file: the checkpoint; lora: the weights (optional)
+    arch = "auto"                # single_file: auto | sd15 | sd21 | sd21-v | sdxl
+    config = "arch"              # single_file: own architecture configs (folder in this variant)
+    base = "demo"                # lora: the variant it applies to
+    scale = 0.8                  # lora: strength of the adapter
+    repo = "stabilityai/stable-diffusion-2-1"   # hub
+    revision = "main"            # hub
+    allow_pickle = false         # single_file: permit pickled .ckpt files (they can run code)
+
+    [defaults]                   # all optional
+    steps = 25
+    guidance = 7.0
+    width = 512
+    height = 512
+    scheduler = "dpm++"
+    negative_prompt = "blurry"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from bot.config import VariantOverride
+from bot.core.errors import UserError
+from bot.core.request import MODEL_NAME, SCHEDULERS, VariantDefaults
+
+VARIANT_FILE = "variant.toml"
+KINDS = ("pipeline", "single_file", "lora", "hub")
+SINGLE_FILE_ARCHS = ("auto", "sd15", "sd21", "sd21-v", "sdxl")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+ARCH_NATIVE_SIZE = {"sd15": 512, "sd21": 512, "sd21-v": 768, "sdxl": 1024}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TOP_KEYS = {"kind", "description", "file", "arch", "config", "base", "scale", "repo", "revision",
+             "allow_pickle", "defaults"}
+_DEFAULT_KEYS = {"steps": int, "guidance": (int, float), "width": int, "height": int,
+                 "scheduler": str, "negative_prompt": str}
+
+
+class VariantError(ValueError):
+    """A variant folder that cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    kind: str
+    folder: Path
+    defaults: VariantDefaults
+    fingerprint: str  # changes whenever a file of the variant changes
+    own_defaults: tuple[tuple[str, Any], ...] = ()  # what variant.toml itself set in [defaults]
+    description: str = ""
+    file: Path | None = None
+    arch: str = "auto"
+    config_dir: Path | None = None
+    base: str | None = None
+    scale: float = 1.0
+    repo: str | None = None
+    revision: str | None = None
+    allow_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class VariantEntry:
+    """One folder of the store: a usable spec, or the error that keeps it out of service."""
+
+    name: str
+    spec: VariantSpec | None = None
+    error: str | None = None
+    disabled: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.spec is not None and not self.error and not self.disabled
+
+
+@dataclass(frozen=True)
+class ScanChanges:
+    added: frozenset[str] = frozenset()
+    changed: frozenset[str] = frozenset()
+    removed: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+
+@dataclass
+class Registry:
+    """Knows every variant in `models_dir`; `scan()` notices additions, changes and removals."""
+
+    models_dir: Path
+    overrides: Mapping[str, VariantOverride] = field(default_factory=dict)
+    rescan_seconds: float = 2.0
+    _entries: dict[str, VariantEntry] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _last_scan: float = field(default=float("-inf"), init=False)
+
+    def __post_init__(self) -> None:
+        self.models_dir = Path(self.models_dir)
+
+    def scan(self) -> ScanChanges:
+        found: dict[str, VariantEntry] = {}
+        if self.models_dir.is_dir():
+            for folder in sorted(self.models_dir.iterdir()):
+                if folder.name.startswith(".") or not (folder / VARIANT_FILE).is_file():
+                    continue  # not a variant (yet): variant.toml is written last
+                found[folder.name] = self._read_entry(folder)
+        _check_lora_bases(found)
+        found = {name: self._with_override(entry) for name, entry in found.items()}
+        with self._lock:
+            old = self._entries
+            self._entries = found
+            self._last_scan = time.monotonic()
+        return ScanChanges(
+            added=frozenset(found.keys() - old.keys()),
+            removed=frozenset(old.keys() - found.keys()),
+            changed=frozenset(n for n in found.keys() & old.keys() if found[n] != old[n]),
+        )
+
+    def scan_if_due(self) -> ScanChanges:
+        if time.monotonic() - self._last_scan >= self.rescan_seconds:
+            return self.scan()
+        return ScanChanges()
+
+    def entries(self) -> list[VariantEntry]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def entry(self, name: str) -> VariantEntry | None:
+        with self._lock:
+            return self._entries.get(name)
+
+    def get(self, name: str) -> VariantSpec:
+        """The spec of a usable variant, or a UserError saying why there is none."""
+        entry = self.entry(name)
+        if entry is None or entry.disabled:
+            available = ", ".join(self.ready_defaults()) or "none"
+            raise UserError("unknown_model", got=name, available=available)
+        if entry.error or entry.spec is None:
+            raise UserError("model_broken", name=name, error=entry.error)
+        return entry.spec
+
+    def ready_defaults(self) -> dict[str, VariantDefaults]:
+        return {e.name: e.spec.defaults for e in self.entries() if e.ready and e.spec}
+
+    def _read_entry(self, folder: Path) -> VariantEntry:
+        name = folder.name
+        if not MODEL_NAME.fullmatch(name):
+            return VariantEntry(name, error="folder name is not a valid model name "
+                                "(letters, digits, '.', '_', '-'; up to 64 characters)")
+        try:
+            return VariantEntry(name, spec=read_variant(folder))
+        except VariantError as error:
+            return VariantEntry(name, error=str(error))
+
+    def _with_override(self, entry: VariantEntry) -> VariantEntry:
+        """config.toml's [variants.<name>] wins over what the variant says about itself."""
+        override = self.overrides.get(entry.name)
+        if override is None:
+            return entry
+        spec = _apply_override(entry.spec, override) if entry.spec else None
+        return replace(entry, spec=spec, disabled=not override.enabled)
+
+
+def read_variant(folder: Path) -> VariantSpec:
+    """Parse and check one variant folder."""
+    path = folder / VARIANT_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise VariantError(f"cannot read {VARIANT_FILE}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise VariantError(f"{VARIANT_FILE} is not valid TOML: {error}") from None
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise VariantError(f"unknown key(s) in {VARIANT_FILE}: {', '.join(sorted(unknown))} "
+                           f"(allowed: {', '.join(sorted(_TOP_KEYS))})")
+    kind = _get(data, "kind", str, _infer_kind(data))
+    if kind not in KINDS:
+        raise VariantError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+    spec_fields: dict[str, Any] = {"description": _get(data, "description", str, "")}
+    native = 512
+    if kind == "pipeline":
+        if not (folder / "model_index.json").is_file():
+            raise VariantError("a pipeline variant needs model_index.json in its folder "
+                               "(a diffusers save_pretrained() folder)")
+        native = _pipeline_native_size(folder)
+    elif kind == "single_file":
+        file = _inside(folder, _get(data, "file", str, None), "file", required=True)
+        allow_pickle = _get(data, "allow_pickle", bool, False)
+        if file.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+            raise VariantError(f"{file.name} is a pickled checkpoint, which can run arbitrary code when loaded; "
+                               "convert it to .safetensors, or set allow_pickle = true if you trust it")
+        if file.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
+            raise VariantError(f"file must be a .safetensors checkpoint, got {file.name}")
+        arch = _get(data, "arch", str, "auto")
+        if arch not in SINGLE_FILE_ARCHS:
+            raise VariantError(f"arch must be one of {', '.join(SINGLE_FILE_ARCHS)}, got {arch!r}")
+        config_value = _get(data, "config", str, None)
+        config_dir = _inside(folder, config_value, "config", required=False) if config_value else None
+        if config_dir is not None:
+            native = _pipeline_native_size(config_dir)
+        else:
+            native = ARCH_NATIVE_SIZE.get(arch if arch != "auto" else _guess_arch(file), 512)
+        spec_fields.update(file=file, arch=arch, config_dir=config_dir, allow_pickle=allow_pickle)
+    elif kind == "lora":
+        base = _get(data, "base", str, None)
+        if not base or not MODEL_NAME.fullmatch(base):
+            raise VariantError("a lora variant needs base = \"<name of another variant>\"")
+        file_value = _get(data, "file", str, None)
+        file = _inside(folder, file_value, "file", required=True) if file_value else None
+        if file is not None and file.suffix.lower() != ".safetensors":
+            raise VariantError(f"LoRA weights must be .safetensors, got {file.name}")
+        if file is None and not any(folder.glob("*.safetensors")):
+            raise VariantError("no LoRA weights (.safetensors) in the folder")
+        scale = float(_get(data, "scale", (int, float), 1.0))
+        if not -4 <= scale <= 4:
+            raise VariantError(f"scale must be between -4 and 4, got {scale}")
+        spec_fields.update(base=base, file=file, scale=scale)
+    else:  # hub
+        repo = _get(data, "repo", str, None)
+        if not repo or not _REPO_ID.fullmatch(repo) or ".." in repo:
+            raise VariantError("a hub variant needs repo = \"owner/name\", e.g. stabilityai/stable-diffusion-2-1")
+        spec_fields.update(repo=repo, revision=_get(data, "revision", str, None))
+        native = 768 if repo.rstrip("/").endswith("stable-diffusion-2-1") else 512
+
+    own_defaults = _read_defaults(data.get("defaults", {}))
+    defaults = VariantDefaults(**{"width": native, "height": native, **own_defaults})
+    return VariantSpec(name=folder.name, kind=kind, folder=folder, defaults=defaults,
+                       own_defaults=tuple(sorted(own_defaults.items())),
+                       fingerprint=_fingerprint(folder), **spec_fields)
+
+
+def _infer_kind(data: Mapping[str, Any]) -> str:
+    if "repo" in data:
+        return "hub"
+    if "base" in data:
+        return "lora"
+    if "file" in data:
+        return "single_file"
+    return "pipeline"
+
+
+def _get(data: Mapping[str, Any], key: str, types: Any, default: Any) -> Any:
+    if key not in data:
+        return default
+    value = data[key]
+    if isinstance(value, bool) and types is not bool or not isinstance(value, types):
+        raise VariantError(f"{key} has the wrong type: {value!r}")
+    return value
+
+
+def _inside(folder: Path, value: str | None, key: str, required: bool) -> Path:
+    """Resolve a path from variant.toml; it must stay inside the variant's folder."""
+    if not value:
+        raise VariantError(f"{key} is required for this kind of variant")
+    if Path(value).is_absolute():
+        raise VariantError(f"{key} must be a path inside the variant folder, not {value!r}")
+    root = folder.resolve()
+    path = (root / value).resolve()
+    if not path.is_relative_to(root):
+        raise VariantError(f"{key} = {value!r} points outside the variant folder")
+    if required and not path.exists():
+        raise VariantError(f"{key} = {value!r} does not exist")
+    return path
+
+
+def _read_defaults(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise VariantError("[defaults] must be a table")
+    unknown = set(data) - _DEFAULT_KEYS.keys()
+    if unknown:
+        raise VariantError(f"unknown key(s) in [defaults]: {', '.join(sorted(unknown))} "
+                           f"(allowed: {', '.join(_DEFAULT_KEYS)})")
+    values = {k: _get(data, k, t, None) for k, t in _DEFAULT_KEYS.items() if k in data}
+    if values.get("scheduler") is not None and values["scheduler"] not in SCHEDULERS:
+        raise VariantError(f"defaults.scheduler must be one of {', '.join(SCHEDULERS)}")
+    for side in ("width", "height"):
+        if side in values and (values[side] < 8 or values[side] % 8):
+            raise VariantError(f"defaults.{side} must be a positive multiple of 8")
+    if "steps" in values and values["steps"] < 1:
+        raise VariantError("defaults.steps must be at least 1")
+    if "guidance" in values:
+        values["guidance"] = float(values["guidance"])
+    return values
+
+
+def _pipeline_native_size(folder: Path) -> int:
+    """The resolution the model was trained at: UNet sample size times the VAE's factor of 8."""
+    try:
+        config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        return int(config["sample_size"]) * 8
+    except (OSError, ValueError, KeyError, TypeError):
+        return 512
+
+
+def _guess_arch(file: Path) -> str:
+    """A cheap look at a .safetensors header (JSON, no weights) to guess the native size."""
+    try:
+        with open(file, "rb") as stream:
+            length = int.from_bytes(stream.read(8), "little")
+            keys = json.loads(stream.read(min(length, 64 * 1024 * 1024)))
+    except (OSError, ValueError):
+        return "sd15"
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd21-v"
+    return "sd15"
+
+
+def _fingerprint(folder: Path) -> str:
+    """Size and modification time of every file: cheap to compute, changes on any rewrite."""
+    digest = hashlib.sha1()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root, name)
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _apply_override(spec: VariantSpec, override: VariantOverride) -> VariantSpec:
+    values = {k: getattr(override, k) for k in ("steps", "guidance", "width", "height", "scheduler", "negative_prompt")}
+    values = {k: v for k, v in values.items() if v is not None}
+    return replace(spec, defaults=replace(spec.defaults, **values))
+
+
+def _check_lora_bases(entries: dict[str, VariantEntry]) -> None:
+    """A LoRA needs a usable, non-LoRA base; mark it broken otherwise (its own entry only)."""
+    for name, entry in entries.items():
+        spec = entry.spec
+        if spec is None or spec.kind != "lora":
+            continue
+        base = entries.get(spec.base or "")
+        problem = None
+        if base is None:
+            problem = f"its base '{spec.base}' is not in the model store"
+        elif base.spec is None or base.error:
+            problem = f"its base '{spec.base}' is broken"
+        elif base.spec.kind == "lora":
+            problem = f"its base '{spec.base}' is itself a LoRA; use a full model as base"
+        if problem:
+            entries[name] = replace(entry, error=problem)
+        elif base.spec is not None:
+            # A LoRA draws like its base (size, steps, scheduler...) except where it says otherwise.
+            defaults = replace(base.spec.defaults, **dict(spec.own_defaults))
+            entries[name] = replace(entry, spec=replace(spec, defaults=defaults))

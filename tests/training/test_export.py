@@ -1,0 +1,194 @@
+"""training.export: diffusers pipeline -> single-file LDM checkpoint, and back through the bot's loader."""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+# The repository has no pytest config putting its root on sys.path yet, and
+# plain `pytest` (unlike `python -m pytest`) does not add the working folder.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from accelerate import init_empty_weights  # noqa: E402
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+
+from bot.engine.single_file import ARCHS_DIR, detect_arch, load_single_file, read_checkpoint_header  # noqa: E402
+from training.export import export_single_file, ldm_state_dict, main, unet_to_ldm  # noqa: E402
+from training.tiny import save_tiny_pipeline, tiny_text_encoder  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A saved tiny pipeline, its single-file export, and a weightless config folder for reloading it."""
+    root = tmp_path_factory.mktemp("export")
+    pipe_dir = save_tiny_pipeline(root / "pipe")
+    exported = export_single_file(pipe_dir, root / "out" / "tiny.safetensors")
+
+    # What a shipped arch folder looks like, at the tiny size: configs only, no weights, no tokenizer.
+    config_dir = root / "config"
+    config_dir.mkdir()
+    shutil.copy(pipe_dir / "model_index.json", config_dir)
+    for name in ("unet", "vae", "text_encoder"):
+        (config_dir / name).mkdir()
+        shutil.copy(pipe_dir / name / "config.json", config_dir / name)
+    (config_dir / "scheduler").mkdir()
+    shutil.copy(pipe_dir / "scheduler" / "scheduler_config.json", config_dir / "scheduler")
+    return pipe_dir, exported, config_dir
+
+
+def _generate(pipe):
+    return pipe(
+        "a red cube on a table",
+        num_inference_steps=3,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+
+
+def test_round_trip_through_single_file(tiny):
+    pipe_dir, exported, config_dir = tiny
+    original = StableDiffusionPipeline.from_pretrained(pipe_dir, safety_checker=None, requires_safety_checker=False)
+    reloaded = load_single_file(exported, "sd15", config_dir=config_dir)
+
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(original, name).state_dict(), getattr(reloaded, name).state_dict()
+        assert a.keys() == b.keys(), name
+        for key in a:
+            # Also catches weights the loader silently skipped (they would still be on "meta").
+            assert b[key].device.type == "cpu", f"{name}.{key} not loaded"
+            assert torch.equal(a[key], b[key]), f"{name}.{key}"
+
+    first, second = _generate(original), _generate(reloaded)
+    assert first.shape == (1, 64, 64, 3)
+    assert np.array_equal(first, second)
+
+
+def test_export_layout(tiny):
+    _, exported, _ = tiny
+    tensors = load_file(str(exported))
+    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")
+    assert all(k.startswith(prefixes) for k in tensors)
+    # The tiny UNet: 2 levels x 2 layers, attention only in the first down / last up level.
+    assert tensors["model.diffusion_model.input_blocks.1.1.proj_in.weight"].shape[0] == 32
+    assert "model.diffusion_model.input_blocks.4.1.proj_in.weight" not in tensors
+    assert "model.diffusion_model.input_blocks.3.0.op.weight" in tensors
+    assert "model.diffusion_model.output_blocks.2.1.conv.weight" in tensors  # up level without attention
+    assert "model.diffusion_model.output_blocks.5.1.proj_out.weight" in tensors
+    assert "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight" in tensors
+    # VAE mid-block attention as 1x1 convolutions, like the original.
+    for side in ("encoder", "decoder"):
+        for layer in ("q", "k", "v", "proj_out"):
+            assert tensors[f"first_stage_model.{side}.mid.attn_1.{layer}.weight"].shape == (32, 32, 1, 1)
+    assert tensors["first_stage_model.decoder.up.3.block.0.conv1.weight"].shape[0] == 32
+    assert tensors["cond_stage_model.transformer.text_model.embeddings.position_ids"].tolist() == [list(range(77))]
+    assert all(v.dtype == torch.float32 for k, v in tensors.items() if not k.endswith("position_ids"))
+    # Small enough not to be mistaken for a real SD 1.5 (no output_blocks.11): detection refuses it.
+    with pytest.raises(ValueError):
+        detect_arch(read_checkpoint_header(exported))
+
+
+def test_export_half_and_cli(tiny, tmp_path, capsys):
+    pipe_dir, exported, _ = tiny
+    full = load_file(str(exported))
+    out = tmp_path / "half.safetensors"
+    assert main([str(pipe_dir), str(out), "--half"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    half = load_file(str(out))
+    assert half.keys() == full.keys()
+    for key, value in half.items():
+        if key.endswith("position_ids"):
+            assert value.dtype == torch.int64
+        else:
+            assert value.dtype == torch.float16
+            assert torch.equal(value, full[key].half())
+    # Written atomically: only the finished file is left behind, with ordinary permissions.
+    assert [p.name for p in tmp_path.iterdir()] == ["half.safetensors"]
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")
+    assert out.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+
+
+def test_export_refuses_sd2_and_sdxl_text_encoders(tiny, tmp_path):
+    pipe_dir, _, _ = tiny
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, safety_checker=None, requires_safety_checker=False)
+    open_clip_like = CLIPTextModel(CLIPTextConfig(**{**tiny_text_encoder().config.to_dict(), "hidden_act": "gelu"}))
+    with pytest.raises(NotImplementedError, match="SD 1.x"):
+        ldm_state_dict(pipe.unet, pipe.vae, open_clip_like)
+
+    index = json.loads((pipe_dir / "model_index.json").read_text())
+    xl_dir = tmp_path / "xl"
+    shutil.copytree(pipe_dir, xl_dir)
+    (xl_dir / "model_index.json").write_text(json.dumps({**index, "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}))
+    with pytest.raises(NotImplementedError, match="two text encoders"):
+        export_single_file(xl_dir, tmp_path / "xl.safetensors")
+    assert not (tmp_path / "xl.safetensors").exists()
+
+
+def _meta_models(arch):
+    folder = ARCHS_DIR / arch
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder"))
+    return unet, vae, text_encoder
+
+
+def test_full_size_sd15_export_matches_original_layout():
+    """Export a real-size SD 1.5 (meta device, no memory) and compare with the known original file."""
+    unet, vae, text_encoder = _meta_models("sd15")
+    tensors = ldm_state_dict(unet, vae, text_encoder)
+    count = lambda prefix: sum(k.startswith(prefix) for k in tensors)  # noqa: E731
+    # v1-5-pruned-emaonly.safetensors: 1131 tensors = 686 UNet + 248 VAE + 197 text encoder.
+    assert (count("model.diffusion_model."), count("first_stage_model."), count("cond_stage_model.")) == (686, 248, 197)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    assert shapes["model.diffusion_model.input_blocks.11.0.in_layers.2.weight"] == (1280, 1280, 3, 3)
+    assert shapes["model.diffusion_model.input_blocks.9.0.op.weight"] == (1280, 1280, 3, 3)
+    assert shapes["model.diffusion_model.output_blocks.2.1.conv.weight"] == (1280, 1280, 3, 3)
+    assert shapes["model.diffusion_model.output_blocks.8.2.conv.weight"] == (640, 640, 3, 3)
+    assert shapes["model.diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_k.weight"] == (320, 768)
+    assert shapes["model.diffusion_model.middle_block.2.emb_layers.1.weight"] == (1280, 1280)
+    assert shapes["model.diffusion_model.time_embed.0.weight"] == (1280, 320)
+    assert shapes["model.diffusion_model.out.2.weight"] == (4, 320, 3, 3)
+    assert shapes["first_stage_model.decoder.mid.attn_1.proj_out.weight"] == (512, 512, 1, 1)
+    assert shapes["first_stage_model.decoder.up.0.block.0.nin_shortcut.weight"] == (128, 256, 1, 1)
+    assert shapes["first_stage_model.encoder.down.2.block.0.nin_shortcut.weight"] == (512, 256, 1, 1)
+    assert shapes["first_stage_model.quant_conv.weight"] == (8, 8, 1, 1)
+    assert shapes["cond_stage_model.transformer.text_model.final_layer_norm.weight"] == (768,)
+    assert detect_arch(tensors) == "sd15"
+
+    # diffusers' own LDM -> diffusers conversion gives back exactly the model's parameters.
+    for model, convert in ((unet, convert_ldm_unet_checkpoint), (vae, convert_ldm_vae_checkpoint)):
+        back = convert(tensors, dict(model.config))
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert {k: tuple(v.shape) for k, v in back.items()} == expected
+
+
+def test_unet_mapping_generalises_to_sdxl_layout():
+    """3 levels, 10-deep transformers, label_emb: the config-driven mapping still inverts diffusers'."""
+    folder = ARCHS_DIR / "sdxl"
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+    ldm = unet_to_ldm(unet.state_dict(), unet.config)
+    assert len(ldm) == 1680  # tensors in the UNet of sd_xl_base_1.0.safetensors
+    assert tuple(ldm["label_emb.0.0.weight"].shape) == (1280, 2816)
+    assert "input_blocks.7.1.transformer_blocks.9.attn1.to_q.weight" in ldm
+    assert "output_blocks.5.2.conv.weight" in ldm
+    back = convert_ldm_unet_checkpoint({"model.diffusion_model." + k: v for k, v in ldm.items()}, dict(unet.config))
+    assert {k: tuple(v.shape) for k, v in back.items()} == {k: tuple(v.shape) for k, v in unet.state_dict().items()}
