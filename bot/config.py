@@ -147,6 +147,12 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {file} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{file} is a folder, not a config file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{file}: not UTF-8 text: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {file}: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{file}: not valid TOML: {error}") from None
     return config_from_dict(data, base_dir=file.resolve().parent, source=str(file))
@@ -162,9 +168,18 @@ def config_from_dict(data: Mapping[str, Any], base_dir: Path | None = None, sour
             cls = typing.get_type_hints(Config)[key]
             built[key] = _build_section(cls, value, key, base_dir)
         else:
+            _refuse_secrets(key, value)
             allowed = ", ".join(sorted([*sections, "variants"]))
             raise ConfigError(f"unknown section [{key}] (allowed: {allowed})")
     return Config(**built)
+
+
+def _refuse_secrets(name: str, value: Any) -> None:
+    keys = [name, *(f"{name}.{k}" for k in value)] if isinstance(value, dict) else [name]
+    for key in keys:
+        if any(word in key.rsplit(".", 1)[-1].lower() for word in _SECRET_WORDS):
+            raise ConfigError(f"{key}: secrets are not read from the config file; set them in the environment "
+                              "(DISCORD_TOKEN, TELEGRAM_TOKEN, IMAGEBOT_ADMIN_TOKEN)")
 
 
 def _build_variants(value: Any) -> dict[str, VariantOverride]:
@@ -184,9 +199,7 @@ def _build_section(cls: type, value: Any, prefix: str, base_dir: Path | None) ->
     for key, item in value.items():
         name = f"{prefix}.{key}"
         if key not in hints:
-            if any(word in key.lower() for word in _SECRET_WORDS):
-                raise ConfigError(f"{name}: secrets are not read from the config file; set them in the environment "
-                                  "(DISCORD_TOKEN, TELEGRAM_TOKEN, IMAGEBOT_ADMIN_TOKEN)")
+            _refuse_secrets(name, item)
             raise ConfigError(f"unknown key {name} (allowed: {', '.join(hints)})")
         kwargs[key] = _check_type(name, item, hints[key])
         if (prefix, key) in _PATH_KEYS and kwargs[key] and base_dir is not None:

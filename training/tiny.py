@@ -98,3 +98,28 @@ def save_tiny_pipeline(folder: Path, seed: int = 0, sample_size: int = 8) -> Pat
     """Write a tiny pipeline folder (diffusers format, safetensors) and return it."""
     tiny_pipeline(seed=seed, sample_size=sample_size).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_tiny_lora(base_folder: Path, out_folder: Path, seed: int = 1, rank: int = 4) -> Path:
+    """A LoRA (peft, diffusers file layout) with random non-zero weights over a tiny pipeline.
+
+    peft starts LoRA B matrices at zero (no effect until trained); these get random values so
+    the adapter visibly changes the images, as a trained one would.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(base_folder), local_files_only=True)
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                        target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    pipe.unet.add_adapter(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in pipe.unet.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    out_folder.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(str(out_folder), unet_lora_layers=layers, safe_serialization=True)
+    return out_folder

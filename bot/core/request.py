@@ -47,7 +47,7 @@ FLAGS: dict[str, tuple[str, str]] = {
 # so those count too. The name must be followed by whitespace or the end of the text.
 _FLAG = re.compile(r"(?:^|(?<=\s))(?:--|\u2014|\u2013)([A-Za-z][A-Za-z0-9_-]*)(?=\s|$)")
 # Control characters would end up in PNG text chunks and chat messages; keep newlines and tabs.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def parse_prompt(text: str) -> RequestOptions:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         value = text[match.end(): end].strip()
         if flag not in FLAGS:
-            raise UserError("flag_unknown", flag=flag, allowed=allowed_flags())
+            raise UserError("flag_unknown", flag=_shorten(flag), allowed=allowed_flags())
         field, example = FLAGS[flag]
         if not value:
             raise UserError("flag_needs_value", flag=flag, example=example)
@@ -187,7 +187,7 @@ def options_from_fields(
         prompt=clean_text(prompt),
         negative_prompt=None if negative_prompt is None else clean_text(str(negative_prompt)),
         model=None if model is None else parse_model_name(model),
-        seed=None if seed is None else to_int("seed", seed),
+        seed=_seed(seed),
         steps=None if steps is None else to_int("steps", steps),
         guidance=None if guidance is None else to_float("guidance", guidance),
         width=None if width is None else to_int("width", width),
@@ -212,10 +212,25 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
         if f.name == "prompt":
             merged["prompt"] = " ".join(p for p in (a, b) if p)
         elif a is not None and b is not None and a != b:
-            raise UserError("flag_twice", flag=f.name)
+            raise UserError("flag_twice", flag=_FIELD_FLAG.get(f.name, f.name))
         else:
             merged[f.name] = a if a is not None else b
+    if merged["aspect"] is not None and (merged["width"] is not None or merged["height"] is not None):
+        raise UserError("flag_conflict")
     return RequestOptions(**merged)
+
+
+# How a RequestOptions field is called in messages (the flag a user would type).
+_FIELD_FLAG = {"negative_prompt": "no", "width": "size", "height": "size", "guidance": "cfg",
+               "count": "n", "aspect": "ar"}
+
+
+def _seed(value: object) -> int | None:
+    """-1 means "random", as in AUTOMATIC1111 and ComfyUI."""
+    if value is None:
+        return None
+    seed = to_int("seed", value)
+    return None if seed == -1 else seed
 
 
 def to_int(name: str, value: object) -> int:
@@ -226,7 +241,7 @@ def to_int(name: str, value: object) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     text = str(value).strip()
-    if re.fullmatch(r"[+-]?\d{1,12}", text):
+    if re.fullmatch(r"[+-]?\d{1,40}", text):
         return int(text)
     raise UserError("not_integer", name=name, got=_shorten(text))
 
@@ -235,7 +250,10 @@ def to_float(name: str, value: object) -> float:
     if isinstance(value, bool):
         raise UserError("not_number", name=name, got=value)
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise UserError("not_number", name=name, got=_shorten(str(value))) from None
     else:
         text = str(value).strip()
         if not re.fullmatch(r"[+-]?(\d{1,6}(\.\d*)?|\.\d+)", text):
@@ -247,7 +265,7 @@ def to_float(name: str, value: object) -> float:
 
 
 def parse_size(value: object) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d{1,5})\s*[xX×*]\s*(\d{1,5})\s*", str(value))
+    match = re.fullmatch(r"\s*(\d{1,6})\s*[xX×*]\s*(\d{1,6})\s*", str(value))
     if not match:
         raise UserError("bad_size", got=_shorten(str(value)))
     return int(match.group(1)), int(match.group(2))
@@ -298,14 +316,36 @@ def size_for_aspect(aspect: tuple[int, int], native: tuple[int, int]) -> tuple[i
     return snap8(width), snap8(width * aspect[1] / aspect[0])
 
 
+def fit_to_limits(size: tuple[int, int], limits: Limits) -> tuple[int, int]:
+    """Scale a size worked out from an aspect ratio into the limits, keeping its shape.
+
+    Only for sizes the bot chose: a size the user typed is refused with a message instead.
+    """
+    width, height = size
+    grow = max(1.0, limits.min_side / min(width, height))
+    scale = min(grow, limits.max_side / max(width, height), math.sqrt(limits.max_pixels / (width * height)))
+    low = -(-limits.min_side // 8) * 8
+    high = limits.max_side // 8 * 8
+
+    def fit(side: float) -> int:
+        return min(high, max(low, int(side * scale) // 8 * 8))
+
+    return fit(width), fit(height)
+
+
 def resolve(
     options: RequestOptions,
     variants: Mapping[str, VariantDefaults],
     default_model: str,
     limits: Limits,
-    models_dir: str = "models/",
+    models_dir: str = "models",
+    unavailable: Mapping[str, str] | None = None,
 ) -> GenerationRequest:
-    """Fill in defaults from the model and check every value against the limits."""
+    """Fill in defaults from the model and check every value against the limits.
+
+    `variants` are the usable models; `unavailable` maps models that exist but cannot be used
+    (broken files, a missing base) to the reason, so the user learns why.
+    """
     if not options.prompt:
         raise UserError("prompt_empty")
     if len(options.prompt) > limits.max_prompt_chars:
@@ -313,8 +353,10 @@ def resolve(
 
     model = options.model or default_model
     if model not in variants:
+        if unavailable and model in unavailable:
+            raise UserError("model_broken", name=model, error=unavailable[model])
         if not variants:
-            raise UserError("no_models", models_dir=models_dir)
+            raise UserError("no_models", got=model, models_dir=str(models_dir).rstrip("/\\"))
         raise UserError("unknown_model", got=model, available=", ".join(sorted(variants)))
     defaults = variants[model]
 
@@ -323,7 +365,7 @@ def resolve(
         raise UserError("negative_too_long", got=len(negative), limit=limits.max_prompt_chars)
 
     if options.aspect is not None:
-        width, height = size_for_aspect(options.aspect, (defaults.width, defaults.height))
+        width, height = fit_to_limits(size_for_aspect(options.aspect, (defaults.width, defaults.height)), limits)
     else:
         width = snap8(options.width) if options.width is not None else defaults.width
         height = snap8(options.height) if options.height is not None else defaults.height
@@ -362,7 +404,9 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 
 
 def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, int):
+        return _shorten(str(value))
+    return str(int(value)) if value.is_integer() else str(value)
 
 
 def _check_size(width: int, height: int, limits: Limits) -> None:

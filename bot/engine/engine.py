@@ -217,6 +217,8 @@ class Engine:
                 pipe.enable_sequential_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
+        if self.device.type == "cpu":
+            _own_weights(pipe)
         if self.config.attention == "xformers":
             try:
                 pipe.enable_xformers_memory_efficient_attention()
@@ -333,3 +335,17 @@ class Engine:
         per_step = seconds / max(1, request.steps * images)
         old = self.stats.seconds_per_step.get(model)
         self.stats.seconds_per_step[model] = per_step if old is None else 0.8 * old + 0.2 * per_step
+
+
+def _own_weights(pipe: DiffusionPipeline) -> None:
+    """Copy weights out of memory-mapped checkpoint files into fresh, aligned tensors.
+
+    On the CPU some kernels sum in another order when a weight starts at an odd address, as
+    tensors inside a mapped .safetensors file do; the same model would then draw slightly different
+    pixels depending on how it was loaded. Fresh allocations are always aligned.
+    """
+    with torch.no_grad():
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                for tensor in [*component.parameters(), *component.buffers()]:
+                    tensor.data = tensor.data.clone()

@@ -7,11 +7,17 @@ import os
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 from bot.core.errors import UserError
 from bot.engine.registry import VariantSpec
 
 log = logging.getLogger(__name__)
+
+# Loading progress bars belong in a terminal session of diffusers, not in a bot's log.
+diffusers_logging.disable_progress_bar()
+transformers_logging.disable_progress_bar()
 
 
 class ModelLoadError(RuntimeError):

@@ -162,6 +162,10 @@ class Registry:
     def ready_defaults(self) -> dict[str, VariantDefaults]:
         return {e.name: e.spec.defaults for e in self.entries() if e.ready and e.spec}
 
+    def unavailable(self) -> dict[str, str]:
+        """Variants that exist but cannot be used, with the reason."""
+        return {e.name: e.error for e in self.entries() if e.error and not e.disabled}
+
     def _read_entry(self, folder: Path) -> VariantEntry:
         name = folder.name
         if not MODEL_NAME.fullmatch(name):

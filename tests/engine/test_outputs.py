@@ -10,10 +10,6 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 REPO = Path(__file__).resolve().parents[2]
-# The repository has no pytest config putting its root on sys.path yet, and
-# plain `pytest` (unlike `python -m pytest`) does not add the working folder.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from bot.engine.outputs import (  # noqa: E402
     A1111_SAMPLER_NAMES,

@@ -11,10 +11,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-# The repository has no pytest config putting its root on sys.path yet, and
-# plain `pytest` (unlike `python -m pytest`) does not add the working folder.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from accelerate import init_empty_weights  # noqa: E402
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402

@@ -1,0 +1,250 @@
+"""The `imagebot` command: generate images, inspect the model store, run the bot.
+
+Exit codes: 0 done, 1 the machine failed (a model that will not load), 2 bad input or
+configuration (one line on stderr saying what is allowed), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from bot import __version__
+from bot.config import Config, ConfigError, load_config
+from bot.core.errors import UserError
+from bot.core.request import merge_options, options_from_fields, parse_prompt, resolve
+
+log = logging.getLogger("imagebot")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line and exits with 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"imagebot: {message} (see imagebot {self.prog.split()[-1]} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="imagebot", description="Self-hosted image-generation chat bot.")
+    parser.add_argument("--config", help="config file (default: $IMAGEBOT_CONFIG or ./config.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--version", action="version", version=f"imagebot {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    imagine = commands.add_parser("imagine", help="generate images from a prompt",
+                                  description="Generate images. The prompt may carry inline flags: "
+                                  "'a fox in the snow --ar 16:9 --seed 42 --no blurry'.")
+    imagine.add_argument("prompt")
+    imagine.add_argument("--model", "-m")
+    imagine.add_argument("--seed")
+    imagine.add_argument("--steps")
+    imagine.add_argument("--cfg", dest="guidance")
+    size = imagine.add_mutually_exclusive_group()
+    size.add_argument("--size", help="WxH, e.g. 768x512")
+    size.add_argument("--ar", dest="aspect", help="aspect ratio W:H at the model's native pixel count")
+    imagine.add_argument("--n", dest="count", help="number of images")
+    imagine.add_argument("--negative", dest="negative_prompt")
+    imagine.add_argument("--scheduler")
+    imagine.add_argument("--init-image", type=Path, help="start from this image (img2img)")
+    imagine.add_argument("--strength", help="img2img: how much to change the image, 0.05-1")
+    imagine.add_argument("-o", "--output", type=Path, help="folder for the PNGs (default: the configured outputs)")
+
+    models = commands.add_parser("models", help="list or inspect the model store")
+    models_commands = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    models_commands.add_parser("list", help="every variant with its kind, base, status and defaults")
+    show = models_commands.add_parser("show", help="everything about one variant")
+    show.add_argument("name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        config = load_config(args.config)
+        if args.command == "imagine":
+            return cmd_imagine(args, config)
+        if args.command == "models":
+            return cmd_models(args, config)
+    except (UserError, ConfigError) as error:
+        print(f"imagebot: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imagebot: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a model that fails to load, a broken GPU setup: say it, no traceback
+        if args.verbose:
+            log.exception("failed")
+        print(f"imagebot: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The ML libraries are chatty (progress bars, deprecation notes); users need our messages.
+    for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its URLs can carry bot tokens
+    if not verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes of the ML libraries
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
+
+
+def _registry(config: Config):
+    from bot.engine.registry import Registry
+
+    registry = Registry(Path(config.storage.models_dir), config.variants, config.models.rescan_seconds)
+    registry.scan()
+    return registry
+
+
+# --- imagine -------------------------------------------------------------------------------
+
+
+def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
+    inline = parse_prompt(args.prompt)
+    explicit = options_from_fields(
+        negative_prompt=args.negative_prompt, model=args.model, seed=args.seed, steps=args.steps,
+        guidance=args.guidance, size=args.size, aspect=args.aspect, count=args.count,
+        scheduler=args.scheduler, strength=args.strength,
+        init_image=str(args.init_image) if args.init_image else None,
+    )
+    if args.init_image is not None and not args.init_image.is_file():
+        raise UserError("init_image_missing", got=str(args.init_image))
+    registry = _registry(config)
+    request = resolve(merge_options(inline, explicit), registry.ready_defaults(), config.models.default,
+                      config.limits, models_dir=config.storage.models_dir, unavailable=registry.unavailable())
+    registry.get(request.model)  # a broken variant says why before torch is even imported
+
+    from bot.engine.engine import Engine
+    from bot.engine.outputs import save_images
+
+    engine = Engine(registry, config.engine, allow_download=config.models.allow_download)
+    bar = _ProgressBar(request.count, enabled=sys.stderr.isatty())
+    started = time.perf_counter()
+    [result] = engine.generate([request], on_progress=bar.update)
+    bar.close()
+    out_dir = args.output or config.storage.outputs_path()
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{request.seed}-{secrets.token_hex(2)}"
+    saved = save_images(result.images, image_parameters(result), out_dir, stem)
+    for path in saved.images:
+        print(path)
+    if saved.grid is not None:
+        print(saved.grid)
+    log.info("made %d image(s) in %.1f s", len(saved.images), time.perf_counter() - started)
+    return 0
+
+
+def image_parameters(result) -> list:
+    """What goes into each PNG's metadata: everything needed to make the image again."""
+    from bot.engine.outputs import ImageParameters
+
+    request = result.request
+    return [
+        ImageParameters(
+            prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+            sampler=request.scheduler, guidance=request.guidance, seed=seed, width=request.width,
+            height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
+            strength=request.strength, version=f"imagebot {__version__}",
+        )
+        for seed in result.seeds
+    ]
+
+
+class _ProgressBar:
+    """One line on stderr, redrawn per denoising step (only on a terminal)."""
+
+    def __init__(self, images: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.images = images
+
+    def update(self, progress) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * progress.step / max(1, progress.total))
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] step {progress.step}/{progress.total}"
+                         f" ({self.images} image{'s' if self.images > 1 else ''})")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace, config: Config) -> int:
+    registry = _registry(config)
+    if args.models_command == "list":
+        entries = registry.entries()
+        if not entries:
+            print(f"No models in {config.storage.models_dir}. See README, 'Adding models'.")
+            return 0
+        rows = [("NAME", "KIND", "BASE", "STATUS", "DEFAULTS")]
+        for entry in entries:
+            spec = entry.spec
+            rows.append((
+                entry.name + (" *" if entry.name == config.models.default else ""),
+                spec.kind if spec else "?",
+                (spec.base or "-") if spec else "-",
+                _status(entry),
+                _defaults_text(spec.defaults) if spec else "-",
+            ))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        for entry in entries:
+            if entry.error:
+                print(f"{entry.name}: {entry.error}")
+        print("* = default model")
+        return 0
+    entry = registry.entry(args.name)
+    if entry is None:
+        raise UserError("unknown_model", got=args.name, available=", ".join(e.name for e in registry.entries()) or "none")
+    print(f"name:        {entry.name}{' (default)' if entry.name == config.models.default else ''}")
+    print(f"status:      {_status(entry)}")
+    if entry.error:
+        print(f"error:       {entry.error}")
+    spec = entry.spec
+    if spec is not None:
+        print(f"kind:        {spec.kind}")
+        print(f"folder:      {spec.folder}")
+        for label, value in (("description", spec.description), ("file", spec.file), ("base", spec.base),
+                             ("repo", spec.repo), ("revision", spec.revision)):
+            if value:
+                print(f"{label + ':':<13}{value}")
+        if spec.kind == "single_file":
+            print(f"arch:        {spec.arch}")
+        if spec.kind == "lora":
+            print(f"scale:       {spec.scale}")
+        print(f"defaults:    {_defaults_text(spec.defaults)}")
+        if spec.defaults.negative_prompt:
+            print(f"negative:    {spec.defaults.negative_prompt}")
+    return 0
+
+
+def _status(entry) -> str:
+    if entry.disabled:
+        return "disabled"
+    return "broken" if entry.error else "ready"
+
+
+def _defaults_text(d) -> str:
+    guidance = int(d.guidance) if float(d.guidance).is_integer() else d.guidance
+    return f"{d.width}x{d.height}, {d.steps} steps, cfg {guidance}, {d.scheduler}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Shared test set-up: never reach a model hub; tiny random-weight models built on the spot."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("IMAGEBOT_CONFIG", None)
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """A tiny Stable Diffusion pipeline folder (random weights, seed 0), built once per run."""
+    from training.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline")
+
+
+def add_pipeline_variant(models_dir: Path, name: str, source: Path, toml: str = 'kind = "pipeline"\n') -> Path:
+    folder = models_dir / name
+    shutil.copytree(source, folder)
+    (folder / "variant.toml").write_text(toml, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def models_dir(tmp_path, tiny_pipeline_dir) -> Path:
+    """A model store holding one tiny pipeline variant called 'demo'."""
+    models = tmp_path / "models"
+    models.mkdir()
+    add_pipeline_variant(models, "demo", tiny_pipeline_dir, 'kind = "pipeline"\n[defaults]\nsteps = 3\n')
+    return models
