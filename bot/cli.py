@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     imagine.add_argument("--strength", help="img2img: how much to change the image, 0.05-1")
     imagine.add_argument("-o", "--output", type=Path, help="folder for the PNGs (default: the configured outputs)")
 
+    commands.add_parser("serve", help="run the bot: web page and API, plus Discord/Telegram when their tokens are set")
+
     models = commands.add_parser("models", help="list or inspect the model store")
     models_commands = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     models_commands.add_parser("list", help="every variant with its kind, base, status and defaults")
@@ -73,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_imagine(args, config)
         if args.command == "models":
             return cmd_models(args, config)
+        if args.command == "serve":
+            return cmd_serve(args, config)
     except (UserError, ConfigError) as error:
         print(f"imagebot: {error}", file=sys.stderr)
         return 2
@@ -94,6 +98,10 @@ def _setup_logging(verbose: bool) -> None:
     for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its URLs can carry bot tokens
+    _quiet_libraries(verbose)
+
+
+def _quiet_libraries(verbose: bool) -> None:
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes of the ML libraries
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
@@ -106,6 +114,23 @@ def _registry(config: Config):
     registry = Registry(Path(config.storage.models_dir), config.variants, config.models.rescan_seconds)
     registry.scan()
     return registry
+
+
+# --- serve -------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
+    from bot import logs
+    from bot.config import Secrets
+    from bot.serve import serve
+
+    secrets = Secrets.from_env()
+    logs.setup(args.verbose, [secrets.discord_token, secrets.telegram_token, secrets.admin_token])
+    _quiet_libraries(args.verbose)
+    asyncio.run(serve(config, secrets))
+    return 0
 
 
 # --- imagine -------------------------------------------------------------------------------

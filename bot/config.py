@@ -73,6 +73,16 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    max_queued_per_user: int = 10  # jobs waiting or running per user (admins exempt)
+    max_jobs_per_hour: int = 60  # per user, 0 = no limit (admins exempt)
+    max_switch_wait: float = 60.0  # seconds a job may wait while jobs for the loaded model go first
+    job_timeout: float = 600.0  # seconds one batch may take
+    max_attempts: int = 3  # a job the worker crashed on this often is failed, not retried
+    shutdown_grace: float = 30.0  # seconds to finish the running batch on shutdown before requeueing it
+
+
+@dataclass(frozen=True)
 class WebConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -98,6 +108,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     limits: Limits = field(default_factory=Limits)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     web: WebConfig = field(default_factory=WebConfig)
     variants: Mapping[str, VariantOverride] = field(default_factory=dict)
     source: str = "built-in defaults"  # which file this came from, for messages

@@ -1,0 +1,74 @@
+"""Jobs as the store keeps them, and where they came from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bot.core.request import GenerationRequest
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+FINISHED = (DONE, FAILED, CANCELLED)
+
+# Delivery of a finished job to the frontend it came from.
+DELIVERY_PENDING, DELIVERED, DELIVERY_FAILED = "pending", "delivered", "failed"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who asked, and where the answer goes: enough for any frontend to reply after a restart."""
+
+    platform: str  # "web", "discord", "telegram", "cli"
+    user_id: str
+    chat_id: str = ""
+    user_name: str = ""
+    message_ids: dict[str, Any] = field(default_factory=dict)  # platform-specific reply targets
+    locale: str | None = None
+    is_admin: bool = False
+
+    @property
+    def user_key(self) -> str:
+        """One user across the queue: fairness and quotas count per platform user."""
+        return f"{self.platform}:{self.user_id}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Origin":
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    file: str  # a file name inside the outputs folder
+    seed: int
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    status: str
+    request: GenerationRequest
+    origin: Origin
+    attempts: int = 0
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    images: tuple[ImageResult, ...] = ()
+    grid: str | None = None
+    error: str | None = None
+    error_key: str | None = None  # catalogue key, so a frontend can show the error in the user's language
+    error_params: dict[str, Any] = field(default_factory=dict)
+    delivery: str = DELIVERY_PENDING
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def images_count(self) -> int:
+        return self.request.count

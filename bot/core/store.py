@@ -1,0 +1,355 @@
+"""The job store: SQLite (aiosqlite), the single source of truth for every job.
+
+Memory only wakes things up; whatever a user submitted is a row here before they hear "queued",
+and stays until it is finished and delivered. WAL mode lets readers (status pages, metrics) run
+while the worker writes; the busy timeout rides out short lock waits.
+
+Schema changes are numbered migrations applied in order and recorded in `PRAGMA user_version`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import aiosqlite
+
+from bot.core.jobs import (
+    CANCELLED,
+    DELIVERED,
+    DELIVERY_FAILED,
+    DELIVERY_PENDING,
+    QUEUED,
+    RUNNING,
+    ImageResult,
+    Job,
+    Origin,
+)
+from bot.core.request import GenerationRequest
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, per-chat settings, usage counters, bans, audit log, global settings
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+        request TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        model TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        results TEXT,
+        error TEXT,
+        error_key TEXT,
+        error_params TEXT,
+        delivery TEXT NOT NULL DEFAULT 'pending',
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_by_status ON jobs (status, id);
+    CREATE INDEX jobs_by_user ON jobs (user_key, id);
+    CREATE INDEX jobs_undelivered ON jobs (platform, delivery, status);
+    CREATE TABLE chat_settings (
+        platform TEXT NOT NULL, chat_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (platform, chat_id, key)
+    );
+    CREATE TABLE usage (
+        user_key TEXT NOT NULL, hour INTEGER NOT NULL, jobs INTEGER NOT NULL, images INTEGER NOT NULL,
+        PRIMARY KEY (user_key, hour)
+    );
+    CREATE TABLE bans (
+        user_key TEXT PRIMARY KEY, reason TEXT NOT NULL, banned_by TEXT NOT NULL, created_at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, detail TEXT NOT NULL
+    );
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+_JOB_COLUMNS = ("id, status, request, origin, attempts, created_at, started_at, finished_at, results, error, "
+                "error_key, error_params, delivery, cancel_requested")
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What the scheduler needs to know about a waiting job (no full request parsing)."""
+
+    id: int
+    user_key: str
+    model: str
+    batch_key: str
+    images: int
+    created_at: float
+    is_admin: bool
+
+
+@dataclass(frozen=True)
+class Recovery:
+    requeued: tuple[int, ...]
+    failed: tuple[int, ...]
+
+
+class Store:
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self.db = connection
+
+    @classmethod
+    async def open(cls, path: str | Path) -> "Store":
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connection = await aiosqlite.connect(str(path), isolation_level=None)  # we manage transactions
+        connection.row_factory = aiosqlite.Row
+        await connection.execute("PRAGMA journal_mode = WAL")
+        await connection.execute("PRAGMA busy_timeout = 5000")
+        await connection.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process crashes
+        await connection.execute("PRAGMA foreign_keys = ON")
+        store = cls(connection)
+        await store.migrate()
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def migrate(self) -> int:
+        async with self.db.execute("PRAGMA user_version") as cursor:
+            (version,) = await cursor.fetchone()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self.db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+        return len(MIGRATIONS)
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    async def add_job(self, request: GenerationRequest, origin: Origin) -> int:
+        now = time.time()
+        async with self.db.execute(
+            "INSERT INTO jobs (status, request, origin, platform, user_key, model, images, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (QUEUED, json.dumps(request.to_dict(), ensure_ascii=False), origin.to_json(), origin.platform,
+             origin.user_key, request.model, request.count, now),
+        ) as cursor:
+            return cursor.lastrowid
+
+    async def get(self, job_id: int) -> Job | None:
+        async with self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cursor:
+            row = await cursor.fetchone()
+        return _job(row) if row else None
+
+    async def queued(self) -> list[QueuedJob]:
+        """Every waiting job, oldest first."""
+        async with self.db.execute(
+            "SELECT id, user_key, model, request, images, created_at, origin FROM jobs "
+            "WHERE status = 'queued' ORDER BY id"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        out = []
+        for row in rows:
+            request = GenerationRequest.from_dict(json.loads(row["request"]))
+            origin = json.loads(row["origin"])
+            out.append(QueuedJob(row["id"], row["user_key"], row["model"], json.dumps(request.batch_key()),
+                                 row["images"], row["created_at"], bool(origin.get("is_admin"))))
+        return out
+
+    async def running(self) -> list[Job]:
+        return await self._select("status = 'running'")
+
+    async def claim(self, job_ids: Sequence[int]) -> list[Job]:
+        """Mark the chosen queued jobs running, in one statement; returns those it got."""
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        async with self.db.execute(
+            f"UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ? "
+            f"WHERE id IN ({marks}) AND status = 'queued' RETURNING id",
+            (time.time(), *job_ids),
+        ) as cursor:
+            claimed = {row[0] for row in await cursor.fetchall()}
+        jobs = [await self.get(job_id) for job_id in job_ids if job_id in claimed]
+        return [job for job in jobs if job is not None]
+
+    async def finish(self, job_id: int, images: Iterable[ImageResult], grid: str | None) -> bool:
+        results = json.dumps({"images": [{"file": i.file, "seed": i.seed} for i in images], "grid": grid})
+        return await self._update_running(job_id, "status = 'done', results = ?, finished_at = ?",
+                                          (results, time.time()))
+
+    async def fail(self, job_id: int, error: str, key: str | None = None, params: dict | None = None) -> bool:
+        return await self._update_running(
+            job_id, "status = 'failed', error = ?, error_key = ?, error_params = ?, finished_at = ?",
+            (error, key, json.dumps(params or {}, ensure_ascii=False, default=str), time.time()))
+
+    async def requeue(self, job_id: int) -> bool:
+        """Give a running job back to the queue (shutdown, a lost worker)."""
+        return await self._update_running(job_id, "status = 'queued', started_at = NULL", ())
+
+    async def cancel(self, job_id: int) -> str | None:
+        """Cancel a queued job now, or ask a running one to stop; returns the new status."""
+        async with self.db.execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued' RETURNING id",
+            (time.time(), job_id),
+        ) as cursor:
+            if await cursor.fetchone():
+                return CANCELLED
+        async with self.db.execute(
+            "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running' RETURNING id", (job_id,)
+        ) as cursor:
+            if await cursor.fetchone():
+                return RUNNING
+        return None
+
+    async def mark_cancelled(self, job_id: int) -> bool:
+        return await self._update_running(job_id, "status = 'cancelled', finished_at = ?", (time.time(),))
+
+    async def _update_running(self, job_id: int, assignments: str, params: tuple) -> bool:
+        async with self.db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ? AND status = 'running' RETURNING id", (*params, job_id)
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
+    async def recover(self, max_attempts: int) -> Recovery:
+        """At start-up: jobs a crash left running go back to the queue, unless they keep crashing."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self.db.execute(
+                "UPDATE jobs SET status = 'failed', finished_at = ?, error_key = 'worker_crashed', "
+                "error = 'The worker stopped ' || attempts || ' times while making this; giving up.', "
+                "error_params = json_object('attempts', attempts) "
+                "WHERE status = 'running' AND attempts >= ? RETURNING id",
+                (time.time(), max_attempts),
+            ) as cursor:
+                failed = tuple(row[0] for row in await cursor.fetchall())
+            async with self.db.execute(
+                "UPDATE jobs SET status = 'queued', started_at = NULL WHERE status = 'running' RETURNING id"
+            ) as cursor:
+                requeued = tuple(row[0] for row in await cursor.fetchall())
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return Recovery(tuple(sorted(requeued)), tuple(sorted(failed)))
+
+    async def undelivered(self, platform: str | None = None) -> list[Job]:
+        where = "status IN ('done', 'failed', 'cancelled') AND delivery = 'pending'"
+        if platform is None:
+            return await self._select(where)
+        return await self._select(where + " AND platform = ?", (platform,))
+
+    async def set_delivery(self, job_id: int, delivery: str) -> None:
+        assert delivery in (DELIVERY_PENDING, DELIVERED, DELIVERY_FAILED)
+        await self.db.execute("UPDATE jobs SET delivery = ? WHERE id = ?", (delivery, job_id))
+
+    async def history(self, user_key: str, limit: int = 20) -> list[Job]:
+        return await self._select("user_key = ? ORDER BY id DESC LIMIT ?", (user_key, limit), order=False)
+
+    async def jobs_of(self, user_key: str, statuses: Sequence[str]) -> list[Job]:
+        marks = ",".join("?" * len(statuses))
+        return await self._select(f"user_key = ? AND status IN ({marks})", (user_key, *statuses))
+
+    async def count_queued(self, user_key: str) -> int:
+        async with self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE user_key = ? AND status IN ('queued', 'running')", (user_key,)
+        ) as cursor:
+            return (await cursor.fetchone())[0]
+
+    async def counts_by_status(self) -> dict[str, int]:
+        async with self.db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status") as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def _select(self, where: str, params: tuple = (), order: bool = True) -> list[Job]:
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}" + (" ORDER BY id" if order else "")
+        async with self.db.execute(sql, params) as cursor:
+            return [_job(row) for row in await cursor.fetchall()]
+
+    # --- usage, bans, settings, audit -------------------------------------------------------------
+
+    async def add_usage(self, user_key: str, images: int, now: float | None = None) -> None:
+        hour = int((now or time.time()) // 3600)
+        await self.db.execute(
+            "INSERT INTO usage (user_key, hour, jobs, images) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT (user_key, hour) DO UPDATE SET jobs = jobs + 1, images = images + excluded.images",
+            (user_key, hour, images))
+
+    async def usage_last_hour(self, user_key: str, now: float | None = None) -> int:
+        """Jobs submitted in the current and the previous clock hour (a sliding-enough window)."""
+        hour = int((now or time.time()) // 3600)
+        async with self.db.execute(
+            "SELECT COALESCE(SUM(jobs), 0) FROM usage WHERE user_key = ? AND hour >= ?", (user_key, hour - 1)
+        ) as cursor:
+            return (await cursor.fetchone())[0]
+
+    async def ban(self, user_key: str, reason: str, by: str) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO bans (user_key, reason, banned_by, created_at) VALUES (?, ?, ?, ?)",
+            (user_key, reason, by, time.time()))
+
+    async def unban(self, user_key: str) -> None:
+        await self.db.execute("DELETE FROM bans WHERE user_key = ?", (user_key,))
+
+    async def ban_reason(self, user_key: str) -> str | None:
+        async with self.db.execute("SELECT reason FROM bans WHERE user_key = ?", (user_key,)) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def get_setting(self, key: str) -> str | None:
+        async with self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def set_setting(self, key: str, value: str | None) -> None:
+        if value is None:
+            await self.db.execute("DELETE FROM settings WHERE key = ?", (key,))
+        else:
+            await self.db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
+
+    async def chat_settings(self, platform: str, chat_id: str) -> dict[str, str]:
+        async with self.db.execute(
+            "SELECT key, value FROM chat_settings WHERE platform = ? AND chat_id = ?", (platform, chat_id)
+        ) as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    async def set_chat_setting(self, platform: str, chat_id: str, key: str, value: str | None) -> None:
+        if value is None:
+            await self.db.execute("DELETE FROM chat_settings WHERE platform = ? AND chat_id = ? AND key = ?",
+                                  (platform, chat_id, key))
+        else:
+            await self.db.execute("INSERT OR REPLACE INTO chat_settings VALUES (?, ?, ?, ?)",
+                                  (platform, chat_id, key, value))
+
+    async def audit(self, actor: str, action: str, detail: dict[str, Any]) -> None:
+        await self.db.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+                              (time.time(), actor, action, json.dumps(detail, ensure_ascii=False)))
+
+    async def audit_log(self, limit: int = 50) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        ) as cursor:
+            return [{"at": r[0], "actor": r[1], "action": r[2], "detail": json.loads(r[3])}
+                    for r in await cursor.fetchall()]
+
+
+def _job(row: Any) -> Job:
+    results = json.loads(row["results"]) if row["results"] else {"images": [], "grid": None}
+    return Job(
+        id=row["id"],
+        status=row["status"],
+        request=GenerationRequest.from_dict(json.loads(row["request"])),
+        origin=Origin.from_json(row["origin"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        images=tuple(ImageResult(i["file"], i["seed"]) for i in results["images"]),
+        grid=results.get("grid"),
+        error=row["error"],
+        error_key=row["error_key"],
+        error_params=json.loads(row["error_params"]) if row["error_params"] else {},
+        delivery=row["delivery"],
+        cancel_requested=bool(row["cancel_requested"]),
+    )
