@@ -10,8 +10,12 @@ built-in defaults. Relative paths in the file are relative to the file's folder.
 
 from __future__ import annotations
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
 import os
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -247,3 +251,17 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
             raise ConfigError(f"{prefix}.{key} must not be negative, got {value}")
     if prefix == "engine" and values.get("max_batch", 1) < 1:
         raise ConfigError("engine.max_batch must be at least 1")
+    if prefix.startswith("variants."):
+        _check_variant_override(prefix, values)
+
+
+def _check_variant_override(prefix: str, values: Mapping[str, Any]) -> None:
+    from bot.core.request import SCHEDULERS  # late: bot.core.request imports this module
+
+    if values.get("scheduler") is not None and values["scheduler"] not in SCHEDULERS:
+        raise ConfigError(f"{prefix}.scheduler must be one of {', '.join(SCHEDULERS)}, got {values['scheduler']!r}")
+    for side in ("width", "height"):
+        if values.get(side) is not None and (values[side] < 8 or values[side] % 8):
+            raise ConfigError(f"{prefix}.{side} must be a positive multiple of 8, got {values[side]}")
+    if values.get("steps") is not None and values["steps"] < 1:
+        raise ConfigError(f"{prefix}.steps must be at least 1")

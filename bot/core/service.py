@@ -133,19 +133,21 @@ class Service:
         self._accepting = False
         self._stopping = True
         self._wake.set()
-        if self._worker is not None:
+        if self._worker is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._worker), self.config.queue.shutdown_grace)
+        except asyncio.TimeoutError:
+            self._worker.cancel()
             try:
-                await asyncio.wait_for(asyncio.shield(self._worker), self.config.queue.shutdown_grace)
-            except asyncio.TimeoutError:
-                self._worker.cancel()
-                try:
-                    await self._worker
-                except asyncio.CancelledError:
-                    pass
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        self._worker = None
+        await self.executor.close()
         for job in await self.store.running():
             await self.store.requeue(job.id)
             log.info("job %d requeued for the next start", job.id)
-        await self.executor.close()
 
     # --- submitting ------------------------------------------------------------------------------
 

@@ -42,12 +42,15 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._batch_sizes: dict[int, int] = {}
         self._hung = 0
+        self._closing = False
 
     async def start(self) -> None:
+        self._closing = False
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-worker")
         await asyncio.get_running_loop().run_in_executor(self._thread, self._make_engine)
 
     async def close(self) -> None:
+        self._closing = True  # a batch still running stops at its next step
         if self._thread is not None:
             self._thread.shutdown(wait=False, cancel_futures=True)
             self._thread = None
@@ -104,7 +107,8 @@ class LocalExecutor:
         assert thread is not None, "start() the executor first"
 
         def progress(update: StepProgress) -> None:
-            loop.call_soon_threadsafe(on_progress, update)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(on_progress, update)
 
         work = loop.run_in_executor(thread, self._run_batch, list(items), progress, is_cancelled, deadline, timeout)
         try:
@@ -146,7 +150,7 @@ class LocalExecutor:
             progress(StepProgress(ids, update.step, update.total, previews))
 
         def should_stop() -> bool:
-            return time.monotonic() > deadline or all(is_cancelled(job_id) for job_id in ids)
+            return self._closing or time.monotonic() > deadline or all(is_cancelled(job_id) for job_id in ids)
 
         try:
             engine.refresh()

@@ -29,13 +29,17 @@ variant.toml:
 
 from __future__ import annotations
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
 import hashlib
 import json
 import os
 import re
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -124,8 +128,8 @@ class Registry:
                 if folder.name.startswith(".") or not (folder / VARIANT_FILE).is_file():
                     continue  # not a variant (yet): variant.toml is written last
                 found[folder.name] = self._read_entry(folder)
-        _check_lora_bases(found)
         found = {name: self._with_override(entry) for name, entry in found.items()}
+        _check_lora_bases(found, self.overrides)
         with self._lock:
             old = self._entries
             self._entries = found
@@ -175,6 +179,8 @@ class Registry:
             return VariantEntry(name, spec=read_variant(folder))
         except VariantError as error:
             return VariantEntry(name, error=str(error))
+        except Exception as error:  # an odd file must never take the whole store down
+            return VariantEntry(name, error=f"cannot read this variant: {type(error).__name__}: {error}")
 
     def _with_override(self, entry: VariantEntry) -> VariantEntry:
         """config.toml's [variants.<name>] wins over what the variant says about itself."""
@@ -280,11 +286,15 @@ def _inside(folder: Path, value: str | None, key: str, required: bool) -> Path:
         raise VariantError(f"{key} is required for this kind of variant")
     if Path(value).is_absolute():
         raise VariantError(f"{key} must be a path inside the variant folder, not {value!r}")
-    root = folder.resolve()
-    path = (root / value).resolve()
+    try:
+        root = folder.resolve()
+        path = (root / value).resolve()
+        exists = path.exists()
+    except (OSError, ValueError) as error:
+        raise VariantError(f"{key} = {value!r} is not a usable path: {error}") from None
     if not path.is_relative_to(root):
         raise VariantError(f"{key} = {value!r} points outside the variant folder")
-    if required and not path.exists():
+    if required and not exists:
         raise VariantError(f"{key} = {value!r} does not exist")
     return path
 
@@ -326,6 +336,9 @@ def _guess_arch(file: Path) -> str:
             keys = json.loads(stream.read(min(length, 64 * 1024 * 1024)))
     except (OSError, ValueError):
         return "sd15"
+    if not isinstance(keys, dict):
+        return "sd15"
+    keys = [k for k in keys if isinstance(k, str)]
     if any(k.startswith("conditioner.embedders.") for k in keys):
         return "sdxl"
     if any(k.startswith("cond_stage_model.model.") for k in keys):
@@ -354,7 +367,7 @@ def _apply_override(spec: VariantSpec, override: VariantOverride) -> VariantSpec
     return replace(spec, defaults=replace(spec.defaults, **values))
 
 
-def _check_lora_bases(entries: dict[str, VariantEntry]) -> None:
+def _check_lora_bases(entries: dict[str, VariantEntry], overrides: Mapping[str, VariantOverride]) -> None:
     """A LoRA needs a usable, non-LoRA base; mark it broken otherwise (its own entry only)."""
     for name, entry in entries.items():
         spec = entry.spec
@@ -364,6 +377,8 @@ def _check_lora_bases(entries: dict[str, VariantEntry]) -> None:
         problem = None
         if base is None:
             problem = f"its base '{spec.base}' is not in the model store"
+        elif base.disabled:
+            problem = f"its base '{spec.base}' is disabled in the configuration"
         elif base.spec is None or base.error:
             problem = f"its base '{spec.base}' is broken"
         elif base.spec.kind == "lora":
@@ -371,6 +386,10 @@ def _check_lora_bases(entries: dict[str, VariantEntry]) -> None:
         if problem:
             entries[name] = replace(entry, error=problem)
         elif base.spec is not None:
-            # A LoRA draws like its base (size, steps, scheduler...) except where it says otherwise.
+            # A LoRA draws like its base (size, steps, scheduler...) except where it says otherwise,
+            # and the configuration's word on the LoRA itself is final.
             defaults = replace(base.spec.defaults, **dict(spec.own_defaults))
-            entries[name] = replace(entry, spec=replace(spec, defaults=defaults))
+            spec = replace(spec, defaults=defaults)
+            if name in overrides:
+                spec = _apply_override(spec, overrides[name])
+            entries[name] = replace(entry, spec=spec)

@@ -1,0 +1,147 @@
+"""The service with the real store, registry and local GPU worker on a tiny model."""
+
+import asyncio
+
+import pytest
+
+from bot.config import config_from_dict
+from bot.core.errors import UserError
+from bot.core.jobs import Origin
+from bot.core.service import Service
+from bot.core.store import Store
+from bot.engine.executor import LocalExecutor
+from bot.engine.registry import Registry
+from tests.conftest import add_pipeline_variant
+
+ALICE = Origin("telegram", "alice", chat_id="group1")
+BOB = Origin("telegram", "bob", chat_id="group1")
+ADMIN = Origin("telegram", "root", chat_id="group1", is_admin=True)
+
+
+@pytest.fixture
+async def make_service(tmp_path, models_dir):
+    services = []
+
+    async def make(**sections):
+        settings = {"storage": {"state_dir": str(tmp_path / "state"), "models_dir": str(models_dir)},
+                    "limits": {"min_side": 32}, "models": {"rescan_seconds": 0.0}}
+        for name, values in sections.items():
+            settings.setdefault(name, {}).update(values)
+        config = config_from_dict(settings)
+        store = await Store.open(config.storage.database_path())
+        registry = Registry(models_dir, config.variants, 0.0)
+        executor = LocalExecutor(registry, config.engine, config.storage.outputs_path())
+        service = Service(config, store, executor, registry)
+        await service.start()
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        await service.stop()
+        await service.store.close()
+
+
+async def wait_finished(service, job_id, timeout=60.0):
+    async def poll():
+        while not (job := await service.job(job_id)).finished:
+            await asyncio.sleep(0.05)
+        return job
+    return await asyncio.wait_for(poll(), timeout)
+
+
+async def test_events_arrive_in_order_and_the_job_is_done(make_service):
+    service = await make_service()
+    events = []
+
+    async def listen():
+        async for event in service.subscribe(platform="telegram"):
+            events.append(event)
+            if event["type"] in ("done", "failed"):
+                return
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0)
+    submitted = await service.submit("a cat --seed 4 --steps 3", ALICE)
+    await asyncio.wait_for(listener, 60)
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "done"
+    assert [e["step"] for e in events if e["type"] == "progress"] == [1, 2, 3]
+    job = await service.job(submitted.job_id)
+    assert job.status == "done" and [i.file for i in job.images] == [f"job{job.id}-0.png"]
+    assert (service.config.storage.outputs_path() / job.images[0].file).is_file()
+
+
+async def test_a_timed_out_batch_fails_with_a_reason_and_the_worker_goes_on(make_service):
+    service = await make_service(queue={"job_timeout": 0.3}, limits={"max_steps": 500})
+    slow = await service.submit("a cat --steps 400", ALICE)
+    quick = await service.submit("a dog --steps 2 --size 32x32", BOB)
+    slow_job = await wait_finished(service, slow.job_id)
+    assert slow_job.status == "failed" and slow_job.error_key == "timed_out"
+    assert "0 s" in slow_job.error or "timed out" in slow_job.error
+    assert (await wait_finished(service, quick.job_id)).finished  # the queue moved on
+
+
+async def test_a_broken_model_fails_its_job_only(make_service, models_dir, tiny_pipeline_dir):
+    broken = add_pipeline_variant(models_dir, "broken", tiny_pipeline_dir)
+    next(broken.glob("unet/*.safetensors")).write_bytes(b"junk")
+    service = await make_service()
+    bad = await service.submit("a cat --model broken", ALICE)
+    good = await service.submit("a cat --steps 2", BOB)
+    bad_job = await wait_finished(service, bad.job_id)
+    assert bad_job.status == "failed" and "broken" in bad_job.error
+    assert (await wait_finished(service, good.job_id)).status == "done"
+
+
+async def test_cancel_a_running_job_then_the_next_one_runs(make_service):
+    service = await make_service(limits={"max_steps": 500})
+    running = await service.submit("a cat --steps 200", ALICE)
+    after = await service.submit("a dog --steps 2", BOB)
+    while (await service.status(running.job_id)).step is None:
+        await asyncio.sleep(0.02)
+    with pytest.raises(UserError, match="someone else"):
+        await service.cancel(running.job_id, BOB)
+    assert await service.cancel(running.job_id, ALICE) == "cancelling"
+    assert (await wait_finished(service, running.job_id)).status == "cancelled"
+    assert (await wait_finished(service, after.job_id)).status == "done"
+
+
+async def test_admin_and_chat_defaults(make_service, models_dir, tiny_pipeline_dir):
+    add_pipeline_variant(models_dir, "finetuned", tiny_pipeline_dir, 'kind = "pipeline"\n[defaults]\nsteps = 2\n')
+    service = await make_service()
+    with pytest.raises(UserError, match="Only admins"):
+        await service.set_default_variant("chat", "finetuned", ALICE)
+    with pytest.raises(UserError, match="no model 'nothere'"):
+        await service.set_default_variant("chat", "nothere", ADMIN)
+    await service.set_default_variant("chat", "finetuned", ADMIN)
+    assert (await service.submit("a cat", ALICE)).request.model == "finetuned"
+    assert (await service.submit("a cat", Origin("web", "x", chat_id="web"))).request.model == "demo"
+    await service.set_chat_flags("--ar 2:1 --steps 2 --no blurry", ALICE)
+    request = (await service.submit("a cat --steps 3", ALICE)).request
+    assert (request.steps, request.negative_prompt, request.width > request.height) == (3, "blurry", True)
+    with pytest.raises(UserError, match="Unknown option"):
+        await service.set_chat_flags("--bogus 1", ALICE)
+    assert (await service.store.audit_log())[0]["action"] == "set_default_model"
+
+
+async def test_bans_quotas_and_admin_exemption(make_service):
+    service = await make_service(queue={"max_queued_per_user": 1, "max_jobs_per_hour": 100})
+    await service.submit("a cat --steps 50", ALICE)
+    with pytest.raises(UserError, match="limit is 1"):
+        await service.submit("a cat", ALICE)
+    await service.submit("a cat", ADMIN)
+    await service.submit("a cat", ADMIN)  # admins are exempt
+    await service.ban(BOB.user_key, "spam", ADMIN)
+    with pytest.raises(UserError, match="spam"):
+        await service.submit("a cat", BOB)
+
+
+async def test_shutdown_requeues_an_unfinished_batch(make_service):
+    service = await make_service(queue={"shutdown_grace": 0.2}, limits={"max_steps": 500})
+    job = await service.submit("a cat --steps 300", ALICE)
+    while (await service.status(job.job_id)).step is None:
+        await asyncio.sleep(0.02)
+    await service.stop()
+    assert (await service.store.get(job.job_id)).status == "queued"
+    with pytest.raises(UserError, match="restarting"):
+        await service.submit("a dog", BOB)
