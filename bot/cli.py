@@ -152,6 +152,7 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
     registry.get(request.model)  # a broken variant says why before torch is even imported
 
     from bot.engine.engine import Engine
+    from bot.engine.executor import image_parameters
     from bot.engine.outputs import save_images
 
     engine = Engine(registry, config.engine, allow_download=config.models.allow_download)
@@ -161,29 +162,13 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
     bar.close()
     out_dir = args.output or config.storage.outputs_path()
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{request.seed}-{secrets.token_hex(2)}"
-    saved = save_images(result.images, image_parameters(result), out_dir, stem)
+    saved = save_images(result.images, image_parameters(result, f"imagebot {__version__}"), out_dir, stem)
     for path in saved.images:
         print(path)
     if saved.grid is not None:
         print(saved.grid)
     log.info("made %d image(s) in %.1f s", len(saved.images), time.perf_counter() - started)
     return 0
-
-
-def image_parameters(result) -> list:
-    """What goes into each PNG's metadata: everything needed to make the image again."""
-    from bot.engine.outputs import ImageParameters
-
-    request = result.request
-    return [
-        ImageParameters(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-            sampler=request.scheduler, guidance=request.guidance, seed=seed, width=request.width,
-            height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
-            strength=request.strength, version=f"imagebot {__version__}",
-        )
-        for seed in result.seeds
-    ]
 
 
 class _ProgressBar:

@@ -56,7 +56,8 @@ class EngineStats:
     batches: int = 0
     images: int = 0
     oom_retries: int = 0
-    seconds_per_step: dict[str, float] = field(default_factory=dict)  # by variant, moving average
+    seconds_per_step: dict[str, float] = field(default_factory=dict)  # per image and step, by variant (moving average)
+    seconds_per_image: dict[str, float] = field(default_factory=dict)  # by variant (moving average)
 
 
 @dataclass
@@ -332,9 +333,10 @@ class Engine:
         return list(output.images)
 
     def _record_speed(self, model: str, request: GenerationRequest, seconds: float, images: int) -> None:
-        per_step = seconds / max(1, request.steps * images)
-        old = self.stats.seconds_per_step.get(model)
-        self.stats.seconds_per_step[model] = per_step if old is None else 0.8 * old + 0.2 * per_step
+        for table, value in ((self.stats.seconds_per_step, seconds / max(1, request.steps * images)),
+                             (self.stats.seconds_per_image, seconds / max(1, images))):
+            old = table.get(model)
+            table[model] = value if old is None else 0.8 * old + 0.2 * value
 
 
 def _own_weights(pipe: DiffusionPipeline) -> None:

@@ -95,6 +95,7 @@ class LocalExecutor:
             "images": stats.images if stats else 0,
             "oom_retries": stats.oom_retries if stats else 0,
             "seconds_per_step": dict(stats.seconds_per_step) if stats else {},
+            "seconds_per_image": dict(stats.seconds_per_image) if stats else {},
             "batch_sizes": dict(self._batch_sizes),
             "hung_generations": self._hung,
         }
@@ -175,7 +176,8 @@ class LocalExecutor:
             if is_cancelled(item.job_id):
                 outcomes.append(Outcome(item.job_id, cancelled=True))
                 continue
-            saved = save_images(result.images, _parameters(result, self.version), self.outputs, f"job{item.job_id}")
+            saved = save_images(result.images, image_parameters(result, self.version), self.outputs,
+                                f"job{item.job_id}")
             outcomes.append(Outcome(
                 item.job_id,
                 images=tuple(ImageResult(path.name, seed) for path, seed in zip(saved.images, result.seeds)),
@@ -184,7 +186,8 @@ class LocalExecutor:
         return outcomes
 
 
-def _parameters(result, version: str) -> list:
+def image_parameters(result, version: str) -> list:
+    """What goes into each PNG's metadata: everything needed to make the image again."""
     from bot.engine.outputs import ImageParameters
 
     request = result.request

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot import __version__
@@ -74,7 +74,8 @@ class DefaultModelIn(BaseModel):
 
 
 def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
-    app = FastAPI(title="Image Chatbot API", version=__version__,
+    # The interactive docs pages load their scripts from a CDN; the schema itself is served.
+    app = FastAPI(title="Image Chatbot API", version=__version__, docs_url=None, redoc_url=None,
                   description="Queue image generations and follow them. Errors carry a message fit to show a user.")
     outputs = config.storage.outputs_path().resolve()
 
@@ -190,6 +191,10 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
             return _error(404, "No such image.", "not_found")
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return _INDEX
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         metrics = await service.metrics()
@@ -200,6 +205,16 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
         return prometheus_text(await service.metrics())
 
     return app
+
+
+_INDEX = """<!doctype html><html lang="en"><meta charset="utf-8"><title>Image Chatbot</title>
+<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
+<h1>Image Chatbot</h1><p>The generation service is running. HTTP API:</p><ul>
+<li><code>POST /api/jobs</code> {"prompt": "a red fox --ar 16:9"}: queue a job</li>
+<li><code>GET /api/jobs/{id}</code>, <code>GET /api/jobs/{id}/events</code> (server-sent events),
+<code>DELETE /api/jobs/{id}</code></li>
+<li><code>GET /api/models</code>, <code>GET /healthz</code>, <code>GET /metrics</code></li>
+<li><a href="/openapi.json">/openapi.json</a>: the full schema</li></ul></body></html>"""
 
 
 def _origin(request: Request, secrets: Secrets) -> Origin:

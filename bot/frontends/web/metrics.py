@@ -24,6 +24,9 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
     per_step = metrics.get("seconds_per_step", {})
     metric("imagebot_seconds_per_step", "gauge", "Seconds per denoising step per image, by model (moving average).",
            [({"model": model}, round(value, 6)) for model, value in sorted(per_step.items())])
+    per_image = metrics.get("seconds_per_image", {})
+    metric("imagebot_seconds_per_image", "gauge", "Seconds per image, by model (moving average).",
+           [({"model": model}, round(value, 6)) for model, value in sorted(per_image.items())])
     metric("imagebot_batches_total", "counter", "Pipeline calls made.", [({}, metrics.get("batches", 0))])
     metric("imagebot_images_total", "counter", "Images generated.", [({}, metrics.get("images", 0))])
     metric("imagebot_batch_images_total", "counter", "Batches run, by number of images in the batch.",
