@@ -46,6 +46,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "generation_failed": "Generating failed ({error}). The bot keeps running; try again or tell an admin.",
         "shutting_down": "The bot is restarting; try again in a minute.",
         "admin_api_disabled": "The admin API is off: set IMAGEBOT_ADMIN_TOKEN to use it.",
+        "no_such_image": "Job #{job} has no finished image {index}.",
         "admin_token_missing": "This needs the admin token: send Authorization: Bearer <IMAGEBOT_ADMIN_TOKEN>.",
     },
     "vi": {
@@ -86,6 +87,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "generation_failed": "Tạo ảnh thất bại ({error}). Bot vẫn chạy; hãy thử lại hoặc báo quản trị viên.",
         "shutting_down": "Bot đang khởi động lại; hãy thử lại sau một phút.",
         "admin_api_disabled": "API quản trị đang tắt: hãy đặt IMAGEBOT_ADMIN_TOKEN để dùng.",
+        "no_such_image": "Yêu cầu #{job} không có ảnh hoàn chỉnh số {index}.",
         "admin_token_missing": "Việc này cần mã quản trị: gửi Authorization: Bearer <IMAGEBOT_ADMIN_TOKEN>.",
     },
 }

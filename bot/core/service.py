@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_SETTING = "default_model"
 CHAT_MODEL_SETTING = "model"
 CHAT_FLAGS_SETTING = "flags"
+VARIATION_STRENGTH = 0.6  # how far a variation may move from its source image
+UPSCALE_STRENGTH = 0.35  # an upscale keeps the composition and redraws the detail
 
 
 class Catalog(Protocol):
@@ -158,7 +160,11 @@ class Service:
         reason = await self.store.ban_reason(origin.user_key)
         if reason is not None:
             raise UserError("banned", reason=reason)
-        options = merge_options(parse_prompt(text), options_from_fields(**fields))
+        return await self._queue(merge_options(parse_prompt(text), options_from_fields(**fields)), origin)
+
+    async def _queue(self, options: RequestOptions, origin: Origin) -> Submitted:
+        if not self._accepting:
+            raise UserError("shutting_down")
         request = await self.resolve_request(options, origin)
         if not origin.is_admin:
             await self._check_quota(origin)
@@ -170,6 +176,32 @@ class Service:
         log.info("job %d queued for %s: model=%s images=%d size=%dx%d steps=%d", job_id, origin.user_key,
                  request.model, request.count, request.width, request.height, request.steps)
         return Submitted(job_id, position, eta, request)
+
+    async def submit_derived(self, job_id: int, action: str, origin: Origin, index: int = 0) -> Submitted:
+        """A new job from a finished one: "reroll" (same settings, new seed), "variation"
+        (image `index` redrawn loosely) or "upscale" (image `index` at twice the size)."""
+        source = await self.job(job_id)
+        request = source.request
+        if action == "reroll":
+            options = RequestOptions(prompt=request.prompt, negative_prompt=request.negative_prompt,
+                                     model=request.model, steps=request.steps, guidance=request.guidance,
+                                     width=request.width, height=request.height, count=request.count,
+                                     scheduler=request.scheduler, init_image=request.init_image,
+                                     strength=request.strength)
+        elif action in ("variation", "upscale"):
+            if source.status != "done" or not 0 <= index < len(source.images):
+                raise UserError("no_such_image", job=job_id, index=index + 1)
+            image = str(self.config.storage.outputs_path() / source.images[index].file)
+            scale = 2 if action == "upscale" else 1
+            options = RequestOptions(prompt=request.prompt, negative_prompt=request.negative_prompt,
+                                     model=request.model, steps=request.steps, guidance=request.guidance,
+                                     width=request.width * scale, height=request.height * scale,
+                                     count=1 if action == "upscale" else request.count,
+                                     scheduler=request.scheduler, init_image=image,
+                                     strength=UPSCALE_STRENGTH if action == "upscale" else VARIATION_STRENGTH)
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        return await self._queue(options, origin)
 
     async def resolve_request(self, options: RequestOptions, origin: Origin) -> GenerationRequest:
         """Apply the chat's default flags and model, then the model's defaults and the limits."""

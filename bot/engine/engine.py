@@ -10,6 +10,7 @@ seed and prompt, never on what else was in the batch.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -323,7 +324,10 @@ class Engine:
             output_type="pil",
         )
         if request.init_image is not None:
-            kwargs.update(image=[item.init_image for item in items], strength=request.strength or 0.6)
+            strength = request.strength or 0.6
+            # img2img runs int(steps * strength) steps; make that at least one.
+            kwargs.update(image=[item.init_image for item in items], strength=strength,
+                          num_inference_steps=max(request.steps, math.ceil(1 / strength)))
         else:
             kwargs.update(width=request.width, height=request.height)
         with torch.inference_mode():

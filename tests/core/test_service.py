@@ -145,3 +145,23 @@ async def test_shutdown_requeues_an_unfinished_batch(make_service):
     assert (await service.store.get(job.job_id)).status == "queued"
     with pytest.raises(UserError, match="restarting"):
         await service.submit("a dog", BOB)
+
+
+async def test_reroll_variation_and_upscale_derive_new_jobs(make_service):
+    service = await make_service()
+    first = await service.submit("a cat --seed 4 --steps 2 --n 2 --size 32x32", ALICE)
+    with pytest.raises(UserError, match="no finished image"):
+        await service.submit_derived(first.job_id, "variation", BOB, index=0)
+    source = await wait_finished(service, first.job_id)
+    reroll = await service.submit_derived(first.job_id, "reroll", BOB)
+    variation = await service.submit_derived(first.job_id, "variation", BOB, index=1)
+    upscale = await service.submit_derived(first.job_id, "upscale", BOB, index=0)
+    assert reroll.request.seed != 4 and reroll.request.count == 2 and reroll.request.init_image is None
+    assert variation.request.init_image.endswith(source.images[1].file) and variation.request.strength == 0.6
+    assert (upscale.request.width, upscale.request.height, upscale.request.count) == (64, 64, 1)
+    for submitted in (reroll, variation, upscale):
+        job = await wait_finished(service, submitted.job_id)
+        assert job.status == "done", job.error
+        assert job.origin.user_key == BOB.user_key
+    with pytest.raises(UserError, match="no finished image 3"):
+        await service.submit_derived(first.job_id, "upscale", BOB, index=2)

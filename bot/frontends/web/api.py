@@ -66,6 +66,12 @@ class JobIn(BaseModel):
     scheduler: str | None = None
 
 
+class DeriveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(default=0, ge=0, le=63)
+
+
 class DefaultModelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -105,6 +111,16 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
     async def submit(job: JobIn, request: Request) -> dict[str, Any]:
         fields = job.model_dump(exclude={"prompt"}, exclude_none=True)
         submitted = await service.submit(job.prompt, _origin(request, secrets), **fields)
+        return {"id": submitted.job_id, "position": submitted.position, "eta": submitted.eta_seconds,
+                "request": submitted.request.to_dict()}
+
+    @app.post("/api/jobs/{job_id}/{action}", status_code=202)
+    async def derive(job_id: int, action: str, request: Request, body: DeriveIn | None = None) -> dict[str, Any]:
+        """reroll (same settings, new seed), variation or upscale (of image `index`, counted from 0)."""
+        if action not in ("reroll", "variation", "upscale"):
+            return _error(404, "Unknown action; use reroll, variation or upscale.", "not_found")
+        index = body.index if body is not None else 0
+        submitted = await service.submit_derived(job_id, action, _origin(request, secrets), index)
         return {"id": submitted.job_id, "position": submitted.position, "eta": submitted.eta_seconds,
                 "request": submitted.request.to_dict()}
 
