@@ -34,6 +34,10 @@ def test_templates_use_the_same_placeholders(key):
     assert placeholders(EN[key]) == placeholders(VI.get(key, "")), key
 
 
+# Names and labels that read the same in both languages.
+SAME_IN_BOTH = {"ui_title", "ui_bot", "ui_seed_label"}
+
+
 @pytest.mark.parametrize("key", sorted(EN))
 def test_templates_are_well_formed_and_translated(key):
     for language in ("en", "vi"):
@@ -41,7 +45,8 @@ def test_templates_are_well_formed_and_translated(key):
         assert template.strip() == template and template, (language, key)
         list(string.Formatter().parse(template))  # raises on a stray "{" or "}"
         assert all(name.isidentifier() for name in placeholders(template)), (language, key)
-    assert EN[key] != VI[key], f"{key} is not translated"
+    if key not in SAME_IN_BOTH:
+        assert EN[key] != VI[key], f"{key} is not translated"
 
 
 def test_every_key_raised_in_the_code_is_in_the_catalogue():

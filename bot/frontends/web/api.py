@@ -11,21 +11,26 @@ import asyncio
 import hmac
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot import __version__
 from bot.config import Config, Secrets
 from bot.core.errors import UserError
 from bot.core.jobs import FINISHED, Job, Origin
+from bot.core.messages import catalogue_for
+from bot.core.request import SCHEDULERS
 from bot.core.service import Service
 from bot.frontends.web.metrics import prometheus_text
 
+STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 64 * 1024
 IMAGE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.png$")
 USER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -207,9 +212,21 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
             return _error(404, "No such image.", "not_found")
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
-        return _INDEX
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/messages")
+    async def messages(locale: str | None = None) -> dict[str, str]:
+        """Every user-facing text in one language (the browser's, English as the fallback)."""
+        return catalogue_for(locale)
+
+    @app.get("/api/options")
+    async def options() -> dict[str, Any]:
+        """What a request may contain: the limits and the scheduler names."""
+        return {"limits": asdict(config.limits), "schedulers": list(SCHEDULERS)}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -221,16 +238,6 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
         return prometheus_text(await service.metrics())
 
     return app
-
-
-_INDEX = """<!doctype html><html lang="en"><meta charset="utf-8"><title>Image Chatbot</title>
-<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
-<h1>Image Chatbot</h1><p>The generation service is running. HTTP API:</p><ul>
-<li><code>POST /api/jobs</code> {"prompt": "a red fox --ar 16:9"}: queue a job</li>
-<li><code>GET /api/jobs/{id}</code>, <code>GET /api/jobs/{id}/events</code> (server-sent events),
-<code>DELETE /api/jobs/{id}</code></li>
-<li><code>GET /api/models</code>, <code>GET /healthz</code>, <code>GET /metrics</code></li>
-<li><a href="/openapi.json">/openapi.json</a>: the full schema</li></ul></body></html>"""
 
 
 def _origin(request: Request, secrets: Secrets) -> Origin:
