@@ -121,8 +121,8 @@ class LocalExecutor:
                       [i.job_id for i in items], timeout + GRACE_SECONDS)
             thread.shutdown(wait=False, cancel_futures=True)
             await self.start()
-            return [Outcome(i.job_id, error=f"timed out after {timeout:.0f} s", error_key="timed_out",
-                            error_params={"seconds": round(timeout)}) for i in items]
+            return [Outcome(i.job_id, error=f"timed out after {max(1, round(timeout))} s", error_key="timed_out",
+                            error_params={"seconds": max(1, round(timeout))}) for i in items]
 
     # --- in the worker thread ------------------------------------------------------------------
 
@@ -160,8 +160,8 @@ class LocalExecutor:
             results = engine.generate([item.request for item in items], on_progress=on_step, should_cancel=should_stop)
         except Cancelled:
             if time.monotonic() > deadline:
-                return [Outcome(i.job_id, error=f"timed out after {timeout:.0f} s", error_key="timed_out",
-                                error_params={"seconds": round(timeout)}) for i in items]
+                return [Outcome(i.job_id, error=f"timed out after {max(1, round(timeout))} s", error_key="timed_out",
+                                error_params={"seconds": max(1, round(timeout))}) for i in items]
             return [Outcome(i.job_id, cancelled=True) for i in items]
         except UserError as error:
             return [Outcome(i.job_id, error=str(error), error_key=error.key, error_params=error.params) for i in items]

@@ -165,3 +165,34 @@ async def test_reroll_variation_and_upscale_derive_new_jobs(make_service):
         assert job.origin.user_key == BOB.user_key
     with pytest.raises(UserError, match="no finished image 3"):
         await service.submit_derived(first.job_id, "upscale", BOB, index=2)
+
+
+async def test_a_hung_generation_is_abandoned_and_a_fresh_worker_takes_over(make_service, monkeypatch):
+    """A generation stuck inside a library call (no step callbacks at all) cannot be interrupted;
+    the executor gives up on its thread after the timeout and starts a new one."""
+    import threading
+
+    from bot.engine import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "GRACE_SECONDS", 0.2)
+    release = threading.Event()
+    real_run_batch = LocalExecutor._run_batch
+    calls = []
+
+    def stuck_once(self, items, *args):
+        calls.append([item.job_id for item in items])
+        if len(calls) == 1:
+            release.wait(30)  # simulated hang in a kernel
+        return real_run_batch(self, items, *args)
+
+    monkeypatch.setattr(LocalExecutor, "_run_batch", stuck_once)
+    service = await make_service(queue={"job_timeout": 5.0})  # room to load the model again afterwards
+    hung = await service.submit("a cat --steps 2", ALICE)
+    after = await service.submit("a dog --steps 2 --size 32x32", BOB)
+    try:
+        hung_job = await wait_finished(service, hung.job_id)
+        assert hung_job.status == "failed" and hung_job.error_key == "timed_out"
+        assert (await wait_finished(service, after.job_id)).status == "done"
+        assert service.executor.metrics()["hung_generations"] == 1
+    finally:
+        release.set()
