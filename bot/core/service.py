@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, Protocol
 
 from bot.config import Config
 from bot.core.errors import UserError
@@ -79,29 +79,50 @@ class _Running:
     previews: dict[int, bytes] = field(default_factory=dict)
 
 
+class Subscription:
+    """Events of one job (or of a platform), registered from the moment it is created so
+    nothing published in between is missed. Iterate it, or `await next(timeout)`; `close()` it."""
+
+    def __init__(self, bus: "EventBus", job_id: int | None, platform: str | None) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.job_id = job_id
+        self.platform = platform
+        self._bus = bus
+        bus._subscribers.add(self)
+
+    def wants(self, event: dict[str, Any], platform: str) -> bool:
+        return (self.job_id is None or self.job_id == event["job"]) and self.platform in (None, platform)
+
+    async def next(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next event; raises asyncio.TimeoutError after `timeout` seconds (nothing is lost)."""
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    def close(self) -> None:
+        self._bus._subscribers.discard(self)
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.queue.get()
+
+
 class EventBus:
     """Fan-out of job events to subscribers: per job, or every job of a platform."""
 
     def __init__(self) -> None:
-        self._subscribers: set[tuple[asyncio.Queue, int | None, str | None]] = set()
+        self._subscribers: set[Subscription] = set()
 
     def publish(self, event: dict[str, Any], platform: str) -> None:
-        for queue, job_id, wanted_platform in list(self._subscribers):
-            if (job_id is None or job_id == event["job"]) and (wanted_platform is None or wanted_platform == platform):
-                queue.put_nowait(event)
+        for subscription in list(self._subscribers):
+            if subscription.wants(event, platform):
+                subscription.queue.put_nowait(event)
 
-    async def listen(self, job_id: int | None = None, platform: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        queue: asyncio.Queue = asyncio.Queue()
-        entry = (queue, job_id, platform)
-        self._subscribers.add(entry)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.discard(entry)
+    def subscribe(self, job_id: int | None = None, platform: str | None = None) -> Subscription:
+        return Subscription(self, job_id, platform)
 
     def watching(self, job_id: int) -> bool:
-        return any(j is None or j == job_id for _, j, _ in self._subscribers)
+        return any(s.job_id is None or s.job_id == job_id for s in self._subscribers)
 
 
 class Service:
@@ -286,8 +307,9 @@ class Service:
         done = max(running.step, 1)
         return elapsed / done * max(0, running.total - running.step)
 
-    def subscribe(self, job_id: int | None = None, platform: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        return self.events.listen(job_id, platform)
+    def subscribe(self, job_id: int | None = None, platform: str | None = None) -> Subscription:
+        """Follow events; subscribe before reading the job's state so nothing falls in between."""
+        return self.events.subscribe(job_id, platform)
 
     # --- changing jobs ---------------------------------------------------------------------------
 

@@ -53,15 +53,16 @@ async def wait_finished(service, job_id, timeout=60.0):
 async def test_events_arrive_in_order_and_the_job_is_done(make_service):
     service = await make_service()
     events = []
+    subscription = service.subscribe(platform="telegram")
 
     async def listen():
-        async for event in service.subscribe(platform="telegram"):
+        async for event in subscription:
             events.append(event)
             if event["type"] in ("done", "failed"):
+                subscription.close()
                 return
 
     listener = asyncio.create_task(listen())
-    await asyncio.sleep(0)
     submitted = await service.submit("a cat --seed 4 --steps 3", ALICE)
     await asyncio.wait_for(listener, 60)
     kinds = [e["type"] for e in events]

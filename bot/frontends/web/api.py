@@ -150,8 +150,13 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
 
     @app.get("/api/jobs/{job_id}/events")
     async def events(job_id: int, request: Request) -> StreamingResponse:
-        view = await service.status(job_id)  # 404 before the stream starts
-        updates = service.subscribe(job_id)
+        await service.job(job_id)  # 404 before the stream starts
+        updates = service.subscribe(job_id)  # before reading the state: nothing falls in between
+        try:
+            view = await service.status(job_id)
+        except BaseException:
+            updates.close()
+            raise
 
         async def stream():
             try:
@@ -162,7 +167,7 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
                     return
                 while True:
                     try:
-                        event = await asyncio.wait_for(anext(updates), SSE_KEEPALIVE_SECONDS)
+                        event = await updates.next(SSE_KEEPALIVE_SECONDS)
                     except asyncio.TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
@@ -174,7 +179,7 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
                         event = {**event, "preview_url": f"/api/jobs/{job_id}/preview?step={event['step']}"}
                     yield _sse(event["type"], event)
             finally:
-                await updates.aclose()
+                updates.close()
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -197,9 +197,10 @@ async function copy(text, target) {
     document.execCommand("copy");
     area.remove();
   }
-  const old = target.textContent;
+  target.dataset.label ??= target.textContent; // the label before any "Copied"
   target.textContent = t("ui_copied");
-  setTimeout(() => (target.textContent = old), 1200);
+  clearTimeout(target.copiedTimer);
+  target.copiedTimer = setTimeout(() => (target.textContent = target.dataset.label), 1200);
 }
 
 function reuse(request) {

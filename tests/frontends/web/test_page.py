@@ -1,0 +1,749 @@
+"""The web page in a real browser against a real `imagebot serve` process.
+
+Playwright's sync API drives Debian's Chromium (never a downloaded one: no `playwright install`).
+One server runs for the whole module (two tiny random-weight variants, `demo` and `other`); each
+test opens a fresh browser context, so it is a new user (the page keeps a random id in
+localStorage) with an empty history, unless the test is about what survives a reload.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api")
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from tests.conftest import add_pipeline_variant  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ADMIN_TOKEN = "test-admin-token-5f2c"
+WAIT_MS = 60_000  # one wait: generous, the CPU is shared
+START_SECONDS = 90
+DESKTOP = {"width": 1280, "height": 800}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+VARIANT_TOML = 'kind = "pipeline"\n[defaults]\nsteps = 3\n'
+
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+expect.set_options(timeout=WAIT_MS)
+
+# Records what each job card showed over time, whatever the speed of the job: every status text,
+# the progress bar's highest value before the job finished, and whether the preview was shown.
+RECORDER = """
+window.__seen = {};
+function __record() {
+  for (const card of document.querySelectorAll("#log > li[data-job]")) {
+    const seen = (window.__seen[card.dataset.job] ||= {statuses: [], maxBar: 0, previewShown: false,
+                                                         previewLoaded: false});
+    const status = card.querySelector(".status").textContent;
+    if (status && seen.statuses[seen.statuses.length - 1] !== status) seen.statuses.push(status);
+    const bar = card.querySelector(".bar");
+    if (!bar.hidden) seen.maxBar = Math.max(seen.maxBar, Number(bar.getAttribute("aria-valuenow")));
+    const preview = card.querySelector("img.preview");
+    if (!preview.hidden && preview.getAttribute("src")) {
+      seen.previewShown = true;
+      if (!preview.__watched) {
+        preview.__watched = true;
+        const check = () => { if (preview.naturalWidth > 0) seen.previewLoaded = true; };
+        preview.addEventListener("load", check);
+        check();
+      }
+    }
+  }
+}
+document.addEventListener("DOMContentLoaded", () => {
+  new MutationObserver(__record).observe(document.body, {
+    subtree: true, childList: true, characterData: true,
+    attributes: true, attributeFilter: ["hidden", "aria-valuenow", "src"],
+  });
+});
+"""
+
+
+# --- the server ------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`imagebot serve` as a subprocess, on a config.toml in its own folder."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.models = root / "models"
+        self.config = root / "config.toml"
+        self.log = root / "serve.log"
+        self.proc: subprocess.Popen | None = None
+
+    def write_config(self) -> None:
+        self.config.write_text(
+            f"[storage]\nstate_dir = '{self.root / 'state'}'\nmodels_dir = '{self.models}'\n\n"
+            "[limits]\nmin_side = 32\n\n[queue]\njob_timeout = 120\n\n"
+            f"[web]\nport = {self.port}\n", encoding="utf-8")
+
+    def start(self) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "IMAGEBOT_ADMIN_TOKEN": ADMIN_TOKEN,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        for name in ("IMAGEBOT_CONFIG", "DISCORD_TOKEN", "TELEGRAM_TOKEN"):
+            env.pop(name, None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(self.config), "serve"],
+                                         cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"imagebot serve exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"imagebot serve did not answer /healthz within {START_SECONDS} s:\n{self.tail()}")
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM (the graceful path), then SIGKILL if it does not exit in time. The exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def put_default(self, name: str) -> None:
+        request = urllib.request.Request(self.url + "/api/models/default", method="PUT",
+                                         data=f'{{"name": "{name}"}}'.encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_pipeline_dir):
+    root = tmp_path_factory.mktemp("webpage")
+    srv = Server(root, _free_port())
+    srv.models.mkdir()
+    add_pipeline_variant(srv.models, "demo", tiny_pipeline_dir, VARIANT_TOML)
+    add_pipeline_variant(srv.models, "other", tiny_pipeline_dir, VARIANT_TOML)
+    srv.write_config()
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop(timeout=30)
+
+
+# --- the browser -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Errors:
+    def __init__(self) -> None:
+        self.console: list[str] = []
+        self.page: list[str] = []
+
+
+def open_page(context, server: Server):
+    """A page of `context` on the server, loaded (body[data-ready]); console and script errors collected."""
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors = Errors()
+    page.on("console", lambda message: errors.console.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.page.append(str(error)))
+    page.errors = errors
+    load(page, server)
+    return page
+
+
+def load(page, server: Server) -> None:
+    page.goto(server.url + "/")
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+
+
+def new_context(browser, **options):
+    context = browser.new_context(**{"viewport": DESKTOP, **options})
+    context.add_init_script(RECORDER)
+    return context
+
+
+@pytest.fixture
+def context(browser):
+    ctx = new_context(browser)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context, server):
+    return open_page(context, server)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def cards(page):
+    return page.locator("#log > li[data-job]")
+
+
+def card_by_id(page, job_id: str):
+    return page.locator(f'#log > li[data-job="{job_id}"]')
+
+
+def new_card(page, action):
+    """Do `action` and return the job card it adds."""
+    before = cards(page).count()
+    action()
+    expect(cards(page)).to_have_count(before + 1)
+    return card_by_id(page, cards(page).nth(before).get_attribute("data-job"))
+
+
+def submit(page, text: str):
+    """Type a prompt and press Enter; the new job card."""
+    def send():
+        page.fill("#prompt", text)
+        page.press("#prompt", "Enter")
+    return new_card(page, send)
+
+
+def job_id(card) -> str:
+    return card.get_attribute("data-job")
+
+
+def wait_done(page, card, images: int):
+    """Wait for Done and for `images` <img> elements that have loaded; their natural sizes."""
+    expect(card.locator(".status")).to_have_text("Done")
+    expect(card.locator(".images img")).to_have_count(images)
+    selector = f'#log > li[data-job="{job_id(card)}"] .images img'
+    page.wait_for_function("sel => [...document.querySelectorAll(sel)].every(i => i.complete && i.naturalWidth > 0)",
+                           arg=selector, timeout=WAIT_MS)
+    return natural_sizes(card.locator(".images img"))
+
+
+def natural_sizes(images) -> list[tuple[int, int]]:
+    return [tuple(size) for size in images.evaluate_all("imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")]
+
+
+def seeds(card) -> list[int]:
+    return [int(re.search(r"(\d+)\s*$", text).group(1))
+            for text in card.locator('[data-action="copy-seed"]').all_text_contents()]
+
+
+def seen(page, card) -> dict:
+    return page.evaluate("id => window.__seen[id]", job_id(card))
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_MAGIC, data[:16]
+    return struct.unpack(">II", data[16:24])
+
+
+def scroll_width(page) -> int:
+    return page.evaluate("document.scrollingElement.scrollWidth")
+
+
+# --- tests -----------------------------------------------------------------------------------------
+
+
+def test_page_loads_without_errors(page):
+    expect(page).to_have_title("Image Chatbot")
+    expect(page.locator("h1")).to_have_text("Image Chatbot")
+    for name, label in (("chat", "Chat"), ("gallery", "Gallery"), ("admin", "Admin")):
+        expect(page.locator(f"#tab-{name}")).to_have_text(label)
+        expect(page.locator(f"#tab-{name}")).to_be_visible()
+    expect(page.locator("#tab-chat")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#view-chat")).to_be_visible()
+    expect(page.locator("#view-admin")).to_be_hidden()
+    expect(page.locator('label[for="prompt"]')).to_have_text("Describe an image, or type a command")
+    expect(page.locator("#prompt")).to_have_attribute("placeholder", re.compile("/help"))
+    expect(page.locator("#send")).to_have_text("Generate")
+    expect(page.locator("#form-error")).to_be_hidden()
+    # options and models arrived
+    expect(page.locator("#model option")).to_have_text(["default (demo)", "demo", "other"])
+    expect(page.locator("#scheduler option").first).to_have_text("auto")
+    assert page.locator("#scheduler option").count() > 5
+    assert page.evaluate("localStorage.getItem('imagebot.user')").startswith("browser-")
+    page.wait_for_timeout(300)  # let late errors surface
+    assert page.errors.console == []
+    assert page.errors.page == []
+
+
+def test_submit_with_enter_shows_progress_then_images(page):
+    card = submit(page, "a red fox --seed 3 --n 2 --steps 3")
+    expect(card.locator(".bubble.user")).to_have_text(re.compile(r"^a red fox\s+—\s+64x64, demo$"))
+    sizes = wait_done(page, card, images=2)
+    assert sizes == [(64, 64), (64, 64)]
+    statuses = seen(page, card)["statuses"]
+    assert re.fullmatch(r"Queued #\d+( · about \d+ s)?", statuses[0]), statuses
+    assert statuses[-1] == "Done", statuses
+    assert seeds(card) == [3, 4]
+    for src in card.locator(".images img").evaluate_all("imgs => imgs.map(i => i.src)"):
+        response = page.request.get(src)
+        assert response.status == 200
+        assert response.headers["content-type"] == "image/png"
+        assert png_size(response.body()) == (64, 64)
+    downloads = card.locator(".images a.button[download]")
+    expect(downloads).to_have_count(2)
+    expect(downloads.first).to_have_text("Download PNG")
+    expect(card.locator(".bar")).to_be_hidden()
+    expect(card.locator('[data-action="cancel"]')).to_have_count(0)
+    for action in ("reroll", "reuse", "copy-params"):
+        expect(card.locator(f'.actions [data-action="{action}"]')).to_be_visible()
+    expect(page.locator("#prompt")).to_have_value("")
+    assert page.errors.page == []
+
+
+def test_progress_bar_and_preview(page):
+    card = submit(page, "a long walk --steps 40")
+    wait_done(page, card, images=1)
+    record = seen(page, card)
+    assert record["maxBar"] > 0, record
+    assert any(re.fullmatch(r"Step \d+ of 40", status) for status in record["statuses"]), record
+    assert record["statuses"][-1] == "Done"
+    assert record["previewShown"], record
+    assert record["previewLoaded"], record
+    expect(card.locator("img.preview")).to_be_hidden()  # gone once the images are there
+    assert page.errors.page == []
+
+
+def test_reroll_and_copy_buttons(page, context):
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    first = submit(page, "a red fox --seed 3 --steps 3")
+    wait_done(page, first, images=1)
+    assert seeds(first) == [3]
+    copy_seed = first.locator('[data-action="copy-seed"]')
+    copy_seed.click()
+    expect(copy_seed).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "3"
+    expect(copy_seed).to_have_text("Copy seed 3")
+    first.locator('[data-action="copy-params"]').click()
+    expect(first.locator('[data-action="copy-params"]')).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == (
+        "a red fox\nSteps: 3, Sampler: dpm++, CFG scale: 7, Seed: 3, Size: 64x64, Model: demo")
+    second = new_card(page, lambda: first.locator('[data-action="reroll"]').click())
+    expect(second.locator(".bubble.user")).to_have_text(re.compile(r"^a red fox\s+—\s+64x64, demo$"))
+    wait_done(page, second, images=1)
+    assert seeds(second) != [3]
+    expect(first.locator(".images img")).to_have_count(1)  # the original stays as it was
+
+
+def test_variation_and_upscale(page):
+    source = submit(page, "a lighthouse --seed 5 --steps 3")
+    wait_done(page, source, images=1)
+    variation = new_card(page, lambda: source.locator('[data-action="variation"]').click())
+    expect(variation.locator(".bubble.user")).to_contain_text("(variation)")
+    upscale = new_card(page, lambda: source.locator('[data-action="upscale"]').click())
+    expect(upscale.locator(".bubble.user")).to_contain_text("(upscale)")
+    expect(upscale.locator(".bubble.user")).to_contain_text("128x128")
+    assert wait_done(page, variation, images=1) == [(64, 64)]
+    assert wait_done(page, upscale, images=1) == [(128, 128)]
+    src = upscale.locator(".images img").evaluate("i => i.src")
+    assert png_size(page.request.get(src).body()) == (128, 128)
+    expect(page.locator("#form-error")).to_be_hidden()
+
+
+def test_cancel_a_queued_job(page, server):
+    running = submit(page, "a slow one --steps 45 --n 4")
+    expect(running.locator(".status")).to_have_text(re.compile(r"^(Starting…|Step \d+ of 45)$"))
+    queued = submit(page, "a queued one --steps 3")
+    expect(queued.locator(".status")).to_contain_text("Queued")
+    queued.locator('[data-action="cancel"]').click()
+    expect(queued.locator(".status")).to_have_text("Cancelled")
+    expect(queued.locator('[data-action="cancel"]')).to_have_count(0)
+    expect(queued.locator(".bar")).to_be_hidden()
+    # stop the long one too (it is running: it stops at its next step)
+    running.locator('[data-action="cancel"]').click()
+    expect(running.locator(".status")).to_have_text("Cancelled")
+    expect(queued.locator(".images img")).to_have_count(0)
+    expect(running.locator(".images img")).to_have_count(0)
+    assert page.request.get(f"{server.url}/api/jobs/{job_id(queued)}").json()["status"] == "cancelled"
+    assert "Done" not in seen(page, queued)["statuses"]
+    expect(page.locator("#form-error")).to_be_hidden()
+    assert page.errors.page == []
+
+
+def test_bad_input(page):
+    posts = []
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    log = page.locator("#log > li")
+    error = page.locator("#form-error")
+    # an empty prompt (or only spaces) does nothing
+    for text in ("", "   "):
+        page.fill("#prompt", text)
+        page.press("#prompt", "Enter")
+        page.click("#send")
+    page.wait_for_timeout(300)
+    expect(log).to_have_count(0)
+    expect(error).to_be_hidden()
+    assert posts == []
+    # out of range: the server's message, no card, the prompt kept for fixing
+    page.fill("#prompt", "a cat --steps 500")
+    page.press("#prompt", "Enter")
+    expect(error).to_be_visible()
+    expect(error).to_have_text("steps must be 1-50, got 500.")
+    expect(log).to_have_count(0)
+    expect(page.locator("#prompt")).to_have_value("a cat --steps 500")
+    expect(page.locator("#send")).to_be_enabled()
+    # an unknown command
+    page.fill("#prompt", "/bogus")
+    page.press("#prompt", "Enter")
+    expect(error).to_have_text("Unknown command /bogus. Try /help.")
+    expect(log).to_have_count(0)
+    assert page.errors.page == []
+
+
+def test_slash_commands(page):
+    log = page.locator("#log > li")
+    page.fill("#prompt", "/help")
+    page.press("#prompt", "Enter")
+    expect(log.last).to_contain_text("--ar")
+    expect(log.last).to_contain_text("/imagine")
+    expect(log.nth(0)).to_have_text("/help")  # the command is echoed
+    page.fill("#prompt", "/model")
+    page.press("#prompt", "Enter")
+    expect(log.last).to_have_text(re.compile(r"^Models \(default: demo\): demo, other$"))
+    card = submit(page, "/imagine a <b>boat</b> --steps 2")
+    expect(card.locator(".bubble.user")).to_have_text(re.compile(r"^a <b>boat</b>\s+—"))  # text, not markup
+    expect(card.locator(".bubble.user b")).to_have_count(0)
+    wait_done(page, card, images=1)
+    page.fill("#prompt", "/queue")
+    page.press("#prompt", "Enter")
+    expect(log.last).to_have_text("You have no jobs waiting.")
+    expect(page.locator("#form-error")).to_be_hidden()
+    assert page.errors.page == []
+
+
+def test_advanced_panel_and_use_these_settings(page):
+    page.click("#advanced summary")
+    expect(page.locator("#advanced")).to_have_attribute("open", "")
+    page.fill("#steps", "3")
+    page.fill("#seed", "7")
+    page.fill("#size", "48x32")
+    page.fill("#count", "1")
+    page.fill("#prompt", "a small tree")
+    card = new_card(page, lambda: page.click("#send"))
+    expect(card.locator(".bubble.user")).to_have_text(re.compile(r"^a small tree\s+—\s+48x32, demo$"))
+    assert wait_done(page, card, images=1) == [(48, 32)]
+    assert seeds(card) == [7]
+    # empty the form, then fill it back from the job
+    for field in ("#steps", "#seed", "#size", "#count"):
+        page.fill(field, "")
+    page.evaluate("document.querySelector('#advanced').open = false")
+    card.locator('[data-action="reuse"]').click()
+    expect(page.locator("#advanced")).to_have_attribute("open", "")
+    expect(page.locator("#prompt")).to_have_value("a small tree")
+    expect(page.locator("#size")).to_have_value("48x32")
+    expect(page.locator("#steps")).to_have_value("3")
+    expect(page.locator("#seed")).to_have_value("7")
+    expect(page.locator("#count")).to_have_value("1")
+    expect(page.locator("#model")).to_have_value("demo")
+    expect(page.locator("#prompt")).to_be_focused()
+    assert page.errors.page == []
+
+
+def test_history_survives_reload_and_restart(browser, server):
+    context = new_context(browser)
+    try:
+        page = open_page(context, server)
+        card = submit(page, "a lighthouse at dusk --steps 3 --n 2")
+        wait_done(page, card, images=2)
+        job = job_id(card)
+        srcs = card.locator(".images img").evaluate_all("imgs => imgs.map(i => i.getAttribute('src'))")
+
+        def still_there():
+            again = card_by_id(page, job)
+            expect(again).to_have_count(1)
+            expect(again.locator(".bubble.user")).to_contain_text("a lighthouse at dusk")
+            wait_done(page, again, images=2)
+            assert again.locator(".images img").evaluate_all("imgs => imgs.map(i => i.getAttribute('src'))") == srcs
+
+        load(page, server)
+        still_there()
+        assert server.stop() == 0, server.tail()
+        server.start()
+        load(page, server)
+        still_there()
+        page.click("#tab-gallery")
+        expect(page.locator("#view-gallery")).to_be_visible()
+        expect(page.locator("#view-chat")).to_be_hidden()
+        expect(page.locator("#gallery-empty")).to_be_hidden()
+        gallery = page.locator("#gallery img")
+        expect(gallery).to_have_count(2)
+        assert sorted(gallery.evaluate_all("imgs => imgs.map(i => i.getAttribute('src'))")) == sorted(srcs)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth > 0)")
+        assert page.errors.page == []
+    finally:
+        context.close()
+
+
+def test_admin_default_model_and_reload(page, server, tiny_pipeline_dir):
+    models = page.locator("#admin-models > li")
+    message = page.locator("#admin-message")
+
+    def model(name):
+        return models.filter(has=page.locator("strong", has_text=re.compile(f"^{name}$")))
+
+    page.click("#tab-admin")
+    expect(page.locator("#view-admin")).to_be_visible()
+    expect(models.locator("strong")).to_have_text(["demo", "other"])
+    expect(model("demo").locator(".tag")).to_contain_text("default")
+    expect(model("demo").locator('[data-action="set-default"]')).to_have_count(0)
+    try:
+        # without a token, then with a wrong one: refused, nothing changes
+        model("other").locator('[data-action="set-default"]').click()
+        expect(message).to_have_text("This needs the admin token: send Authorization: Bearer <IMAGEBOT_ADMIN_TOKEN>.")
+        page.fill("#admin-token", "not-the-token")
+        page.click("#admin-login button[type=submit]")
+        model("other").locator('[data-action="set-default"]').click()
+        expect(message).to_have_text("Only admins can do that.")
+        expect(model("demo").locator(".tag")).to_contain_text("default")
+        # the right token
+        page.fill("#admin-token", ADMIN_TOKEN)
+        page.click("#admin-login button[type=submit]")
+        model("other").locator('[data-action="set-default"]').click()
+        expect(model("other").locator('[data-action="set-default"]')).to_have_count(0)
+        expect(model("other").locator(".tag")).to_contain_text("default")
+        expect(model("demo").locator('[data-action="set-default"]')).to_have_count(1)
+        expect(message).to_have_text("")
+        # the next plain prompt uses it
+        page.click("#tab-chat")
+        expect(page.locator("#model option").first).to_have_text("default (other)")
+        card = submit(page, "a plain prompt")
+        expect(card.locator(".bubble.user")).to_have_text(re.compile(r", other$"))
+        wait_done(page, card, images=1)
+        # a variant copied into the model store meanwhile (variant.toml last), picked up by Reload
+        # (copied after the tab has listed the models: listing also rescans, every 2 s at most)
+        page.click("#tab-admin")
+        expect(models.locator("strong")).to_have_text(["demo", "other"])
+        add_pipeline_variant(server.models, "third", tiny_pipeline_dir, VARIANT_TOML)
+        page.click("#admin-reload")
+        expect(message).to_have_text("Added: third. Changed: none. Removed: none.")
+        expect(models.locator("strong")).to_have_text(["demo", "other", "third"])
+        # and back
+        model("demo").locator('[data-action="set-default"]').click()
+        expect(model("demo").locator(".tag")).to_contain_text("default")
+        expect(model("other").locator('[data-action="set-default"]')).to_have_count(1)
+    finally:
+        server.put_default("demo")
+    assert page.errors.page == []
+
+
+def test_vietnamese(browser, server):
+    context = new_context(browser, locale="vi-VN")
+    try:
+        page = open_page(context, server)
+        expect(page.locator("html")).to_have_attribute("lang", "vi")
+        expect(page.locator("#send")).to_have_text("Tạo ảnh")
+        expect(page.locator("#tab-chat")).to_have_text("Trò chuyện")
+        expect(page.locator("#tab-gallery")).to_have_text("Thư viện")
+        expect(page.locator('label[for="prompt"]')).to_have_text("Mô tả bức ảnh, hoặc gõ một lệnh")
+        page.fill("#prompt", "a cat --steps 500")
+        page.press("#prompt", "Enter")
+        expect(page.locator("#form-error")).to_have_text("steps phải trong khoảng 1-50, nhận được 500.")
+        page.fill("#prompt", "/bogus")
+        page.press("#prompt", "Enter")
+        expect(page.locator("#form-error")).to_have_text("Không có lệnh /bogus. Thử /help.")
+        expect(page.locator("#log > li")).to_have_count(0)
+        assert page.errors.page == []
+    finally:
+        context.close()
+
+
+def test_phone_viewport(browser, server):
+    context = new_context(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                          device_scale_factor=2)
+    try:
+        page = open_page(context, server)
+
+        def fits():
+            assert scroll_width(page) <= 390
+            for selector in ("#prompt", "#send"):
+                expect(page.locator(selector)).to_be_visible()
+                box = page.locator(selector).bounding_box()
+                assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
+
+        fits()
+        page.tap("#prompt")
+        page.fill("#prompt", "a phone picture --steps 3")
+        card = new_card(page, lambda: page.tap("#send"))
+        wait_done(page, card, images=1)
+        fits()
+        page.tap("#advanced summary")
+        expect(page.locator("#steps")).to_be_visible()
+        fits()
+        page.tap("#tab-admin")
+        expect(page.locator("#admin-models > li")).not_to_have_count(0)
+        assert scroll_width(page) <= 390
+        assert page.errors.page == []
+    finally:
+        context.close()
+
+
+def test_keyboard_only(page):
+    for presses in range(1, 7):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "prompt":
+            break
+    else:
+        pytest.fail("Tab never reached the prompt")
+    assert presses <= 5
+    page.keyboard.type("a keyboard fox")
+    page.keyboard.press("Shift+Enter")  # a new line, not a submit
+    page.keyboard.type("--steps 3")
+    expect(page.locator("#prompt")).to_have_value("a keyboard fox\n--steps 3")
+    expect(cards(page)).to_have_count(0)
+    card = new_card(page, lambda: page.keyboard.press("Enter"))
+    expect(card.locator(".bubble.user")).to_contain_text("64x64, demo")
+    wait_done(page, card, images=1)
+    expect(page.locator("#prompt")).to_be_focused()  # ready for the next prompt
+    expect(page.locator("#prompt")).to_have_value("")
+
+
+def test_screenshot(page, tmp_path):
+    card = submit(page, "a red fox in the snow --seed 42 --n 2 --steps 3")
+    wait_done(page, card, images=2)
+    page.evaluate("window.scrollTo(0, 0)")
+    artifact = tmp_path / "screenshot.png"
+    page.screenshot(path=str(artifact))
+    docs = REPO / "docs"
+    docs.mkdir(exist_ok=True)
+    shutil.copyfile(artifact, docs / "screenshot.png")
+    for path in (artifact, docs / "screenshot.png"):
+        assert png_size(path.read_bytes()) == (DESKTOP["width"], DESKTOP["height"])
+
+
+# --- regressions of bugs found earlier ------------------------------------------------------------
+
+
+def test_use_these_settings_then_generate_with_any_guidance(page):
+    card = submit(page, "a fox --cfg 7.2 --steps 2")
+    wait_done(page, card, images=1)
+    card.locator('[data-action="reuse"]').click()
+    expect(page.locator("#guidance")).to_have_value("7.2")
+    page.click("#send")
+    expect(cards(page)).to_have_count(2, timeout=5_000)
+
+
+def test_invalid_value_in_collapsed_advanced_panel_is_reported(page):
+    page.click("#advanced summary")
+    page.fill("#steps", "60")
+    page.click("#advanced summary")
+    expect(page.locator("#advanced")).not_to_have_attribute("open", "")
+    page.fill("#prompt", "a fox")
+    page.press("#prompt", "Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#advanced').open || !document.querySelector('#form-error').hidden",
+        timeout=5_000)
+
+
+def test_copy_seed_clicked_twice_keeps_its_label(page, context):
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    card = submit(page, "a fox --seed 11 --steps 2")
+    wait_done(page, card, images=1)
+    button = card.locator('[data-action="copy-seed"]')
+    button.click()
+    expect(button).to_have_text("Copied")
+    button.click()
+    expect(button).to_have_text("Copy seed 11", timeout=5_000)
+
+
+def _call(server: Server, method: str, path: str, user: str, body: str | None = None):
+    request = urllib.request.Request(server.url + path, method=method, data=body.encode() if body else None,
+                                     headers={"X-Imagebot-User": user, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_event_stream_outlives_a_keep_alive(server):
+    user = "sse-tester"
+    ahead = _call(server, "POST", "/api/jobs", user, '{"prompt": "a long one ahead --steps 50 --n 2 --size 256x256"}')
+    waiting = None
+    try:
+        deadline = time.monotonic() + 60
+        while _call(server, "GET", f"/api/jobs/{ahead['id']}", user)["status"] != "running":
+            assert time.monotonic() < deadline, "the job ahead never started"
+            time.sleep(0.2)
+        waiting = _call(server, "POST", "/api/jobs", user, '{"prompt": "a waiting one --steps 2"}')
+        request = urllib.request.Request(f"{server.url}/api/jobs/{waiting['id']}/events",
+                                         headers={"X-Imagebot-User": user})
+        with urllib.request.urlopen(request, timeout=60) as stream:
+            events = []
+            for raw in stream:
+                line = raw.decode().strip()
+                if line.startswith("event: ") and line != "event: state":
+                    events.append(line)
+                if line == ": keep-alive":
+                    break
+            else:
+                pytest.fail("the stream ended before its first keep-alive")
+            if events:
+                pytest.skip(f"the job ahead finished too early to test a keep-alive: {events}")
+            _call(server, "DELETE", f"/api/jobs/{waiting['id']}", user)
+            try:
+                rest = [raw.decode().strip() for raw in stream]
+            except (http.client.IncompleteRead, OSError) as error:
+                pytest.fail(f"the stream broke after its keep-alive: {error!r}")
+            assert "event: cancelled" in rest, rest
+    finally:
+        for job in (waiting, ahead):
+            if job is not None:
+                try:
+                    _call(server, "DELETE", f"/api/jobs/{job['id']}", user)
+                except urllib.error.HTTPError:
+                    pass  # already finished
+        deadline = time.monotonic() + 60
+        while (_call(server, "GET", f"/api/jobs/{ahead['id']}", user)["status"] in ("queued", "running")
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
