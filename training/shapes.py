@@ -1,0 +1,309 @@
+"""A procedural captioned dataset: coloured shapes on coloured backgrounds, and a judge for them.
+
+The demo model is trained from scratch on these images, so its vocabulary is deliberately small:
+
+    a {colour} {shape} on a {background} background          (shape colour != background colour)
+    a small red circle on a blue background, on the left     (optional size / position words)
+
+8 colours (a well separated palette), 3 shapes (circle, square, triangle), sizes small/large and
+positions left/right/top/bottom/center. `render()` draws one image with a little jitter in size
+and position so no two are alike; `judge()` reads an image back from its pixels alone (background
+colour, shape colour, shape kind), which is how generated samples are scored against their prompt.
+
+    specs = sample_specs(1000, seed=0)
+    image = render(specs[0], size=32, rng=random.Random(0))
+    caption(specs[0])            # 'a red circle on a blue background'
+    judge(image, specs[0])       # {'background_ok': True, 'shape_colour_ok': True, ...}
+    write_dataset("data/shapes", 1000, seed=0)   # PNGs + manifest.json [{"link", "caption"}]
+
+No torch here: this module only needs Pillow and numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# name -> RGB. Chosen far apart (the closest pair, orange/yellow, is ~100 apart in RGB) so a
+# nearest-palette-colour decision is unambiguous for anything but a muddy mixture.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 20, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 230),
+    "yellow": (250, 230, 40),
+    "purple": (140, 40, 180),
+    "orange": (250, 130, 0),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+}
+COLOURS: tuple[str, ...] = tuple(PALETTE)
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+SIZES: tuple[str, ...] = ("small", "large")
+POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "center")
+
+# Shape side as a fraction of the image side, by size word (None: no size word in the caption).
+_SIZE_RANGE = {None: (0.42, 0.58), "small": (0.25, 0.34), "large": (0.66, 0.78)}
+# Shape centre as fractions of the image side, by position word (None: centred).
+_POSITION_CENTRE = {None: (0.5, 0.5), "center": (0.5, 0.5), "left": (0.28, 0.5), "right": (0.72, 0.5),
+                    "top": (0.5, 0.28), "bottom": (0.5, 0.72)}
+_POSITION_PHRASE = {"left": "on the left", "right": "on the right", "top": "at the top",
+                    "bottom": "at the bottom", "center": "in the center"}
+_SUPERSAMPLE = 4  # draw at 4x and downsample: smooth edges, as a photo-like training target
+
+# Filled share of the shape's bounding box: circle pi/4 ~ 0.785, square 1.0, triangle 0.5.
+FILL_RATIO = {"circle": 0.785, "square": 1.0, "triangle": 0.5}
+_SQUARE_ABOVE = 0.95
+_TRIANGLE_BELOW = 0.6
+# Share of the shape's pixels in the upper half of its box: an upright triangle ~0.25, others ~0.5.
+_TRIANGLE_TOP_BELOW = 0.4
+
+# Seeds of the held-out evaluation prompts start here; training data uses small seeds (the
+# config's `seed`), so evaluation never shares a random stream with what the model saw.
+HELD_OUT_SEED_BASE = 1_000_000_007
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one image shows."""
+
+    colour: str
+    shape: str
+    background: str
+    size: str | None = None
+    position: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.colour not in PALETTE or self.background not in PALETTE:
+            raise ValueError(f"colours must be among {', '.join(COLOURS)}: got {self.colour!r} on {self.background!r}")
+        if self.colour == self.background:
+            raise ValueError(f"the shape colour must differ from the background, got {self.colour!r} twice")
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {self.shape!r}")
+        if self.size not in (None, *SIZES):
+            raise ValueError(f"size must be one of {', '.join(SIZES)} or None, got {self.size!r}")
+        if self.position not in (None, *POSITIONS):
+            raise ValueError(f"position must be one of {', '.join(POSITIONS)} or None, got {self.position!r}")
+
+
+@dataclass(frozen=True)
+class HeldOutPrompt:
+    """An evaluation prompt: what it asks for, the prompt text, and the seed to generate it with."""
+
+    spec: Spec
+    prompt: str
+    seed: int
+
+
+def caption(spec: Spec) -> str:
+    size = f"{spec.size} " if spec.size else ""
+    where = f", {_POSITION_PHRASE[spec.position]}" if spec.position else ""
+    return f"a {size}{spec.colour} {spec.shape} on a {spec.background} background{where}"
+
+
+def parse_caption(text: str) -> Spec:
+    """The inverse of `caption()` (ValueError for text it did not write)."""
+    words = text.strip().rstrip(".").replace(",", " ").split()
+    try:
+        if words[0] != "a":
+            raise ValueError
+        i = 1
+        size = words[i] if words[i] in SIZES else None
+        i += size is not None
+        colour, shape = words[i], words[i + 1]
+        if words[i + 2: i + 4] != ["on", "a"] or words[i + 5] != "background":
+            raise ValueError
+        background = words[i + 4]
+        rest = " ".join(words[i + 6:])
+        position = None
+        if rest:
+            position = next(p for p, phrase in _POSITION_PHRASE.items() if phrase == rest)
+        return Spec(colour, shape, background, size, position)
+    except (IndexError, StopIteration, ValueError):
+        raise ValueError(f"not a shapes caption: {text!r}") from None
+
+
+def sample_specs(n: int, seed: int, modifier_prob: float = 0.0) -> list[Spec]:
+    """`n` random specs; each carries a size word, and independently a position word, with
+    probability `modifier_prob`."""
+    rng = random.Random(seed)
+    specs = []
+    for _ in range(n):
+        colour = rng.choice(COLOURS)
+        background = rng.choice([c for c in COLOURS if c != colour])
+        shape = rng.choice(SHAPES)
+        size = rng.choice(SIZES) if rng.random() < modifier_prob else None
+        position = rng.choice(POSITIONS) if rng.random() < modifier_prob else None
+        specs.append(Spec(colour, shape, background, size, position))
+    return specs
+
+
+def held_out_prompts(n: int = 48, seed: int = 0) -> list[HeldOutPrompt]:
+    """Evaluation prompts, balanced over shape colours and shapes (48 = every colour and shape
+    twice), backgrounds drawn at random, generation seeds disjoint from the training seeds."""
+    rng = random.Random(HELD_OUT_SEED_BASE + seed)
+    prompts = []
+    for i in range(n):
+        colour = COLOURS[i % len(COLOURS)]
+        shape = SHAPES[(i // len(COLOURS)) % len(SHAPES)]
+        background = rng.choice([c for c in COLOURS if c != colour])
+        spec = Spec(colour, shape, background)
+        prompts.append(HeldOutPrompt(spec, caption(spec), HELD_OUT_SEED_BASE + seed * 100_003 + i))
+    return prompts
+
+
+def render(spec: Spec, size: int = 32, rng: random.Random | None = None) -> Image.Image:
+    """Draw `spec` as a `size` x `size` RGB image; `rng` jitters the shape's size and place."""
+    rng = rng or random.Random()
+    big = size * _SUPERSAMPLE
+    low, high = _SIZE_RANGE[spec.size]
+    side = rng.uniform(low, high) * big
+    cx, cy = _POSITION_CENTRE[spec.position]
+    jitter = 0.08 if spec.position is None else 0.04
+    cx = (cx + rng.uniform(-jitter, jitter)) * big
+    cy = (cy + rng.uniform(-jitter, jitter)) * big
+    # Keep the whole shape inside, off the outermost pixels (judge() reads the background there).
+    margin = 1.5 * _SUPERSAMPLE + side / 2
+    cx = min(max(cx, margin), big - margin)
+    cy = min(max(cy, margin), big - margin)
+
+    image = Image.new("RGB", (big, big), PALETTE[spec.background])
+    draw = ImageDraw.Draw(image)
+    half = side / 2
+    fill = PALETTE[spec.colour]
+    if spec.shape == "circle":
+        draw.ellipse((cx - half, cy - half, cx + half, cy + half), fill=fill)
+    elif spec.shape == "square":
+        draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=fill)
+    else:  # an upright triangle, a little flatter than it is wide (equilateral is 0.87)
+        h = side * rng.uniform(0.85, 0.95) / 2
+        draw.polygon([(cx, cy - h), (cx + half, cy + h), (cx - half, cy + h)], fill=fill)
+    return image.resize((size, size), Image.Resampling.BOX)
+
+
+# --- judging ---------------------------------------------------------------------------------
+
+_PALETTE_ARRAY = np.array([PALETTE[c] for c in COLOURS], dtype=np.float32)
+
+
+def nearest_colour(rgb: Sequence[float]) -> str:
+    distances = np.linalg.norm(_PALETTE_ARRAY - np.asarray(rgb, dtype=np.float32), axis=1)
+    return COLOURS[int(np.argmin(distances))]
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected region of a boolean mask (images here are tiny: a plain flood fill)."""
+    height, width = mask.shape
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    best_label, best_size, label = 0, 0, 0
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if labels[y0, x0]:
+            continue
+        label += 1
+        labels[y0, x0] = label
+        stack, count = [(y0, x0)], 0
+        while stack:
+            y, x = stack.pop()
+            count += 1
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = label
+                    stack.append((ny, nx))
+        if count > best_size:
+            best_label, best_size = label, count
+    return labels == best_label if best_label else np.zeros_like(mask)
+
+
+def shape_kind(fill_ratio: float, top_share: float = 0.5) -> str:
+    if fill_ratio < _TRIANGLE_BELOW or top_share < _TRIANGLE_TOP_BELOW:
+        return "triangle"
+    return "square" if fill_ratio >= _SQUARE_ABOVE else "circle"
+
+
+def judge(image: Image.Image, spec: Spec | None = None) -> dict:
+    """Read background colour, shape colour and shape kind from the pixels, and compare with `spec`.
+
+    - background: the per-channel median of the outermost ring of pixels, snapped to the palette;
+    - the shape: the largest connected region of pixels whose nearest palette colour is not the
+      background's;
+    - shape colour: the most common nearest palette colour of that region's inner pixels (those
+      whose four neighbours are in the region too), so anti-aliased edges, whose mixed colours
+      can snap to a third palette colour, do not vote;
+    - shape kind: the region's share of its bounding box (circle ~0.785, square ~1, triangle ~0.5),
+      and for triangles also how top-light the region is (an upright triangle has ~1/4 of its
+      pixels in the upper half of its box). Rough on blurry or tiny shapes; the colour verdicts
+      are the reliable part.
+    """
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    distances = np.linalg.norm(pixels[:, :, None, :] - _PALETTE_ARRAY[None, None], axis=-1)
+    nearest = distances.argmin(axis=-1)
+
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    background = nearest_colour(np.median(ring, axis=0))
+    background_index = COLOURS.index(background)
+
+    region = _largest_component(nearest != background_index)
+    result: dict = {"background": background, "shape_colour": None, "shape_kind": None, "fill_ratio": 0.0,
+                    "top_share": 0.0, "shape_pixels": int(region.sum())}
+    if result["shape_pixels"] >= 4:
+        padded = np.pad(region, 1)
+        inner = region & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        voters = nearest[inner] if inner.any() else nearest[region]
+        result["shape_colour"] = COLOURS[Counter(voters.tolist()).most_common(1)[0][0]]
+        ys, xs = np.nonzero(region)
+        top, bottom = ys.min(), ys.max()
+        box = (bottom - top + 1) * (xs.max() - xs.min() + 1)
+        middle = (top + bottom) / 2  # rows above it are the upper half; the middle row counts half
+        upper = (ys < middle).sum() + 0.5 * (ys == middle).sum()
+        result["fill_ratio"] = round(float(region.sum() / box), 3)
+        result["top_share"] = round(float(upper / len(ys)), 3)
+        result["shape_kind"] = shape_kind(result["fill_ratio"], result["top_share"])
+    if spec is not None:
+        result["background_ok"] = background == spec.background
+        result["shape_colour_ok"] = result["shape_colour"] == spec.colour
+        result["shape_kind_ok"] = result["shape_kind"] == spec.shape
+    return result
+
+
+def score(verdicts: Sequence[dict]) -> dict[str, float]:
+    """Share of verdicts with each `*_ok` right, plus `all_colours_ok` (background and shape colour)."""
+    if not verdicts:
+        return {}
+    keys = ("background_ok", "shape_colour_ok", "shape_kind_ok")
+    out = {k: sum(bool(v[k]) for v in verdicts) / len(verdicts) for k in keys}
+    out["colours_ok"] = sum(bool(v["background_ok"] and v["shape_colour_ok"]) for v in verdicts) / len(verdicts)
+    return out
+
+
+# --- datasets on disk --------------------------------------------------------------------------
+
+
+def render_dataset(n: int, seed: int, size: int = 32,
+                   modifier_prob: float = 0.0) -> tuple[list[Spec], list[Image.Image]]:
+    """`n` specs and their images, reproducible from `seed`."""
+    specs = sample_specs(n, seed, modifier_prob)
+    rng = random.Random(seed + 1)  # the jitter stream, separate from the spec stream
+    return specs, [render(spec, size, rng) for spec in specs]
+
+
+def write_dataset(folder: str | Path, n: int, seed: int = 0, size: int = 32, modifier_prob: float = 0.0) -> Path:
+    """Write `n` PNGs under `folder/images/` and `folder/manifest.json` in the reference
+    project's format: `[{"link": "images/00000.png", "caption": "..."}]`, links relative to the
+    manifest. Returns the manifest's path."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    specs, images = render_dataset(n, seed, size, modifier_prob)
+    rows = []
+    for i, (spec, image) in enumerate(zip(specs, images)):
+        link = f"images/{i:05d}.png"
+        image.save(folder / link)
+        rows.append({"link": link, "caption": caption(spec)})
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return manifest
