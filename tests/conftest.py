@@ -5,6 +5,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# As `imagebot` itself does: idle torch threads sleep instead of spinning (this machine is shared).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.pop("IMAGEBOT_CONFIG", None)
 
 import shutil  # noqa: E402

@@ -41,7 +41,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "job_not_found": "There is no job #{job}.",
         "not_your_job": "Job #{job} belongs to someone else; only they or an admin can change it.",
         "already_finished": "Job #{job} has already finished ({status}).",
-        "worker_crashed": "The worker stopped {attempts} times while making this; giving up.",
+        "worker_crashed": "The worker stopped while making this ({attempts} attempts); giving up.",
         "timed_out": "This took longer than {seconds} s and was stopped.",
         "generation_failed": "Generating failed ({error}). The bot keeps running; try again or tell an admin.",
         "shutting_down": "The bot is restarting; try again in a minute.",
@@ -137,7 +137,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "job_not_found": "Không có yêu cầu #{job}.",
         "not_your_job": "Yêu cầu #{job} là của người khác; chỉ họ hoặc quản trị viên mới thay đổi được.",
         "already_finished": "Yêu cầu #{job} đã kết thúc ({status}).",
-        "worker_crashed": "Bộ tạo ảnh đã dừng {attempts} lần khi làm yêu cầu này; đã bỏ qua.",
+        "worker_crashed": "Bộ tạo ảnh đã dừng khi làm yêu cầu này ({attempts} lần thử); đã bỏ qua.",
         "timed_out": "Yêu cầu mất hơn {seconds} giây nên đã bị dừng.",
         "generation_failed": "Tạo ảnh thất bại ({error}). Bot vẫn chạy; hãy thử lại hoặc báo quản trị viên.",
         "shutting_down": "Bot đang khởi động lại; hãy thử lại sau một phút.",
@@ -206,11 +206,24 @@ FALLBACK_LOCALE = "en"
 
 
 def pick_locale(locale: str | None) -> str:
-    """Map a platform locale ("vi", "vi-VN", "en_US", None) to a catalogue language."""
+    """Map a platform locale ("vi", "vi-VN", "en_US", None) or a browser's Accept-Language list
+    ("vi,en;q=0.8") to a catalogue language."""
     if not locale:
         return FALLBACK_LOCALE
-    language = locale.replace("_", "-").split("-")[0].lower()
-    return language if language in CATALOGUE else FALLBACK_LOCALE
+    choices = []
+    for position, part in enumerate(locale.split(",")):
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        if params.strip().startswith("q="):
+            try:
+                quality = float(params.strip()[2:])
+            except ValueError:
+                quality = 0.0
+        choices.append((-quality, position, tag.replace("_", "-").split("-")[0].strip().lower()))
+    for _, _, language in sorted(choices):
+        if language in CATALOGUE:
+            return language
+    return FALLBACK_LOCALE
 
 
 def catalogue_for(locale: str | None, prefix: str = "") -> dict[str, str]:

@@ -134,6 +134,7 @@ class Service:
         self.events = EventBus()
         self.scheduler = Scheduler(max_batch=config.engine.max_batch, max_switch_wait=config.queue.max_switch_wait)
         self._wake = asyncio.Event()
+        self._admission = asyncio.Lock()
         self._cancel_requested: set[int] = set()
         self._running: _Running | None = None
         self._accepting = False
@@ -187,10 +188,11 @@ class Service:
         if not self._accepting:
             raise UserError("shutting_down")
         request = await self.resolve_request(options, origin)
-        if not origin.is_admin:
-            await self._check_quota(origin)
-        job_id = await self.store.add_job(request, origin)
-        await self.store.add_usage(origin.user_key, request.count)
+        async with self._admission:  # quota check and insert as one step, or concurrent requests slip past
+            if not origin.is_admin:
+                await self._check_quota(origin)
+            job_id = await self.store.add_job(request, origin)
+            await self.store.add_usage(origin.user_key, request.count)
         self._wake.set()
         position, eta = await self._position(job_id)
         self.events.publish({"type": "queued", "job": job_id, "position": position, "eta": eta}, origin.platform)
@@ -246,6 +248,8 @@ class Service:
     # --- looking up --------------------------------------------------------------------------------
 
     async def job(self, job_id: int) -> Job:
+        if not 0 < job_id < 2**63:  # SQLite's integer range; no such job can exist
+            raise UserError("job_not_found", job=job_id)
         job = await self.store.get(job_id)
         if job is None:
             raise UserError("job_not_found", job=job_id)

@@ -219,7 +219,7 @@ class Store:
         try:
             async with self.db.execute(
                 "UPDATE jobs SET status = 'failed', finished_at = ?, error_key = 'worker_crashed', "
-                "error = 'The worker stopped ' || attempts || ' times while making this; giving up.', "
+                "error = 'The worker stopped while making this (' || attempts || ' attempts); giving up.', "
                 "error_params = json_object('attempts', attempts) "
                 "WHERE status = 'running' AND attempts >= ? RETURNING id",
                 (time.time(), max_attempts),

@@ -13,13 +13,14 @@ import json
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from bot import __version__
 from bot.config import Config, Secrets
@@ -49,7 +50,9 @@ _STATUS_BY_KEY = {
     "shutting_down": 503,
 }
 
-Scalar = int | float | str | None
+# Strict: JSON true/false must not pass as 1/0; strings go through the same parser as chat flags.
+Scalar = StrictInt | StrictFloat | StrictStr | None
+JobId = int  # any integer; ids that cannot exist are simply not found
 
 
 class JobIn(BaseModel):
@@ -81,7 +84,7 @@ class DefaultModelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    scope: str = "global"
+    scope: Literal["global"] = "global"  # per-chat defaults are set from the chat frontends
 
 
 def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
@@ -90,12 +93,12 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
                   description="Queue image generations and follow them. Errors carry a message fit to show a user.")
     outputs = config.storage.outputs_path().resolve()
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.", "too_large")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        key = "not_found" if error.status_code == 404 else "http_error"
+        return _error(error.status_code, "Not found." if error.status_code == 404 else str(error.detail), key)
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, error: UserError):
@@ -120,7 +123,7 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
                 "request": submitted.request.to_dict()}
 
     @app.post("/api/jobs/{job_id}/{action}", status_code=202)
-    async def derive(job_id: int, action: str, request: Request, body: DeriveIn | None = None) -> dict[str, Any]:
+    async def derive(job_id: JobId, action: str, request: Request, body: DeriveIn | None = None) -> dict[str, Any]:
         """reroll (same settings, new seed), variation or upscale (of image `index`, counted from 0)."""
         if action not in ("reroll", "variation", "upscale"):
             return _error(404, "Unknown action; use reroll, variation or upscale.", "not_found")
@@ -130,18 +133,18 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
                 "request": submitted.request.to_dict()}
 
     @app.get("/api/jobs/{job_id}")
-    async def get_job(job_id: int, request: Request) -> dict[str, Any]:
+    async def get_job(job_id: JobId, request: Request) -> dict[str, Any]:
         view = await service.status(job_id)
         return _job_json(view.job, request, position=view.position, eta=view.eta_seconds, step=view.step,
                          total=view.total)
 
     @app.delete("/api/jobs/{job_id}")
-    async def cancel(job_id: int, request: Request) -> dict[str, Any]:
+    async def cancel(job_id: JobId, request: Request) -> dict[str, Any]:
         status = await service.cancel(job_id, _origin(request, secrets))
         return {"id": job_id, "status": status}
 
     @app.get("/api/jobs/{job_id}/preview")
-    async def preview(job_id: int) -> Response:
+    async def preview(job_id: JobId) -> Response:
         await service.job(job_id)
         data = service.preview(job_id)
         if data is None:
@@ -149,7 +152,7 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/jobs/{job_id}/events")
-    async def events(job_id: int, request: Request) -> StreamingResponse:
+    async def events(job_id: JobId, request: Request) -> StreamingResponse:
         await service.job(job_id)  # 404 before the stream starts
         updates = service.subscribe(job_id)  # before reading the state: nothing falls in between
         try:
@@ -199,8 +202,6 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
     @app.put("/api/models/default")
     async def set_default(body: DefaultModelIn, request: Request) -> dict[str, Any]:
         by = _admin(request, secrets)
-        if body.scope != "global":
-            raise UserError("not_admin")
         await service.set_default_variant("global", body.name, by)
         return {"default": await service.default_model()}
 
@@ -243,6 +244,49 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
         return prometheus_text(await service.metrics())
 
     return app
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes, declared (Content-Length) or streamed (chunked).
+
+    The body is read here first (it is small by definition) and handed on whole, so an oversized
+    one is refused before the application parses anything.
+    """
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._refuse(scope, receive, send)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return await self._refuse(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # afterwards: disconnect notices (server-sent events)
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send) -> None:
+        response = _error(413, f"The request body is larger than {self.limit // 1024} KiB.", "too_large")
+        await response(scope, receive, send)
 
 
 def _origin(request: Request, secrets: Secrets) -> Origin:
