@@ -84,6 +84,7 @@ class QueueConfig:
     job_timeout: float = 600.0  # seconds one batch may take
     max_attempts: int = 3  # a job the worker crashed on this often is failed, not retried
     shutdown_grace: float = 30.0  # seconds to finish the running batch on shutdown before requeueing it
+    batch_window: float = 0.1  # seconds an idle worker waits for more jobs to batch with the first
 
 
 @dataclass(frozen=True)

@@ -413,14 +413,22 @@ class Service:
     # --- the worker loop -----------------------------------------------------------------------------
 
     async def _work(self) -> None:
+        idle = True
         while not self._stopping:
             queued = await self.store.queued()
             if not queued:
+                idle = True
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.config.models.rescan_seconds or 2.0)
                 except asyncio.TimeoutError:
                     pass
+                continue
+            if idle and self.config.queue.batch_window > 0:
+                # Requests often come in bursts (a button pressed by several people, a script):
+                # a moment's wait lets them share the first batch instead of queueing behind it.
+                idle = False
+                await asyncio.sleep(self.config.queue.batch_window)
                 continue
             batch = self.scheduler.pick(queued, self.executor.loaded_model(), time.time())
             jobs = await self.store.claim([job.id for job in batch])

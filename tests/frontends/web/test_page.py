@@ -657,10 +657,10 @@ def test_screenshot(page, tmp_path):
     page.evaluate("window.scrollTo(0, 0)")
     artifact = tmp_path / "screenshot.png"
     page.screenshot(path=str(artifact))
-    docs = REPO / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copyfile(artifact, docs / "screenshot.png")
-    for path in (artifact, docs / "screenshot.png"):
+    artifacts = REPO / "test-artifacts"  # kept after the run (git ignores it); docs/ has the README's copy
+    artifacts.mkdir(exist_ok=True)
+    shutil.copyfile(artifact, artifacts / "screenshot.png")
+    for path in (artifact, artifacts / "screenshot.png"):
         assert png_size(path.read_bytes()) == (DESKTOP["width"], DESKTOP["height"])
 
 
@@ -747,3 +747,30 @@ def test_event_stream_outlives_a_keep_alive(server):
         while (_call(server, "GET", f"/api/jobs/{ahead['id']}", user)["status"] in ("queued", "running")
                and time.monotonic() < deadline):
             time.sleep(0.2)
+
+
+def test_grid_link_and_model_command_for_admins(page, server):
+    card = submit(page, "a fox --n 2 --steps 2")
+    wait_done(page, card, images=2)
+    expect(card.locator(".grid-link")).to_have_attribute("href", re.compile(r"^/api/images/job\d+-grid\.png$"))
+    single = submit(page, "a fox --steps 2")
+    wait_done(page, single, images=1)
+    expect(single.locator(".grid-link")).to_have_count(0)
+
+    # Without the admin token, /model NAME explains how; with it, /model NAME sets the default.
+    page.fill("#prompt", "/model other")
+    page.press("#prompt", "Enter")
+    expect(page.locator(".bubble.bot").last).to_contain_text("admin token")
+    page.click("#tab-admin")
+    page.fill("#admin-token", ADMIN_TOKEN)
+    page.click("#admin-login button[type=submit]")
+    page.click("#tab-chat")
+    try:
+        page.fill("#prompt", "/model other")
+        page.press("#prompt", "Enter")
+        expect(page.locator(".bubble.bot").last).to_have_text("The default model is now other.")
+        expect(page.locator("#model option").first).to_have_text("default (other)")
+    finally:
+        page.fill("#prompt", "/model demo")
+        page.press("#prompt", "Enter")
+        expect(page.locator(".bubble.bot").last).to_have_text("The default model is now demo.")

@@ -126,6 +126,14 @@ function render(job) {
 function renderImages(job, card) {
   const box = $(".images", card);
   if (job.status !== "done" || box.childElementCount) return;
+  if (job.grid) {
+    const grid = document.createElement("a");
+    grid.className = "button grid-link";
+    grid.href = job.grid;
+    grid.target = "_blank";
+    grid.textContent = t("ui_grid");
+    $(".actions", card).before(grid);
+  }
   job.images.forEach((image, index) => {
     const figure = document.createElement("figure");
     const link = document.createElement("a");
@@ -313,6 +321,11 @@ async function runCommand(text) {
       await loadModels();
       const names = state.models.filter((m) => m.status === "ready").map((m) => m.name);
       say(t("ui_models_list", { default: state.defaultModel, models: names.join(", ") || t("ui_none") }));
+      if (argument && state.adminToken) {
+        await api("/api/models/default", { method: "PUT", body: { name: argument }, admin: true });
+        await loadModels();
+        return say(t("ui_model_set", { name: argument }));
+      }
       if (argument) say(t("ui_model_admin_hint"));
       return;
     }
