@@ -49,6 +49,7 @@ from typing import Any, Mapping
 
 from bot.core.request import MODEL_NAME
 from bot.engine.registry import VARIANT_FILE, read_variant
+from bot.engine.outputs import fsync_dir
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -98,7 +99,7 @@ def export_variant(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(models_dir)
+    fsync_dir(models_dir)
     _checkpoint("published", name)
     return final
 
@@ -193,22 +194,7 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(Path(root))
 
 
 # --- TOML (the subset variant.toml and training configs use) --------------------------------

@@ -251,11 +251,11 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable. Not possible on Windows, and a failure
     # here cannot corrupt anything, so it is best effort.
     try:
