@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     imagine.add_argument("--strength", help="img2img: how much to change the image, 0.05-1")
     imagine.add_argument("-o", "--output", type=Path, help="folder for the PNGs (default: the configured outputs)")
 
+    commands.add_parser("data", help="dataset tools: manifests, image folders, crawling, captions (imagebot data --help)")
+    commands.add_parser("train", help="offline training: scratch | finetune | evaluate (imagebot train --help)")
     commands.add_parser("serve", help="run the bot: web page and API, plus Discord/Telegram when their tokens are set")
 
     models = commands.add_parser("models", help="list or inspect the model store")
@@ -70,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before torch loads: idle OpenMP threads sleep instead of spinning, which keeps a CPU that
     # also serves HTTP (or runs other programs) from slowing every denoising step several-fold.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    delegated = _delegated_command(argv)
+    if delegated is not None:
+        return delegated
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
@@ -92,6 +98,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imagebot: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+# `imagebot data ...` and `imagebot train ...` hand the rest of the command line to the offline
+# tools in training/, which have their own options and --help.
+_TRAIN_TOOLS = {"scratch": "training.train_scratch", "finetune": "training.finetune", "evaluate": "training.evaluate"}
+
+
+def _delegated_command(argv: list[str]) -> int | None:
+    index = 0
+    while index < len(argv) and argv[index].startswith("-"):
+        index += 2 if argv[index] == "--config" else 1
+    if index >= len(argv) or argv[index] not in ("data", "train"):
+        return None
+    import importlib
+
+    command, rest = argv[index], argv[index + 1:]
+    _setup_logging("-v" in argv[:index] or "--verbose" in argv[:index])
+    if command == "data":
+        from training import data_cli
+
+        return data_cli.main(rest)
+    if not rest or rest[0] not in _TRAIN_TOOLS:
+        print("usage: imagebot train {scratch,finetune,evaluate} [options]  (each has --help)\n"
+              "  scratch   train a small model from scratch (training/train_scratch.py)\n"
+              "  finetune  DreamBooth or DreamBooth-LoRA over a model in the store (training/finetune.py)\n"
+              "  evaluate  side-by-side comparison grid and report (training/evaluate.py)",
+              file=sys.stderr if rest else sys.stdout)
+        return 2 if rest else 0
+    return int(importlib.import_module(_TRAIN_TOOLS[rest[0]]).main(rest[1:]) or 0)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -95,6 +95,36 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class TelegramConfig:
+    """The Telegram bot (runs when TELEGRAM_TOKEN is set)."""
+
+    admins: tuple[int, ...] = ()  # Telegram user ids allowed to use admin commands
+    allowed_chats: tuple[int, ...] = ()  # chat ids the bot answers in; empty = every chat
+    base_url: str = ""  # Bot API server, e.g. "http://127.0.0.1:8081/bot" for a local one; "" = api.telegram.org
+    base_file_url: str = ""  # its file URL ("" = derived from base_url)
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str = ""  # webhook mode: the public HTTPS URL Telegram posts updates to
+    webhook_listen: str = "127.0.0.1"  # webhook mode: where the bot's own HTTP server listens
+    webhook_port: int = 8443
+    edit_interval_group: float = 3.0  # seconds between progress edits in groups
+    edit_interval_private: float = 1.0  # ... and in private chats
+    previews: bool = True  # show the half-made image while it is generated
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    """The Discord bot (runs when DISCORD_TOKEN is set)."""
+
+    admin_users: tuple[int, ...] = ()  # user ids allowed to use admin commands
+    admin_roles: tuple[int, ...] = ()  # role ids whose members are admins
+    allowed_channels: tuple[int, ...] = ()  # channel ids the bot answers in; empty = every channel
+    test_guild: int = 0  # sync commands to this server only (instant); 0 = globally
+    blocklist: tuple[str, ...] = ()  # words refused in prompts outside age-restricted channels
+    edit_interval: float = 1.5  # seconds between progress edits
+    previews: bool = True  # show the half-made image while it is generated
+
+
+@dataclass(frozen=True)
 class VariantOverride:
     """Per-variant defaults from config.toml; they win over the variant's own variant.toml."""
 
@@ -115,6 +145,8 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
     variants: Mapping[str, VariantOverride] = field(default_factory=dict)
     source: str = "built-in defaults"  # which file this came from, for messages
 
@@ -125,6 +157,7 @@ class Secrets:
 
     discord_token: str | None = None
     telegram_token: str | None = None
+    telegram_webhook_secret: str | None = None  # webhook mode: Telegram sends it with every update
     admin_token: str | None = None
 
     @classmethod
@@ -133,6 +166,7 @@ class Secrets:
         return cls(
             discord_token=env.get("DISCORD_TOKEN") or None,
             telegram_token=env.get("TELEGRAM_TOKEN") or None,
+            telegram_webhook_secret=env.get("TELEGRAM_WEBHOOK_SECRET") or None,
             admin_token=env.get("IMAGEBOT_ADMIN_TOKEN") or None,
         )
 
@@ -231,6 +265,11 @@ def _check_type(name: str, value: Any, expected: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
         return value
+    if origin is tuple:  # a TOML array of one item type
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, got {type(value).__name__} {value!r}")
+        item_type = typing.get_args(expected)[0]
+        return tuple(_check_type(f"{name}[{i}]", item, item_type) for i, item in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         options = [t for t in typing.get_args(expected) if t is not type(None)]
         return _check_type(name, value, options[0])
@@ -250,6 +289,8 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
     for key, value in values.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{prefix}.{key} must not be negative, got {value}")
+    if prefix == "telegram" and values.get("mode") == "webhook" and not values.get("webhook_url"):
+        raise ConfigError("telegram.mode = \"webhook\" needs telegram.webhook_url (the public HTTPS URL)")
     if prefix == "engine" and values.get("max_batch", 1) < 1:
         raise ConfigError("engine.max_batch must be at least 1")
     if prefix.startswith("variants."):

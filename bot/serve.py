@@ -43,9 +43,17 @@ async def serve(config: Config, secrets: Secrets, ready: asyncio.Event | None = 
                                                access_log=False, lifespan="off"))
         server.install_signal_handlers = lambda: None  # one shutdown path: ours
         tasks.append(asyncio.create_task(server.serve(), name="web"))
-    for name, token in (("Discord", secrets.discord_token), ("Telegram", secrets.telegram_token)):
-        if token:
-            log.warning("%s token is set, but the %s frontend is not part of this version yet", name, name)
+    # Chat frontends: each package's start() connects, registers its handlers and returns an object
+    # whose stop() disconnects. They share this event loop and the one service.
+    frontends = []
+    if secrets.telegram_token:
+        from bot.frontends import telegram
+
+        frontends.append(await telegram.start(service, config, secrets))
+    if secrets.discord_token:
+        from bot.frontends import discord as discord_frontend
+
+        frontends.append(await discord_frontend.start(service, config, secrets))
 
     models = [e.name for e in registry.entries() if e.ready]
     log.info("serving models: %s (default %s)", ", ".join(models) or "none", config.models.default)
@@ -68,6 +76,11 @@ async def serve(config: Config, secrets: Secrets, ready: asyncio.Event | None = 
         log.info("shutting down")
         if server is not None:
             server.should_exit = True
+        for frontend in reversed(frontends):
+            try:
+                await frontend.stop()
+            except Exception:  # one frontend failing to close must not keep the others open
+                log.exception("a frontend failed to stop cleanly")
         await service.stop()
         for task in tasks:
             await asyncio.gather(task, return_exceptions=True)

@@ -299,15 +299,17 @@ def test_secrets_from_the_process_environment(monkeypatch, no_env):
 
 
 def test_secrets_repr_and_str_never_show_values():
-    values = {"DISCORD_TOKEN": "d-secret-123", "TELEGRAM_TOKEN": "t-secret-456", "IMAGEBOT_ADMIN_TOKEN": "a-secret-789"}
+    values = {"DISCORD_TOKEN": "d-secret-123", "TELEGRAM_TOKEN": "t-secret-456", "IMAGEBOT_ADMIN_TOKEN": "a-secret-789",
+              "TELEGRAM_WEBHOOK_SECRET": "w-secret-000"}
     secrets = Secrets.from_env(values)
     for text in (repr(secrets), str(secrets), f"{secrets}", f"{secrets!r}", "%s" % (secrets,), repr([secrets]),
                  repr({"s": secrets})):
         for value in values.values():
             assert value not in text
-    assert repr(secrets) == "Secrets(discord_token=set, telegram_token=set, admin_token=set)"
+    assert repr(secrets) == ("Secrets(discord_token=set, telegram_token=set, "
+                             "telegram_webhook_secret=set, admin_token=set)")
     assert repr(Secrets.from_env({"TELEGRAM_TOKEN": "x"})) == \
-        "Secrets(discord_token=unset, telegram_token=set, admin_token=unset)"
+        "Secrets(discord_token=unset, telegram_token=set, telegram_webhook_secret=unset, admin_token=unset)"
 
 
 # --- reading files ------------------------------------------------------------------------------
@@ -423,3 +425,16 @@ def test_repository_config_loads():
     assert isinstance(config, Config)
     assert config.source == str(REPO / "config.toml")
     assert Path(config.storage.state_dir).is_absolute()
+
+
+def test_frontend_sections_take_lists_of_ids_and_check_each_item():
+    config = config_from_dict({"telegram": {"admins": [1, 2], "allowed_chats": [-1001]},
+                               "discord": {"admin_roles": [5], "blocklist": ["gore"]}})
+    assert config.telegram.admins == (1, 2) and config.telegram.allowed_chats == (-1001,)
+    assert config.discord.admin_roles == (5,) and config.discord.blocklist == ("gore",)
+    with pytest.raises(ConfigError, match=r"telegram.admins must be a list"):
+        config_from_dict({"telegram": {"admins": 12}})
+    with pytest.raises(ConfigError, match=r"discord.admin_users\[1\] must be a whole number"):
+        config_from_dict({"discord": {"admin_users": [1, "two"]}})
+    with pytest.raises(ConfigError, match="webhook_url"):
+        config_from_dict({"telegram": {"mode": "webhook"}})
