@@ -55,7 +55,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -78,6 +77,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from training import shapes  # noqa: E402
+from training.manifest import training_pairs  # noqa: E402
 from training.store import export_variant, to_toml, write_text_atomic  # noqa: E402
 
 
@@ -309,57 +309,8 @@ def check_config(c: TrainingConfig) -> str | None:
 # Data: images as uint8 tensors [N, 3, H, W] and their captions
 # =============================================================================================
 
-
-def read_manifest(path: str | Path) -> list[tuple[Path, str]]:
-    """(image path, caption) pairs from a manifest in the reference project's format.
-
-    .json: `[{"link": "images/1.jpg", "caption": "..."}]`; .jsonl: one such object per line;
-    .csv: columns `link,caption` (a header row, or the first two columns without one);
-    .txt: `link<TAB>caption` per line (or `link,caption`: split at the first comma).
-    Relative links are relative to the manifest's folder.
-    """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8-sig")
-    suffix = path.suffix.lower()
-    rows: list[tuple[str, str]] = []
-    if suffix == ".json":
-        data = json.loads(text)
-        if isinstance(data, dict):  # {"data": [...]} or {"images": [...]}
-            data = next((v for v in data.values() if isinstance(v, list)), [])
-        rows = [_row(item, path) for item in data]
-    elif suffix == ".jsonl":
-        rows = [_row(json.loads(line), path) for line in text.splitlines() if line.strip()]
-    elif suffix == ".csv":
-        table = [r for r in csv.reader(text.splitlines()) if r]
-        if table and [c.strip().lower() for c in table[0][:2]] == ["link", "caption"]:
-            header = [c.strip().lower() for c in table[0]]
-            rows = [(r[header.index("link")], r[header.index("caption")]) for r in table[1:]]
-        else:
-            rows = [(r[0], r[1]) for r in table if len(r) >= 2]
-    elif suffix == ".txt":
-        for line in text.splitlines():
-            if line.strip():
-                link, sep, caption = line.partition("\t") if "\t" in line else line.partition(",")
-                if not sep:
-                    raise ValueError(f"{path}: line without a caption: {line!r}")
-                rows.append((link, caption))
-    else:
-        raise ValueError(f"{path}: manifests are .json, .jsonl, .csv or .txt")
-    out = []
-    for link, caption in rows:
-        link = link.strip()
-        if link.startswith(("http://", "https://")):
-            raise ValueError(f"{path}: {link} is a URL; download the images first and link the files")
-        out.append(((path.parent / link) if not Path(link).is_absolute() else Path(link), caption.strip()))
-    if not out:
-        raise ValueError(f"{path}: no images listed")
-    return out
-
-
-def _row(item: Any, path: Path) -> tuple[str, str]:
-    if not isinstance(item, dict) or "link" not in item or "caption" not in item:
-        raise ValueError(f"{path}: every entry needs 'link' and 'caption', got {item!r}")
-    return str(item["link"]), str(item["caption"])
+# (image file, caption) pairs of a manifest; the reading lives in training.manifest.
+read_manifest = training_pairs
 
 
 def load_image(path: Path, size: int) -> Image.Image:
@@ -390,7 +341,7 @@ def load_data(c: TrainingConfig) -> Dataset:
         captions = [shapes.caption(s) for s in specs]
     else:
         specs = None
-        pairs = read_manifest(c.manifest)
+        pairs = training_pairs(c.manifest)
         images = [load_image(p, c.image_size) for p, _ in pairs]
         captions = [caption for _, caption in pairs]
     array = np.stack([np.asarray(image, dtype=np.uint8) for image in images]).transpose(0, 3, 1, 2)
