@@ -65,12 +65,16 @@ def export_variant(
     name: str,
     defaults: Mapping[str, Any] | None = None,
     description: str = "",
+    fields: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `pipe` as the pipeline variant `models_dir/name` and return its folder.
 
     `defaults` becomes variant.toml's [defaults] (steps, guidance, width, height, scheduler,
-    negative_prompt). An existing variant of that name is replaced (see the module docstring for
-    what a concurrently scanning registry can observe: never a half-written variant).
+    negative_prompt). `fields` adds or replaces top-level keys of variant.toml: another kind of
+    variant, e.g. {"kind": "lora", "base": "demo", "file": "pytorch_lora_weights.safetensors"},
+    where `pipe.save_pretrained` writes that kind's files. An existing variant of that name is
+    replaced (see the module docstring for what a concurrently scanning registry can observe: never
+    a half-written variant).
     """
     if not MODEL_NAME.fullmatch(name):
         raise ValueError(f"invalid model name {name!r}: letters, digits, '.', '_', '-', up to 64 "
@@ -85,7 +89,7 @@ def export_variant(
     try:
         pipe.save_pretrained(str(staging), safe_serialization=True)
         _checkpoint("weights_staged", name)
-        variant: dict[str, Any] = {"kind": "pipeline"}
+        variant: dict[str, Any] = {"kind": "pipeline", **(fields or {})}
         if description:
             variant["description"] = description
         if defaults:

@@ -1,0 +1,142 @@
+"""Instance images of one new concept for fine-tuning the shipped demo model.
+
+The demo model knows three shapes (circle, square, triangle; training/shapes.py). DreamBooth teaches
+it a fourth one, bound to a rare token, from a handful of pictures, as the reference project taught
+Stable Diffusion a person from a few photos:
+
+    a yellow zwx star on a blue background
+    a white zwx star on a red background
+
+`write_concept()` renders `count` such images (32 px, the demo's palette, varied colours and a
+little jitter in size and place, drawn 4x larger and downsampled like training/shapes.py does) into
+a folder, each PNG with its caption in a `.txt` file of the same name (what training/finetune.py
+reads from an instance folder), plus `manifest.json` in the reference project's `link`/`caption`
+format. Shapes: star (5 points), heart, plus.
+
+    python -m training.concept data/concept-zwx-star --shape star --token zwx --count 8
+
+No torch here: this module only needs Pillow and numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageDraw
+
+from training.shapes import COLOURS, PALETTE
+
+CONCEPT_SHAPES = ("star", "heart", "plus")
+DEFAULT_BACKGROUND = "blue"
+_SUPERSAMPLE = 4  # as training/shapes.py: smooth edges after downsampling
+
+
+def caption(colour: str, shape: str, background: str, token: str) -> str:
+    """The demo's caption grammar with the rare token before the new shape's name."""
+    return f"a {colour} {token} {shape} on a {background} background"
+
+
+def _outline(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]]:
+    if shape == "star":  # 5 points, outer radius `half`, inner radius 0.45 of it, one point up
+        return [(cx + r * math.sin(i * math.pi / 5), cy - r * math.cos(i * math.pi / 5))
+                for i in range(10) for r in [half if i % 2 == 0 else 0.45 * half]]
+    if shape == "plus":  # a cross with arms a third of the side wide
+        t = half / 3
+        return [(cx - t, cy - half), (cx + t, cy - half), (cx + t, cy - t), (cx + half, cy - t),
+                (cx + half, cy + t), (cx + t, cy + t), (cx + t, cy + half), (cx - t, cy + half),
+                (cx - t, cy + t), (cx - half, cy + t), (cx - half, cy - t), (cx - t, cy - t)]
+    # heart: the classic parametric curve, scaled to fit a box of side 2 * half
+    points = []
+    for i in range(64):
+        a = 2 * math.pi * i / 64
+        x = 16 * math.sin(a) ** 3
+        y = 13 * math.cos(a) - 5 * math.cos(2 * a) - 2 * math.cos(3 * a) - math.cos(4 * a)
+        points.append((cx + x / 17 * half, cy - (y + 2.5) / 15 * half))
+    return points
+
+
+def render(colour: str, shape: str, background: str, size: int = 32, rng: random.Random | None = None) -> Image.Image:
+    """One `size` x `size` image of a `colour` `shape` on a `background`, jittered by `rng`."""
+    if shape not in CONCEPT_SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(CONCEPT_SHAPES)}, got {shape!r}")
+    if colour not in PALETTE or background not in PALETTE or colour == background:
+        raise ValueError(f"colours must be two different ones of {', '.join(COLOURS)}, got {colour!r} on {background!r}")
+    rng = rng or random.Random()
+    big = size * _SUPERSAMPLE
+    half = rng.uniform(0.48, 0.62) * big / 2  # a little larger than the base shapes: points are thin
+    margin = 1.5 * _SUPERSAMPLE + half  # keep the outermost pixels background, as the base data does
+    cx = min(max((0.5 + rng.uniform(-0.08, 0.08)) * big, margin), big - margin)
+    cy = min(max((0.5 + rng.uniform(-0.08, 0.08)) * big, margin), big - margin)
+    image = Image.new("RGB", (big, big), PALETTE[background])
+    ImageDraw.Draw(image).polygon(_outline(shape, cx, cy, half), fill=PALETTE[colour])
+    return image.resize((size, size), Image.Resampling.BOX)
+
+
+def concept_specs(count: int, seed: int = 0, background: str = DEFAULT_BACKGROUND) -> list[tuple[str, str]]:
+    """(colour, background) pairs: half on `background` (the prompt users will try first), the
+    rest on other colours so the token binds to the shape, not to one background; every shape
+    colour used before any repeats."""
+    rng = random.Random(seed)
+    colours = [c for c in COLOURS if c != background]
+    rng.shuffle(colours)
+    pairs = []
+    for i in range(count):
+        colour = colours[i % len(colours)]
+        if i % 2 == 0:
+            pairs.append((colour, background))
+        else:
+            pairs.append((colour, rng.choice([c for c in COLOURS if c not in (colour, background)])))
+    return pairs
+
+
+def write_concept(folder: str | Path, shape: str = "star", token: str = "zwx", count: int = 8, seed: int = 0,
+                  size: int = 32, background: str = DEFAULT_BACKGROUND) -> list[tuple[Path, str]]:
+    """Render `count` instance images into `folder` (PNG + .txt caption each, and manifest.json).
+    Returns (image path, caption) pairs."""
+    if not token or not token.isalnum():
+        raise ValueError(f"token must be one word of letters/digits (a rare one, such as 'zwx'), got {token!r}")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed + 1)  # the jitter stream, separate from the colour choices
+    rows, out = [], []
+    for i, (colour, bg) in enumerate(concept_specs(count, seed, background)):
+        text = caption(colour, shape, bg, token)
+        path = folder / f"{i:03d}.png"
+        render(colour, shape, bg, size, rng).save(path)
+        path.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
+        rows.append({"link": path.name, "caption": text})
+        out.append((path, text))
+    (folder / "manifest.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.concept",
+                                     description="Render instance images of a new shape for fine-tuning the demo model.")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--shape", default="star", choices=CONCEPT_SHAPES)
+    parser.add_argument("--token", default="zwx", help="the rare word that will name the shape (default: zwx)")
+    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--background", default=DEFAULT_BACKGROUND, choices=COLOURS)
+    args = parser.parse_args(argv)
+    try:
+        pairs = write_concept(args.folder, args.shape, args.token, args.count, args.seed, args.size, args.background)
+    except ValueError as error:
+        print(f"concept: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(pairs)} images to {args.folder}, e.g. '{pairs[0][1]}'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,927 @@
+"""DreamBooth and DreamBooth-LoRA fine-tuning of a model in the store, published back into it.
+
+The reference project fine-tuned Stable Diffusion 2.1 with DreamBooth (diffusers'
+train_dreambooth.py): a few instance images captioned with a rare token ("a photo of sks person"),
+prior preservation with images the base model draws for the class prompt, lr 5e-6, constant
+schedule, 400-800 steps, batch 1, gradient checkpointing. This script does the same over any
+variant of the model store, in two flavours:
+
+    --method dreambooth   the whole UNet (and optionally the text encoder) is trained; the result is
+                          published as a full pipeline variant
+    --method lora         peft LoRA adapters on the UNet's attention projections (to_q, to_k, to_v,
+                          to_out.0; optionally the text encoder's q/k/v/out_proj) are trained; the
+                          result is a small `kind = "lora"` variant over the base, which the bot
+                          loads with `load_lora_weights` next to the base's weights
+
+    python -m training.finetune --method lora --base sd21 --instance-data-dir data/me \\
+        --instance-prompt "a photo of sks person" --class-prompt "a photo of a person" --name me-lora
+    python -m training.finetune --method dreambooth --base sd21 --instance-data-dir data/me \\
+        --instance-prompt "a photo of sks person" --class-prompt "a photo of a person" --name me
+    python -m training.finetune --resume runs/finetune/checkpoint.pt --max-train-steps 800
+
+The shipped demo model learns a new shape, "a yellow zwx star on a blue background" (instance
+images rendered by training/concept.py; 5-8 minutes on a 2-core CPU, see the config):
+
+    python -m training.finetune --config training/configs/demo-finetuned.toml --models-dir models
+
+Configuration: the `FinetuneConfig` defaults below (the reference's hyperparameters), then a TOML
+file (`--config`), then `--key value` flags for any field (`--max-train-steps 800`, or the
+reference's spelling `--max_train_steps=800`; a bare boolean flag such as
+`--with-prior-preservation` means true). The final config is written to `<output_dir>/config.toml`,
+next to `checkpoint.pt`.
+
+Base model (`--base`): the name of a variant in `--models-dir` (a pipeline folder, a single-file
+checkpoint or a hub model already in the local cache; nothing is ever downloaded), or the path of
+a diffusers Stable Diffusion 1.x/2.x folder. A LoRA can only be published over a variant.
+
+Instance data (`--instance-data-dir`): a folder of images (.png/.jpg/.jpeg/.webp/.bmp), each
+captioned by a `.txt` file of the same name if there is one, else by `instance_prompt`; or a
+manifest file (.json/.jsonl/.csv/.txt with link + caption, as train_scratch reads). Images are
+centre-cropped to a square and resized to `resolution` ("auto": the base variant's default size,
+512 for SD 1.x/2.1-base, 768 for SD 2.1-v).
+
+Prior preservation (on by default, as the reference): `num_class_images` images of `class_prompt`
+are drawn by the base model with its own defaults (scheduler, steps, guidance) at the training
+resolution, and cached in `<class_data_dir or output_dir>/class_images/` with an `index.json`;
+a rerun with the same base (same files), prompt, size and drawing settings reuses them and only
+draws the missing ones. Each step trains on instance and class images together: loss = instance
+MSE + prior_loss_weight * class MSE.
+
+Output folder (`output_dir`):
+
+    config.toml       the final configuration of this run
+    checkpoint.pt     trained weights (LoRA or full), optimizer, LR schedule, data order, step, RNG
+                      (every `checkpointing_steps` and at the end; written atomically)
+    log.jsonl         one JSON object per line: losses, learning rate, seconds per step, validation
+    class_images/     prior-preservation images and their index.json (unless class_data_dir is set)
+    samples/          validation grids (`validation_prompt`, fixed seeds) every `validation_steps`
+    lora/             LoRA method: pytorch_lora_weights.safetensors (diffusers LoRA format)
+    pipeline/         dreambooth method without --name: the fine-tuned pipeline
+
+and, with `--name NAME`, the result published atomically as `<models_dir>/NAME` (training.store:
+variant.toml written last, so a running bot never sees half a variant).
+
+Measured on the 2-core development machine (torch 2.13 CPU, one thread, niced, while another
+training job kept the load at 3.6-3.8): the tiny test models (training/tiny.py, 32 px, 1 instance +
+1 class image a step, gradient checkpointing on) take ~0.13 s per LoRA step and ~0.11-0.15 s per
+full DreamBooth step; a demo-sized model (6.1M-parameter UNet, 32 px, 4 instance + 4 class images a
+step, rank-4 LoRA) 0.25-0.40 s per step (training/configs/demo-finetuned.toml).
+"""
+
+from __future__ import annotations
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+import typing
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+# Idle OpenMP threads that spin slow everything else on a shared CPU (see train_scratch.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bot.core.request import MODEL_NAME, VariantDefaults  # noqa: E402
+from training.store import export_variant, to_toml, write_text_atomic  # noqa: E402
+from training.train_scratch import (  # noqa: E402
+    Batches,
+    Dataset,
+    Run,
+    _describe,
+    _scalar,
+    adamw,
+    encode_all,
+    grid,
+    load_image,
+    log,
+    quietly_to,
+    read_manifest,
+    rng_state,
+    set_rng_state,
+)
+
+METHODS = ("dreambooth", "lora")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+ATTENTION = ("auto", "sdpa", "xformers")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+DEFAULT_LR = {"dreambooth": 5e-6, "lora": 1e-4}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for by default
+UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # as diffusers' train_dreambooth_lora.py
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+CLASS_INDEX = "index.json"
+
+
+@dataclass
+class FinetuneConfig:
+    # --- what to fine-tune, and how ---
+    method: str = "dreambooth"  # dreambooth (full UNet) | lora (peft adapters on the attention projections)
+    base: str = ""  # a variant of models_dir, or a diffusers pipeline folder
+    models_dir: str = "models"
+    train_text_encoder: bool = False  # also train the text encoder (full, or LoRA on q/k/v/out_proj)
+    rank: int = 4  # lora: rank of the adapters
+    lora_alpha: float = 0.0  # lora: alpha (the update is scaled by alpha / rank); 0 = rank
+
+    # --- instance data ---
+    instance_data_dir: str = ""  # folder of images (+ optional .txt captions), or a manifest file
+    instance_prompt: str = "a photo of sks person"  # caption of images without their own; a rare token names the subject
+    # star | heart | plus: first render training.concept's images into instance_data_dir if that is missing
+    concept: str = ""
+    concept_images: int = 8
+    concept_token: str = "zwx"
+
+    # --- prior preservation ---
+    with_prior_preservation: bool = True
+    class_prompt: str = ""  # what the base draws for the class ("a photo of a person")
+    class_data_dir: str = ""  # where class images are cached; empty: <output_dir>/class_images
+    num_class_images: int = 100
+    prior_loss_weight: float = 1.0
+    sample_batch_size: int = 4  # images per pipeline call for class images and validation
+
+    # --- optimisation (the reference's values) ---
+    resolution: int = 0  # training size in pixels; 0 or "auto": the base variant's default size
+    train_batch_size: int = 1  # instance images per step (plus as many class images)
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = True
+    learning_rate: float = 0.0  # 0: 5e-6 for dreambooth, 1e-4 for lora
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_train_steps: int = 400  # the reference trained 400-800
+    use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit (CUDA; needs pip install bitsandbytes)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no | fp16 (CUDA) | bf16, through accelerate
+    attention: str = "auto"  # auto (xformers where installed on CUDA, else PyTorch SDPA) | sdpa | xformers
+    seed: int = 0
+
+    # --- validation, checkpoints, budget ---
+    validation_prompt: str = ""  # empty: the instance prompt
+    num_validation_images: int = 4
+    validation_steps: int = 100  # steps between validation grids; 0 = only at the end
+    checkpointing_steps: int = 500  # steps between checkpoints; 0 = only at the end
+    time_budget: float = 0.0  # minutes of training (resumes included); 0 = none; the result is exported either way
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+    log_every: int = 10
+    output_dir: str = "runs/finetune"
+
+    # --- export ---
+    name: str = ""  # publish as models_dir/<name>; empty: only the run folder
+    description: str = ""  # empty: one naming the base and the instance prompt
+    export_half: bool = True  # store the published weights as float16
+    lora_scale: float = 1.0  # lora: the variant's scale (strength of the adapter)
+
+
+SCHEMA = typing.get_type_hints(FinetuneConfig)
+
+
+class FinetuneError(ValueError):
+    """Bad input: the message says what was wrong and what is allowed (printed as one line, exit 2)."""
+
+
+# =============================================================================================
+# Configuration: defaults < checkpoint's config (resume) < --config TOML < --key value flags
+# =============================================================================================
+
+
+def _convert(key: str, value: Any, from_text: bool) -> Any:
+    """Check (TOML) or parse (command line) one value against the FinetuneConfig field type."""
+    if key not in SCHEMA:
+        raise ValueError(f"unknown setting {key!r}; settings are: {', '.join(SCHEMA)}")
+    if key == "resolution" and value == "auto":
+        return 0
+    try:
+        return _scalar(SCHEMA[key], value, from_text)
+    except (TypeError, ValueError):
+        allowed = _describe(SCHEMA[key]) + (' or "auto"' if key == "resolution" else "")
+        raise ValueError(f"{key} must be {allowed}, got {value!r}") from None
+
+
+def load_config(path: Path, base: FinetuneConfig) -> FinetuneConfig:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise FinetuneError(f"cannot read config {path}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise FinetuneError(f"{path} is not valid TOML: {error}") from None
+    try:
+        return replace(base, **{k: _convert(k, v, from_text=False) for k, v in data.items()})
+    except ValueError as error:
+        raise FinetuneError(f"{path}: {error}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.finetune",
+        description="DreamBooth / DreamBooth-LoRA fine-tuning of a model in the store; publishes the result into it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every setting of FinetuneConfig is also a flag: --max-train-steps 800, --method lora, ... "
+               "(see the module docstring of training/finetune.py).",
+    )
+    parser.add_argument("--config", type=Path, help="TOML file with settings (see training/configs/demo-finetuned.toml)")
+    parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                        help="continue from a checkpoint (default: <output_dir>/checkpoint.pt)")
+    for f in fields(FinetuneConfig):
+        names = ["--" + f.name.replace("_", "-")] + (["--" + f.name] if "_" in f.name else [])
+        # A bare boolean flag means true, as in the reference's command lines (--with_prior_preservation).
+        extra = {"nargs": "?", "const": "true"} if SCHEMA[f.name] is bool else {}
+        parser.add_argument(*names, dest=f.name, metavar=f.name.split("_")[-1].upper(),
+                            help=f"default: {f.default!r}", **extra)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[FinetuneConfig, Path | None]:
+    """The run's configuration and the checkpoint to resume from (None: a fresh run).
+    Raises FinetuneError for bad settings; argparse itself exits 2 on unknown flags."""
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k in SCHEMA and v is not None}
+
+    config = FinetuneConfig()
+    resume: Path | None = None
+    if args.resume:
+        if args.resume == "auto":
+            output_dir = flags.get("output_dir")
+            if output_dir is None and args.config:
+                output_dir = load_config(args.config, config).output_dir
+            resume = Path(output_dir or config.output_dir) / "checkpoint.pt"
+        else:
+            resume = Path(args.resume)
+        if not resume.is_file():
+            raise FinetuneError(f"--resume: no checkpoint at {resume}")
+        if (resume.parent / "config.toml").is_file():
+            config = load_config(resume.parent / "config.toml", config)
+        config = replace(config, output_dir=str(resume.parent))
+    if args.config:
+        config = load_config(args.config, config)
+    try:
+        config = replace(config, **{k: _convert(k, v, from_text=True) for k, v in flags.items()})
+    except ValueError as error:
+        raise FinetuneError(str(error)) from None
+    if resume is not None and Path(config.output_dir).resolve() != resume.parent.resolve():
+        raise FinetuneError("--resume continues in the checkpoint's own folder; leave --output-dir out")
+    problem = check_config(config)
+    if problem:
+        raise FinetuneError(problem)
+    if resume is None and (Path(config.output_dir) / "checkpoint.pt").exists():
+        raise FinetuneError(f"{config.output_dir} already holds a fine-tuning run: continue it with --resume, "
+                            "or pick another --output-dir (or delete that folder) to start over")
+    return config, resume
+
+
+def check_config(c: FinetuneConfig) -> str | None:
+    """What is wrong with the settings themselves (no files are looked at), or None."""
+    choices = {"method": METHODS, "mixed_precision": MIXED_PRECISION, "attention": ATTENTION,
+               "lr_scheduler": LR_SCHEDULERS}
+    for key, allowed in choices.items():
+        if getattr(c, key) not in allowed:
+            return f"{key} must be one of {', '.join(allowed)}, got {getattr(c, key)!r}"
+    if not c.base:
+        return "--base is required: the name of a variant in the model store (e.g. demo) or a diffusers model folder"
+    if not c.instance_data_dir:
+        return "--instance-data-dir is required: a folder of images of the subject, or a manifest file"
+    if c.resolution and (c.resolution < 8 or c.resolution % 8):
+        return f"resolution must be a positive multiple of 8 or \"auto\", got {c.resolution}"
+    for key in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "rank", "sample_batch_size",
+                "log_every"):
+        if getattr(c, key) < 1:
+            return f"{key} must be at least 1, got {getattr(c, key)}"
+    for key in ("validation_steps", "checkpointing_steps", "lr_warmup_steps", "num_validation_images", "threads"):
+        if getattr(c, key) < 0:
+            return f"{key} must be 0 or more, got {getattr(c, key)}"
+    if c.learning_rate < 0 or c.time_budget < 0 or c.lora_alpha < 0 or c.prior_loss_weight < 0:
+        return "learning_rate, time_budget, lora_alpha and prior_loss_weight cannot be negative"
+    if not -4 <= c.lora_scale <= 4:
+        return f"lora_scale must be between -4 and 4 (what variant.toml allows), got {c.lora_scale}"
+    if c.with_prior_preservation:
+        if not c.class_prompt.strip():
+            return ("prior preservation needs --class-prompt, the subject's class without the rare token "
+                    "(e.g. 'a photo of a person'); or turn it off with --with-prior-preservation false")
+        if c.num_class_images < 1:
+            return f"num_class_images must be at least 1 with prior preservation, got {c.num_class_images}"
+    if c.concept:
+        from training.concept import CONCEPT_SHAPES
+
+        if c.concept not in CONCEPT_SHAPES:
+            return f"concept must be one of {', '.join(CONCEPT_SHAPES)} (or empty), got {c.concept!r}"
+    if c.name and not MODEL_NAME.fullmatch(c.name):
+        return (f"invalid model name {c.name!r}: letters, digits, '.', '_', '-', up to 64 characters, "
+                "starting with a letter or digit")
+    if c.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        return ("use_8bit_adam needs the bitsandbytes package (pip install bitsandbytes; CUDA GPUs); "
+                "install it or set --use-8bit-adam false")
+    if c.attention == "xformers" and not (importlib.util.find_spec("xformers") and torch.cuda.is_available()):
+        return ("attention 'xformers' needs the xformers package and a CUDA GPU; "
+                "use --attention auto or sdpa (PyTorch's own fused attention)")
+    if c.method == "lora" and c.train_text_encoder and c.name and (needed := text_encoder_lora_needs()):
+        return (f"the bot loads text-encoder LoRA weights through transformers, which needs peft >= {needed} "
+                f"(installed: {importlib.metadata.version('peft')}); upgrade peft (pip install -U peft) "
+                "or set --train-text-encoder false")
+    if c.mixed_precision == "fp16" and not torch.cuda.is_available():
+        return "mixed_precision 'fp16' needs a CUDA GPU; use 'bf16' or 'no' on this machine"
+    return None
+
+
+def text_encoder_lora_needs() -> str | None:
+    """The peft version transformers requires to load LoRA weights into a text encoder (what
+    diffusers' load_lora_weights does for them), if the installed peft is older; else None."""
+    from packaging.version import Version
+    from transformers.integrations import peft as transformers_peft
+
+    needed = getattr(transformers_peft, "MIN_PEFT_VERSION", "0")
+    return needed if Version(importlib.metadata.version("peft")) < Version(needed) else None
+
+
+# =============================================================================================
+# The base model
+# =============================================================================================
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """Where the base comes from, without loading it."""
+
+    label: str  # as given: a variant name or a folder
+    variant: Any  # bot.engine.registry.VariantSpec, or None for a plain folder
+    folder: Path
+    fingerprint: str  # changes whenever a file of the base changes (keys the class-image cache)
+    defaults: VariantDefaults | None  # a variant's drawing defaults; None: read them from the pipeline
+
+
+def resolve_base(c: FinetuneConfig) -> BaseModel:
+    """Find `c.base` in the model store (or as a diffusers folder); FinetuneError if it is not usable."""
+    from bot.engine.registry import Registry
+
+    registry = Registry(Path(c.models_dir))
+    registry.scan()
+    entry = registry.entry(c.base) if MODEL_NAME.fullmatch(c.base) else None
+    if entry is not None:
+        if entry.error or entry.spec is None:
+            raise FinetuneError(f"base '{c.base}' in {c.models_dir} cannot be used: {entry.error}")
+        spec = entry.spec
+        if spec.kind == "lora":
+            raise FinetuneError(f"base '{c.base}' is itself a LoRA; fine-tune a full model (its base is '{spec.base}')")
+        return BaseModel(c.base, spec, spec.folder, spec.fingerprint, spec.defaults)
+    folder = Path(c.base)
+    if (folder / "model_index.json").is_file():
+        if c.method == "lora" and c.name:
+            raise FinetuneError("a LoRA is published over a variant of the model store: give --base the "
+                                "variant's name, or use --method dreambooth, or leave --name out")
+        return BaseModel(c.base, None, folder, _folder_fingerprint(folder), None)
+    ready = ", ".join(e.name for e in registry.entries() if e.ready and e.spec and e.spec.kind != "lora")
+    raise FinetuneError(f"unknown base '{c.base}': not a variant in {c.models_dir} (available: {ready or 'none'}) "
+                        "nor a diffusers model folder (with model_index.json)")
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    digest = hashlib.sha1(str(folder.resolve()).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_base(base: BaseModel):
+    """The base as a float32 StableDiffusionPipeline (from local files only)."""
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        if base.variant is not None:
+            from bot.engine.loader import load_base_pipeline
+
+            pipe = load_base_pipeline(base.variant, torch.float32, allow_download=False)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(str(base.folder), torch_dtype=torch.float32,
+                                                           local_files_only=True)
+    except Exception as error:  # diffusers, the loader and the hub raise many types; say which base and why
+        raise FinetuneError(f"cannot load base '{base.label}': {error}") from error
+    if not isinstance(pipe, StableDiffusionPipeline):
+        raise FinetuneError(f"base '{base.label}' is a {type(pipe).__name__}; only Stable Diffusion 1.x/2.x "
+                            "models (StableDiffusionPipeline) can be fine-tuned here")
+    pipe.set_progress_bar_config(disable=True)
+    # Fresh, writable, aligned tensors rather than views into memory-mapped checkpoint files: the
+    # optimizer updates the trained ones in place (the engine does the same for its own reasons).
+    with torch.no_grad():
+        for module in (pipe.unet, pipe.text_encoder):
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tensor.data = tensor.data.clone()
+    return pipe
+
+
+def drawing_defaults(base: BaseModel, pipe) -> VariantDefaults:
+    """How the base draws (size, steps, guidance, scheduler): the variant's defaults, or for a plain
+    folder its native size and the bot's general defaults."""
+    if base.defaults is not None:
+        return base.defaults
+    native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    return VariantDefaults(width=native, height=native)
+
+
+# =============================================================================================
+# Data: instance images, class images (prior preservation)
+# =============================================================================================
+
+
+def read_instance_data(c: FinetuneConfig) -> list[tuple[Path, str]]:
+    """(image, caption) pairs of the instance data: a folder (captions from .txt files of the same
+    name, else instance_prompt) or a manifest."""
+    source = Path(c.instance_data_dir)
+    if source.is_file():
+        try:
+            from training.manifest import training_pairs
+        except ImportError:  # the manifest tools are optional here: train_scratch reads the same formats
+            training_pairs = read_manifest
+        try:
+            return training_pairs(source)
+        except (OSError, ValueError, KeyError) as error:
+            raise FinetuneError(f"instance data: {error}") from None
+    if not source.is_dir():
+        raise FinetuneError(f"instance data {source} does not exist: give a folder of images of the subject "
+                            "(.png/.jpg/.jpeg/.webp/.bmp, optional .txt captions) or a manifest file")
+    pairs = []
+    for image in sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        sidecar = image.with_suffix(".txt")
+        text = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
+        pairs.append((image, text or c.instance_prompt))
+    if not pairs:
+        raise FinetuneError(f"instance data {source} holds no images (.png/.jpg/.jpeg/.webp/.bmp)")
+    return pairs
+
+
+def load_images(pairs: Sequence[tuple[Path, str]], size: int) -> Dataset:
+    try:
+        pictures = [load_image(path, size) for path, _ in pairs]
+    except OSError as error:
+        raise FinetuneError(f"cannot read an instance image: {error}") from None
+    array = np.stack([np.asarray(p, dtype=np.uint8) for p in pictures]).transpose(0, 3, 1, 2)
+    return Dataset(torch.from_numpy(np.ascontiguousarray(array)), [caption for _, caption in pairs])
+
+
+@torch.no_grad()
+def class_images(pipe, c: FinetuneConfig, base: BaseModel, defaults: VariantDefaults, folder: Path,
+                 device, dtype) -> tuple[list[tuple[Path, str]], int, int]:
+    """The first `num_class_images` images of class_prompt drawn by the base, from the cache in
+    `folder` where present; the j-th image of a given key is drawn with seed j, so a top-up draws
+    exactly the missing ones. Returns (image, caption) pairs, how many were drawn and reused."""
+    from bot.engine.schedulers import make_scheduler
+
+    key = {"base": base.label, "fingerprint": base.fingerprint, "prompt": c.class_prompt,
+           "resolution": c.resolution, "steps": defaults.steps, "guidance": defaults.guidance,
+           "scheduler": defaults.scheduler, "negative_prompt": defaults.negative_prompt}
+    stem = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    folder.mkdir(parents=True, exist_ok=True)
+    index_path = folder / CLASS_INDEX
+    index: dict[str, dict] = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
+    wanted = [f"{stem}-{j:05d}.png" for j in range(c.num_class_images)]
+    missing = [j for j, file in enumerate(wanted)
+               if index.get(file, {}).get("key") != key or not (folder / file).is_file()]
+    if missing:
+        log(f"class images: drawing {len(missing)} of {len(wanted)} for '{c.class_prompt}' with '{base.label}' "
+            f"({defaults.steps} steps, guidance {defaults.guidance}, {defaults.scheduler}, {c.resolution} px)")
+        scheduler = pipe.scheduler
+        pipe.scheduler = make_scheduler(defaults.scheduler, scheduler.config)
+        quietly_to(pipe, dtype, device)
+        try:
+            for start in range(0, len(missing), c.sample_batch_size):
+                chunk = missing[start: start + c.sample_batch_size]
+                images = pipe([c.class_prompt] * len(chunk), negative_prompt=[defaults.negative_prompt] * len(chunk)
+                              if defaults.negative_prompt else None,
+                              num_inference_steps=defaults.steps, guidance_scale=defaults.guidance,
+                              height=c.resolution, width=c.resolution,
+                              generator=[torch.Generator().manual_seed(j) for j in chunk]).images
+                for j, image in zip(chunk, images):
+                    tmp = folder / f".{wanted[j]}.tmp"
+                    image.save(tmp, format="PNG")
+                    os.replace(tmp, folder / wanted[j])
+                    index[wanted[j]] = {"key": key, "seed": j}
+                # The index after every batch: an interrupted run keeps what it drew.
+                write_text_atomic(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
+        finally:
+            pipe.scheduler = scheduler
+    return ([(folder / file, c.class_prompt) for file in wanted], len(missing), len(wanted) - len(missing))
+
+
+# =============================================================================================
+# Models: what is trained
+# =============================================================================================
+
+
+def setup_trainable(c: FinetuneConfig, unet, text_encoder) -> None:
+    """Freeze the base, then open up what this method trains: LoRA adapters or whole networks."""
+    unet.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    if c.method == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        alpha = c.lora_alpha or c.rank
+        unet.add_adapter(LoraConfig(r=c.rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                    target_modules=UNET_LORA_TARGETS))
+        if c.train_text_encoder:
+            # peft itself rather than transformers' add_adapter, which wants a newer peft than the
+            # UNet side does; the adapter (and its saved state) is the same.
+            inject_adapter_in_model(LoraConfig(r=c.rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                               target_modules=TEXT_LORA_TARGETS), text_encoder)
+        # The frozen base may run in half precision (mixed precision); the adapters train in float32.
+        for module in (unet, text_encoder):
+            for parameter in module.parameters():
+                if parameter.requires_grad:
+                    parameter.data = parameter.data.float()
+    else:
+        unet.requires_grad_(True)
+        if c.train_text_encoder:
+            text_encoder.requires_grad_(True)
+    if c.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if c.train_text_encoder:
+            # Non-reentrant: with frozen embeddings the reentrant variant would drop the adapters' gradients.
+            text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def set_attention(c: FinetuneConfig, unet, device: torch.device) -> str:
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    use_xformers = c.attention == "xformers" or (
+        c.attention == "auto" and device.type == "cuda" and importlib.util.find_spec("xformers") is not None)
+    if use_xformers:
+        unet.enable_xformers_memory_efficient_attention()
+        return "xformers"
+    unet.set_attn_processor(AttnProcessor2_0())
+    return "sdpa"
+
+
+def trainable_parameters(unet, text_encoder) -> dict[str, torch.nn.Parameter]:
+    """Everything the optimizer updates, by a stable name (what a checkpoint stores)."""
+    return {f"{prefix}.{name}": p for prefix, module in (("unet", unet), ("text_encoder", text_encoder))
+            for name, p in module.named_parameters() if p.requires_grad}
+
+
+def make_optimizer(c: FinetuneConfig, parameters: list[torch.nn.Parameter]):
+    options = dict(lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2), weight_decay=c.adam_weight_decay,
+                   eps=c.adam_epsilon)
+    if c.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(parameters, **options)
+    return adamw(parameters, **options)
+
+
+# =============================================================================================
+# Training
+# =============================================================================================
+
+
+def train(c: FinetuneConfig, resume: Path | None = None) -> dict:
+    """Fine-tune and export. Returns paths and the final step (for callers and tests)."""
+    threads = torch.get_num_threads()
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    try:
+        return _train(c, resume)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(c: FinetuneConfig, resume: Path | None) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    # 1. Inputs: everything that can be refused is refused before the first weight is read.
+    base = resolve_base(c)
+    if c.concept and not Path(c.instance_data_dir).exists():
+        from training.concept import write_concept
+
+        write_concept(c.instance_data_dir, c.concept, c.concept_token, c.concept_images, seed=c.seed,
+                      size=c.resolution or 32)
+        log(f"concept: rendered {c.concept_images} images of a '{c.concept_token} {c.concept}' into {c.instance_data_dir}")
+    instance_pairs = read_instance_data(c)
+    checkpoint = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
+    if checkpoint and checkpoint.get("method") != c.method:
+        raise FinetuneError(f"the checkpoint was trained with method {checkpoint.get('method')!r}, not {c.method!r}")
+
+    accelerator = Accelerator(mixed_precision=c.mixed_precision)
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision, torch.float32)
+    pipe = load_base(base)
+    defaults = drawing_defaults(base, pipe)
+    c = replace(c, learning_rate=c.learning_rate or DEFAULT_LR[c.method],
+                resolution=c.resolution or min(defaults.width, defaults.height))
+    run = Run(c, checkpoint)  # the run folder, its clock (across resumes) and log.jsonl
+    write_text_atomic(run.dir / "config.toml", "# The final configuration of this fine-tuning run "
+                      "(python -m training.finetune --resume <this folder>/checkpoint.pt continues it).\n"
+                      + to_toml(asdict(c)))
+    set_seed(c.seed)
+    log(f"{c.method} over '{base.label}' at {c.resolution} px on {device}, mixed precision {c.mixed_precision}, "
+        f"lr {c.learning_rate:g}, {len(instance_pairs)} instance images, output {run.dir}")
+
+    # 2. Class images from the untouched base, then every image encoded once (the VAE stays frozen;
+    # a latent is sampled from its distribution each time an image is drawn).
+    vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+    # Frozen networks run in weight_dtype; those DreamBooth trains keep their float32 weights (autocast
+    # computes in half precision), never rounded through half precision on the way.
+    full = {"vae": False, "unet": c.method == "dreambooth",
+            "text_encoder": c.method == "dreambooth" and c.train_text_encoder}
+    class_pairs: list[tuple[Path, str]] = []
+    if c.with_prior_preservation:
+        folder = Path(c.class_data_dir) if c.class_data_dir else run.dir / "class_images"
+        draw_dtype = torch.float32 if c.method == "dreambooth" else weight_dtype
+        class_pairs, drawn, reused = class_images(pipe, c, base, defaults, folder, device, draw_dtype)
+        run.write({"stage": "class_images", "step": 0, "drawn": drawn, "reused": reused, "folder": str(folder)})
+        log(f"class images: {drawn} drawn, {reused} reused from {folder}")
+    for name, trained_in_full in full.items():
+        module = getattr(pipe, name).to(device)
+        if weight_dtype != torch.float32 and not trained_in_full:
+            module.to(dtype=weight_dtype)
+    vae.requires_grad_(False)
+    scale = float(vae.config.scaling_factor)
+    instance = load_images(instance_pairs, c.resolution)
+    prior = load_images(class_pairs, c.resolution) if class_pairs else None
+    # Kept on the CPU, where the training generator draws the noise that samples them.
+    instance_latents = tuple(t.cpu() for t in encode_all(vae, instance, device, batch_size=c.sample_batch_size))
+    prior_latents = tuple(t.cpu() for t in encode_all(vae, prior, device, batch_size=c.sample_batch_size)) \
+        if prior else None
+
+    # Every distinct caption tokenized once, as the pipeline does (padded to the model's length).
+    captions = sorted(set(instance.captions) | set(prior.captions if prior else []))
+    token_ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                          truncation=True, return_tensors="pt").input_ids.to(device)
+    row_of = {text: i for i, text in enumerate(captions)}
+    instance_rows = torch.tensor([row_of[t] for t in instance.captions])
+    prior_rows = torch.tensor([row_of[t] for t in prior.captions]) if prior else None
+
+    # 3. What is trained, the optimizer and the LR schedule (diffusers' names: constant, cosine, ...).
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    set_seed(c.seed)  # LoRA's initial weights do not depend on what ran before
+    setup_trainable(c, unet, text_encoder)
+    attention = set_attention(c, unet, device)
+    frozen_embeddings = None
+    if not c.train_text_encoder:  # a frozen text encoder: each caption's embedding is computed once
+        with torch.no_grad():
+            frozen_embeddings = text_encoder(token_ids)[0].to(weight_dtype)
+    named = trainable_parameters(unet, text_encoder)
+    parameters = list(named.values())
+    log(f"training {sum(p.numel() for p in parameters) / 1e6:.3f} M parameters ({c.method}"
+        f"{', text encoder too' if c.train_text_encoder else ''}), attention {attention}")
+    optimizer = make_optimizer(c, parameters)
+    lr_schedule = get_scheduler(c.lr_scheduler, optimizer, num_warmup_steps=c.lr_warmup_steps,
+                                num_training_steps=c.max_train_steps)
+    unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
+
+    generator = torch.Generator().manual_seed(c.seed + 1)  # every random draw of training comes from here
+    instance_batches = Batches(len(instance.captions), c.train_batch_size, generator)
+    prior_batches = Batches(len(prior.captions), c.train_batch_size, generator) if prior else None
+    step = 0
+    if checkpoint:
+        with torch.no_grad():
+            for key, parameter in named.items():
+                parameter.copy_(checkpoint["trainable"][key])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        lr_schedule.load_state_dict(checkpoint["lr_schedule"])
+        instance_batches.load_state_dict(checkpoint["instance_batches"])
+        if prior_batches is not None and checkpoint.get("prior_batches"):
+            prior_batches.load_state_dict(checkpoint["prior_batches"])
+        set_rng_state(generator, checkpoint["rng"])
+        step = checkpoint["step"]
+        log(f"resumed at step {step}")
+
+    def state() -> dict:
+        return {"stage": "unet", "method": c.method, "step": step,
+                "trainable": {k: p.detach().cpu().clone() for k, p in named.items()},
+                "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
+                "instance_batches": instance_batches.state_dict(),
+                "prior_batches": prior_batches.state_dict() if prior_batches else None,
+                "rng": rng_state(generator)}
+
+    def draw(latents: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        means, stds = latents
+        z = torch.randn(means[index].shape, generator=generator)
+        return ((means[index] + stds[index] * z) * scale).to(device)
+
+    def validate() -> None:
+        path = run.dir / "samples" / f"validation_{step:06d}.png"
+        images = validation_images(pipe, c, defaults, accelerator)
+        grid(images, columns=min(8, len(images))).save(path)
+        run.write({"stage": "validation", "step": step, "file": str(path)})
+        log(f"validation grid at step {step}: {path}")
+
+    def done() -> str | None:
+        if step >= c.max_train_steps:
+            return f"max_train_steps {c.max_train_steps} reached"
+        if run.budget_left() <= 0:
+            return f"time budget of {c.time_budget} min spent"
+        return None
+
+    # 4. The loop: instance and class images in one batch, loss = instance MSE + w * class MSE.
+    unet.train()
+    text_encoder.train(c.train_text_encoder)
+    losses: list[tuple[float, float]] = []
+    tick, first, validated = time.perf_counter(), step, -1
+    while (reason := done()) is None:
+        for _ in range(c.gradient_accumulation_steps):
+            index = instance_batches.next()
+            latents, rows = draw(instance_latents, index), instance_rows[index]
+            if prior_batches is not None:
+                prior_index = prior_batches.next()
+                latents = torch.cat([latents, draw(prior_latents, prior_index)])
+                rows = torch.cat([rows, prior_rows[prior_index]])
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
+                                      generator=generator).to(device)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            if noise_scheduler.config.prediction_type == "v_prediction":  # SD 2.x 768-v
+                target = noise_scheduler.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+            rows = rows.to(device)
+            with accelerator.autocast():
+                hidden = frozen_embeddings[rows] if frozen_embeddings is not None else text_encoder(token_ids[rows])[0]
+                prediction = unet(noisy.to(weight_dtype), timesteps, hidden).sample
+            if prior_batches is not None:
+                prediction, prediction_prior = prediction.float().chunk(2)
+                target, target_prior = target.chunk(2)
+                loss_prior = F.mse_loss(prediction_prior, target_prior)
+                loss_instance = F.mse_loss(prediction, target)
+                loss = loss_instance + c.prior_loss_weight * loss_prior
+            else:
+                loss_instance = loss = F.mse_loss(prediction.float(), target)
+                loss_prior = torch.zeros(())
+            accelerator.backward(loss / c.gradient_accumulation_steps)
+            losses.append((loss_instance.item(), loss_prior.item()))
+        accelerator.clip_grad_norm_(parameters, c.max_grad_norm)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % c.log_every == 0 or step == c.max_train_steps:
+            seconds = (time.perf_counter() - tick) / max(1, step - first)
+            instance_loss, prior_loss = (float(v) for v in np.mean(losses, axis=0))
+            row = {"stage": "train", "step": step, "loss": instance_loss + c.prior_loss_weight * prior_loss,
+                   "loss_instance": instance_loss, "loss_prior": prior_loss,
+                   "lr": lr_schedule.get_last_lr()[0], "s_per_step": round(seconds, 4)}
+            run.write(row)
+            log(f"step {step}/{c.max_train_steps}  loss {row['loss']:.4f} (instance {instance_loss:.4f}, "
+                f"prior {prior_loss:.4f})  {seconds:.3f} s/step  {run.elapsed() / 60:.1f} min")
+            losses, tick, first = [], time.perf_counter(), step
+        if c.checkpointing_steps and step % c.checkpointing_steps == 0:
+            run.save_checkpoint(state())
+        if c.validation_steps and c.num_validation_images and step % c.validation_steps == 0:
+            validate()
+            validated = step
+    log(f"stopping at step {step}: {reason}")
+    run.save_checkpoint(state())
+    if validated != step and c.num_validation_images:
+        validate()
+
+    # 5. Export.
+    unet, text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
+    published = export(c, base, defaults, pipe, unet, text_encoder, run, step)
+    log(f"done in {run.elapsed() / 60:.1f} min (training time, resumes included)")
+    return {"output_dir": run.dir, "step": step, "published": published,
+            "lora": run.dir / "lora" / LORA_FILE if c.method == "lora" else None}
+
+
+@torch.no_grad()
+def validation_images(pipe, c: FinetuneConfig, defaults: VariantDefaults, accelerator) -> list:
+    """The validation prompt with fixed seeds (0, 1, ...) as the bot would draw it with these weights."""
+    from bot.engine.schedulers import make_scheduler
+
+    prompt = c.validation_prompt or c.instance_prompt
+    training_scheduler = pipe.scheduler
+    pipe.scheduler = make_scheduler(defaults.scheduler, training_scheduler.config)
+    modules = (pipe.unet, pipe.text_encoder)
+    modes = [m.training for m in modules]
+    for module in modules:
+        module.eval()
+    images = []
+    try:
+        with accelerator.autocast():
+            for start in range(0, c.num_validation_images, c.sample_batch_size):
+                seeds = range(start, min(start + c.sample_batch_size, c.num_validation_images))
+                images += pipe([prompt] * len(seeds), negative_prompt=[defaults.negative_prompt] * len(seeds)
+                               if defaults.negative_prompt else None,
+                               num_inference_steps=defaults.steps, guidance_scale=defaults.guidance,
+                               height=c.resolution, width=c.resolution,
+                               generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    finally:
+        pipe.scheduler = training_scheduler
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+    return images
+
+
+# =============================================================================================
+# Export
+# =============================================================================================
+
+
+class _Folder:
+    """What export_variant calls `pipe`: its save_pretrained copies files already written."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+
+    def save_pretrained(self, folder, safe_serialization: bool = True) -> None:
+        shutil.copytree(self.source, folder, dirs_exist_ok=True)
+
+
+def save_lora(c: FinetuneConfig, unet, text_encoder, folder: Path) -> Path:
+    """The adapters in diffusers' LoRA format (what `pipe.load_lora_weights` reads), with the peft
+    config as metadata so alpha / rank is restored on loading."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    dtype = torch.float16 if c.export_half else torch.float32
+
+    def layers(module) -> dict[str, torch.Tensor]:
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+        return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
+
+    folder.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        str(folder), unet_lora_layers=layers(unet),
+        text_encoder_lora_layers=layers(text_encoder) if c.train_text_encoder else None,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict()
+        if c.train_text_encoder else None,
+        safe_serialization=True)
+    return folder / LORA_FILE
+
+
+def describe(c: FinetuneConfig, base: BaseModel, steps: int) -> str:
+    if c.description:
+        return c.description
+    what = "DreamBooth LoRA" if c.method == "lora" else "DreamBooth"
+    return f"{what} of '{base.label}' ({steps} steps, {c.resolution} px): try '{c.validation_prompt or c.instance_prompt}'"
+
+
+def export(c: FinetuneConfig, base: BaseModel, defaults: VariantDefaults, pipe, unet, text_encoder,
+           run: Run, steps: int) -> Path | None:
+    """LoRA: run/lora/ and, with a name, a `kind = "lora"` variant over the base. DreamBooth: the
+    pipeline into the model store (with a name) or run/pipeline."""
+    description = describe(c, base, steps)
+    if c.method == "lora":
+        file = save_lora(c, unet, text_encoder, run.dir / "lora")
+        log(f"saved {file} ({file.stat().st_size / 2**20:.2f} MiB)")
+        if not c.name:
+            return None
+        # Size as trained; steps, guidance and scheduler are the base's (the registry inherits them).
+        published = export_variant(_Folder(file.parent), c.models_dir, c.name,
+                                   {"width": c.resolution, "height": c.resolution}, description,
+                                   fields={"kind": "lora", "base": base.label, "file": LORA_FILE,
+                                           "scale": c.lora_scale})
+    else:
+        pipe.unet, pipe.text_encoder = unet, text_encoder
+        if c.export_half:
+            quietly_to(pipe, torch.float16)
+        variant_defaults = {**asdict(defaults), "width": c.resolution, "height": c.resolution}
+        variant_defaults["negative_prompt"] = variant_defaults["negative_prompt"] or None
+        if not c.name:
+            folder = run.dir / "pipeline"
+            pipe.save_pretrained(str(folder), safe_serialization=True)
+            log(f"saved {folder}")
+            return None
+        published = export_variant(pipe, c.models_dir, c.name, variant_defaults, description)
+    log(f"published model '{c.name}' at {published}")
+    return published
+
+
+# =============================================================================================
+# main
+# =============================================================================================
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config, resume = parse_args(argv)
+        train(config, resume)
+    except FinetuneError as error:
+        print(f"finetune: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
