@@ -53,7 +53,7 @@ class Limits:
     max_prompt_chars: int = 1000
     max_steps: int = 50
     max_guidance: float = 30.0
-    min_side: int = 64
+    min_side: int = 32  # the shipped demo model draws 32 px images
     max_side: int = 1024
     max_pixels: int = 1024 * 1024
     max_images: int = 4  # images per request

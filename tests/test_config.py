@@ -114,7 +114,7 @@ def test_defaults_without_any_file(empty_cwd):
     assert config.source == "built-in defaults"
     assert config.storage == StorageConfig() and config.storage.state_dir == "state"
     assert config.models.default == "demo" and config.models.allow_download is True
-    assert config.limits == Limits(max_prompt_chars=1000, max_steps=50, max_guidance=30.0, min_side=64,
+    assert config.limits == Limits(max_prompt_chars=1000, max_steps=50, max_guidance=30.0, min_side=32,
                                    max_side=1024, max_pixels=1024 * 1024, max_images=4)
     assert config.engine.device == "auto" and config.engine.max_batch == 4
     assert (config.web.enabled, config.web.host, config.web.port) == (True, "127.0.0.1", 7860)

@@ -20,7 +20,7 @@ from bot.core.request import (
     snap8,
 )
 
-LIMITS = Limits()  # max_prompt_chars=1000, max_steps=50, max_guidance=30, sides 64-1024, 1 Mpx, 4 images
+LIMITS = Limits()  # max_prompt_chars=1000, max_steps=50, max_guidance=30, sides 32-1024, 1 Mpx, 4 images
 SD15 = VariantDefaults()  # 512x512, 25 steps, guidance 7, dpm++
 SD21 = VariantDefaults(width=768, height=768, steps=30, guidance=9.0, scheduler="euler",
                        negative_prompt="lowres")
@@ -445,11 +445,11 @@ def test_explicit_sizes_snap_to_multiples_of_8(size, expected):
     assert (request.width, request.height) == expected
 
 
-@pytest.mark.parametrize("size, shown", [("32x512", "32x512"), ("512x2048", "512x2048"), ("8x8", "8x8"),
+@pytest.mark.parametrize("size, shown", [("24x512", "24x512"), ("512x2048", "512x2048"), ("8x8", "8x8"),
                                          ("1100x512", "1104x512"), ("99999x5", "99999x8")])
 def test_side_limits(size, shown):
     message = str(user_error(make, f"a fox --size {size}"))
-    assert "Width and height must be 64-1024 pixels" in message
+    assert "Width and height must be 32-1024 pixels" in message
     if size != "99999x5":
         assert f"got {shown}." in message
     else:
