@@ -144,6 +144,7 @@ function renderImages(job, card) {
     img.alt = `${job.request.prompt} (${t("ui_seed_label", { seed: image.seed })})`;
     img.width = job.request.width;
     img.height = job.request.height;
+    sharpIfSmall(img, job.request.width);
     link.append(img);
     const caption = document.createElement("figcaption");
     const download = document.createElement("a");
@@ -409,6 +410,7 @@ function renderGallery() {
     img.src = image.url;
     img.alt = `${job.request.prompt} (${t("ui_seed_label", { seed: image.seed })})`;
     img.loading = "lazy";
+    sharpIfSmall(img, job.request.width);
     link.append(img);
     return link;
   }));
@@ -493,3 +495,8 @@ async function main() {
 }
 
 main();
+
+// Tiny images (the demo model draws 32 px) are shown enlarged with square pixels, not smeared.
+function sharpIfSmall(img, width) {
+  if (width < 256) img.classList.add("small");
+}
