@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_SETTING = "default_model"
 CHAT_MODEL_SETTING = "model"
 CHAT_FLAGS_SETTING = "flags"
+USER_SCOPE_PREFIX = "user:"  # chat_settings rows of chat "user:<id>" hold one user's own defaults
 VARIATION_STRENGTH = 0.6  # how far a variation may move from its source image
 UPSCALE_STRENGTH = 0.35  # an upscale keeps the composition and redraws the detail
 
@@ -228,6 +229,10 @@ class Service:
 
     async def resolve_request(self, options: RequestOptions, origin: Origin) -> GenerationRequest:
         """Apply the chat's default flags and model, then the model's defaults and the limits."""
+        # The user's own defaults come first, then the chat's: the nearer setting wins.
+        own = await self.store.chat_settings(origin.platform, _user_scope(origin))
+        if own.get(CHAT_FLAGS_SETTING):
+            options = _with_chat_defaults(options, parse_prompt("x " + own[CHAT_FLAGS_SETTING]))
         chat = await self.store.chat_settings(origin.platform, origin.chat_id) if origin.chat_id else {}
         if chat.get(CHAT_FLAGS_SETTING):
             options = _with_chat_defaults(options, parse_prompt("x " + chat[CHAT_FLAGS_SETTING]))
@@ -373,6 +378,17 @@ class Service:
         parse_prompt("x " + flags)  # refuse bad flags now, not on every later request
         await self.store.set_chat_setting(by.platform, by.chat_id, CHAT_FLAGS_SETTING, flags.strip() or None)
 
+    async def set_user_flags(self, flags: str, by: Origin) -> None:
+        """One user's default flags, applied to each of their requests before the chat's defaults."""
+        parse_prompt("x " + flags)
+        await self.store.set_chat_setting(by.platform, _user_scope(by), CHAT_FLAGS_SETTING, flags.strip() or None)
+
+    async def default_flags(self, origin: Origin) -> dict[str, str | None]:
+        """The default flags that apply to `origin`: {"user": ..., "chat": ...} (None = not set)."""
+        own = await self.store.chat_settings(origin.platform, _user_scope(origin))
+        chat = await self.store.chat_settings(origin.platform, origin.chat_id) if origin.chat_id else {}
+        return {"user": own.get(CHAT_FLAGS_SETTING), "chat": chat.get(CHAT_FLAGS_SETTING)}
+
     async def list_variants(self, origin: Origin | None = None) -> list[dict[str, Any]]:
         self.catalog.scan_if_due()
         default = await self.default_model(origin)
@@ -498,6 +514,10 @@ def _with_chat_defaults(user: RequestOptions, chat: RequestOptions) -> RequestOp
     if user.aspect is not None or user.width is not None or user.height is not None:
         values.update(aspect=user.aspect, width=user.width, height=user.height)
     return RequestOptions(**values)
+
+
+def _user_scope(origin: Origin) -> str:
+    return USER_SCOPE_PREFIX + origin.user_id
 
 
 def _require_admin(origin: Origin) -> None:

@@ -1,0 +1,102 @@
+"""Jobs as Discord messages: status lines, the result embed, and image files that fit the upload limit."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import discord
+from PIL import Image
+
+from bot.core.errors import UserError
+from bot.core.jobs import Job
+from bot.core.messages import CATALOGUE, render
+
+DEFAULT_FILESIZE_LIMIT = 10 * 1024 * 1024  # Discord's limit without boosts, when nothing better is known
+EMBED_TITLE_LIMIT = 256
+EMBED_FIELD_LIMIT = 1024
+JPEG_QUALITIES = (90, 80, 70, 55, 40)
+SMALLEST_SIDE = 32  # stop shrinking here; below it nothing is worth sending
+
+
+@dataclass(frozen=True)
+class Upload:
+    file: discord.File | None  # None: not even a small JPEG fits; the embed tells why
+    compressed: bool
+
+
+def status_text(event: dict, job_id: int, locale: str | None) -> str:
+    kind = event["type"]
+    if kind in ("queued", "position"):
+        eta = event.get("eta")
+        text = render("dc_queued", locale, job=job_id, position=event["position"])
+        return text + (" " + render("dc_eta", locale, seconds=round(eta)) if eta else "")
+    if kind == "started":
+        return render("dc_starting", locale, job=job_id)
+    if kind == "progress":
+        return render("dc_progress", locale, job=job_id, step=event["step"], total=event["total"])
+    raise ValueError(f"not a progress event: {kind}")
+
+
+def failure_text(job: Job, locale: str | None) -> str:
+    if job.status == "cancelled":
+        return render("dc_cancelled", locale, job=job.id)
+    if job.error_key and job.error_key in CATALOGUE["en"]:
+        error = UserError(job.error_key, **job.error_params).render(locale)
+    else:
+        error = job.error or "?"
+    return render("dc_failed", locale, job=job.id, error=error)
+
+
+def result_embed(job: Job, locale: str | None, filename: str | None, note: str | None = None) -> discord.Embed:
+    request = job.request
+    embed = discord.Embed(title=_clip(request.prompt, EMBED_TITLE_LIMIT), colour=discord.Colour.blurple())
+    seeds = ", ".join(str(image.seed) for image in job.images) or str(request.seed)
+    fields = [
+        ("dc_field_model", request.model),
+        ("dc_field_seed", seeds),
+        ("dc_field_size", f"{request.width}x{request.height}"),
+        ("dc_field_steps", str(request.steps)),
+        ("dc_field_guidance", f"{request.guidance:g}"),
+        ("dc_field_scheduler", request.scheduler),
+    ]
+    for key, value in fields:
+        embed.add_field(name=render(key, locale), value=value, inline=True)
+    if request.negative_prompt:
+        embed.add_field(name=render("dc_field_negative", locale), value=_clip(request.negative_prompt, EMBED_FIELD_LIMIT),
+                        inline=False)
+    if note:
+        embed.add_field(name="\u200b", value=note, inline=False)
+    if filename:
+        embed.set_image(url=f"attachment://{filename}")
+    embed.set_footer(text=render("dc_footer", locale, job=job.id))
+    return embed
+
+
+def result_upload(path: Path, limit: int | None) -> Upload:
+    """The PNG when it fits `limit` bytes, else a JPEG made smaller until it fits: never a failed upload."""
+    limit = limit or DEFAULT_FILESIZE_LIMIT
+    if path.stat().st_size <= limit:
+        return Upload(discord.File(path, filename=path.name), compressed=False)
+    with Image.open(path) as source:
+        image = source.convert("RGB")
+    stem = path.stem
+    while True:
+        for quality in JPEG_QUALITIES:
+            data = io.BytesIO()
+            image.save(data, "JPEG", quality=quality, optimize=True)
+            if data.tell() <= limit:
+                data.seek(0)
+                return Upload(discord.File(data, filename=f"{stem}.jpg"), compressed=True)
+        if min(image.size) // 2 < SMALLEST_SIDE:
+            return Upload(None, compressed=True)
+        image = image.resize((image.width // 2, image.height // 2), Image.LANCZOS)
+
+
+def preview_file(data: bytes) -> discord.File:
+    return discord.File(io.BytesIO(data), filename="preview.jpg")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,147 @@
+"""A running stack per test: store, registry, GPU worker thread and service on the tiny model, the
+Discord frontend logged in to a local fake Discord (no gateway: interactions are fed in as raw
+INTERACTION_CREATE payloads through the client's connection state)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+import pytest
+
+from bot.config import Config, Secrets, config_from_dict
+from bot.core.errors import UserError
+from bot.core.jobs import FINISHED, Job, Origin
+from bot.core.service import Service
+from bot.core.store import Store
+from bot.engine.executor import LocalExecutor
+from bot.engine.registry import Registry
+from bot.frontends import discord as discord_frontend
+from tests.frontends.discord.fake_discord import ADMIN, ADMIN_ROLE, FakeDiscord
+
+TEARDOWN_ADMIN = Origin("web", "teardown", chat_id="web", is_admin=True)
+
+
+class Clock:
+    """What the frontend measures the 15-minute token window and the edit throttle with.
+    `step` seconds pass on every reading; `advance()` jumps ahead."""
+
+    def __init__(self, step: float = 0.0) -> None:
+        self.now = 1_000.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Stack:
+    service: Service
+    store: Store
+    config: Config
+    frontend: Any
+    clock: Clock
+    fake: FakeDiscord
+    stopped: bool = False
+
+    def dispatch(self, payload: dict) -> None:
+        """Hand a raw INTERACTION_CREATE to discord.py as the gateway would."""
+        self.frontend.client._connection.parse_interaction_create(payload)
+
+    async def wait_job(self, job_id: int, timeout: float = 120.0) -> Job:
+        async def poll() -> Job:
+            while not (job := await self.service.job(job_id)).finished:
+                await asyncio.sleep(0.02)
+            return job
+        return await asyncio.wait_for(poll(), timeout)
+
+    async def wait_delivery(self, job_id: int, timeout: float = 60.0) -> Job:
+        async def poll() -> Job:
+            while (job := await self.service.job(job_id)).delivery == "pending":
+                await asyncio.sleep(0.02)
+            return job
+        return await asyncio.wait_for(poll(), timeout)
+
+    async def wait_running(self, job_id: int, timeout: float = 120.0) -> None:
+        async def poll() -> None:
+            while True:
+                view = await self.service.status(job_id)
+                assert view.job.status not in FINISHED, view.job
+                if view.step:
+                    return
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(poll(), timeout)
+
+
+@pytest.fixture
+async def fake():
+    server = FakeDiscord()
+    await server.start()
+    previous = discord.http.Route.BASE
+    discord.http.Route.BASE = server.base
+    yield server
+    discord.http.Route.BASE = previous
+    await server.stop()
+
+
+@pytest.fixture
+async def make_stack(tmp_path, models_dir, fake):
+    """make_stack(discord={...}, limits={...}, clock=Clock(), frontend=True) -> a running Stack.
+    Stacks made one after another share the database: the second is the first after a restart."""
+    stacks: list[Stack] = []
+
+    async def make(clock: Clock | None = None, frontend: bool = True, **sections: dict[str, Any]) -> Stack:
+        settings: dict[str, Any] = {
+            "storage": {"state_dir": str(tmp_path / "state"), "models_dir": str(models_dir)},
+            "limits": {"min_side": 32},
+            "models": {"rescan_seconds": 0.0},
+            "engine": {"device": "cpu"},
+            "queue": {"shutdown_grace": 10.0, "batch_window": 0.0},
+            "discord": {"admin_users": [ADMIN], "admin_roles": [ADMIN_ROLE]},
+        }
+        for name, values in sections.items():
+            settings.setdefault(name, {}).update(values)
+        config = config_from_dict(settings)
+        store = await Store.open(config.storage.database_path())
+        registry = Registry(models_dir, config.variants, config.models.rescan_seconds)
+        executor = LocalExecutor(registry, config.engine, config.storage.outputs_path())
+        service = Service(config, store, executor, registry)
+        await service.start()
+        stack = Stack(service, store, config, None, clock or Clock(), fake)
+        stacks.append(stack)
+        if frontend:
+            await start_frontend(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        await stop_stack(stack)
+
+
+async def start_frontend(stack: Stack) -> None:
+    stack.frontend = await discord_frontend.start(stack.service, stack.config, Secrets(discord_token="test-token"),
+                                                  clock=stack.clock, gateway=False)
+    await asyncio.wait_for(stack.frontend.ready.wait(), 30)
+
+
+async def stop_stack(stack: Stack) -> None:
+    """A clean shutdown, as `imagebot serve` does it; safe to call twice."""
+    if stack.frontend is not None:
+        await stack.frontend.stop()
+        stack.frontend = None
+    if stack.stopped:
+        return
+    stack.stopped = True
+    for job in [*await stack.store.running(), *await stack.store.queued()]:
+        try:
+            await stack.service.cancel(job.id, TEARDOWN_ADMIN)
+        except UserError:
+            pass
+    await stack.service.stop()
+    await stack.store.close()

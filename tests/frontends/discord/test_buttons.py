@@ -1,0 +1,77 @@
+"""Buttons under results: persistent across a restart (a new client and a new service on the same
+database), variations and upscales from one image of a grid, delete for the owner or an admin."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image
+
+from bot.core.service import UPSCALE_STRENGTH, VARIATION_STRENGTH
+from tests.frontends.discord.conftest import stop_stack
+from tests.frontends.discord.fake_discord import ADMIN, ALICE, BOB, click, command, custom_ids
+from tests.frontends.discord.test_imagine import EPHEMERAL, callback, has_result, original
+
+
+async def test_buttons_keep_working_after_a_restart(make_stack, fake):
+    first = await make_stack()
+    payload = command("imagine", prompt="two foxes --n 2 --steps 2 --seed 7")
+    first.dispatch(payload)
+    result = await fake.wait_for("PATCH", original(payload), has_result)
+    source = await first.wait_delivery(1)
+    message = result.response  # the message as Discord stored it, buttons included
+    assert set(custom_ids(message)) == {"imagebot:up:1:0", "imagebot:up:1:1", "imagebot:var:1:0", "imagebot:var:1:1",
+                                        "imagebot:reroll:1", "imagebot:del:1"}
+    grid = Image.open(io.BytesIO(result.files[0].data))
+    assert result.files[0].filename == source.grid and grid.format == "PNG"
+    await stop_stack(first)
+
+    second = await make_stack()  # a new process: new client, new service, the same database
+    variation = click("imagebot:var:1:1", message, user=BOB)  # anyone may build on a result
+    second.dispatch(variation)
+    assert "Job #2 is queued" in (await fake.wait_for("POST", callback(variation))).json["data"]["content"]
+    varied = await fake.wait_for("PATCH", original(variation), has_result)
+    job = await second.service.job(2)
+    assert job.request.init_image.endswith(source.images[1].file) and job.request.strength == VARIATION_STRENGTH
+    assert job.origin.user_id == str(BOB) and job.request.count == 2
+    assert Image.open(io.BytesIO(varied.files[0].data)).format == "PNG"
+
+    upscale = click("imagebot:up:1:0", message)
+    second.dispatch(upscale)
+    upscaled = await fake.wait_for("PATCH", original(upscale), has_result)
+    job = await second.service.job(3)
+    assert job.request.init_image.endswith(source.images[0].file) and job.request.strength == UPSCALE_STRENGTH
+    assert Image.open(io.BytesIO(upscaled.files[0].data)).size == (128, 128)
+
+    reroll = click("imagebot:reroll:1", message)
+    second.dispatch(reroll)
+    await fake.wait_for("PATCH", original(reroll), has_result)
+    job = await second.service.job(4)
+    assert (job.request.prompt, job.request.count, job.request.init_image) == ("two foxes", 2, None)
+
+
+async def test_only_the_owner_or_an_admin_deletes_a_result(make_stack, fake):
+    stack = await make_stack()
+    payload = command("imagine", prompt="a fox --steps 1")
+    stack.dispatch(payload)
+    message = (await fake.wait_for("PATCH", original(payload), has_result)).response
+
+    refused = click("imagebot:del:1", message, user=BOB)
+    stack.dispatch(refused)
+    answer = (await fake.wait_for("POST", callback(refused))).json
+    assert answer["data"]["flags"] & EPHEMERAL
+    assert answer["data"]["content"] == "Job #1 belongs to someone else; only they or an admin can change it."
+    assert not fake.find("DELETE", original(refused))
+
+    for user in (ALICE, ADMIN):
+        delete = click("imagebot:del:1", message, user=user)
+        stack.dispatch(delete)
+        await fake.wait_for("DELETE", original(delete))
+        assert (await fake.wait_for("POST", callback(delete))).json["type"] == 6  # a deferred update
+
+    # A button of a job the database does not know (discord.py only dispatches ids the message has).
+    stale = json.loads(json.dumps(message).replace("imagebot:reroll:1", "imagebot:reroll:99"))
+    unknown = click("imagebot:reroll:99", stale)
+    stack.dispatch(unknown)
+    assert (await fake.wait_for("POST", callback(unknown))).json["data"]["content"] == "There is no job #99."

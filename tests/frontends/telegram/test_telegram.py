@@ -1,0 +1,574 @@
+"""The Telegram bot end to end: the real python-telegram-bot Application and HTTP layer, a real
+store, registry, worker thread and service on the tiny model, against a fake Bot API server
+(fake_api.py) that feeds raw update JSON to getUpdates and records every call the bot makes.
+
+Everything is driven through updates (messages, commands, button presses) and observed through
+the recorded calls and the store; waits are on recorded calls or job states, with timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from bot.config import Config, Secrets, config_from_dict
+from bot.core.errors import UserError
+from bot.core.jobs import Job, Origin
+from bot.core.service import Service
+from bot.core.store import Store
+from bot.engine.executor import LocalExecutor
+from bot.engine.registry import Registry
+from bot.frontends import telegram
+from tests.conftest import add_pipeline_variant
+from tests.frontends.telegram.fake_api import BOT_USER, Call, FakeBotApi
+
+TOKEN = "123456789:AAE-test-token-that-must-never-be-logged"
+ALICE = {"id": 1001, "is_bot": False, "first_name": "Alice", "username": "alice", "language_code": "en"}
+BOB = {"id": 1002, "is_bot": False, "first_name": "Bob", "username": "bob", "language_code": "en-US"}
+LAN = {"id": 1003, "is_bot": False, "first_name": "Lan", "language_code": "vi"}
+ROOT = {"id": 9001, "is_bot": False, "first_name": "Root", "username": "root", "language_code": "en"}
+GROUP = {"id": -1001234567890, "type": "supergroup", "title": "Art club"}
+TEARDOWN = Origin("telegram", "teardown", is_admin=True)
+_query_ids = itertools.count(1)
+
+
+def private(user: dict) -> dict:
+    return {"id": user["id"], "type": "private", "first_name": user["first_name"]}
+
+
+@dataclass
+class Stack:
+    server: FakeBotApi
+    config: Config
+    store: Store
+    service: Service
+    frontend: Any
+    stopped: bool = False
+
+    def send(self, user: dict, text: str | None = None, chat: dict | None = None, edited: bool = False,
+             **extra: Any) -> int:
+        """A user writes in a chat; returns the message id."""
+        update = message_update(self.server, user, text, chat, edited, **extra)
+        self.server.feed(update)
+        return next(iter(update.values()))["message_id"]
+
+    def press(self, user: dict, message: dict, data: str) -> str:
+        """A user presses an inline button under one of the bot's messages."""
+        query_id = str(next(_query_ids))
+        self.server.feed({"callback_query": {"id": query_id, "from": user, "chat_instance": "42",
+                                             "message": message, "data": data}})
+        return query_id
+
+    async def reply_to(self, message_id: int, method: str = "sendMessage", **kw: Any) -> Call:
+        return (await self.server.wait_for(method, lambda c: replied_to(c) == message_id, **kw))[-1]
+
+    async def status_text(self, status_id: int, fragment: str) -> Call:
+        """Wait for the status message (by id) to be edited to show `fragment`."""
+        def shows(call: Call) -> bool:
+            return int(call.params.get("message_id", 0)) == status_id and fragment in call.params.get("text", "")
+        return (await self.server.wait_for("editMessageText", shows))[-1]
+
+    async def answer(self, query_id: str) -> Call:
+        return (await self.server.wait_for("answerCallbackQuery",
+                                           lambda c: c.params["callback_query_id"] == query_id))[0]
+
+    async def jobs_of(self, user: dict) -> list[Job]:
+        return await self.service.history(Origin("telegram", str(user["id"])), 50)
+
+    async def wait_job(self, user: dict, count: int = 1, timeout: float = 90.0) -> list[Job]:
+        async def poll() -> list[Job]:
+            while len(jobs := await self.jobs_of(user)) < count:
+                await asyncio.sleep(0.02)
+            return sorted(jobs, key=lambda j: j.id)
+        return await asyncio.wait_for(poll(), timeout)
+
+    async def wait_delivery(self, job_id: int, state: str = "delivered", timeout: float = 120.0) -> Job:
+        async def poll() -> Job:
+            while (job := await self.service.job(job_id)).delivery != state:
+                await asyncio.sleep(0.02)
+            return job
+        return await asyncio.wait_for(poll(), timeout)
+
+    async def wait_running(self, job_id: int, timeout: float = 90.0) -> None:
+        async def poll() -> None:
+            while (view := await self.service.status(job_id)).step is None:
+                assert not view.job.finished, view.job
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(poll(), timeout)
+
+    async def stop(self, cancel_jobs: bool = False) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.frontend.stop()
+        if cancel_jobs:  # stop whatever is left at its next step, so stop() does not wait for it
+            for job in [*await self.store.running(), *await self.store.queued()]:
+                try:
+                    await self.service.cancel(job.id, TEARDOWN)
+                except UserError:
+                    pass
+        worker = self.service.executor._thread
+        await self.service.stop()
+        await self.store.close()
+        # A restart is a new process: let this one's worker thread end (it stops at its next step)
+        # before the next stack loads models in the same process.
+        if worker is not None:
+            await asyncio.to_thread(worker.shutdown, True)
+
+
+def message_update(server: FakeBotApi, user: dict, text: str | None = None, chat: dict | None = None,
+                   edited: bool = False, **extra: Any) -> dict[str, Any]:
+    """A raw update (without update_id) of a new or edited message, as Telegram sends it."""
+    message = {"message_id": server.next_message_id(), "date": int(time.time()), "chat": chat or private(user),
+               "from": user, **extra}
+    if text is not None:
+        message["text"] = text
+        if text.startswith("/"):
+            message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
+    if edited:
+        message["edit_date"] = int(time.time())
+    return {"edited_message" if edited else "message": message}
+
+
+def replied_to(call: Call) -> int | None:
+    reply = call.params.get("reply_parameters")
+    return int(reply["message_id"]) if isinstance(reply, dict) else None
+
+
+def buttons(call: Call) -> dict[str, str]:
+    """Button label -> callback data of the keyboard a call sent."""
+    markup = call.params.get("reply_markup") or {}
+    return {b["text"]: b["callback_data"] for row in markup.get("inline_keyboard", []) for b in row}
+
+
+def is_result(call: Call) -> bool:
+    """A result photo (not a progress preview, whose only button is Cancel)."""
+    return any(data.startswith("r:") for data in buttons(call).values())
+
+
+def open_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+@pytest.fixture
+async def fake_api():
+    server = FakeBotApi(TOKEN)
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def make_stack(tmp_path, models_dir, fake_api):
+    """make_stack(telegram={...}, queue={...}) -> the service and the Telegram bot, running.
+    Stacks made in one test share the database and outputs: a second one is a restart."""
+    stacks: list[Stack] = []
+
+    async def make(webhook_secret: str | None = None, token: str = TOKEN, **sections: dict[str, Any]) -> Stack:
+        settings: dict[str, Any] = {
+            "storage": {"state_dir": str(tmp_path / "state"), "models_dir": str(models_dir)},
+            "limits": {"min_side": 32},
+            "models": {"rescan_seconds": 0.0},
+            "engine": {"device": "cpu"},
+            "queue": {"shutdown_grace": 10.0},
+            "telegram": {"base_url": fake_api.base_url, "admins": [ROOT["id"]]},
+        }
+        for name, values in sections.items():
+            settings.setdefault(name, {}).update(values)
+        config = config_from_dict(settings)
+        store = await Store.open(config.storage.database_path())
+        registry = Registry(models_dir, config.variants, config.models.rescan_seconds)
+        service = Service(config, store, LocalExecutor(registry, config.engine, config.storage.outputs_path()),
+                          registry)
+        await service.start()
+        try:
+            frontend = await telegram.start(service, config, Secrets(telegram_token=token,
+                                                                     telegram_webhook_secret=webhook_secret))
+        except BaseException:
+            await service.stop()
+            await store.close()
+            raise
+        stack = Stack(fake_api, config, store, service, frontend)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        await stack.stop(cancel_jobs=True)
+
+
+# --- the main flow -----------------------------------------------------------------------------------
+
+
+async def test_imagine_in_a_private_chat_ends_in_a_photo_with_buttons(make_stack, fake_api, caplog):
+    caplog.set_level(logging.INFO)
+    bot = await make_stack()
+    # Registered at start (or, on a machine too busy to answer within the client's timeouts, by
+    # the background reconnect right after).
+    menus = await fake_api.wait_for("setMyCommands", count=2)
+    assert len(menus) == 2 and {m.params.get("language_code") for m in menus} == {None, "vi"}
+    assert [c["command"] for c in menus[0].params["commands"]] == [
+        "imagine", "model", "queue", "cancel", "settings", "history", "help", "start"]
+
+    asked = bot.send(ALICE, "/imagine a red fox in the snow --steps 2 --seed 7")
+    status = await bot.reply_to(asked)
+    assert status.params["text"] == "Queueing…"  # the answer comes at once; the job follows
+
+    photo = await bot.reply_to(asked, "sendPhoto")
+    (job,) = await bot.jobs_of(ALICE)
+    image = open_image(photo.file("photo"))
+    assert image.format == "JPEG" and image.size == (64, 64)
+    caption = photo.params["caption"]
+    assert caption.startswith("a red fox in the snow\n") and "Seed: 7" in caption and f"#{job.id}" in caption
+    assert "2 steps" in caption and "demo" in caption and len(caption) <= 1024
+    data = buttons(photo)
+    assert sorted(d.split(":")[0] for d in data.values()) == ["p", "r", "u", "v", "x"]
+    assert all(len(d.encode()) <= 64 and d.split(":")[1] == str(job.id) for d in data.values())
+
+    delivered = await bot.wait_delivery(job.id)
+    assert delivered.status == "done" and delivered.images[0].seed == 7
+    # The status message made way for the result.
+    await fake_api.wait_for("deleteMessage", lambda c: int(c.params["message_id"]) == status.result["message_id"])
+
+    # The lossless PNG on request.
+    query = bot.press(ALICE, photo.result, data["📄 PNG"])
+    assert (await bot.answer(query)).params["text"] == "Sending the PNG files…"
+    document = await bot.reply_to(photo.result["message_id"], "sendDocument")
+    png = open_image(document.file("document"))
+    assert png.format == "PNG" and png.size == (64, 64) and "Seed: 7" in png.text["parameters"]
+
+    assert logging.getLogger("httpx").level == logging.WARNING
+    assert caplog.records and not [r for r in caplog.records if TOKEN in r.getMessage()]
+
+
+async def test_several_images_come_as_an_album_and_buttons_work_after_a_restart(make_stack, fake_api):
+    first = await make_stack()
+    asked = first.send(ALICE, "/imagine a boat on a lake --n 2 --steps 2 --seed 3")
+    album = await first.reply_to(asked, "sendMediaGroup")
+    media = album.params["media"]
+    assert len(media) == 2 and media[0]["caption"].startswith("a boat on a lake")
+    sizes = [open_image(album.file(item["media"])).size for item in media]
+    assert sizes == [(64, 64), (64, 64)]
+    album_ids = [m["message_id"] for m in album.result]
+    actions = await first.reply_to(album_ids[0])
+    data = buttons(actions)
+    assert {"V1", "V2", "U1", "U2", "🔄 Reroll", "📄 PNG", "🗑 Delete"} == set(data)
+    (source,) = await first.jobs_of(ALICE)
+    await first.wait_delivery(source.id)
+    await first.stop()
+
+    # A new process on the same database: the buttons of the old message still work.
+    second = await make_stack()
+    query = second.press(ALICE, actions.result, data["U2"])
+    await second.answer(query)
+    upscaled = (await fake_api.wait_for(
+        "sendPhoto", lambda c: is_result(c) and replied_to(c) == actions.result["message_id"]))[0]
+    assert open_image(upscaled.file("photo")).size == (128, 128)
+
+    query = second.press(BOB, actions.result, data["V1"])  # anyone in the chat may ask for variations
+    await second.answer(query)
+    jobs = await second.wait_job(BOB)
+    assert jobs[0].request.init_image.endswith(source.images[0].file)
+    await second.wait_delivery(jobs[0].id)
+
+    query = second.press(ALICE, actions.result, data["📄 PNG"])
+    documents = await fake_api.wait_for("sendDocument", count=2)
+    assert [open_image(d.file("document")).format for d in documents] == ["PNG", "PNG"]
+
+    # Only the owner (or an admin) deletes.
+    query = second.press(BOB, actions.result, data["🗑 Delete"])
+    refused = await second.answer(query)
+    assert "belongs to someone else" in refused.params["text"] and refused.params["show_alert"] in (True, "true")
+    assert not fake_api.calls_of("deleteMessage", lambda c: int(c.params["message_id"]) in album_ids)
+    query = second.press(ALICE, actions.result, data["🗑 Delete"])
+    assert (await second.answer(query)).params["text"] == "Deleted."
+    deleted = {int(c.params["message_id"]) for c in fake_api.calls_of("deleteMessage")}
+    assert {*album_ids, actions.result["message_id"]} <= deleted
+
+
+# --- chats, groups and what is ignored -----------------------------------------------------------------
+
+
+async def test_groups_answer_only_commands_for_this_bot_and_allowed_chats(make_stack, fake_api):
+    bot = await make_stack(telegram={"allowed_chats": [GROUP["id"]]})
+    ignored = [
+        bot.send(ALICE, "/imagine@otherbot a cat", chat=GROUP),
+        bot.send(ALICE, "a cat, said in passing", chat=GROUP),
+        bot.send(ALICE, "/frobnicate", chat=GROUP),
+        bot.send(ALICE, chat=GROUP, sticker={"file_id": "s1", "file_unique_id": "s1", "type": "regular",
+                                             "width": 512, "height": 512, "is_animated": False,
+                                             "is_video": False}),
+        bot.send(ROOT, "/imagine a dog that was edited", edited=True),
+    ]
+    asked = bot.send(ALICE, f"/imagine@{BOT_USER['username']} a cat in a group --steps 2", chat=GROUP)
+    photo = (await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == asked))[0]
+    assert int(photo.params["chat_id"]) == GROUP["id"]
+
+    unknown = bot.send(ALICE, f"/frobnicate@{BOT_USER['username']}", chat=GROUP)
+    assert "Unknown command /frobnicate" in (await bot.reply_to(unknown)).params["text"]
+    refused = bot.send(ALICE, "/imagine a cat in private")  # Alice's private chat is not allowed
+    assert "allowed_chats" in (await bot.reply_to(refused)).params["text"]
+    sticker = bot.send(ROOT, sticker={"file_id": "s2", "file_unique_id": "s2", "type": "regular", "width": 512,
+                                      "height": 512, "is_animated": False, "is_video": False})
+    assert "text only" in (await bot.reply_to(sticker)).params["text"]  # admins' private chats are allowed
+    help_ = bot.send(ROOT, "/help")
+    assert "/imagine" in (await bot.reply_to(help_)).params["text"]
+
+    assert not [c for c in fake_api.calls if replied_to(c) in ignored]
+    jobs = [*await bot.jobs_of(ALICE), *await bot.jobs_of(ROOT)]
+    assert [job.request.prompt for job in jobs] == ["a cat in a group"]
+
+
+async def test_bad_input_gets_a_clear_reply_and_queues_nothing(make_stack):
+    bot = await make_stack()
+    cases = {
+        "/imagine": "The prompt is empty",
+        "/imagine " + "x" * 5000: "5000 characters long; the limit is 1000",
+        "/imagine a cat --model nosuch": "There is no model 'nosuch'. Available: demo",
+        "/imagine a cat --steps 100000": "steps must be 1-50, got 100000",
+        "/imagine a cat --flavour spicy": "Unknown option --flavour",
+    }
+    asked = {bot.send(ALICE, text): expected for text, expected in cases.items()}
+    for message_id, expected in asked.items():
+        status = await bot.reply_to(message_id)
+        await bot.status_text(status.result["message_id"], expected)
+    lan = bot.send(LAN, "/imagine")
+    status = await bot.reply_to(lan)
+    await bot.status_text(status.result["message_id"], "Câu mô tả đang trống")
+
+    cancel = bot.send(ALICE, "/cancel soon")
+    assert (await bot.reply_to(cancel)).params["text"].startswith("Use /cancel for your latest job")
+    cancel = bot.send(ALICE, "/cancel")
+    assert (await bot.reply_to(cancel)).params["text"] == "You have no job waiting or running."
+    cancel = bot.send(ALICE, "/cancel 99999")
+    assert (await bot.reply_to(cancel)).params["text"] == "There is no job #99999."
+    assert await bot.jobs_of(ALICE) == [] and await bot.jobs_of(LAN) == []
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+async def test_model_lists_for_everyone_and_switches_for_admins(make_stack, fake_api, models_dir,
+                                                                tiny_pipeline_dir):
+    add_pipeline_variant(models_dir, "finetuned", tiny_pipeline_dir, 'kind = "pipeline"\n[defaults]\nsteps = 2\n')
+    bot = await make_stack()
+    listed = bot.send(ALICE, "/model")
+    text = (await bot.reply_to(listed)).params["text"]
+    assert "this chat uses demo; the default is demo" in text and "• finetuned" in text
+    denied = bot.send(ALICE, "/model finetuned")
+    assert (await bot.reply_to(denied)).params["text"] == "Only admins can do that."
+
+    in_group = bot.send(ROOT, "/model finetuned", chat=GROUP)
+    assert (await bot.reply_to(in_group)).params["text"] == "This chat now uses the model finetuned."
+    listed = bot.send(BOB, "/model", chat=GROUP)
+    assert "this chat uses finetuned; the default is demo" in (await bot.reply_to(listed)).params["text"]
+    listed = bot.send(ALICE, "/model")  # other chats keep the default
+    assert "this chat uses demo" in (await bot.reply_to(listed)).params["text"]
+    wrong = bot.send(ROOT, "/model nosuch")
+    assert "There is no model 'nosuch'" in (await bot.reply_to(wrong)).params["text"]
+
+    everywhere = bot.send(ROOT, "/model default finetuned")
+    assert "every chat is now finetuned" in (await bot.reply_to(everywhere)).params["text"]
+    add_pipeline_variant(models_dir, "fresh", tiny_pipeline_dir)
+    reload = bot.send(ROOT, "/model reload")
+    assert "Added: fresh." in (await bot.reply_to(reload)).params["text"]
+    denied = bot.send(BOB, "/model reload")
+    assert (await bot.reply_to(denied)).params["text"] == "Only admins can do that."
+
+    asked = bot.send(BOB, "/imagine a dog --steps 2", chat=GROUP)
+    await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == asked)
+    (job,) = await bot.jobs_of(BOB)
+    assert job.request.model == "finetuned"
+
+
+async def test_chat_settings_apply_to_later_requests(make_stack, fake_api):
+    bot = await make_stack()
+    denied = bot.send(ALICE, "/settings --ar 2:1", chat=GROUP)
+    assert "only its admins" in (await bot.reply_to(denied)).params["text"]
+    fake_api.chat_admins.add((GROUP["id"], ALICE["id"]))
+    for text, expected in [("/settings --seed 5", "Give only options"),
+                           ("/settings --steps 100000", "steps must be 1-50, got 100000"),
+                           ("/settings --ar 2:1 --steps 2 --no blurry", "are now: --ar 2:1 --steps 2 --no blurry")]:
+        asked = bot.send(ALICE, text, chat=GROUP)
+        assert expected in (await bot.reply_to(asked)).params["text"]
+    shown = bot.send(BOB, "/settings", chat=GROUP)
+    assert "--ar 2:1 --steps 2 --no blurry" in (await bot.reply_to(shown)).params["text"]
+
+    asked = bot.send(BOB, "/imagine a wide valley", chat=GROUP)
+    photo = (await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == asked))[0]
+    (job,) = await bot.jobs_of(BOB)
+    assert job.request.width > job.request.height and job.request.negative_prompt == "blurry"
+    assert open_image(photo.file("photo")).size == (job.request.width, job.request.height)
+    assert "Not: blurry" in photo.params["caption"]
+
+    cleared = bot.send(ALICE, "/settings clear", chat=GROUP)
+    assert "no default options any more" in (await bot.reply_to(cleared)).params["text"]
+    flags = await bot.service.default_flags(Origin("telegram", str(BOB["id"]), chat_id=str(GROUP["id"])))
+    assert flags["chat"] is None
+
+
+async def test_queue_progress_cancel_and_history(make_stack, fake_api):
+    bot = await make_stack(limits={"max_steps": 500})
+    slow = bot.send(ALICE, "a very slow lighthouse --steps 400 --size 32x32")  # plain text: a prompt
+    slow_status = (await bot.reply_to(slow)).result["message_id"]
+    (slow_job,) = await bot.wait_job(ALICE)
+    await bot.wait_running(slow_job.id)
+    waiting = bot.send(ALICE, "/imagine a quick cat --steps 2")
+    waiting_status = (await bot.reply_to(waiting)).result["message_id"]
+    (_, waiting_job) = await bot.wait_job(ALICE, 2)
+    await bot.status_text(waiting_status, f"#{waiting_job.id} queued: position 1")
+
+    # The running job's status message shows its steps (as text, or as the caption of its preview).
+    def progress_of_slow(call: Call) -> bool:
+        shown = call.params.get("text") or call.params.get("caption") or ""
+        media = call.params.get("media")
+        shown += media.get("caption", "") if isinstance(media, dict) else ""
+        return f"#{slow_job.id}" in shown and "step" in shown
+    preview = (await fake_api.wait_for("sendPhoto", progress_of_slow))[0]
+
+    queue = bot.send(ALICE, "/queue")
+    text = (await bot.reply_to(queue)).params["text"]
+    assert f"#{slow_job.id} running" in text and f"#{waiting_job.id} waiting, position 1" in text
+
+    cancel = bot.send(ALICE, "/cancel")  # the latest: the waiting one
+    assert (await bot.reply_to(cancel)).params["text"] == f"#{waiting_job.id} cancelled."
+    await bot.status_text(waiting_status, f"#{waiting_job.id} was cancelled.")
+
+    # The Cancel button under the running job's progress stops it.
+    query = bot.press(ALICE, preview.result, buttons(preview)["✖ Cancel"])
+    assert (await bot.answer(query)).params["text"] == f"#{slow_job.id} stops at its next step."
+    await fake_api.wait_for("sendMessage", lambda c: replied_to(c) == slow and "was cancelled" in c.params["text"])
+    await bot.wait_delivery(slow_job.id)
+    assert (await bot.service.job(slow_job.id)).status == "cancelled"
+    # The preview replaced the text status message, and no edit repeated the one before it.
+    assert fake_api.calls_of("deleteMessage", lambda c: int(c.params["message_id"]) == slow_status)
+    captions = [c.params.get("caption") for c in fake_api.calls_of("editMessageCaption")
+                if int(c.params["message_id"]) == preview.result["message_id"]]
+    assert all(a != b for a, b in zip(captions, captions[1:]))
+
+    history = bot.send(ALICE, "/history")
+    text = (await bot.reply_to(history)).params["text"]
+    assert f"#{slow_job.id} cancelled" in text and f"#{waiting_job.id} cancelled" in text
+
+
+# --- delivery that has to try harder -----------------------------------------------------------------
+
+
+async def test_a_429_with_retry_after_is_waited_out_and_retried(make_stack, fake_api):
+    bot = await make_stack(telegram={"previews": False})
+    fake_api.fail("sendPhoto", 429, "Too Many Requests: retry after 1", {"retry_after": 1})
+    asked = bot.send(ALICE, "/imagine a busy harbour --steps 2")
+    calls = await fake_api.wait_for("sendPhoto", count=2)
+    assert [c.status for c in calls] == [429, 200]
+    assert calls[0].params["caption"] == calls[1].params["caption"] and replied_to(calls[1]) == asked
+    (job,) = await bot.jobs_of(ALICE)
+    await bot.wait_delivery(job.id)
+
+
+async def test_network_errors_are_retried_and_a_blocked_bot_gives_up(make_stack, fake_api):
+    bot = await make_stack(telegram={"previews": False})
+    fake_api.fail("sendPhoto", 502, "Bad Gateway", times=2)
+    asked = bot.send(ALICE, "/imagine a stormy sea --steps 2")
+    calls = await fake_api.wait_for("sendPhoto", count=3)
+    assert [c.status for c in calls] == [502, 502, 200] and replied_to(calls[2]) == asked
+    (job,) = await bot.jobs_of(ALICE)
+    await bot.wait_delivery(job.id)
+
+    fake_api.fail("sendPhoto", 403, "Forbidden: bot was blocked by the user", times=100)
+    bot.send(BOB, "/imagine a quiet pond --steps 2")
+    (blocked,) = await bot.wait_job(BOB)
+    await bot.wait_delivery(blocked.id, "failed")
+    assert len(fake_api.calls_of("sendPhoto", lambda c: int(c.params["chat_id"]) == BOB["id"])) == 1
+
+
+async def test_a_result_that_could_not_be_sent_is_delivered_after_a_restart(make_stack, fake_api):
+    first = await make_stack(telegram={"previews": False})
+    fake_api.fail("sendPhoto", 502, "Bad Gateway", times=1000)
+    asked = first.send(ALICE, "/imagine a lighthouse in fog --steps 2")
+    status = (await first.reply_to(asked)).result["message_id"]
+    await fake_api.wait_for("sendPhoto", count=2)  # tried, and tried again
+    (job,) = await first.jobs_of(ALICE)
+    await first.stop()
+    fake_api.heal("sendPhoto")
+
+    second = await make_stack(telegram={"previews": False})
+    photo = (await fake_api.wait_for("sendPhoto", lambda c: c.ok and replied_to(c) == asked))[0]
+    assert f"#{job.id}" in photo.params["caption"]
+    await second.wait_delivery(job.id)
+    await fake_api.wait_for("deleteMessage", lambda c: int(c.params["message_id"]) == status)
+
+
+async def test_a_job_interrupted_by_a_restart_runs_again_and_is_delivered(make_stack, fake_api):
+    settings = {"queue": {"shutdown_grace": 0.2}, "limits": {"max_steps": 500}, "telegram": {"previews": False}}
+    first = await make_stack(**settings)
+    asked = first.send(ALICE, "/imagine a long exposure of stars --steps 200 --size 32x32")
+    (job,) = await first.wait_job(ALICE)
+    await first.wait_running(job.id)
+    await first.stop()  # mid-job: the service puts it back in the queue
+    second = await make_stack(**settings)
+    photo = (await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == asked))[0]
+    assert open_image(photo.file("photo")).size == (32, 32)
+    done = await second.wait_delivery(job.id)
+    assert done.status == "done" and done.attempts >= 2
+
+
+async def test_a_bot_api_out_of_reach_at_start_is_tried_again_and_a_refused_token_turns_the_bot_off(
+        make_stack, fake_api, caplog):
+    fake_api.fail("getMe", 502, "Bad Gateway")
+    bot = await make_stack()  # returns at once: the rest of the service does not wait for Telegram
+    help_ = bot.send(ALICE, "/help")
+    assert "/imagine" in (await bot.reply_to(help_)).params["text"]
+    assert [c.status for c in fake_api.calls_of("getMe")] == [502, 200]
+    await bot.stop(cancel_jobs=True)
+
+    calls = len(fake_api.calls)
+    refused = await make_stack(token="987654:a-token-telegram-does-not-know")
+    assert "refused TELEGRAM_TOKEN" in caplog.text and "a-token-telegram-does-not-know" not in caplog.text
+    assert len(fake_api.calls) == calls  # nothing was sent with it, and no retries follow
+    await refused.stop()
+
+
+# --- webhook mode ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_webhook_mode_takes_updates_only_with_the_secret_token(make_stack, fake_api):
+    port = free_port()
+    settings = {"mode": "webhook", "webhook_url": "https://bot.example/tg/hook", "webhook_port": port}
+    with pytest.raises(ValueError, match="TELEGRAM_WEBHOOK_SECRET"):
+        await make_stack(telegram=settings)  # a webhook without a secret would take anyone's updates
+    bot = await make_stack(webhook_secret="hook-secret_0123456789", telegram=settings)
+    (hook,) = fake_api.calls_of("setWebhook")
+    assert hook.params["url"] == "https://bot.example/tg/hook"
+    assert hook.params["secret_token"] == "hook-secret_0123456789"
+
+    forged = message_update(fake_api, ROOT, "/imagine a forged request")
+    real = message_update(fake_api, ALICE, "/help")
+    async with aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{port}/tg/hook"
+        response = await http.post(url, json={"update_id": 1, **forged},
+                                   headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"})
+        assert response.status == 403
+        response = await http.post(url, json={"update_id": 2, **real},
+                                   headers={"X-Telegram-Bot-Api-Secret-Token": "hook-secret_0123456789"})
+        assert response.status == 200
+    assert "/imagine" in (await bot.reply_to(real["message"]["message_id"])).params["text"]
+    assert not [c for c in fake_api.calls if replied_to(c) == forged["message"]["message_id"]]
+    assert await bot.jobs_of(ROOT) == []
