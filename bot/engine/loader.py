@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import torch
 from diffusers import DiffusionPipeline
@@ -20,12 +21,24 @@ diffusers_logging.disable_progress_bar()
 transformers_logging.disable_progress_bar()
 
 
+# diffusers and accelerate build models under process-wide patches (empty-weight initialisation
+# swaps torch's parameter registration while a model is built), so two threads loading at once
+# (a worker abandoned after a timeout and its replacement, or two services in one process) can
+# corrupt each other's models ("Cannot copy out of meta tensor"). Loads take turns.
+_ONE_LOAD_AT_A_TIME = threading.Lock()
+
+
 class ModelLoadError(RuntimeError):
     """A variant's files are present but could not be loaded; names the variant and the cause."""
 
 
 def load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) -> DiffusionPipeline:
     """Load a full model (pipeline folder, single checkpoint file or hub id)."""
+    with _ONE_LOAD_AT_A_TIME:
+        return _load_base_pipeline(spec, dtype, allow_download)
+
+
+def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) -> DiffusionPipeline:
     try:
         if spec.kind == "pipeline":
             return DiffusionPipeline.from_pretrained(str(spec.folder), torch_dtype=dtype, local_files_only=True)
@@ -61,13 +74,18 @@ def _load_from_hub(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) 
 def load_lora(pipe: DiffusionPipeline, spec: VariantSpec) -> None:
     """Attach a LoRA variant to its (already loaded) base pipeline as a named adapter."""
     try:
-        if spec.file is not None:
-            pipe.load_lora_weights(str(spec.file.parent), weight_name=spec.file.name, adapter_name=spec.name)
-        else:
-            pipe.load_lora_weights(str(spec.folder), adapter_name=spec.name)
+        with _ONE_LOAD_AT_A_TIME:
+            _load_lora(pipe, spec)
     except Exception as error:
         raise ModelLoadError(f"LoRA '{spec.name}' could not be applied to '{spec.base}': "
                              f"{type(error).__name__}: {error}") from error
+
+
+def _load_lora(pipe: DiffusionPipeline, spec: VariantSpec) -> None:
+    if spec.file is not None:
+        pipe.load_lora_weights(str(spec.file.parent), weight_name=spec.file.name, adapter_name=spec.name)
+    else:
+        pipe.load_lora_weights(str(spec.folder), adapter_name=spec.name)
 
 
 def model_bytes(pipe: DiffusionPipeline) -> int:
