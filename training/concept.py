@@ -4,8 +4,8 @@ The demo model knows three shapes (circle, square, triangle; training/shapes.py)
 it a fourth one, bound to a rare token, from a handful of pictures, as the reference project taught
 Stable Diffusion a person from a few photos:
 
-    a yellow zwx star on a blue background
-    a white zwx star on a red background
+    a red zwx heart on a white background
+    a yellow zwx heart on a blue background
 
 `write_concept()` renders `count` such images (32 px, the demo's palette, varied colours and a
 little jitter in size and place, drawn 4x larger and downsampled like training/shapes.py does) into
@@ -13,7 +13,7 @@ a folder, each PNG with its caption in a `.txt` file of the same name (what trai
 reads from an instance folder), plus `manifest.json` in the reference project's `link`/`caption`
 format. Shapes: star (5 points), heart, plus.
 
-    python -m training.concept data/concept-zwx-star --shape star --token zwx --count 8
+    python -m training.concept data/concept-zwx-heart --shape heart --token zwx --count 16
 
 No torch here: this module only needs Pillow and numpy.
 """

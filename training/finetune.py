@@ -19,7 +19,7 @@ variant of the model store, in two flavours:
         --instance-prompt "a photo of sks person" --class-prompt "a photo of a person" --name me
     python -m training.finetune --resume runs/finetune/checkpoint.pt --max-train-steps 800
 
-The shipped demo model learns a new shape, "a yellow zwx star on a blue background" (instance
+The shipped demo model learns a new shape, "a red zwx heart on a white background" (instance
 images rendered by training/concept.py; 5-8 minutes on a 2-core CPU, see the config):
 
     python -m training.finetune --config training/configs/demo-finetuned.toml --models-dir models
