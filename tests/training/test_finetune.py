@@ -360,7 +360,7 @@ def test_demo_config_trains_end_to_end_on_a_stand_in(tmp_path):
     config_file = REPO / "training" / "configs" / "demo-finetuned.toml"
     config, _ = parse_args(["--config", str(config_file), "--output-dir", str(tmp_path / "run")])
     assert (config.method, config.base, config.name, config.resolution) == ("lora", "demo", "demo-finetuned", 32)
-    assert config.concept == "star" and "zwx" in config.instance_prompt and config.rank <= 8
+    assert config.concept == "heart" and "zwx" in config.instance_prompt and config.rank <= 8
     assert main(["--config", str(config_file), "--models-dir", str(models), "--output-dir", str(tmp_path / "run"),
                  "--instance-data-dir", str(tmp_path / "concept"), "--max-train-steps", "1",
                  "--num-class-images", "1", "--num-validation-images", "1", "--threads", "1"]) == 0

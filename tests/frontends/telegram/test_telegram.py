@@ -226,7 +226,8 @@ async def test_imagine_in_a_private_chat_ends_in_a_photo_with_buttons(make_stack
     status = await bot.reply_to(asked)
     assert status.params["text"] == "Queueing…"  # the answer comes at once; the job follows
 
-    photo = await bot.reply_to(asked, "sendPhoto")
+    # The result, not a progress preview (which is a photo too when a step lands on the preview timer).
+    photo = (await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == asked))[0]
     (job,) = await bot.jobs_of(ALICE)
     image = open_image(photo.file("photo"))
     assert image.format == "JPEG" and image.size == (64, 64)
