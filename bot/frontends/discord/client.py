@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any, Callable
 
+import aiohttp
 import discord
 
 from bot.config import Config
@@ -16,6 +17,12 @@ from bot.frontends.discord.delivery import Delivery
 from bot.frontends.discord.views import ResultButton
 
 log = logging.getLogger(__name__)
+
+# Discord cannot be reached at all (no network yet at boot, DNS, an outage): keep trying to log in.
+# A refused token is not among these; it ends the Discord bot with one clear line.
+UNREACHABLE = (OSError, aiohttp.ClientError, asyncio.TimeoutError, discord.DiscordServerError)
+FIRST_RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 300.0
 
 
 class ImageBot(discord.Client):
@@ -49,9 +56,25 @@ class DiscordFrontend:
     async def start(self, token: str, *, gateway: bool = True) -> None:
         """Log in and connect in the background; returns at once. `gateway=False` logs in only
         (interactions are then fed in by whoever drives the client, as the tests do)."""
-        run = self.client.start(token) if gateway else self.client.login(token)
-        self._task = asyncio.create_task(run, name="discord")
+        self._task = asyncio.create_task(self._run(token, gateway), name="discord")
         self._task.add_done_callback(_report)
+
+    async def _run(self, token: str, gateway: bool) -> None:
+        delay = FIRST_RETRY_SECONDS
+        while True:
+            try:
+                await self.client.login(token)  # runs setup_hook once it got through
+                break
+            except UNREACHABLE as error:
+                log.warning("discord: cannot reach Discord (%s: %s); trying again in %.0f s",
+                            type(error).__name__, error, delay)
+                # A fresh HTTP session for the next try (each login attempt opens one).
+                await self.client.http.close()
+                self.client.http.connector = discord.utils.MISSING
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+        if gateway:
+            await self.client.connect()  # from here on discord.py reconnects by itself
 
     async def setup(self) -> None:
         # Persistent buttons: one pattern answers every result's buttons, also those sent before a restart.
@@ -74,7 +97,7 @@ class DiscordFrontend:
             else:
                 synced = await tree.sync()
                 log.info("synced %d commands globally", len(synced))
-        except discord.HTTPException as error:
+        except (discord.HTTPException, *UNREACHABLE) as error:
             # The commands registered last time keep working; the bot serves them regardless.
             log.error("syncing the slash commands failed: %s", error)
 

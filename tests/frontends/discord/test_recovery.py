@@ -40,3 +40,31 @@ async def test_undelivered_results_are_sent_at_start(make_stack, fake, caplog):
     assert sent.json["content"] == f"<@{ALICE}> job #3 is done."
     assert (await stack.wait_delivery(later.job_id)).delivery == "delivered"
     assert len(fake.find("POST", rf"/channels/{CHANNEL}/messages")) == 2  # each result once
+
+
+async def test_login_is_retried_while_discord_cannot_be_reached(make_stack, fake, caplog, unused_tcp_port):
+    """No network at boot (here: an address where nothing listens) is waited out; the bot logs in
+    as soon as Discord answers, and the token stays out of the log."""
+    import asyncio
+
+    import discord
+
+    from bot.config import Secrets
+    from bot.frontends import discord as discord_frontend
+
+    caplog.set_level(logging.INFO, logger="bot.frontends.discord")
+    stack = await make_stack(frontend=False)
+    discord.http.Route.BASE = f"http://127.0.0.1:{unused_tcp_port}/api/v10"
+    stack.frontend = await discord_frontend.start(stack.service, stack.config, Secrets(discord_token="test-token"),
+                                                  clock=stack.clock, gateway=False)
+
+    async def warned() -> None:
+        while not any("cannot reach Discord" in r.getMessage() for r in caplog.records):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(warned(), 30)
+    assert not stack.frontend.ready.is_set()
+    discord.http.Route.BASE = fake.base  # the network is back
+    await asyncio.wait_for(stack.frontend.ready.wait(), 30)
+    assert fake.find("GET", r"/users/@me")
+    assert not [r for r in caplog.records if "test-token" in r.getMessage()]
