@@ -70,11 +70,6 @@ step, rank-4 LoRA) 0.25-0.40 s per step (training/configs/demo-finetuned.toml).
 
 from __future__ import annotations
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 import argparse
 import hashlib
 import importlib.metadata
@@ -84,8 +79,7 @@ import os
 import shutil
 import sys
 import time
-import typing
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -97,13 +91,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bot.core.request import MODEL_NAME, VariantDefaults  # noqa: E402
+from training.settings import Settings, SettingsError  # noqa: E402
 from training.store import export_variant, to_toml, write_text_atomic  # noqa: E402
 from training.train_scratch import (  # noqa: E402
     Batches,
     Dataset,
     Run,
-    _describe,
-    _scalar,
     adamw,
     encode_all,
     grid,
@@ -189,9 +182,6 @@ class FinetuneConfig:
     lora_scale: float = 1.0  # lora: the variant's scale (strength of the adapter)
 
 
-SCHEMA = typing.get_type_hints(FinetuneConfig)
-
-
 class FinetuneError(ValueError):
     """Bad input: the message says what was wrong and what is allowed (printed as one line, exit 2)."""
 
@@ -201,88 +191,32 @@ class FinetuneError(ValueError):
 # =============================================================================================
 
 
-def _convert(key: str, value: Any, from_text: bool) -> Any:
-    """Check (TOML) or parse (command line) one value against the FinetuneConfig field type."""
-    if key not in SCHEMA:
-        raise ValueError(f"unknown setting {key!r}; settings are: {', '.join(SCHEMA)}")
-    if key == "resolution" and value == "auto":
-        return 0
-    try:
-        return _scalar(SCHEMA[key], value, from_text)
-    except (TypeError, ValueError):
-        allowed = _describe(SCHEMA[key]) + (' or "auto"' if key == "resolution" else "")
-        raise ValueError(f"{key} must be {allowed}, got {value!r}") from None
+SETTINGS = Settings(FinetuneConfig, what="fine-tuning run", special={"resolution": ("auto", 0)})
 
 
 def load_config(path: Path, base: FinetuneConfig) -> FinetuneConfig:
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise FinetuneError(f"cannot read config {path}: {error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise FinetuneError(f"{path} is not valid TOML: {error}") from None
-    try:
-        return replace(base, **{k: _convert(k, v, from_text=False) for k, v in data.items()})
-    except ValueError as error:
-        raise FinetuneError(f"{path}: {error}") from None
+        return SETTINGS.read(path, base)
+    except SettingsError as error:
+        raise FinetuneError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    return SETTINGS.parser(
         prog="python -m training.finetune",
         description="DreamBooth / DreamBooth-LoRA fine-tuning of a model in the store; publishes the result into it.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every setting of FinetuneConfig is also a flag: --max-train-steps 800, --method lora, ... "
-               "(see the module docstring of training/finetune.py).",
+               "(see the module docstring of training/finetune.py and training/configs/demo-finetuned.toml).",
     )
-    parser.add_argument("--config", type=Path, help="TOML file with settings (see training/configs/demo-finetuned.toml)")
-    parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                        help="continue from a checkpoint (default: <output_dir>/checkpoint.pt)")
-    for f in fields(FinetuneConfig):
-        names = ["--" + f.name.replace("_", "-")] + (["--" + f.name] if "_" in f.name else [])
-        # A bare boolean flag means true, as in the reference's command lines (--with_prior_preservation).
-        extra = {"nargs": "?", "const": "true"} if SCHEMA[f.name] is bool else {}
-        parser.add_argument(*names, dest=f.name, metavar=f.name.split("_")[-1].upper(),
-                            help=f"default: {f.default!r}", **extra)
-    return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[FinetuneConfig, Path | None]:
     """The run's configuration and the checkpoint to resume from (None: a fresh run).
     Raises FinetuneError for bad settings; argparse itself exits 2 on unknown flags."""
-    args = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k in SCHEMA and v is not None}
-
-    config = FinetuneConfig()
-    resume: Path | None = None
-    if args.resume:
-        if args.resume == "auto":
-            output_dir = flags.get("output_dir")
-            if output_dir is None and args.config:
-                output_dir = load_config(args.config, config).output_dir
-            resume = Path(output_dir or config.output_dir) / "checkpoint.pt"
-        else:
-            resume = Path(args.resume)
-        if not resume.is_file():
-            raise FinetuneError(f"--resume: no checkpoint at {resume}")
-        if (resume.parent / "config.toml").is_file():
-            config = load_config(resume.parent / "config.toml", config)
-        config = replace(config, output_dir=str(resume.parent))
-    if args.config:
-        config = load_config(args.config, config)
     try:
-        config = replace(config, **{k: _convert(k, v, from_text=True) for k, v in flags.items()})
-    except ValueError as error:
+        return SETTINGS.parse(build_parser().parse_args(argv), check_config)
+    except SettingsError as error:
         raise FinetuneError(str(error)) from None
-    if resume is not None and Path(config.output_dir).resolve() != resume.parent.resolve():
-        raise FinetuneError("--resume continues in the checkpoint's own folder; leave --output-dir out")
-    problem = check_config(config)
-    if problem:
-        raise FinetuneError(problem)
-    if resume is None and (Path(config.output_dir) / "checkpoint.pt").exists():
-        raise FinetuneError(f"{config.output_dir} already holds a fine-tuning run: continue it with --resume, "
-                            "or pick another --output-dir (or delete that folder) to start over")
-    return config, resume
 
 
 def check_config(c: FinetuneConfig) -> str | None:

@@ -49,11 +49,6 @@ and, with `--name NAME`, the pipeline published atomically as `<models_dir>/NAME
 
 from __future__ import annotations
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 import argparse
 import json
 import math
@@ -61,10 +56,9 @@ import os
 import random
 import sys
 import time
-import typing
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 # OpenMP threads that spin while they wait make every step several times slower on a CPU shared
 # with other work (measured here: a UNet step took 9-28 s with 2 spinning threads, 2.4 s with
@@ -78,6 +72,7 @@ from PIL import Image  # noqa: E402
 
 from training import shapes  # noqa: E402
 from training.manifest import training_pairs  # noqa: E402
+from training.settings import Settings, SettingsError  # noqa: E402
 from training.store import export_variant, to_toml, write_text_atomic  # noqa: E402
 
 
@@ -149,7 +144,6 @@ class TrainingConfig:
     negative_prompt: str = ""
 
 
-SCHEMA = typing.get_type_hints(TrainingConfig)
 STAGES = ("vae", "unet")
 DEFAULT_SAMPLE_SPECS = [
     shapes.Spec("red", "circle", "blue"), shapes.Spec("green", "square", "white"),
@@ -168,75 +162,25 @@ def log(message: str) -> None:
 # =============================================================================================
 
 
-def _convert(key: str, value: Any, from_text: bool) -> Any:
-    """Check (TOML) or parse (command line) one value against the TrainingConfig field type."""
-    if key not in SCHEMA:
-        raise ValueError(f"unknown setting {key!r}; settings are: {', '.join(SCHEMA)}")
-    kind = SCHEMA[key]
-    try:
-        if typing.get_origin(kind) is tuple:
-            item = typing.get_args(kind)[0]
-            if from_text:
-                value = [v for v in value.split(",") if v.strip()]
-            if not isinstance(value, (list, tuple)):
-                raise TypeError
-            return tuple(_scalar(item, v, from_text) for v in value)
-        return _scalar(kind, value, from_text)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} must be {_describe(kind)}, got {value!r}") from None
-
-
-def _scalar(kind: type, value: Any, from_text: bool) -> Any:
-    if from_text:
-        if kind is bool:
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return value.lower() in ("true", "1", "yes")
-        return kind(value.strip()) if kind is not str else value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise TypeError
-    return value
-
-
-def _describe(kind: Any) -> str:
-    if typing.get_origin(kind) is tuple:
-        return f"a list of {typing.get_args(kind)[0].__name__} (on the command line: comma-separated)"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+SETTINGS = Settings(TrainingConfig, what="training run", hidden=("vae_path",))
 
 
 def load_toml_config(path: Path, base: TrainingConfig) -> TrainingConfig:
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise SystemExit(f"cannot read config {path}: {error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise SystemExit(f"{path} is not valid TOML: {error}") from None
-    try:
-        return replace(base, **{k: _convert(k, v, from_text=False) for k, v in data.items()})
-    except ValueError as error:
-        raise SystemExit(f"{path}: {error}") from None
+        return SETTINGS.read(path, base)
+    except SettingsError as error:
+        raise SystemExit(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SETTINGS.parser(
         prog="python -m training.train_scratch",
         description="Train a small Stable Diffusion model from scratch (VAE, then UNet + text encoder) "
                     "and publish it into the model store.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Every setting of TrainingConfig is also a flag: --max-steps 500, --unet-channels 64,128, ...",
+        epilog="Every setting of TrainingConfig is also a flag: --max-steps 500, --unet-channels 64,128, ... "
+               "(see training/configs/demo.toml for a config file).",
     )
-    parser.add_argument("--config", type=Path, help="TOML file with settings (see training/configs/demo.toml)")
-    parser.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                        help="continue from a checkpoint (default: <output_dir>/checkpoint.pt)")
     parser.add_argument("--vae", dest="vae_path", metavar="PATH", help="reuse this trained VAE (skips stage a)")
-    for f in fields(TrainingConfig):
-        names = ["--" + f.name.replace("_", "-")] + (["--" + f.name] if "_" in f.name else [])
-        if f.name == "vae_path":
-            continue
-        parser.add_argument(*names, dest=f.name, metavar=f.name.split("_")[-1].upper(),
-                            help=f"default: {f.default!r}" if f.default != () else "default: none")
     return parser
 
 
@@ -244,39 +188,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, Path 
     """The run's configuration and the checkpoint to resume from (None: a fresh run)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k in SCHEMA and v is not None}
-
-    config = TrainingConfig()
-    resume: Path | None = None
-    if args.resume:
-        if args.resume == "auto":
-            output_dir = flags.get("output_dir")
-            if output_dir is None and args.config:
-                output_dir = load_toml_config(args.config, config).output_dir
-            resume = Path(output_dir or config.output_dir) / "checkpoint.pt"
-        else:
-            resume = Path(args.resume)
-        if not resume.is_file():
-            parser.error(f"--resume: no checkpoint at {resume}")
-        saved = resume.parent / "config.toml"
-        if saved.is_file():
-            config = load_toml_config(saved, config)
-        config = replace(config, output_dir=str(resume.parent))
-    if args.config:
-        config = load_toml_config(args.config, config)
     try:
-        config = replace(config, **{k: _convert(k, v, from_text=True) for k, v in flags.items()})
-    except ValueError as error:
+        return SETTINGS.parse(args, check_config)
+    except SettingsError as error:
         parser.error(str(error))
-    if resume is not None and Path(config.output_dir).resolve() != resume.parent.resolve():
-        parser.error("--resume continues in the checkpoint's own folder; leave --output-dir out")
-    problem = check_config(config)
-    if problem:
-        parser.error(problem)
-    if resume is None and (Path(config.output_dir) / "checkpoint.pt").exists():
-        parser.error(f"{config.output_dir} already holds a training run: continue it with --resume, "
-                     "or pick another --output-dir (or delete that folder) to start over")
-    return config, resume
 
 
 def check_config(c: TrainingConfig) -> str | None:
