@@ -38,10 +38,8 @@ import http.client
 import io
 import json
 import logging
-import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -57,6 +55,7 @@ from typing import Any, Callable, Protocol
 from PIL import Image
 
 from training.manifest import DEFAULT_DUP_DISTANCE, ManifestError, Record, phash, read_manifest, write_manifest
+from training.store import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -434,19 +433,9 @@ def inspect_image(body: bytes, *, min_side: int = 64, max_pixels: int = 40_000_0
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old or the new file, whole."""
+    """Readers see the old or the new file, whole (training.store.write_atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: f.write(json.dumps(data, ensure_ascii=False, indent=1) + "\n"))
 
 
 def folder_name(query: str) -> str:
@@ -625,9 +614,7 @@ class Crawler:
         while any(folder.glob(f"Image_{entry['index']}_{number}.*")):
             number += 1  # a file someone put there by hand keeps its name
         path = folder / f"Image_{entry['index']}_{number}.{ext}"
-        tmp = path.with_name("." + path.name + ".tmp")
-        tmp.write_bytes(response.body)
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: f.write(response.body), binary=True)
         link = f"{entry['folder']}/{path.name}"
         entry["next"] = number + 1
         entry["count"] += 1

@@ -45,6 +45,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from training import shapes
+from training.store import write_atomic, write_text_atomic
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep
 
@@ -315,12 +316,6 @@ def markdown_report(settings: Settings, used: dict, by_variant: dict, seconds: d
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 def evaluate(settings: Settings, log=print) -> dict:
     """Run the comparison and write grid.png, report.json and report.md into settings.out."""
     if not settings.variants:
@@ -337,8 +332,7 @@ def evaluate(settings: Settings, log=print) -> dict:
         add_clip_scores(records, out, settings.clip)
     by_variant = scores(records, settings.variants)
     grid, layout = build_grid(records, out, settings.variants, settings.cell)
-    grid.save(out / ".grid.png.tmp.png")
-    os.replace(out / ".grid.png.tmp.png", out / "grid.png")
+    write_atomic(out / "grid.png", lambda f: grid.save(f, format="PNG"), binary=True)
     report = {
         "settings": asdict(settings),
         "variants": used,
@@ -350,8 +344,8 @@ def evaluate(settings: Settings, log=print) -> dict:
                  "rows": layout.rows},
         "images": [asdict(r) for r in records],
     }
-    write_atomic(out / "report.json", (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode())
-    write_atomic(out / "report.md", markdown_report(settings, used, by_variant, seconds, records).encode())
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "report.md", markdown_report(settings, used, by_variant, seconds, records))
     for name, entry in by_variant.items():
         log(f"{name}: " + ", ".join(f"{k} {v}" for k, v in entry.items()))
     log(f"wrote {out / 'grid.png'}, {out / 'report.json'}, {out / 'report.md'}")

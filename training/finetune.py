@@ -92,7 +92,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bot.core.request import MODEL_NAME, VariantDefaults  # noqa: E402
 from training.settings import Settings, SettingsError  # noqa: E402
-from training.store import export_variant, to_toml, write_text_atomic  # noqa: E402
+from training.store import export_variant, to_toml, write_atomic, write_text_atomic  # noqa: E402
 from training.train_scratch import (  # noqa: E402
     Batches,
     Dataset,
@@ -440,9 +440,7 @@ def class_images(pipe, c: FinetuneConfig, base: BaseModel, defaults: VariantDefa
                               height=c.resolution, width=c.resolution,
                               generator=[torch.Generator().manual_seed(j) for j in chunk]).images
                 for j, image in zip(chunk, images):
-                    tmp = folder / f".{wanted[j]}.tmp"
-                    image.save(tmp, format="PNG")
-                    os.replace(tmp, folder / wanted[j])
+                    write_atomic(folder / wanted[j], lambda f: image.save(f, format="PNG"), binary=True)
                     index[wanted[j]] = {"key": key, "seed": j}
                 # The index after every batch: an interrupted run keeps what it drew.
                 write_text_atomic(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")

@@ -41,12 +41,13 @@ import io
 import json
 import os
 import re
-import secrets
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from training.store import write_atomic
 
 FORMATS = (".json", ".jsonl", ".csv", ".txt")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -259,7 +260,7 @@ def write_manifest(records: Iterable[Record], path: str | Path) -> list[str]:
                                     "TXT cannot hold; write .json, .jsonl or .csv instead")
     writers = {".json": _write_json, ".jsonl": _write_jsonl, ".csv": _write_csv, ".txt": _write_txt}
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda stream: writers[suffix](stream, rows, columns))
+    write_atomic(path, lambda stream: writers[suffix](stream, rows, columns))
     return columns if suffix == ".txt" else []
 
 
@@ -301,21 +302,6 @@ def _write_csv(stream, rows, columns) -> None:
 def _write_txt(stream, rows, columns) -> None:
     for link, record in rows:
         stream.write(f"{link}\t{record.caption}\n")
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the permissions, as for any new file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def convert(src: str | Path, dst: str | Path) -> list[str]:

@@ -45,7 +45,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 from bot.core.request import MODEL_NAME
 from bot.engine.registry import VARIANT_FILE, read_variant
@@ -153,20 +153,26 @@ def _exchange(a: Path, b: Path) -> bool:
 # --- files ---------------------------------------------------------------------------------
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + fsync + os.replace: readers see old or new."""
+def write_atomic(path: str | Path, write: Callable[[IO], None], binary: bool = False) -> None:
+    """Call `write(stream)` on a temp file in the same folder, fsync it, then os.replace it over
+    `path`: readers see the old file or the complete new one, and a failure leaves no temp file.
+    Text streams are UTF-8 with no newline translation (CSV writes its own line ends)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file normally follows the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_atomic(path, lambda stream: stream.write(text))
 
 
 def _umask() -> int:

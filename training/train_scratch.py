@@ -73,7 +73,7 @@ from PIL import Image  # noqa: E402
 from training import shapes  # noqa: E402
 from training.manifest import training_pairs  # noqa: E402
 from training.settings import Settings, SettingsError  # noqa: E402
-from training.store import export_variant, to_toml, write_text_atomic  # noqa: E402
+from training.store import export_variant, to_toml, write_atomic, write_text_atomic  # noqa: E402
 
 
 @dataclass
@@ -416,10 +416,8 @@ class Run:
         write_text_atomic(self.log_path, "".join(line + "\n" for line in keep))
 
     def save_checkpoint(self, state: dict) -> None:
-        path = self.dir / "checkpoint.pt"
-        tmp = path.with_name(f".checkpoint.pt.{os.getpid()}.tmp")
-        torch.save({**state, "elapsed": self.elapsed(), "config": asdict(self.config)}, tmp)
-        os.replace(tmp, path)
+        checkpoint = {**state, "elapsed": self.elapsed(), "config": asdict(self.config)}
+        write_atomic(self.dir / "checkpoint.pt", lambda f: torch.save(checkpoint, f), binary=True)
 
 
 def rng_state(generator: torch.Generator) -> dict:
