@@ -37,3 +37,51 @@ def models_dir(tmp_path, tiny_pipeline_dir) -> Path:
     models.mkdir()
     add_pipeline_variant(models, "demo", tiny_pipeline_dir, 'kind = "pipeline"\n[defaults]\nsteps = 3\n')
     return models
+
+
+# --- a running service, as `imagebot serve` builds it ----------------------------------------------
+
+TEST_SETTINGS = {
+    "limits": {"min_side": 32},
+    "models": {"rescan_seconds": 0.0},
+    "engine": {"device": "cpu"},
+    "queue": {"shutdown_grace": 10.0},
+}
+
+
+async def start_service(state_dir: Path, models_dir: Path, **sections: dict):
+    """Store, registry, worker and service on `models_dir`, started; `sections` add to or override
+    TEST_SETTINGS per config section. Returns (config, store, executor, service)."""
+    from bot.config import config_from_dict
+    from bot.core.service import Service
+    from bot.core.store import Store
+    from bot.engine.executor import LocalExecutor
+    from bot.engine.registry import Registry
+
+    settings = {"storage": {"state_dir": str(state_dir), "models_dir": str(models_dir)},
+                **{name: dict(values) for name, values in TEST_SETTINGS.items()}}
+    for name, values in sections.items():
+        settings.setdefault(name, {}).update(values)
+    config = config_from_dict(settings)
+    store = await Store.open(config.storage.database_path())
+    registry = Registry(models_dir, config.variants, config.models.rescan_seconds)
+    executor = LocalExecutor(registry, config.engine, config.storage.outputs_path())
+    service = Service(config, store, executor, registry)
+    await service.start()
+    return config, store, executor, service
+
+
+async def stop_service(service, store) -> None:
+    """Cancel what is left (a running job stops at its next step, so stopping never waits for a long
+    batch), then stop the service and close the store."""
+    from bot.core.errors import UserError
+    from bot.core.jobs import Origin
+
+    teardown = Origin("test", "teardown", is_admin=True)
+    for job in [*await store.running(), *await store.queued()]:
+        try:
+            await service.cancel(job.id, teardown)
+        except UserError:
+            pass
+    await service.stop()
+    await store.close()

@@ -11,14 +11,12 @@ from typing import Any
 import discord
 import pytest
 
-from bot.config import Config, Secrets, config_from_dict
-from bot.core.errors import UserError
+from bot.config import Config, Secrets
 from bot.core.jobs import FINISHED, Job, Origin
 from bot.core.service import Service
 from bot.core.store import Store
-from bot.engine.executor import LocalExecutor
-from bot.engine.registry import Registry
 from bot.frontends import discord as discord_frontend
+from tests.conftest import start_service, stop_service
 from tests.frontends.discord.fake_discord import ADMIN, ADMIN_ROLE, FakeDiscord
 
 TEARDOWN_ADMIN = Origin("web", "teardown", chat_id="web", is_admin=True)
@@ -97,22 +95,10 @@ async def make_stack(tmp_path, models_dir, fake):
     stacks: list[Stack] = []
 
     async def make(clock: Clock | None = None, frontend: bool = True, **sections: dict[str, Any]) -> Stack:
-        settings: dict[str, Any] = {
-            "storage": {"state_dir": str(tmp_path / "state"), "models_dir": str(models_dir)},
-            "limits": {"min_side": 32},
-            "models": {"rescan_seconds": 0.0},
-            "engine": {"device": "cpu"},
-            "queue": {"shutdown_grace": 10.0, "batch_window": 0.0},
-            "discord": {"admin_users": [ADMIN], "admin_roles": [ADMIN_ROLE]},
-        }
+        defaults = {"queue": {"batch_window": 0.0}, "discord": {"admin_users": [ADMIN], "admin_roles": [ADMIN_ROLE]}}
         for name, values in sections.items():
-            settings.setdefault(name, {}).update(values)
-        config = config_from_dict(settings)
-        store = await Store.open(config.storage.database_path())
-        registry = Registry(models_dir, config.variants, config.models.rescan_seconds)
-        executor = LocalExecutor(registry, config.engine, config.storage.outputs_path())
-        service = Service(config, store, executor, registry)
-        await service.start()
+            defaults[name] = {**defaults.get(name, {}), **values}
+        config, store, _, service = await start_service(tmp_path / "state", models_dir, **defaults)
         stack = Stack(service, store, config, None, clock or Clock(), fake)
         stacks.append(stack)
         if frontend:
@@ -138,10 +124,4 @@ async def stop_stack(stack: Stack) -> None:
     if stack.stopped:
         return
     stack.stopped = True
-    for job in [*await stack.store.running(), *await stack.store.queued()]:
-        try:
-            await stack.service.cancel(job.id, TEARDOWN_ADMIN)
-        except UserError:
-            pass
-    await stack.service.stop()
-    await stack.store.close()
+    await stop_service(stack.service, stack.store)

@@ -21,15 +21,13 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from bot.config import Config, Secrets, config_from_dict
+from bot.config import Config, Secrets
 from bot.core.errors import UserError
 from bot.core.jobs import Job, Origin
 from bot.core.service import Service
 from bot.core.store import Store
-from bot.engine.executor import LocalExecutor
-from bot.engine.registry import Registry
 from bot.frontends import telegram
-from tests.conftest import add_pipeline_variant
+from tests.conftest import add_pipeline_variant, start_service
 from tests.frontends.telegram.fake_api import BOT_USER, Call, FakeBotApi
 
 TOKEN = "123456789:AAE-test-token-that-must-never-be-logged"
@@ -177,22 +175,9 @@ async def make_stack(tmp_path, models_dir, fake_api):
     stacks: list[Stack] = []
 
     async def make(webhook_secret: str | None = None, token: str = TOKEN, **sections: dict[str, Any]) -> Stack:
-        settings: dict[str, Any] = {
-            "storage": {"state_dir": str(tmp_path / "state"), "models_dir": str(models_dir)},
-            "limits": {"min_side": 32},
-            "models": {"rescan_seconds": 0.0},
-            "engine": {"device": "cpu"},
-            "queue": {"shutdown_grace": 10.0},
-            "telegram": {"base_url": fake_api.base_url, "admins": [ROOT["id"]]},
-        }
-        for name, values in sections.items():
-            settings.setdefault(name, {}).update(values)
-        config = config_from_dict(settings)
-        store = await Store.open(config.storage.database_path())
-        registry = Registry(models_dir, config.variants, config.models.rescan_seconds)
-        service = Service(config, store, LocalExecutor(registry, config.engine, config.storage.outputs_path()),
-                          registry)
-        await service.start()
+        telegram_settings = {"base_url": fake_api.base_url, "admins": [ROOT["id"]], **sections.pop("telegram", {})}
+        config, store, _, service = await start_service(tmp_path / "state", models_dir, telegram=telegram_settings,
+                                                        **sections)
         try:
             frontend = await telegram.start(service, config, Secrets(telegram_token=token,
                                                                      telegram_webhook_secret=webhook_secret))

@@ -20,15 +20,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from bot.config import Config, Secrets, config_from_dict
-from bot.core.errors import UserError
-from bot.core.jobs import Origin
+from bot.config import Config, Secrets
 from bot.core.service import Service
 from bot.core.store import Store
 from bot.engine.executor import LocalExecutor
-from bot.engine.registry import Registry
 from bot.frontends.web.api import create_app
-from tests.conftest import add_pipeline_variant
+from tests.conftest import add_pipeline_variant, start_service, stop_service
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 ALICE = {"X-Imagebot-User": "alice"}
@@ -36,7 +33,6 @@ BOB = {"X-Imagebot-User": "bob"}
 CAROL = {"X-Imagebot-User": "carol"}
 ADMIN = {"X-Imagebot-User": "root", "Authorization": f"Bearer {ADMIN_TOKEN}"}
 FINISHED = ("done", "failed", "cancelled")
-TEARDOWN_ADMIN = Origin("web", "teardown", chat_id="web", is_admin=True)
 
 
 @dataclass
@@ -100,21 +96,7 @@ async def make_api(tmp_path, models_dir):
     stacks: list[Api] = []
 
     async def make(admin_token: str | None = ADMIN_TOKEN, **sections: dict[str, Any]) -> Api:
-        settings: dict[str, Any] = {
-            "storage": {"state_dir": str(tmp_path / "state"), "models_dir": str(models_dir)},
-            "limits": {"min_side": 32},
-            "models": {"rescan_seconds": 0.0},
-            "engine": {"device": "cpu"},
-            "queue": {"shutdown_grace": 10.0},
-        }
-        for name, values in sections.items():
-            settings.setdefault(name, {}).update(values)
-        config = config_from_dict(settings)
-        store = await Store.open(config.storage.database_path())
-        registry = Registry(models_dir, config.variants, config.models.rescan_seconds)
-        executor = LocalExecutor(registry, config.engine, config.storage.outputs_path())
-        service = Service(config, store, executor, registry)
-        await service.start()
+        config, store, executor, service = await start_service(tmp_path / "state", models_dir, **sections)
         app = create_app(service, config, Secrets(admin_token=admin_token))
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
                                    base_url="http://test", timeout=60.0)
@@ -125,14 +107,7 @@ async def make_api(tmp_path, models_dir):
     yield make
     for stack in stacks:
         await stack.client.aclose()
-        # Stop whatever is left at its next step, so stop() does not wait for a long batch.
-        for job in [*await stack.store.running(), *await stack.store.queued()]:
-            try:
-                await stack.service.cancel(job.id, TEARDOWN_ADMIN)
-            except UserError:
-                pass
-        await stack.service.stop()
-        await stack.store.close()
+        await stop_service(stack.service, stack.store)
 
 
 @pytest.fixture
