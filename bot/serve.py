@@ -7,6 +7,7 @@ within `[queue] shutdown_grace` seconds (else it is requeued for the next start)
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 from pathlib import Path
@@ -26,6 +27,7 @@ async def serve(config: Config, secrets: Secrets, ready: asyncio.Event | None = 
     from bot.engine.registry import Registry
     from bot.frontends.web.api import create_app
 
+    chat_frontends = enabled_chat_frontends(secrets)  # before anything starts: a missing library stops here
     store = await Store.open(config.storage.database_path())
     registry = Registry(Path(config.storage.models_dir), config.variants, config.models.rescan_seconds)
     executor = LocalExecutor(registry, config.engine, config.storage.outputs_path(),
@@ -45,15 +47,7 @@ async def serve(config: Config, secrets: Secrets, ready: asyncio.Event | None = 
         tasks.append(asyncio.create_task(server.serve(), name="web"))
     # Chat frontends: each package's start() connects, registers its handlers and returns an object
     # whose stop() disconnects. They share this event loop and the one service.
-    frontends = []
-    if secrets.telegram_token:
-        from bot.frontends import telegram
-
-        frontends.append(await telegram.start(service, config, secrets))
-    if secrets.discord_token:
-        from bot.frontends import discord as discord_frontend
-
-        frontends.append(await discord_frontend.start(service, config, secrets))
+    frontends = [await frontend.start(service, config, secrets) for frontend in chat_frontends]
 
     models = [e.name for e in registry.entries() if e.ready]
     log.info("serving models: %s (default %s)", ", ".join(models) or "none", config.models.default)
@@ -86,6 +80,28 @@ async def serve(config: Config, secrets: Secrets, ready: asyncio.Event | None = 
             await asyncio.gather(task, return_exceptions=True)
         await store.close()
         log.info("stopped")
+
+
+# (secret, its environment variable, frontend package = the extra that installs its library, the library)
+_CHAT_FRONTENDS = (("telegram_token", "TELEGRAM_TOKEN", "telegram", "telegram"),
+                   ("discord_token", "DISCORD_TOKEN", "discord", "discord"))
+
+
+def enabled_chat_frontends(secrets: Secrets) -> list:
+    """The frontend packages whose token is set. Their libraries are optional extras, so a token
+    without its library stops `serve` with the command that installs it."""
+    modules = []
+    for field, variable, name, library in _CHAT_FRONTENDS:
+        if not getattr(secrets, field):
+            continue
+        try:
+            modules.append(importlib.import_module(f"bot.frontends.{name}"))
+        except ModuleNotFoundError as error:
+            if (error.name or "").split(".")[0] != library:
+                raise
+            raise SystemExit(f"imagebot: {variable} is set, but the {name} frontend's library is not installed: "
+                             f"pip install -e \".[{name}]\"") from None
+    return modules
 
 
 def _on_signals(stop: asyncio.Event) -> None:

@@ -283,3 +283,18 @@ def test_a_job_the_worker_keeps_dying_on_is_failed_not_retried_forever(tmp_path,
     assert (jobs[bystander]["status"], rows[bystander]["attempts"]) == ("done", 1)
     assert f"failed=[{crasher}]" in server.logs()
     server.assert_clean_logs()
+
+
+@pytest.mark.parametrize("variable, library", [("TELEGRAM_TOKEN", "telegram"), ("DISCORD_TOKEN", "discord")])
+def test_a_token_without_its_library_says_how_to_install_it(monkeypatch, variable, library):
+    """The chat libraries are optional extras: a set token without one stops serve before anything starts."""
+    from bot.config import Secrets
+    from bot.serve import enabled_chat_frontends
+
+    monkeypatch.setitem(sys.modules, library, None)  # as if not installed
+    monkeypatch.delitem(sys.modules, f"bot.frontends.{library}", raising=False)
+    for name in [m for m in sys.modules if m.startswith(f"bot.frontends.{library}.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(SystemExit, match=rf'{variable} is set, but .* pip install -e "\.\[{library}\]"'):
+        enabled_chat_frontends(Secrets.from_env({variable: "x"}))
+    assert enabled_chat_frontends(Secrets()) == []
