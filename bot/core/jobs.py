@@ -26,7 +26,8 @@ class Origin:
     user_name: str = ""
     message_ids: dict[str, Any] = field(default_factory=dict)  # platform-specific reply targets
     locale: str | None = None
-    is_admin: bool = False
+    is_admin: bool = False  # an admin of the bot (config), for every chat
+    manages_chat: bool = False  # the platform says this user runs this chat (a private chat, a group admin)
 
     @property
     def user_key(self) -> str:

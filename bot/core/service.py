@@ -324,9 +324,7 @@ class Service:
 
     async def cancel(self, job_id: int, by: Origin) -> str:
         """Cancel a queued job at once or stop a running one at its next step (owner or admin)."""
-        job = await self.job(job_id)
-        if job.origin.user_key != by.user_key and not by.is_admin:
-            raise UserError("not_your_job", job=job_id)
+        job = await self.owned_job(job_id, by)
         if job.finished:
             raise UserError("already_finished", job=job_id, status=job.status)
         status = await self.store.cancel(job_id)
@@ -339,6 +337,21 @@ class Service:
             return "cancelling"
         latest = await self.job(job_id)
         raise UserError("already_finished", job=job_id, status=latest.status)
+
+    async def cancel_latest(self, by: Origin) -> tuple[int, str]:
+        """Cancel the caller's most recent unfinished job; returns (job id, status as `cancel`)."""
+        jobs = await self.store.jobs_of(by.user_key, (QUEUED, RUNNING))
+        if not jobs:
+            raise UserError("nothing_to_cancel")
+        latest = max(job.id for job in jobs)
+        return latest, await self.cancel(latest, by)
+
+    async def owned_job(self, job_id: int, by: Origin) -> Job:
+        """The job, if `by` may change or delete it (its owner or an admin); else a UserError."""
+        job = await self.job(job_id)
+        if job.origin.user_key != by.user_key and not by.is_admin:
+            raise UserError("not_your_job", job=job_id)
+        return job
 
     async def mark_delivered(self, job_id: int, delivered: bool = True) -> None:
         await self.store.set_delivery(job_id, DELIVERED if delivered else DELIVERY_FAILED)
@@ -374,7 +387,10 @@ class Service:
         await self.store.audit(by.user_key, "set_default_model", {"scope": scope, "chat": by.chat_id, "model": name})
 
     async def set_chat_flags(self, flags: str, by: Origin) -> None:
-        """Per-chat default flags such as "--ar 3:2 --steps 30" (checked now, applied to each request)."""
+        """Per-chat default flags such as "--ar 3:2 --steps 30" (checked now, applied to each request).
+        Only those who run the chat (`manages_chat`) or the bot's admins may."""
+        if not (by.is_admin or by.manages_chat):
+            raise UserError("chat_admins_only")
         parse_prompt("x " + flags)  # refuse bad flags now, not on every later request
         await self.store.set_chat_setting(by.platform, by.chat_id, CHAT_FLAGS_SETTING, flags.strip() or None)
 
