@@ -43,6 +43,20 @@ class Origin:
 
 
 @dataclass(frozen=True)
+class QueuedJob:
+    """What the scheduler knows of a waiting job: its row's columns, no request decoded."""
+
+    id: int
+    user_key: str
+    model: str
+    batch_key: str  # jobs with equal keys can share one pipeline call
+    images: int
+    steps: int
+    created_at: float
+    is_admin: bool = False
+
+
+@dataclass(frozen=True)
 class ImageResult:
     file: str  # a file name inside the outputs folder
     seed: int

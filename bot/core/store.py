@@ -9,7 +9,9 @@ Schema changes are numbered migrations applied in order and recorded in `PRAGMA 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import aiosqlite
 
 from bot.core.jobs import (
     CANCELLED,
+    QueuedJob,
     DELIVERED,
     DELIVERY_FAILED,
     DELIVERY_PENDING,
@@ -28,6 +31,7 @@ from bot.core.jobs import (
     Job,
     Origin,
 )
+from bot.core.errors import UserError
 from bot.core.request import GenerationRequest
 
 MIGRATIONS: tuple[str, ...] = (
@@ -73,23 +77,26 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: what the scheduler needs as columns (no JSON decoded to rebuild the queue), and a user's
+    # unfinished jobs found without reading their whole history (quotas, /queue, /cancel)
+    """
+    ALTER TABLE jobs ADD COLUMN steps INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN batch_key TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET steps = json_extract(request, '$.steps'),
+                    batch_key = json_array(json_extract(request, '$.model'), json_extract(request, '$.width'),
+                                           json_extract(request, '$.height'), json_extract(request, '$.steps'),
+                                           json_extract(request, '$.guidance'), json_extract(request, '$.scheduler'),
+                                           json(CASE WHEN json_extract(request, '$.init_image') IS NULL
+                                                     THEN 'false' ELSE 'true' END),
+                                           json_extract(request, '$.strength')),
+                    is_admin = COALESCE(json_extract(origin, '$.is_admin'), 0);
+    CREATE INDEX jobs_by_user_status ON jobs (user_key, status, id);
+    """,
 )
 
 _JOB_COLUMNS = ("id, status, request, origin, attempts, created_at, started_at, finished_at, results, error, "
                 "error_key, error_params, delivery, cancel_requested")
-
-
-@dataclass(frozen=True)
-class QueuedJob:
-    """What the scheduler needs to know about a waiting job (no full request parsing)."""
-
-    id: int
-    user_key: str
-    model: str
-    batch_key: str
-    images: int
-    created_at: float
-    is_admin: bool
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,22 @@ class Store:
     async def close(self) -> None:
         await self.db.close()
 
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (the connection is in autocommit)."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+
+    async def probe_write(self) -> None:
+        """A real write that changes nothing a user sees: raises while the database cannot be written."""
+        await self.db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('health_probe', ?)",
+                              (str(time.time()),))
+
     async def migrate(self) -> int:
         async with self.db.execute("PRAGMA user_version") as cursor:
             (version,) = await cursor.fetchone()
@@ -128,15 +151,21 @@ class Store:
 
     # --- jobs ----------------------------------------------------------------------------------
 
-    async def add_job(self, request: GenerationRequest, origin: Origin) -> int:
+    async def add_job(self, request: GenerationRequest, origin: Origin) -> QueuedJob:
+        """Insert a queued job and count it in the user's usage, both or neither."""
         now = time.time()
-        async with self.db.execute(
-            "INSERT INTO jobs (status, request, origin, platform, user_key, model, images, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (QUEUED, json.dumps(request.to_dict(), ensure_ascii=False), origin.to_json(), origin.platform,
-             origin.user_key, request.model, request.count, now),
-        ) as cursor:
-            return cursor.lastrowid
+        batch_key = batch_key_text(request)
+        async with self.transaction():
+            async with self.db.execute(
+                "INSERT INTO jobs (status, request, origin, platform, user_key, model, images, created_at, steps, "
+                "batch_key, is_admin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (QUEUED, json.dumps(request.to_dict(), ensure_ascii=False), origin.to_json(), origin.platform,
+                 origin.user_key, request.model, request.count, now, request.steps, batch_key, origin.is_admin),
+            ) as cursor:
+                job_id = cursor.lastrowid
+            await self.add_usage(origin.user_key, request.count, now)
+        return QueuedJob(job_id, origin.user_key, request.model, batch_key, request.count, request.steps, now,
+                         origin.is_admin)
 
     async def get(self, job_id: int) -> Job | None:
         async with self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cursor:
@@ -144,19 +173,22 @@ class Store:
         return _job(row) if row else None
 
     async def queued(self) -> list[QueuedJob]:
-        """Every waiting job, oldest first."""
+        """Every waiting job, oldest first: read once at start to rebuild the in-memory queue."""
         async with self.db.execute(
-            "SELECT id, user_key, model, request, images, created_at, origin FROM jobs "
+            "SELECT id, user_key, model, batch_key, images, steps, created_at, is_admin FROM jobs "
             "WHERE status = 'queued' ORDER BY id"
         ) as cursor:
-            rows = await cursor.fetchall()
-        out = []
-        for row in rows:
-            request = GenerationRequest.from_dict(json.loads(row["request"]))
-            origin = json.loads(row["origin"])
-            out.append(QueuedJob(row["id"], row["user_key"], row["model"], json.dumps(request.batch_key()),
-                                 row["images"], row["created_at"], bool(origin.get("is_admin"))))
-        return out
+            return [QueuedJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+                    for row in await cursor.fetchall()]
+
+    async def queued_entry(self, job_id: int) -> QueuedJob | None:
+        """One job as the queue index holds it, if it is waiting."""
+        async with self.db.execute(
+            "SELECT id, user_key, model, batch_key, images, steps, created_at, is_admin FROM jobs "
+            "WHERE id = ? AND status = 'queued'", (job_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return QueuedJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7])) if row else None
 
     async def running(self) -> list[Job]:
         return await self._select("status = 'running'")
@@ -215,8 +247,7 @@ class Store:
 
     async def recover(self, max_attempts: int) -> Recovery:
         """At start-up: jobs a crash left running go back to the queue, unless they keep crashing."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction():
             async with self.db.execute(
                 "UPDATE jobs SET status = 'failed', finished_at = ?, error_key = 'worker_crashed', "
                 "error = 'The worker stopped while making this (' || attempts || ' attempts); giving up.', "
@@ -229,10 +260,6 @@ class Store:
                 "UPDATE jobs SET status = 'queued', started_at = NULL WHERE status = 'running' RETURNING id"
             ) as cursor:
                 requeued = tuple(row[0] for row in await cursor.fetchall())
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
         return Recovery(tuple(sorted(requeued)), tuple(sorted(failed)))
 
     async def undelivered(self, platform: str | None = None) -> list[Job]:
@@ -252,7 +279,8 @@ class Store:
         marks = ",".join("?" * len(statuses))
         return await self._select(f"user_key = ? AND status IN ({marks})", (user_key, *statuses))
 
-    async def count_queued(self, user_key: str) -> int:
+    async def count_unfinished(self, user_key: str) -> int:
+        """The user's jobs waiting or running."""
         async with self.db.execute(
             "SELECT COUNT(*) FROM jobs WHERE user_key = ? AND status IN ('queued', 'running')", (user_key,)
         ) as cursor:
@@ -332,6 +360,34 @@ class Store:
         ) as cursor:
             return [{"at": r[0], "actor": r[1], "action": r[2], "detail": json.loads(r[3])}
                     for r in await cursor.fetchall()]
+
+
+def batch_key_text(request: GenerationRequest) -> str:
+    """The request's batch key as stored in its row (requests with equal keys share a batch)."""
+    return json.dumps(request.batch_key(), separators=(",", ":"))
+
+
+def storage_problem(error: BaseException) -> str | None:
+    """For a database error: "storage_full" (the disk or the database's size limit) or
+    "storage_unavailable" (anything else SQLite refused); None for other errors."""
+    if not isinstance(error, sqlite3.Error):
+        return None
+    if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(error):
+        return "storage_full"
+    return "storage_unavailable"
+
+
+@contextlib.contextmanager
+def storage_errors():
+    """Turn a database write that failed into a UserError a person can read ("storage_full",
+    "storage_unavailable"); other errors pass through."""
+    try:
+        yield
+    except Exception as error:
+        problem = storage_problem(error)
+        if problem is None:
+            raise
+        raise UserError(problem) from error
 
 
 def _job(row: Any) -> Job:

@@ -117,11 +117,14 @@ async def test_admin_and_chat_defaults(make_service, models_dir, tiny_pipeline_d
     await service.set_default_variant("chat", "finetuned", ADMIN)
     assert (await service.submit("a cat", ALICE)).request.model == "finetuned"
     assert (await service.submit("a cat", Origin("web", "x", chat_id="web"))).request.model == "demo"
-    await service.set_chat_flags("--ar 2:1 --steps 2 --no blurry", ALICE)
+    with pytest.raises(UserError, match="this chat's admins"):
+        await service.set_chat_flags("--ar 2:1 --steps 2 --no blurry", ALICE)
+    alice_runs_the_chat = Origin("telegram", "alice", chat_id="group1", manages_chat=True)
+    await service.set_chat_flags("--ar 2:1 --steps 2 --no blurry", alice_runs_the_chat)
     request = (await service.submit("a cat --steps 3", ALICE)).request
     assert (request.steps, request.negative_prompt, request.width > request.height) == (3, "blurry", True)
     with pytest.raises(UserError, match="Unknown option"):
-        await service.set_chat_flags("--bogus 1", ALICE)
+        await service.set_chat_flags("--bogus 1", alice_runs_the_chat)
     assert (await service.store.audit_log())[0]["action"] == "set_default_model"
 
 

@@ -37,7 +37,7 @@ async def test_migrations_set_user_version_and_wal(tmp_path):
 
 
 async def test_a_job_round_trips_with_its_origin(store):
-    job_id = await store.add_job(make_request("một người phụ nữ mặc áo dài", count=2), ALICE)
+    job_id = (await store.add_job(make_request("một người phụ nữ mặc áo dài", count=2), ALICE)).id
     job = await store.get(job_id)
     assert job.status == "queued" and job.attempts == 0
     assert job.request.prompt == "một người phụ nữ mặc áo dài" and job.request.count == 2
@@ -46,8 +46,8 @@ async def test_a_job_round_trips_with_its_origin(store):
 
 
 async def test_claim_is_atomic_and_only_takes_queued_jobs(store):
-    first = await store.add_job(make_request(), ALICE)
-    second = await store.add_job(make_request(), BOB)
+    first = (await store.add_job(make_request(), ALICE)).id
+    second = (await store.add_job(make_request(), BOB)).id
     claimed = await store.claim([first, second])
     assert [j.id for j in claimed] == [first, second]
     assert all(j.status == "running" and j.attempts == 1 for j in claimed)
@@ -55,7 +55,7 @@ async def test_claim_is_atomic_and_only_takes_queued_jobs(store):
 
 
 async def test_finish_fail_and_cancel(store):
-    done, failed, queued_cancel, running_cancel = [await store.add_job(make_request(), ALICE) for _ in range(4)]
+    done, failed, queued_cancel, running_cancel = [(await store.add_job(make_request(), ALICE)).id for _ in range(4)]
     await store.claim([done, failed, running_cancel])
     assert await store.finish(done, [ImageResult("job1-0.png", 1)], None)
     assert await store.fail(failed, "boom", "generation_failed", {"error": "boom"})
@@ -71,8 +71,8 @@ async def test_finish_fail_and_cancel(store):
 
 
 async def test_recovery_requeues_interrupted_jobs_and_gives_up_on_repeat_offenders(store):
-    once = await store.add_job(make_request(), ALICE)
-    crashy = await store.add_job(make_request(), BOB)
+    once = (await store.add_job(make_request(), ALICE)).id
+    crashy = (await store.add_job(make_request(), BOB)).id
     await store.claim([once, crashy])
     await store.requeue(crashy)
     await store.claim([crashy])  # second attempt, interrupted again
@@ -85,7 +85,7 @@ async def test_recovery_requeues_interrupted_jobs_and_gives_up_on_repeat_offende
 
 async def test_undelivered_results_survive_until_marked(tmp_path):
     store = await Store.open(tmp_path / "state" / "jobs.sqlite3")
-    job_id = await store.add_job(make_request(), BOB)
+    job_id = (await store.add_job(make_request(), BOB)).id
     await store.claim([job_id])
     await store.finish(job_id, [ImageResult("a.png", 1)], None)
     await store.close()
@@ -125,10 +125,10 @@ async def test_settings_chat_settings_and_audit(store):
 
 
 async def test_queued_view_for_the_scheduler(store):
-    first = await store.add_job(make_request(count=2), ALICE)
-    second = await store.add_job(make_request(model="other"), Origin("web", "carol", is_admin=True))
+    first = (await store.add_job(make_request(count=2), ALICE)).id
+    second = (await store.add_job(make_request(model="other"), Origin("web", "carol", is_admin=True))).id
     queued = await store.queued()
     assert [(q.id, q.user_key, q.model, q.images, q.is_admin) for q in queued] == [
         (first, "web:alice", "demo", 2, False), (second, "web:carol", "other", 1, True)]
     assert queued[0].batch_key != queued[1].batch_key
-    assert await store.count_queued("web:alice") == 1
+    assert await store.count_unfinished("web:alice") == 1

@@ -1,0 +1,89 @@
+"""Job events, fanned out to whoever follows them: one job (a web page's stream) or every job of
+a platform (a chat frontend's delivery loop).
+
+Events only tell subscribers sooner what the store already says; a subscriber that misses one
+reads the job. Publishing costs the number of subscribers interested in that event, not the
+number of subscribers in all.
+
+An event is a dict: {"type": "queued" | "started" | "progress" | "position" | "done" | "failed" |
+"cancelled", "job": id, ...}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+FINAL_EVENTS = ("done", "failed", "cancelled")
+
+
+class Subscription:
+    """Events of one job (or of a platform), registered from the moment it is created so
+    nothing published in between is missed. Iterate it, or `await next(timeout)`; `close()` it."""
+
+    def __init__(self, bus: "EventBus", job_id: int | None, platform: str | None) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.job_id = job_id
+        self.platform = platform
+        self._bus = bus
+        bus._add(self)
+
+    async def next(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next event; raises asyncio.TimeoutError after `timeout` seconds (nothing is lost)."""
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    def close(self) -> None:
+        self._bus._discard(self)
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.queue.get()
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._by_job: dict[int, set[Subscription]] = defaultdict(set)
+        self._by_platform: dict[str | None, set[Subscription]] = defaultdict(set)  # None: every platform
+        self.published = 0  # counter, for /metrics
+
+    def subscribe(self, job_id: int | None = None, platform: str | None = None) -> Subscription:
+        return Subscription(self, job_id, platform)
+
+    def publish(self, event: dict[str, Any], platform: str) -> None:
+        self.published += 1
+        for subscription in (*self._by_job.get(event["job"], ()), *self._by_platform.get(platform, ()),
+                             *self._by_platform.get(None, ())):
+            if subscription.platform in (None, platform):
+                subscription.queue.put_nowait(event)
+
+    def watching(self, job_id: int, platform: str | None = None) -> bool:
+        """Does anyone follow this job: itself, or (given its platform) every job of that platform?"""
+        if self._by_job.get(job_id):
+            return True
+        return platform is not None and bool(self._by_platform.get(platform) or self._by_platform.get(None))
+
+    def platforms_followed(self) -> set[str | None]:
+        """Platforms whose every job someone follows (None: all platforms)."""
+        return {platform for platform, subscribers in self._by_platform.items() if subscribers}
+
+    def jobs_followed(self) -> list[int]:
+        return [job_id for job_id, subscribers in self._by_job.items() if subscribers]
+
+    def _add(self, subscription: Subscription) -> None:
+        if subscription.job_id is not None:
+            self._by_job[subscription.job_id].add(subscription)
+        else:
+            self._by_platform[subscription.platform].add(subscription)
+
+    def _discard(self, subscription: Subscription) -> None:
+        if subscription.job_id is not None:
+            subscribers = self._by_job.get(subscription.job_id)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._by_job[subscription.job_id]
+        else:
+            self._by_platform[subscription.platform].discard(subscription)

@@ -1,0 +1,234 @@
+"""The worker loop: feeds the executor from the queue, one batch at a time, and never dies silently.
+
+Settings come in, nothing is imported from the configuration (as in arq's `Worker`); `start()` and
+`stop()` are its lifecycle; counters are attributes. Each pass picks a batch (`Scheduler`),
+claims it in the store, runs it on the executor and records every outcome.
+
+Supervision: any exception in a pass (a database write that failed, a bug) is logged, the jobs the
+pass held go back to the queue, `problem` says what went wrong (so /healthz answers 503), and the
+loop tries again after a back-off that doubles up to `MAX_BACKOFF` seconds. An executor that
+raises fails the batch's jobs with the reason instead; the next batch runs as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from bot.config import QueueConfig
+from bot.core.eta import RunningBatch
+from bot.core.events import EventBus
+from bot.core.executor import BatchItem, Executor, Outcome, StepProgress
+from bot.core.jobs import Job
+from bot.core.scheduler import Scheduler
+from bot.core.store import Store
+from bot.core.waiting import WaitingIndex
+
+log = logging.getLogger(__name__)
+
+FIRST_BACKOFF = 0.5  # seconds before the first retry after a failed pass
+MAX_BACKOFF = 30.0
+
+
+class Worker:
+    def __init__(self, settings: QueueConfig, store: Store, waiting: WaitingIndex, scheduler: Scheduler,
+                 executor: Executor, events: EventBus, idle_wait: float = 2.0) -> None:
+        self.settings = settings
+        self.store = store
+        self.waiting = waiting
+        self.scheduler = scheduler
+        self.executor = executor
+        self.events = events
+        self.idle_wait = idle_wait  # seconds an idle loop sleeps when nothing wakes it
+        # Counters and state, read by /healthz and /metrics.
+        self.batches = 0
+        self.failed_passes = 0
+        self.problem: str | None = None  # why the last pass failed, until one succeeds
+        self.running: RunningBatch | None = None
+        self._held: set[int] = set()  # claimed by this worker, outcome not recorded yet
+        self._cancel_requested: set[int] = set()
+        self._announced: dict[int, int] = {}  # waiting job -> the position it was last told
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._was_idle = True
+        self._task: asyncio.Task | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._supervise(), name="imagebot-worker")
+
+    async def stop(self, grace: float) -> None:
+        """Let the running batch finish within `grace` seconds, else cancel it; then give back
+        whatever is still claimed (a job stopped half-way runs again at the next start)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._give_back_held()
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def wake(self) -> None:
+        """Something was queued: look at the queue now rather than at the next idle timeout."""
+        self._wake.set()
+
+    def request_cancel(self, job_id: int) -> None:
+        """Stop a running job at its next step."""
+        self._cancel_requested.add(job_id)
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        backoff = FIRST_BACKOFF
+        while not self._stopping:
+            try:
+                await self._give_back_held()
+                await self._pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.failed_passes += 1
+                self.problem = f"the worker failed ({type(error).__name__}: {error}); retrying in {backoff:g} s"
+                log.exception("worker pass failed; jobs it held go back to the queue, retrying in %g s", backoff)
+                try:
+                    await self._give_back_held()
+                except Exception as again:  # still failing: the next pass tries again
+                    log.warning("could not give jobs %s back yet: %s", sorted(self._held), again)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            else:
+                self.problem = None
+                backoff = FIRST_BACKOFF
+
+    async def _pass(self) -> None:
+        if not len(self.waiting):
+            await self._idle()
+            return
+        if self._was_idle and self.settings.batch_window > 0:
+            # Requests often come in bursts (a button pressed by several people, a script):
+            # a moment's wait lets them share the first batch instead of queueing behind it.
+            await asyncio.sleep(self.settings.batch_window)
+        self._was_idle = False
+        picked = self.scheduler.pick(self.waiting, self.executor.loaded_model(), time.time())
+        self._held.update(job.id for job in picked)
+        jobs = await self.store.claim([job.id for job in picked])
+        claimed = {job.id for job in jobs}
+        self.waiting.take([job for job in picked if job.id in claimed])
+        for job in picked:
+            if job.id not in claimed:  # cancelled while it was being picked: no longer waiting
+                self.waiting.remove(job.id)
+                self._held.discard(job.id)
+        if jobs:
+            await self._run(jobs)
+        await self._announce_positions()
+
+    async def _idle(self) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait)
+        except asyncio.TimeoutError:
+            pass
+        self._was_idle = True
+
+    async def _sleep(self, seconds: float) -> None:
+        """A back-off that a stop() cuts short."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # --- one batch ----------------------------------------------------------------------------------
+
+    async def _run(self, jobs: list[Job]) -> None:
+        ids = tuple(job.id for job in jobs)
+        by_id = {job.id: job for job in jobs}
+        self.running = running = RunningBatch(ids, time.monotonic())
+        self.batches += 1
+        for job in jobs:
+            self.events.publish({"type": "started", "job": job.id, "batch": list(ids)}, job.origin.platform)
+
+        def on_progress(update: StepProgress) -> None:
+            if self.running is not running:
+                return
+            running.step, running.total = update.step, update.total
+            running.previews.update(update.previews)
+            for job_id in ids:
+                self.events.publish({"type": "progress", "job": job_id, "step": update.step, "total": update.total,
+                                     "preview": job_id in update.previews}, by_id[job_id].origin.platform)
+
+        try:
+            outcomes = await self.executor.run([BatchItem(job.id, job.request) for job in jobs], on_progress,
+                                               self._cancel_requested.__contains__, self.settings.job_timeout)
+        except Exception as error:  # the executor itself broke: fail these jobs with the reason, keep serving
+            log.exception("executor failed on jobs %s", ids)
+            outcomes = [Outcome(job_id, error=f"generation failed: {error}", error_key="generation_failed",
+                                error_params={"error": str(error)}) for job_id in ids]
+        finally:
+            self.running = None
+        for outcome in outcomes:
+            await self._record(by_id[outcome.job_id], outcome)
+
+    async def _record(self, job: Job, outcome: Outcome) -> None:
+        platform = job.origin.platform
+        if outcome.cancelled:
+            await self.store.mark_cancelled(job.id)
+            event: dict[str, Any] = {"type": "cancelled", "job": job.id}
+        elif outcome.error is not None:
+            await self.store.fail(job.id, outcome.error, outcome.error_key, outcome.error_params)
+            event = {"type": "failed", "job": job.id, "error": outcome.error, "error_key": outcome.error_key}
+            log.warning("job %d failed: %s", job.id, outcome.error)
+        else:
+            await self.store.finish(job.id, outcome.images, outcome.grid)
+            event = {"type": "done", "job": job.id, "images": [i.file for i in outcome.images], "grid": outcome.grid}
+            log.info("job %d done: %d image(s)", job.id, len(outcome.images))
+        self._held.discard(job.id)
+        self._cancel_requested.discard(job.id)
+        self.events.publish(event, platform)
+
+    async def _give_back_held(self) -> None:
+        """Jobs claimed by a pass that failed go back to the queue (or end, if cancelled meanwhile)."""
+        for job_id in sorted(self._held):
+            if job_id in self._cancel_requested:
+                if await self.store.mark_cancelled(job_id):
+                    job = await self.store.get(job_id)
+                    self.events.publish({"type": "cancelled", "job": job_id}, job.origin.platform if job else "")
+                self._cancel_requested.discard(job_id)
+            elif await self.store.requeue(job_id):
+                entry = await self.store.queued_entry(job_id)
+                if entry is not None:
+                    self.waiting.add(entry)
+                log.info("job %d went back to the queue", job_id)
+            self._held.discard(job_id)
+
+    # --- telling waiting jobs where they are -------------------------------------------------------
+
+    async def _announce_positions(self) -> None:
+        """Tell followed waiting jobs their new position, only where it changed since last told.
+        When a chat frontend follows its whole platform that walks the queue once, in memory."""
+        platforms = self.events.platforms_followed()
+        announced: dict[int, int] = {}
+        if platforms:
+            entries = ((job, index) for index, job in enumerate(self.waiting.in_order(), start=1))
+        else:
+            entries = ((job, self.waiting.position(job_id)) for job_id in self.events.jobs_followed()
+                       if (job := self.waiting.get(job_id)) is not None)
+        for job, position in entries:
+            platform = job.user_key.split(":", 1)[0]
+            if not self.events.watching(job.id, platform):
+                continue
+            announced[job.id] = position
+            if self._announced.get(job.id) != position:
+                self.events.publish({"type": "position", "job": job.id, "position": position}, platform)
+        self._announced = announced
