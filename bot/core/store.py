@@ -133,14 +133,17 @@ class Store:
         try:
             yield
         except BaseException:
-            await self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite itself ends it on some errors (a full disk)
+                await self.db.execute("ROLLBACK")
             raise
         await self.db.execute("COMMIT")
 
     async def probe_write(self) -> None:
-        """A real write that changes nothing a user sees: raises while the database cannot be written."""
+        """Real writes that leave nothing behind, about the size of a job's row (so they need new
+        space as an insert would): raises while the database cannot be written."""
         await self.db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('health_probe', ?)",
-                              (str(time.time()),))
+                              ("0" * 8192,))
+        await self.db.execute("DELETE FROM settings WHERE key = 'health_probe'")
 
     async def migrate(self) -> int:
         async with self.db.execute("PRAGMA user_version") as cursor:

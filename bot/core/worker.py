@@ -83,6 +83,10 @@ class Worker:
         """Something was queued: look at the queue now rather than at the next idle timeout."""
         self._wake.set()
 
+    def told_position(self, job_id: int, position: int) -> None:
+        """The job's follower already knows this position (it was in the "queued" answer)."""
+        self._announced[job_id] = position
+
     def request_cancel(self, job_id: int) -> None:
         """Stop a running job at its next step."""
         self._cancel_requested.add(job_id)
@@ -229,6 +233,6 @@ class Worker:
             if not self.events.watching(job.id, platform):
                 continue
             announced[job.id] = position
-            if self._announced.get(job.id) != position:
+            if self._announced.get(job.id) != position:  # unchanged positions are not repeated
                 self.events.publish({"type": "position", "job": job.id, "position": position}, platform)
         self._announced = announced

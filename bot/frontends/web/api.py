@@ -48,6 +48,8 @@ _STATUS_BY_KEY = {
     "queue_full": 429,
     "rate_limited": 429,
     "shutting_down": 503,
+    "storage_unavailable": 503,
+    "storage_full": 507,  # Insufficient Storage: the disk (or the database's size limit) is full
 }
 
 # Strict: JSON true/false must not pass as 1/0; strings go through the same parser as chat flags.
@@ -235,9 +237,13 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
         return {"limits": asdict(config.limits), "schedulers": list(SCHEDULERS)}
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        metrics = await service.metrics()
-        return {"status": "ok", "version": __version__, "queue_depth": metrics["queue_depth"]}
+    async def healthz() -> JSONResponse:
+        """200 while jobs can be queued and run; 503 with the reasons while the worker is down or
+        the database cannot be written (load balancers and container health checks read this)."""
+        health = await service.health()
+        body = {"status": "ok" if health.ok else "unavailable", "version": __version__,
+                "queue_depth": len(service.waiting), "problems": list(health.problems)}
+        return JSONResponse(body, status_code=200 if health.ok else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:

@@ -1,0 +1,200 @@
+"""The worker under faults, positions and estimates, with the fake executor (no torch).
+
+Faults are real: SQLite itself refuses the writes (`PRAGMA query_only`, `PRAGMA max_page_count`),
+and the executor raises from inside `run()`.
+"""
+
+import asyncio
+
+import pytest
+
+from bot.config import config_from_dict
+from bot.core.errors import UserError
+from bot.core.jobs import Origin
+from bot.core.service import Service
+from bot.core.store import Store
+from bot.engine.registry import Registry
+from tests.helpers.executor import FakeExecutor, fake_model_store
+
+ALICE = Origin("web", "alice", chat_id="web")
+BOB = Origin("web", "bob", chat_id="web")
+ADMIN = Origin("web", "root", chat_id="web", is_admin=True)
+
+
+@pytest.fixture
+async def make_service(tmp_path):
+    services = []
+
+    async def make(executor: FakeExecutor | None = None, **sections) -> Service:
+        settings = {"storage": {"state_dir": str(tmp_path / "state"),
+                                "models_dir": str(fake_model_store(tmp_path / "models"))},
+                    "limits": {"min_side": 32}, "models": {"rescan_seconds": 60.0},
+                    "queue": {"batch_window": 0.0, "max_queued_per_user": 0, "max_jobs_per_hour": 0},
+                    "engine": {"max_batch": 1}}
+        for name, values in sections.items():
+            settings.setdefault(name, {}).update(values)
+        config = config_from_dict(settings)
+        store = await Store.open(config.storage.database_path())
+        registry = Registry(config.storage.models_dir, config.variants, config.models.rescan_seconds)
+        service = Service(config, store, executor or FakeExecutor(), registry)
+        await service.start()
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        service.executor.gate.set()
+        await service.stop()
+        await service.store.close()
+
+
+async def finished(service, job_id, timeout=30.0):
+    async def poll():
+        while not (job := await service.job(job_id)).finished:
+            await asyncio.sleep(0.01)
+        return job
+    return await asyncio.wait_for(poll(), timeout)
+
+
+async def until(condition, timeout=30.0):
+    async def poll():
+        while not await condition():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_the_worker_survives_a_database_that_refuses_writes_and_serves_the_next_job(make_service):
+    executor = FakeExecutor()
+    service = await make_service(executor)
+    executor.gate.clear()
+    first = await service.submit("a cat --steps 2", ALICE)
+    await until(lambda: _running(service, first.job_id))
+    await service.store.db.execute("PRAGMA query_only = ON")  # every write now fails inside SQLite
+    executor.gate.set()
+    await until(lambda: _unhealthy(service))
+    health = await service.health()
+    assert any("the worker failed" in problem for problem in health.problems)
+    assert service.worker.alive and service.worker.failed_passes >= 1
+    await service.store.db.execute("PRAGMA query_only = OFF")  # the disk came back
+    assert (await finished(service, first.job_id)).status == "done"  # given back to the queue, then run
+    second = await service.submit("a dog --steps 2", BOB)
+    assert (await finished(service, second.job_id)).status == "done"
+    assert (await service.health()).ok
+    assert executor.batches[-2:] == [[first.job_id], [second.job_id]]
+
+
+async def _running(service, job_id):
+    return (await service.job(job_id)).status == "running"
+
+
+async def _unhealthy(service):
+    return not (await service.health()).ok
+
+
+async def test_a_failing_executor_fails_its_batch_with_the_reason_and_the_next_job_runs(make_service):
+    executor = FakeExecutor()
+    executor.failures.append(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    service = await make_service(executor)
+    broken = await service.submit("a cat --steps 2", ALICE)
+    job = await finished(service, broken.job_id)
+    assert job.status == "failed" and "illegal memory access" in job.error and job.error_key == "generation_failed"
+    after = await service.submit("a dog --steps 2", BOB)
+    assert (await finished(service, after.job_id)).status == "done"
+    assert (await service.health()).ok
+
+
+async def test_a_full_database_refuses_the_submit_keeps_everything_else_and_recovers(make_service):
+    executor = FakeExecutor()
+    service = await make_service(executor)
+    executor.gate.clear()  # nothing runs: the queue only grows
+    async with service.store.db.execute("PRAGMA page_count") as cursor:
+        (pages,) = await cursor.fetchone()
+    await service.store.db.execute(f"PRAGMA max_page_count = {pages}")
+    accepted = []
+    with pytest.raises(UserError) as refused:
+        for n in range(10_000):
+            accepted.append((await service.submit(f"job {n} " + "x" * 500, ADMIN)).job_id)
+    assert refused.value.key == "storage_full" and "disk is full" in str(refused.value)
+    async with service.store.db.execute("SELECT COUNT(*) FROM jobs") as cursor:
+        assert (await cursor.fetchone())[0] == len(accepted) > 1  # the refused job left no trace
+    assert len(service.waiting) == len(accepted) - 1  # the first one is on the (paused) executor
+    health = await service.health()
+    assert not health.ok and any("cannot be written" in problem for problem in health.problems)
+    await service.store.db.execute("PRAGMA max_page_count = 1073741823")
+    await asyncio.sleep(1.1)  # the health probe writes at most once a second
+    assert (await service.health()).ok
+    executor.gate.set()
+    assert (await finished(service, accepted[-1])).status == "done"
+
+
+async def test_positions_and_estimates_that_users_see(make_service):
+    executor = FakeExecutor(seconds_per_image_step=0.5)
+    service = await make_service(executor)
+    executor.gate.clear()
+    running = await service.submit("first --steps 4", ALICE)
+    await until(lambda: _running(service, running.job_id))
+    alice = [await service.submit(f"a{n} --steps 4", ALICE) for n in range(3)]
+    bob = await service.submit("b0 --steps 4 --n 2", BOB)
+    # Fair order: Alice was just served, so Bob's first job goes ahead of her waiting ones.
+    assert [s.position for s in alice] == [1, 2, 3] and bob.position == 1
+    views = {view.job.id: view for view in await service.queue_of(ALICE)}
+    assert [views[s.job_id].position for s in alice] == [2, 3, 4]
+    # Estimates: the running batch has not reported a step, so nothing can be said yet.
+    assert all(views[s.job_id].eta_seconds is None for s in alice)
+    executor.hold_at_step = 1  # then freeze the batch after its first step, so the numbers hold still
+    executor.gate.set()
+    await until(lambda: _progress(service, running.job_id))
+    view = await service.status(alice[2].job_id)
+    batch = service.worker.running
+    left = batch.remaining_seconds()
+    mean = 0.5 * (4 * 1 * 3 + 4 * 2) / 4  # seconds per image-step x (images x steps) of the 4 waiting, averaged
+    assert view.position == 4
+    assert view.eta_seconds == pytest.approx(left + 3 * mean + 0.5 * 4, abs=0.5)
+    running_view = await service.status(running.job_id)
+    assert running_view.step == 1 and running_view.eta_seconds == pytest.approx(0.5 * 3)
+    executor.gate.set()
+
+
+async def _progress(service, job_id):
+    return (await service.status(job_id)).step
+
+
+async def test_position_announcements_reach_followers_only_when_a_position_changes(make_service):
+    executor = FakeExecutor()
+    service = await make_service(executor)
+    executor.gate.clear()
+    first = await service.submit("first --steps 1", ALICE)
+    await until(lambda: _running(service, first.job_id))
+    waiting = [await service.submit(f"w{n} --steps 1", BOB) for n in range(3)]
+    followed = service.subscribe(waiting[2].job_id)
+    other = service.subscribe(waiting[0].job_id, platform="telegram")  # another platform's follower: nothing
+    executor.gate.set()
+    seen = []
+    while len(seen) < 2:
+        event = await followed.next(timeout=30)
+        if event["type"] == "position":
+            seen.append(event["position"])
+    assert seen == [2, 1]
+    assert other.queue.empty()
+    followed.close()
+    other.close()
+
+
+async def test_cancel_latest_and_who_may_cancel(make_service):
+    executor = FakeExecutor()
+    service = await make_service(executor)
+    executor.gate.clear()
+    with pytest.raises(UserError) as nothing:
+        await service.cancel_latest(ALICE)
+    assert nothing.value.key == "nothing_to_cancel"
+    older = await service.submit("one", ALICE)
+    newer = await service.submit("two", ALICE)
+    with pytest.raises(UserError) as not_yours:
+        await service.cancel(newer.job_id, BOB)
+    assert not_yours.value.key == "not_your_job"
+    with pytest.raises(UserError):
+        await service.owned_job(older.job_id, BOB)
+    assert (await service.owned_job(older.job_id, ADMIN)).id == older.job_id
+    job_id, status = await service.cancel_latest(ALICE)
+    assert job_id == newer.job_id and status in ("cancelled", "cancelling")
+    assert newer.job_id not in service.waiting
