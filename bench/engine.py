@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bot.config import EngineConfig, Limits  # noqa: E402
-from bot.core.request import parse_prompt, resolve  # noqa: E402
+from bot.core.request import parse_prompt  # noqa: E402
+from bot.core.resolve import resolve  # noqa: E402
 from bot.engine.engine import Engine  # noqa: E402
 from bot.engine.registry import Registry  # noqa: E402
 from training.tiny import save_tiny_pipeline  # noqa: E402

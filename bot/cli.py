@@ -19,7 +19,8 @@ from typing import Sequence
 from bot import __version__
 from bot.config import Config, ConfigError, load_config
 from bot.core.errors import UserError
-from bot.core.request import merge_options, options_from_fields, parse_prompt, resolve
+from bot.core.request import merge_options, options_from_fields, parse_prompt
+from bot.core.resolve import resolve
 
 log = logging.getLogger("imagebot")
 

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 from bot.config import Config
 from bot.core.errors import UserError
 from bot.core.jobs import Origin, QueuedJob
-from bot.core.request import GenerationRequest, RequestOptions, VariantDefaults, parse_prompt, resolve
+from bot.core.request import GenerationRequest, RequestOptions, VariantDefaults, parse_prompt
+from bot.core.resolve import resolve
 from bot.core.store import Store, storage_errors
 
 DEFAULT_MODEL_SETTING = "default_model"

@@ -1,21 +1,19 @@
-"""Generation requests: parsing what the user typed, filling defaults, enforcing limits.
+"""Generation requests: what they hold, and parsing what the user typed.
 
 Two ways in, one way out. Chat text carries Midjourney-style inline flags
 (`a fox in the snow --ar 16:9 --seed 42 --no blurry, text`); slash-command options, HTTP fields
 and CLI flags arrive as keyword options. Both become `RequestOptions` (only what the user said),
-and `resolve()` turns that into a complete, validated `GenerationRequest` using the chosen model's
-defaults and the configured limits. Every refusal is a `UserError` a chat user can act on.
+and `bot.core.resolve.resolve()` turns that into a complete, validated `GenerationRequest`. Every
+refusal is a `UserError` a chat user can act on.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import secrets
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from bot.config import Limits
 from bot.core.errors import UserError
 
 MAX_SEED = 2**32 - 1
@@ -138,7 +136,7 @@ def parse_prompt(text: str) -> RequestOptions:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         value = text[match.end(): end].strip()
         if flag not in FLAGS:
-            raise UserError("flag_unknown", flag=_shorten(flag), allowed=allowed_flags())
+            raise UserError("flag_unknown", flag=shorten(flag), allowed=allowed_flags())
         field, example = FLAGS[flag]
         if not value:
             raise UserError("flag_needs_value", flag=flag, example=example)
@@ -243,7 +241,7 @@ def to_int(name: str, value: object) -> int:
     text = str(value).strip()
     if re.fullmatch(r"[+-]?\d{1,40}", text):
         return int(text)
-    raise UserError("not_integer", name=name, got=_shorten(text))
+    raise UserError("not_integer", name=name, got=shorten(text))
 
 
 def to_float(name: str, value: object) -> float:
@@ -253,11 +251,11 @@ def to_float(name: str, value: object) -> float:
         try:
             number = float(value)
         except OverflowError:
-            raise UserError("not_number", name=name, got=_shorten(str(value))) from None
+            raise UserError("not_number", name=name, got=shorten(str(value))) from None
     else:
         text = str(value).strip()
         if not re.fullmatch(r"[+-]?(\d{1,6}(\.\d*)?|\.\d+)", text):
-            raise UserError("not_number", name=name, got=_shorten(text))
+            raise UserError("not_number", name=name, got=shorten(text))
         number = float(text)
     if not math.isfinite(number):
         raise UserError("not_number", name=name, got=value)
@@ -267,7 +265,7 @@ def to_float(name: str, value: object) -> float:
 def parse_size(value: object) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d{1,6})\s*[xX×*]\s*(\d{1,6})\s*", str(value))
     if not match:
-        raise UserError("bad_size", got=_shorten(str(value)))
+        raise UserError("bad_size", got=shorten(str(value)))
     return int(match.group(1)), int(match.group(2))
 
 
@@ -276,7 +274,7 @@ def parse_aspect(value: object) -> tuple[int, int]:
         value = f"{value[0]}:{value[1]}"
     match = re.fullmatch(r"\s*(\d{1,3})\s*[:/xX]\s*(\d{1,3})\s*", str(value))
     if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
-        raise UserError("bad_aspect", got=_shorten(str(value)))
+        raise UserError("bad_aspect", got=shorten(str(value)))
     w, h = int(match.group(1)), int(match.group(2))
     if not 0.25 <= w / h <= 4:
         raise UserError("aspect_out_of_range", got=f"{w}:{h}")
@@ -286,139 +284,16 @@ def parse_aspect(value: object) -> tuple[int, int]:
 def parse_model_name(value: object) -> str:
     name = str(value).strip()
     if not MODEL_NAME.fullmatch(name):
-        raise UserError("bad_model_name", got=_shorten(name))
+        raise UserError("bad_model_name", got=shorten(name))
     return name
 
 
 def parse_scheduler(value: object) -> str:
     name = str(value).strip().lower().replace(" ", "_")
     if name not in SCHEDULERS:
-        raise UserError("unknown_scheduler", got=_shorten(name), allowed=", ".join(SCHEDULERS))
+        raise UserError("unknown_scheduler", got=shorten(name), allowed=", ".join(SCHEDULERS))
     return name
 
 
-def _shorten(text: str, limit: int = 40) -> str:
+def shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# --- resolving -----------------------------------------------------------------------------
-
-
-def snap8(value: float) -> int:
-    """Latents are 1/8 of the image size, so sides must be multiples of 8."""
-    return max(8, int(round(value / 8)) * 8)
-
-
-def size_for_aspect(aspect: tuple[int, int], native: tuple[int, int]) -> tuple[int, int]:
-    """Keep the model's native pixel count (what it was trained at) with the asked shape."""
-    area = native[0] * native[1]
-    width = math.sqrt(area * aspect[0] / aspect[1])
-    return snap8(width), snap8(width * aspect[1] / aspect[0])
-
-
-def fit_to_limits(size: tuple[int, int], limits: Limits) -> tuple[int, int]:
-    """Scale a size worked out from an aspect ratio into the limits, keeping its shape.
-
-    Only for sizes the bot chose: a size the user typed is refused with a message instead.
-    """
-    width, height = size
-    grow = max(1.0, limits.min_side / min(width, height))
-    scale = min(grow, limits.max_side / max(width, height), math.sqrt(limits.max_pixels / (width * height)))
-    low = -(-limits.min_side // 8) * 8
-    high = limits.max_side // 8 * 8
-
-    def fit(side: float) -> int:
-        return min(high, max(low, int(side * scale) // 8 * 8))
-
-    return fit(width), fit(height)
-
-
-def resolve(
-    options: RequestOptions,
-    variants: Mapping[str, VariantDefaults],
-    default_model: str,
-    limits: Limits,
-    models_dir: str = "models",
-    unavailable: Mapping[str, str] | None = None,
-) -> GenerationRequest:
-    """Fill in defaults from the model and check every value against the limits.
-
-    `variants` are the usable models; `unavailable` maps models that exist but cannot be used
-    (broken files, a missing base) to the reason, so the user learns why.
-    """
-    if not options.prompt:
-        raise UserError("prompt_empty")
-    if len(options.prompt) > limits.max_prompt_chars:
-        raise UserError("prompt_too_long", got=len(options.prompt), limit=limits.max_prompt_chars)
-
-    model = options.model or default_model
-    if model not in variants:
-        if unavailable and model in unavailable:
-            raise UserError("model_broken", name=model, error=unavailable[model])
-        if not variants:
-            raise UserError("no_models", got=model, models_dir=str(models_dir).rstrip("/\\"))
-        raise UserError("unknown_model", got=model, available=", ".join(sorted(variants)))
-    defaults = variants[model]
-
-    negative = defaults.negative_prompt if options.negative_prompt is None else options.negative_prompt
-    if len(negative) > limits.max_prompt_chars:
-        raise UserError("negative_too_long", got=len(negative), limit=limits.max_prompt_chars)
-
-    if options.aspect is not None:
-        width, height = fit_to_limits(size_for_aspect(options.aspect, (defaults.width, defaults.height)), limits)
-    else:
-        width = snap8(options.width) if options.width is not None else defaults.width
-        height = snap8(options.height) if options.height is not None else defaults.height
-    _check_size(width, height, limits)
-
-    steps = defaults.steps if options.steps is None else options.steps
-    _check_range("steps", steps, 1, limits.max_steps)
-    guidance = defaults.guidance if options.guidance is None else options.guidance
-    _check_range("guidance", guidance, 0, limits.max_guidance)
-    count = 1 if options.count is None else options.count
-    _check_range("count", count, 1, limits.max_images)
-    seed = secrets.randbelow(MAX_SEED + 1) if options.seed is None else options.seed
-    _check_range("seed", seed, 0, MAX_SEED)
-    if options.strength is not None and not 0.05 <= options.strength <= 1:
-        raise UserError("strength_out_of_range", got=options.strength)
-
-    return GenerationRequest(
-        prompt=options.prompt,
-        negative_prompt=negative,
-        model=model,
-        seed=seed,
-        steps=steps,
-        guidance=guidance,
-        width=width,
-        height=height,
-        count=count,
-        scheduler=options.scheduler or defaults.scheduler,
-        init_image=options.init_image,
-        strength=options.strength if options.init_image else None,
-    )
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise UserError("out_of_range", name=name, low=_num(low), high=_num(high), got=_num(value))
-
-
-def _num(value: float) -> str:
-    if isinstance(value, int):
-        return _shorten(str(value))
-    return str(int(value)) if value.is_integer() else str(value)
-
-
-def _check_size(width: int, height: int, limits: Limits) -> None:
-    low, high = limits.min_side, limits.max_side
-    if not (low <= width <= high and low <= height <= high):
-        raise UserError("side_out_of_range", low=low, high=high, width=width, height=height)
-    if width * height > limits.max_pixels:
-        scale = math.sqrt(limits.max_pixels / (width * height))
-        example = f"{int(width * scale) // 8 * 8}x{int(height * scale) // 8 * 8}"
-        raise UserError("too_many_pixels", width=width, height=height, pixels=width * height,
-                        limit=limits.max_pixels, example=example)
-
-
-def with_seed(request: GenerationRequest, seed: int) -> GenerationRequest:
-    return replace(request, seed=seed)

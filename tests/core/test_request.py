@@ -1,4 +1,4 @@
-"""Generation requests: inline flags, keyword options, defaults and limits (bot/core/request.py)."""
+"""Generation requests: inline flags, keyword options, defaults and limits (bot/core/request.py, bot/core/resolve.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,8 @@ from bot.core.request import (
     merge_options,
     options_from_fields,
     parse_prompt,
-    resolve,
-    size_for_aspect,
-    snap8,
 )
+from bot.core.resolve import resolve, size_for_aspect, snap8
 
 LIMITS = Limits()  # max_prompt_chars=1000, max_steps=50, max_guidance=30, sides 32-1024, 1 Mpx, 4 images
 SD15 = VariantDefaults()  # 512x512, 25 steps, guidance 7, dpm++

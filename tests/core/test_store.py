@@ -1,12 +1,14 @@
 """The SQLite job store: migrations, atomic claims, recovery, delivery, quotas."""
 
+import json
 import sqlite3
 
 import pytest
 
 from bot.core.jobs import ImageResult, Origin
 from bot.core.request import GenerationRequest
-from bot.core.store import MIGRATIONS, Store
+from bot.core.schema import MIGRATIONS
+from bot.core.store import Store, batch_key_text
 
 ALICE = Origin("web", "alice", chat_id="c1", message_ids={"reply_to": 42}, locale="vi")
 BOB = Origin("telegram", "bob", chat_id="c2")
@@ -34,6 +36,31 @@ async def test_migrations_set_user_version_and_wal(tmp_path):
     again = await Store.open(tmp_path / "db.sqlite3")  # reopening applies nothing twice
     assert await again.migrate() == len(MIGRATIONS)
     await again.close()
+
+
+async def test_jobs_queued_before_the_scheduler_columns_existed_are_upgraded_in_place(tmp_path):
+    """A database of the first schema, with jobs waiting, gains the columns the queue reads; they
+    hold what the current code would have written (so old and new jobs still batch together)."""
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(f"BEGIN; {MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
+    requests = [make_request(), GenerationRequest(prompt="x", negative_prompt="", model="sd", seed=None, steps=30,
+                                                  guidance=7.5, width=768, height=512, count=2,
+                                                  init_image="/in.png", strength=0.6)]
+    for request, origin in zip(requests, (ALICE, Origin("web", "root", is_admin=True))):
+        old.execute("INSERT INTO jobs (status, request, origin, platform, user_key, model, images, created_at) "
+                    "VALUES ('queued', ?, ?, ?, ?, ?, ?, 0)",
+                    (json.dumps(request.to_dict()), origin.to_json(), origin.platform, origin.user_key,
+                     request.model, request.count))
+    old.commit()
+    old.close()
+    store = await Store.open(path)
+    queued = await store.queued()
+    assert [(q.steps, q.is_admin, q.images) for q in queued] == [(3, False, 1), (30, True, 2)]
+    assert [q.batch_key for q in queued] == [batch_key_text(r) for r in requests]
+    new = await store.add_job(make_request(), BOB)
+    assert new.batch_key == queued[0].batch_key
+    await store.close()
 
 
 async def test_a_job_round_trips_with_its_origin(store):

@@ -12,7 +12,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bot.config import EngineConfig, Limits
-from bot.core.request import parse_prompt, resolve
+from bot.core.request import parse_prompt
+from bot.core.resolve import resolve
 from bot.engine.engine import Engine
 from bot.engine.registry import Registry
 from training import concept, finetune, shapes, store

@@ -10,7 +10,8 @@ import torch
 from safetensors import safe_open
 
 from bot.config import EngineConfig, Limits
-from bot.core.request import parse_prompt, resolve
+from bot.core.request import parse_prompt
+from bot.core.resolve import resolve
 from bot.engine.engine import Engine
 from bot.engine.registry import Registry
 from tests.conftest import add_pipeline_variant

@@ -1,0 +1,167 @@
+"""Queue benchmark: what a user waits for, with 10, 1,000 and 10,000 jobs waiting.
+
+    python bench/queue.py [--levels 10,1000,10000] [--users 1000] [--samples 300]
+
+The real service (store on disk, admission with quotas, the in-memory queue, the scheduler, the
+worker) over a paused stand-in executor, so the queue only grows: the first job sits on the
+executor and every later one waits. Jobs come from `--users` users in turn. At each level the
+benchmark times, `--samples` times each, keeping the level constant (one job in, one out):
+
+  submit   service.submit(): parse, defaults, quota, insert, position and ETA of the new job
+  status   service.status() of a random waiting job: the row, its position and ETA
+  cancel   service.cancel() of a random waiting job
+  pick     choosing the next batch (Scheduler.pick over the queue index)
+
+and prints the median and 99th percentile in milliseconds, then the ratio of the largest level to
+the smallest (all numbers from this one run). The queue's design promises a ratio of at most 3.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file shares its name with the standard library's `queue` (which aiosqlite imports): keep
+# its own folder off the import path, and the project's root on it.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bot.config import config_from_dict  # noqa: E402
+from bot.core.jobs import Origin  # noqa: E402
+from bot.core.service import Service  # noqa: E402
+from bot.core.store import Store  # noqa: E402
+from bot.engine.registry import Registry  # noqa: E402
+from tests.helpers.executor import FakeExecutor, fake_model_store  # noqa: E402
+
+OPERATIONS = ("submit", "status", "cancel", "pick")
+PROMPTS = ["a red circle on a blue background", "a green square --ar 3:2", "a white triangle --steps 12 --n 2",
+           "a yellow heart on black --seed 7", "a purple circle --no blurry --cfg 3"]
+
+
+async def open_service(folder: Path) -> Service:
+    config = config_from_dict({
+        "storage": {"state_dir": str(folder / "state"), "models_dir": str(fake_model_store(folder / "models"))},
+        "limits": {"min_side": 32},
+        "models": {"rescan_seconds": 3600.0},
+        "queue": {"max_queued_per_user": 50, "max_jobs_per_hour": 0, "batch_window": 0.0},
+    })
+    store = await Store.open(config.storage.database_path())
+    registry = Registry(config.storage.models_dir, config.variants, config.models.rescan_seconds)
+    executor = FakeExecutor(seconds_per_image_step=0.05)
+    executor.gate.clear()  # the worker is paused on its first batch: the queue only grows
+    service = Service(config, store, executor, registry)
+    await service.start()
+    return service
+
+
+class Load:
+    def __init__(self, service: Service, users: int, rng: random.Random) -> None:
+        self.service = service
+        self.users = users
+        self.rng = rng
+        self.sent = 0
+
+    def origin(self) -> Origin:
+        self.sent += 1
+        return Origin("web", f"user{self.sent % self.users}", chat_id="web")
+
+    async def submit(self) -> int:
+        return (await self.service.submit(self.rng.choice(PROMPTS), self.origin())).job_id
+
+    async def fill_to(self, level: int) -> None:
+        while len(self.service.waiting) < level:
+            await self.submit()
+
+    def random_waiting(self) -> int:
+        """A random waiting job (the fair order's first few hundred are as good as any for timing)."""
+        index = self.service.waiting
+        position = self.rng.randrange(len(index))
+        for n, job in enumerate(index.in_order()):  # not timed
+            if n == position:
+                return job.id
+        raise AssertionError("unreachable")
+
+
+async def measure(load: Load, samples: int) -> dict[str, list[float]]:
+    service = load.service
+    times: dict[str, list[float]] = {name: [] for name in OPERATIONS}
+    admin = Origin("web", "bench-admin", is_admin=True)
+    scheduler = service.worker.scheduler
+    for _ in range(samples):
+        started = time.perf_counter()
+        await load.submit()
+        times["submit"].append(time.perf_counter() - started)
+
+        job_id = load.random_waiting()
+        started = time.perf_counter()
+        await service.status(job_id)
+        times["status"].append(time.perf_counter() - started)
+
+        job_id = load.random_waiting()
+        started = time.perf_counter()
+        await service.cancel(job_id, admin)
+        times["cancel"].append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        scheduler.pick(service.waiting, "demo", time.time())
+        times["pick"].append(time.perf_counter() - started)
+    return times
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="10,1000,10000", help="jobs waiting at each measurement")
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    levels = sorted(int(level) for level in args.levels.split(","))
+
+    with tempfile.TemporaryDirectory(prefix="imagebot-bench-") as folder:
+        service = await open_service(Path(folder))
+        load = Load(service, args.users, random.Random(args.seed))
+        results: dict[int, dict[str, list[float]]] = {}
+        try:
+            for level in levels:
+                fill_started = time.perf_counter()
+                await load.fill_to(level)
+                print(f"# {len(service.waiting)} waiting from {min(level, args.users)} users "
+                      f"(filled in {time.perf_counter() - fill_started:.1f} s)", file=sys.stderr, flush=True)
+                results[level] = await measure(load, args.samples)
+        finally:
+            service.executor.gate.set()
+            await service.stop()
+            await service.store.close()
+
+    print(f"Queue operations, milliseconds (median / p99 of {args.samples} each), one run:\n")
+    print("| waiting | " + " | ".join(OPERATIONS) + " |")
+    print("|---:|" + "---:|" * len(OPERATIONS))
+    for level in levels:
+        cells = [f"{statistics.median(results[level][op]) * 1e3:.2f} / {p99(results[level][op]) * 1e3:.2f}"
+                 for op in OPERATIONS]
+        print(f"| {level:,} | " + " | ".join(cells) + " |")
+    low, high = levels[0], levels[-1]
+    ratios = {op: statistics.median(results[high][op]) / statistics.median(results[low][op]) for op in OPERATIONS}
+    print(f"| ratio {high:,}/{low:,} (medians) | " + " | ".join(f"{ratios[op]:.2f}" for op in OPERATIONS) + " |")
+    print(f"| ratio {high:,}/{low:,} (p99) | " + " | ".join(
+        f"{p99(results[high][op]) / p99(results[low][op]):.2f}" for op in OPERATIONS) + " |")
+    worst = max(ratios.values())
+    print(f"\nlargest ratio of medians {worst:.2f} ({'within' if worst <= 3 else 'OVER'} the promised 3)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,135 @@
+"""Resolving a request: the chosen model's defaults fill what the user did not say, the configured
+limits are enforced, and sizes are worked out from aspect ratios. What comes out is a complete,
+validated `GenerationRequest`; every refusal is a `UserError` a chat user can act on.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import replace
+from typing import Mapping
+
+from bot.config import Limits
+from bot.core.errors import UserError
+from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions, VariantDefaults, shorten
+
+
+def snap8(value: float) -> int:
+    """Latents are 1/8 of the image size, so sides must be multiples of 8."""
+    return max(8, int(round(value / 8)) * 8)
+
+
+def size_for_aspect(aspect: tuple[int, int], native: tuple[int, int]) -> tuple[int, int]:
+    """Keep the model's native pixel count (what it was trained at) with the asked shape."""
+    area = native[0] * native[1]
+    width = math.sqrt(area * aspect[0] / aspect[1])
+    return snap8(width), snap8(width * aspect[1] / aspect[0])
+
+
+def fit_to_limits(size: tuple[int, int], limits: Limits) -> tuple[int, int]:
+    """Scale a size worked out from an aspect ratio into the limits, keeping its shape.
+
+    Only for sizes the bot chose: a size the user typed is refused with a message instead.
+    """
+    width, height = size
+    grow = max(1.0, limits.min_side / min(width, height))
+    scale = min(grow, limits.max_side / max(width, height), math.sqrt(limits.max_pixels / (width * height)))
+    low = -(-limits.min_side // 8) * 8
+    high = limits.max_side // 8 * 8
+
+    def fit(side: float) -> int:
+        return min(high, max(low, int(side * scale) // 8 * 8))
+
+    return fit(width), fit(height)
+
+
+def resolve(
+    options: RequestOptions,
+    variants: Mapping[str, VariantDefaults],
+    default_model: str,
+    limits: Limits,
+    models_dir: str = "models",
+    unavailable: Mapping[str, str] | None = None,
+) -> GenerationRequest:
+    """Fill in defaults from the model and check every value against the limits.
+
+    `variants` are the usable models; `unavailable` maps models that exist but cannot be used
+    (broken files, a missing base) to the reason, so the user learns why.
+    """
+    if not options.prompt:
+        raise UserError("prompt_empty")
+    if len(options.prompt) > limits.max_prompt_chars:
+        raise UserError("prompt_too_long", got=len(options.prompt), limit=limits.max_prompt_chars)
+
+    model = options.model or default_model
+    if model not in variants:
+        if unavailable and model in unavailable:
+            raise UserError("model_broken", name=model, error=unavailable[model])
+        if not variants:
+            raise UserError("no_models", got=model, models_dir=str(models_dir).rstrip("/\\"))
+        raise UserError("unknown_model", got=model, available=", ".join(sorted(variants)))
+    defaults = variants[model]
+
+    negative = defaults.negative_prompt if options.negative_prompt is None else options.negative_prompt
+    if len(negative) > limits.max_prompt_chars:
+        raise UserError("negative_too_long", got=len(negative), limit=limits.max_prompt_chars)
+
+    if options.aspect is not None:
+        width, height = fit_to_limits(size_for_aspect(options.aspect, (defaults.width, defaults.height)), limits)
+    else:
+        width = snap8(options.width) if options.width is not None else defaults.width
+        height = snap8(options.height) if options.height is not None else defaults.height
+    _check_size(width, height, limits)
+
+    steps = defaults.steps if options.steps is None else options.steps
+    _check_range("steps", steps, 1, limits.max_steps)
+    guidance = defaults.guidance if options.guidance is None else options.guidance
+    _check_range("guidance", guidance, 0, limits.max_guidance)
+    count = 1 if options.count is None else options.count
+    _check_range("count", count, 1, limits.max_images)
+    seed = secrets.randbelow(MAX_SEED + 1) if options.seed is None else options.seed
+    _check_range("seed", seed, 0, MAX_SEED)
+    if options.strength is not None and not 0.05 <= options.strength <= 1:
+        raise UserError("strength_out_of_range", got=options.strength)
+
+    return GenerationRequest(
+        prompt=options.prompt,
+        negative_prompt=negative,
+        model=model,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        width=width,
+        height=height,
+        count=count,
+        scheduler=options.scheduler or defaults.scheduler,
+        init_image=options.init_image,
+        strength=options.strength if options.init_image else None,
+    )
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise UserError("out_of_range", name=name, low=_num(low), high=_num(high), got=_num(value))
+
+
+def _num(value: float) -> str:
+    if isinstance(value, int):
+        return shorten(str(value))
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+def _check_size(width: int, height: int, limits: Limits) -> None:
+    low, high = limits.min_side, limits.max_side
+    if not (low <= width <= high and low <= height <= high):
+        raise UserError("side_out_of_range", low=low, high=high, width=width, height=height)
+    if width * height > limits.max_pixels:
+        scale = math.sqrt(limits.max_pixels / (width * height))
+        example = f"{int(width * scale) // 8 * 8}x{int(height * scale) // 8 * 8}"
+        raise UserError("too_many_pixels", width=width, height=height, pixels=width * height,
+                        limit=limits.max_pixels, example=example)
+
+
+def with_seed(request: GenerationRequest, seed: int) -> GenerationRequest:
+    return replace(request, seed=seed)

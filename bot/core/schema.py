@@ -1,0 +1,64 @@
+"""The job store's schema, as numbered migrations: each runs once, in order, in one transaction,
+and `PRAGMA user_version` records how many have run. Append; never edit one that has shipped.
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, per-chat settings, usage counters, bans, audit log, global settings
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+        request TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        model TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        results TEXT,
+        error TEXT,
+        error_key TEXT,
+        error_params TEXT,
+        delivery TEXT NOT NULL DEFAULT 'pending',
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_by_status ON jobs (status, id);
+    CREATE INDEX jobs_by_user ON jobs (user_key, id);
+    CREATE INDEX jobs_undelivered ON jobs (platform, delivery, status);
+    CREATE TABLE chat_settings (
+        platform TEXT NOT NULL, chat_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (platform, chat_id, key)
+    );
+    CREATE TABLE usage (
+        user_key TEXT NOT NULL, hour INTEGER NOT NULL, jobs INTEGER NOT NULL, images INTEGER NOT NULL,
+        PRIMARY KEY (user_key, hour)
+    );
+    CREATE TABLE bans (
+        user_key TEXT PRIMARY KEY, reason TEXT NOT NULL, banned_by TEXT NOT NULL, created_at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, detail TEXT NOT NULL
+    );
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # 2: what the scheduler needs as columns (no JSON decoded to rebuild the queue), and a user's
+    # unfinished jobs found without reading their whole history (quotas, /queue, /cancel)
+    """
+    ALTER TABLE jobs ADD COLUMN steps INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN batch_key TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET steps = json_extract(request, '$.steps'),
+                    batch_key = json_array(json_extract(request, '$.model'), json_extract(request, '$.width'),
+                                           json_extract(request, '$.height'), json_extract(request, '$.steps'),
+                                           json_extract(request, '$.guidance'), json_extract(request, '$.scheduler'),
+                                           json(CASE WHEN json_extract(request, '$.init_image') IS NULL
+                                                     THEN 'false' ELSE 'true' END),
+                                           json_extract(request, '$.strength')),
+                    is_admin = COALESCE(json_extract(origin, '$.is_admin'), 0);
+    CREATE INDEX jobs_by_user_status ON jobs (user_key, status, id);
+    """,
+)
