@@ -550,6 +550,30 @@ async def test_reload_picks_up_a_new_variant(make_api, models_dir, tiny_pipeline
     assert (await api.submit("a cat --model fresh --steps 1"))["request"]["model"] == "fresh"
 
 
+async def test_a_full_disk_is_507_and_healthz_says_503_until_space_is_back(api):
+    async with api.store.db.execute("PRAGMA page_count") as cursor:
+        (pages,) = await cursor.fetchone()
+    await api.store.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite now refuses to grow: SQLITE_FULL
+    accepted = []
+    for n in range(1000):
+        response = await api.client.post("/api/jobs", json={"prompt": f"a cat {n} {'x' * 400} --steps 30"},
+                                         headers={"X-Imagebot-User": f"user{n}"})
+        if response.status_code != 202:
+            break
+        accepted.append(response.json()["id"])
+    assert_error(response, 507, "disk is full")
+    assert response.json()["key"] == "storage_full"
+    health = await api.client.get("/healthz")
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
+    assert any("cannot be written" in problem for problem in health.json()["problems"])
+    assert accepted and (await api.client.get(f"/api/jobs/{accepted[-1]}")).status_code == 200  # still served
+    await api.store.db.execute("PRAGMA max_page_count = 1073741823")
+    await asyncio.sleep(1.1)  # /healthz tries a write at most once a second
+    health = await api.client.get("/healthz")
+    assert health.status_code == 200 and health.json()["problems"] == []
+    await api.submit("a dog --steps 1")
+
+
 async def test_models_health_metrics_and_schema(api):
     before = (await api.client.get("/api/models")).json()
     assert before["default"] == "demo"
