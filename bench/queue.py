@@ -12,6 +12,9 @@ benchmark times, `--samples` times each, keeping the level constant (one job in,
   cancel   service.cancel() of a random waiting job
   pick     choosing the next batch (Scheduler.pick over the queue index)
 
+and, once per batch rather than per request, the position announcements a chat frontend hears
+(`announce`: a walk over the queue in memory, so it grows with the queue; reported apart).
+
 and prints the median and 99th percentile in milliseconds, then the ratio of the largest level to
 the smallest (all numbers from this one run). The queue's design promises a ratio of at most 3.
 """
@@ -118,6 +121,22 @@ async def measure(load: Load, samples: int) -> dict[str, list[float]]:
     return times
 
 
+async def measure_announcements(service: Service, samples: int) -> list[float]:
+    """After-batch position announcements with a chat frontend following every job."""
+    following = service.subscribe(platform="web")
+    times = []
+    try:
+        for _ in range(samples):
+            started = time.perf_counter()
+            await service.worker.announce_positions()
+            times.append(time.perf_counter() - started)
+            while not following.queue.empty():
+                following.queue.get_nowait()
+    finally:
+        following.close()
+    return times
+
+
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
@@ -135,6 +154,7 @@ async def main() -> None:
         service = await open_service(Path(folder))
         load = Load(service, args.users, random.Random(args.seed))
         results: dict[int, dict[str, list[float]]] = {}
+        announcing: dict[int, list[float]] = {}
         try:
             for level in levels:
                 fill_started = time.perf_counter()
@@ -142,6 +162,7 @@ async def main() -> None:
                 print(f"# {len(service.waiting)} waiting from {min(level, args.users)} users "
                       f"(filled in {time.perf_counter() - fill_started:.1f} s)", file=sys.stderr, flush=True)
                 results[level] = await measure(load, args.samples)
+                announcing[level] = await measure_announcements(service, 20)
         finally:
             service.executor.gate.set()
             await service.stop()
@@ -159,6 +180,8 @@ async def main() -> None:
     print(f"| ratio {high:,}/{low:,} (medians) | " + " | ".join(f"{ratios[op]:.2f}" for op in OPERATIONS) + " |")
     print(f"| ratio {high:,}/{low:,} (p99) | " + " | ".join(
         f"{p99(results[high][op]) / p99(results[low][op]):.2f}" for op in OPERATIONS) + " |")
+    print("\nPosition announcements after a batch (once per batch, not per request), ms median: " + ", ".join(
+        f"{statistics.median(announcing[level]) * 1e3:.2f} at {level:,}" for level in levels))
     worst = max(ratios.values())
     print(f"\nlargest ratio of medians {worst:.2f} ({'within' if worst <= 3 else 'OVER'} the promised 3)")
 

@@ -135,7 +135,7 @@ class Worker:
                 self._held.discard(job.id)
         if jobs:
             await self._run(jobs)
-        await self._announce_positions()
+        await self.announce_positions()
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -218,9 +218,12 @@ class Worker:
 
     # --- telling waiting jobs where they are -------------------------------------------------------
 
-    async def _announce_positions(self) -> None:
-        """Tell followed waiting jobs their new position, only where it changed since last told.
-        When a chat frontend follows its whole platform that walks the queue once, in memory."""
+    async def announce_positions(self) -> None:
+        """Tell waiting jobs their new position after a batch. A job followed on its own (a web
+        page) hears every change; a chat frontend, which follows its whole platform and edits a
+        message per job, hears it once the job has moved up by a tenth since it last heard, and at
+        every step of the last `CLOSE` places, so a job hears O(log n) times in all however long
+        the queue. That walks the queue once per batch, in memory; nothing is read from the store."""
         platforms = self.events.platforms_followed()
         announced: dict[int, int] = {}
         if platforms:
@@ -232,7 +235,19 @@ class Worker:
             platform = job.user_key.split(":", 1)[0]
             if not self.events.watching(job.id, platform):
                 continue
+            told = self._announced.get(job.id)
+            if told is not None and not _worth_telling(position, told, self.events.watching(job.id)):
+                announced[job.id] = told
+                continue
             announced[job.id] = position
-            if self._announced.get(job.id) != position:  # unchanged positions are not repeated
-                self.events.publish({"type": "position", "job": job.id, "position": position}, platform)
+            self.events.publish({"type": "position", "job": job.id, "position": position}, platform)
         self._announced = announced
+
+
+CLOSE = 10  # the last places before a job runs: every change is announced
+
+
+def _worth_telling(position: int, told: int, followed_alone: bool) -> bool:
+    if position == told:
+        return False
+    return followed_alone or position <= CLOSE or position <= told * 0.9

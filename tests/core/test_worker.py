@@ -198,3 +198,23 @@ async def test_cancel_latest_and_who_may_cancel(make_service):
     job_id, status = await service.cancel_latest(ALICE)
     assert job_id == newer.job_id and status in ("cancelled", "cancelling")
     assert newer.job_id not in service.waiting
+
+
+async def test_a_chat_frontend_hears_a_deep_job_move_up_by_tenths_then_every_place_near_the_front(make_service):
+    executor = FakeExecutor()
+    service = await make_service(executor)
+    executor.gate.clear()
+    first = await service.submit("first --steps 1", ALICE)
+    await until(lambda: _running(service, first.job_id))
+    jobs = [await service.submit(f"job {n} --steps 1", Origin("web", f"user{n}", chat_id="web")) for n in range(30)]
+    last = jobs[-1]
+    assert last.position == 30
+    platform = service.subscribe(platform="web")  # as a chat frontend follows every job of its platform
+    executor.gate.set()
+    heard = []
+    while not heard or heard[-1] > 1:
+        event = await platform.next(timeout=30)
+        if event["type"] == "position" and event["job"] == last.job_id:
+            heard.append(event["position"])
+    platform.close()
+    assert heard == [27, 24, 21, 18, 16, 14, 12, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
