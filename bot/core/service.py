@@ -325,7 +325,7 @@ class Service:
 
     async def metrics(self) -> dict[str, Any]:
         counts = await self.store.counts_by_status()
-        return {"jobs": counts, "queue_depth": len(self.waiting), "worker_batches": self.worker.batches,
+        return {"jobs": counts, "queue_depth": len(self.waiting),
                 "worker_failed_passes": self.worker.failed_passes, **self.executor.metrics()}
 
 

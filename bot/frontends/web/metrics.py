@@ -37,6 +37,9 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
            [({}, round(metrics.get("model_load_seconds", 0.0), 3))])
     metric("imagebot_oom_retries_total", "counter", "Batches split after running out of GPU memory.",
            [({}, metrics.get("oom_retries", 0))])
+    metric("imagebot_worker_failed_passes_total", "counter",
+           "Worker passes that failed (a database write, a bug) and were retried after a back-off.",
+           [({}, metrics.get("worker_failed_passes", 0))])
     metric("imagebot_hung_generations_total", "counter", "Generations abandoned after hanging past the timeout.",
            [({}, metrics.get("hung_generations", 0))])
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""The service with the real store, registry and local GPU worker on a tiny model."""
+"""The service with the real store, registry and local GPU worker (torch) on a tiny model."""
 
 import asyncio
 
