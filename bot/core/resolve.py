@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import replace
 from typing import Mapping
 
 from bot.config import Limits
@@ -130,6 +129,3 @@ def _check_size(width: int, height: int, limits: Limits) -> None:
         raise UserError("too_many_pixels", width=width, height=height, pixels=width * height,
                         limit=limits.max_pixels, example=example)
 
-
-def with_seed(request: GenerationRequest, seed: int) -> GenerationRequest:
-    return replace(request, seed=seed)

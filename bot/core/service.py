@@ -41,7 +41,7 @@ VARIATION_STRENGTH = 0.6  # how far a variation may move from its source image
 UPSCALE_STRENGTH = 0.35  # an upscale keeps the composition and redraws the detail
 HEALTH_PROBE_SECONDS = 1.0  # while the database is failing, /healthz tries a write at most this often
 
-__all__ = ["Catalog", "JobView", "Service", "Submitted", "Subscription", "job_summary"]
+__all__ = ["Catalog", "JobView", "Service", "Submitted", "Subscription"]
 
 
 @dataclass(frozen=True)
@@ -338,13 +338,3 @@ def _defaults_dict(defaults: VariantDefaults) -> dict[str, Any]:
     return {"width": defaults.width, "height": defaults.height, "steps": defaults.steps,
             "guidance": defaults.guidance, "scheduler": defaults.scheduler, "negative_prompt": defaults.negative_prompt}
 
-
-def job_summary(job: Job) -> dict[str, Any]:
-    """A JSON-friendly view of a job for APIs and logs."""
-    return {
-        "id": job.id, "status": job.status, "request": job.request.to_dict(),
-        "user": job.origin.user_key, "attempts": job.attempts, "created_at": job.created_at,
-        "started_at": job.started_at, "finished_at": job.finished_at,
-        "images": [{"file": i.file, "seed": i.seed} for i in job.images], "grid": job.grid,
-        "error": job.error, "error_key": job.error_key, "delivery": job.delivery,
-    }

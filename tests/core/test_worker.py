@@ -56,6 +56,17 @@ async def finished(service, job_id, timeout=30.0):
     return await asyncio.wait_for(poll(), timeout)
 
 
+async def with_one_running(make_service, prompt, executor=None):
+    """A service whose first job (`prompt`, Alice's) sits on the paused executor: everything
+    submitted next waits. Returns (service, executor, that first job)."""
+    executor = executor or FakeExecutor()
+    service = await make_service(executor)
+    executor.gate.clear()
+    first = await service.submit(prompt, ALICE)
+    await until(lambda: _running(service, first.job_id))
+    return service, executor, first
+
+
 async def until(condition, timeout=30.0):
     async def poll():
         while not await condition():
@@ -64,11 +75,7 @@ async def until(condition, timeout=30.0):
 
 
 async def test_the_worker_survives_a_database_that_refuses_writes_and_serves_the_next_job(make_service):
-    executor = FakeExecutor()
-    service = await make_service(executor)
-    executor.gate.clear()
-    first = await service.submit("a cat --steps 2", ALICE)
-    await until(lambda: _running(service, first.job_id))
+    service, executor, first = await with_one_running(make_service, "a cat --steps 2")
     await service.store.db.execute("PRAGMA query_only = ON")  # every write now fails inside SQLite
     executor.gate.set()
     await until(lambda: _unhealthy(service))
@@ -128,11 +135,7 @@ async def test_a_full_database_refuses_the_submit_keeps_everything_else_and_reco
 
 
 async def test_positions_and_estimates_that_users_see(make_service):
-    executor = FakeExecutor(seconds_per_image_step=0.5)
-    service = await make_service(executor)
-    executor.gate.clear()
-    running = await service.submit("first --steps 4", ALICE)
-    await until(lambda: _running(service, running.job_id))
+    service, executor, running = await with_one_running(make_service, "first --steps 4", FakeExecutor(seconds_per_image_step=0.5))
     alice = [await service.submit(f"a{n} --steps 4", ALICE) for n in range(3)]
     bob = await service.submit("b0 --steps 4 --n 2", BOB)
     # Fair order: Alice was just served, so Bob's first job goes ahead of her waiting ones.
@@ -160,11 +163,7 @@ async def _progress(service, job_id):
 
 
 async def test_position_announcements_reach_followers_only_when_a_position_changes(make_service):
-    executor = FakeExecutor()
-    service = await make_service(executor)
-    executor.gate.clear()
-    first = await service.submit("first --steps 1", ALICE)
-    await until(lambda: _running(service, first.job_id))
+    service, executor, first = await with_one_running(make_service, "first --steps 1")
     waiting = [await service.submit(f"w{n} --steps 1", BOB) for n in range(3)]
     followed = service.subscribe(waiting[2].job_id)
     other = service.subscribe(waiting[0].job_id, platform="telegram")  # another platform's follower: nothing
@@ -201,11 +200,7 @@ async def test_cancel_latest_and_who_may_cancel(make_service):
 
 
 async def test_a_chat_frontend_hears_a_deep_job_move_up_by_tenths_then_every_place_near_the_front(make_service):
-    executor = FakeExecutor()
-    service = await make_service(executor)
-    executor.gate.clear()
-    first = await service.submit("first --steps 1", ALICE)
-    await until(lambda: _running(service, first.job_id))
+    service, executor, first = await with_one_running(make_service, "first --steps 1")
     jobs = [await service.submit(f"job {n} --steps 1", Origin("web", f"user{n}", chat_id="web")) for n in range(30)]
     last = jobs[-1]
     assert last.position == 30
