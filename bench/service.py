@@ -41,12 +41,10 @@ import uvicorn  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from bot.config import Secrets, config_from_dict  # noqa: E402
-from bot.core.service import Service  # noqa: E402
-from bot.core.store import Store  # noqa: E402
 from bot.engine.devices import pick_device, pick_dtype  # noqa: E402
 from bot.engine.executor import LocalExecutor  # noqa: E402
-from bot.engine.registry import Registry  # noqa: E402
 from bot.frontends.web.api import create_app  # noqa: E402
+from bot.stack import open_stack  # noqa: E402
 from training.tiny import save_tiny_pipeline  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square", "a green tree", "a yellow sun",
@@ -170,17 +168,14 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
     port = free_port()
     config = config_from_dict({
         "storage": {"state_dir": str(work / "state"), "models_dir": str(models)},
-        "models": {"default": "tiny"},
+        "models": {"default": "tiny", "allow_download": False},
         "limits": {"min_side": 32},
         "engine": {"max_batch": args.max_batch, "batch_invariant": args.batch_invariant, "threads": args.threads},
         "queue": {"max_queued_per_user": args.jobs, "max_jobs_per_hour": 0},
         "web": {"port": port},
     })
-    store = await Store.open(config.storage.database_path())
-    registry = Registry(models, config.variants, config.models.rescan_seconds)
-    executor = LocalExecutor(registry, config.engine, config.storage.outputs_path(), allow_download=False)
-    service = Service(config, store, executor, registry)
-    await service.start()
+    stack = await open_stack(config)  # as `imagebot serve` builds it
+    store, executor, service = stack.store, stack.executor, stack.service
     app = create_app(service, config, Secrets())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, lifespan="off"))
@@ -252,8 +247,7 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
         await client.http.aclose()
         server.should_exit = True
         await server_task
-        await service.stop()
-        await store.close()
+        await stack.close()
 
     print(f"device {device}, tiny model {SIZE}x{SIZE}, {steps} steps, guidance {GUIDANCE}, "
           f"max_batch {args.max_batch}, batch_invariant {args.batch_invariant}, torch threads "

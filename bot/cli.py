@@ -79,6 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return delegated
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    code = _run(args)
+    if args.command == "serve":
+        from bot.serve import exit_past_busy_threads
+
+        exit_past_busy_threads(code)  # a generation stuck in a kernel must not keep the process alive
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         if args.command == "imagine":

@@ -49,26 +49,25 @@ TEST_SETTINGS = {
 }
 
 
-async def start_service(state_dir: Path, models_dir: Path, **sections: dict):
-    """Store, registry, worker and service on `models_dir`, started; `sections` add to or override
-    TEST_SETTINGS per config section. Returns (config, store, executor, service)."""
+def service_config(state_dir: Path, models_dir: Path, **sections: dict):
+    """TEST_SETTINGS on `state_dir` and `models_dir`; `sections` add to or override them per config
+    section."""
     from bot.config import config_from_dict
-    from bot.core.service import Service
-    from bot.core.store import Store
-    from bot.engine.executor import LocalExecutor
-    from bot.engine.registry import Registry
 
     settings = {"storage": {"state_dir": str(state_dir), "models_dir": str(models_dir)},
                 **{name: dict(values) for name, values in TEST_SETTINGS.items()}}
     for name, values in sections.items():
         settings.setdefault(name, {}).update(values)
-    config = config_from_dict(settings)
-    store = await Store.open(config.storage.database_path())
-    registry = Registry(models_dir, config.variants, config.models.rescan_seconds)
-    executor = LocalExecutor(registry, config.engine, config.storage.outputs_path())
-    service = Service(config, store, executor, registry)
-    await service.start()
-    return config, store, executor, service
+    return config_from_dict(settings)
+
+
+async def start_service(state_dir: Path, models_dir: Path, **sections: dict):
+    """Store, registry, worker and service on `models_dir`, started as `imagebot serve` starts them
+    (bot.stack.open_stack); `sections` as for service_config. Returns (config, store, executor, service)."""
+    from bot.stack import open_stack
+
+    stack = await open_stack(service_config(state_dir, models_dir, **sections))
+    return stack.config, stack.store, stack.executor, stack.service
 
 
 async def stop_service(service, store) -> None:

@@ -1,7 +1,9 @@
 """`imagebot serve` as a user runs it: a real process, real HTTP, real signals.
 
 Crash recovery: SIGKILL in the middle of a batch, start again on the same state, and every job
-finishes exactly once. A clean stop (SIGTERM) leaves nothing `running`. A job the worker keeps
+finishes exactly once. A clean stop (SIGTERM) leaves nothing `running`, and one SIGTERM ends the
+process within `shutdown_grace` plus a few seconds even with event streams open and a generation
+that never returns. A job the worker keeps
 dying on is given up after `queue.max_attempts` instead of looping. Tokens never reach the logs.
 
 Each server start pays the torch/diffusers import (10-20 s here), so the tests start as few as
@@ -62,8 +64,9 @@ class Serve:
     """`python -m bot.cli --config CFG serve` runs, one process at a time, logs kept per run."""
 
     def __init__(self, folder: Path, config: Path, port: int, env: dict[str, str] | None = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, python: tuple[str, ...] = ("-m", "bot.cli")) -> None:
         self.folder = folder
+        self.python = python  # what runs `imagebot`: the module, or code that wraps bot.cli.main
         self.config = config
         self.port = port
         self.env = {k: v for k, v in os.environ.items()
@@ -88,7 +91,7 @@ class Serve:
         self.runs += 1
         out = open(self.folder / f"serve{self.runs}.out", "wb")
         err = open(self.folder / f"serve{self.runs}.err", "wb")
-        command = [sys.executable, "-m", "bot.cli", "--config", str(self.config),
+        command = [sys.executable, *self.python, "--config", str(self.config),
                    *(["-v"] if self.verbose else []), "serve"]
         self.process = subprocess.Popen(command, cwd=self.folder, env=self.env, stdout=out, stderr=err)
         out.close()
@@ -282,6 +285,49 @@ def test_a_job_the_worker_keeps_dying_on_is_failed_not_retried_forever(tmp_path,
     assert not list(server.outputs.glob(f"job{crasher}-*"))
     assert (jobs[bystander]["status"], rows[bystander]["attempts"]) == ("done", 1)
     assert f"failed=[{crasher}]" in server.logs()
+    server.assert_clean_logs()
+
+
+# `imagebot` with every generation stuck, as in a kernel that never returns: no progress, no
+# cancellation check, a worker thread that cannot be stopped.
+HUNG_GENERATION = """
+import sys, time
+from bot.engine import engine
+engine.Engine.generate = lambda self, *args, **kwargs: time.sleep(3600)
+from bot.cli import main
+sys.exit(main())
+"""
+
+
+def test_one_sigterm_ends_serve_despite_event_streams_and_a_hung_generation(tmp_path, models_dir, servers):
+    grace = 2
+    config, port = write_config(tmp_path, models_dir, shutdown_grace=grace)
+    server = Serve(tmp_path, config, port, python=("-c", HUNG_GENERATION))
+    servers.append(server)
+    server.start()
+    stuck = server.submit("a stuck one --steps 3", U1)
+    waiting = server.submit("a waiting one --steps 4", U2)  # other steps: not in the stuck batch
+    deadline = time.monotonic() + 60
+    while server.job(stuck)["status"] != "running":
+        assert time.monotonic() < deadline, server.job(stuck)
+        time.sleep(0.1)
+
+    # Event streams stay open until the job ends; uvicorn alone would wait for them forever.
+    with server.client.stream("GET", f"/api/jobs/{stuck}/events") as running_events, \
+            server.client.stream("GET", f"/api/jobs/{waiting}/events") as waiting_events:
+        # Keep the line iterators: one dropped mid-stream closes its connection (httpcore does).
+        streams = [events.iter_lines() for events in (running_events, waiting_events)]
+        assert [next(lines) for lines in streams] == ["event: state", "event: state"]
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=grace + 10)
+    assert code == 0, server.logs()[-3000:]
+
+    rows = server.rows()
+    assert (rows[stuck]["status"], rows[waiting]["status"]) == ("queued", "queued")  # run again at the next start
+    logs = server.logs()
+    assert f"job {stuck} requeued" in logs
+    assert "exiting without waiting for busy thread(s): gpu-worker" in logs
+    assert "Traceback" not in logs
     server.assert_clean_logs()
 
 
