@@ -42,8 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bot.config import config_from_dict  # noqa: E402
 from bot.core.jobs import Origin  # noqa: E402
 from bot.core.service import Service  # noqa: E402
-from bot.core.store import Store  # noqa: E402
-from bot.engine.registry import Registry  # noqa: E402
+from bot.stack import Stack, open_stack  # noqa: E402
 from tests.helpers.executor import FakeExecutor, fake_model_store  # noqa: E402
 
 OPERATIONS = ("submit", "status", "cancel", "pick")
@@ -51,20 +50,16 @@ PROMPTS = ["a red circle on a blue background", "a green square --ar 3:2", "a wh
            "a yellow heart on black --seed 7", "a purple circle --no blurry --cfg 3"]
 
 
-async def open_service(folder: Path) -> Service:
+async def open_service(folder: Path) -> Stack:
     config = config_from_dict({
         "storage": {"state_dir": str(folder / "state"), "models_dir": str(fake_model_store(folder / "models"))},
         "limits": {"min_side": 32},
         "models": {"rescan_seconds": 3600.0},
         "queue": {"max_queued_per_user": 50, "max_jobs_per_hour": 0, "batch_window": 0.0},
     })
-    store = await Store.open(config.storage.database_path())
-    registry = Registry(config.storage.models_dir, config.variants, config.models.rescan_seconds)
     executor = FakeExecutor(seconds_per_image_step=0.05)
     executor.gate.clear()  # the worker is paused on its first batch: the queue only grows
-    service = Service(config, store, executor, registry)
-    await service.start()
-    return service
+    return await open_stack(config, executor)
 
 
 class Load:
@@ -151,7 +146,8 @@ async def main() -> None:
     levels = sorted(int(level) for level in args.levels.split(","))
 
     with tempfile.TemporaryDirectory(prefix="imagebot-bench-") as folder:
-        service = await open_service(Path(folder))
+        stack = await open_service(Path(folder))
+        service = stack.service
         load = Load(service, args.users, random.Random(args.seed))
         results: dict[int, dict[str, list[float]]] = {}
         announcing: dict[int, list[float]] = {}
@@ -164,9 +160,8 @@ async def main() -> None:
                 results[level] = await measure(load, args.samples)
                 announcing[level] = await measure_announcements(service, 20)
         finally:
-            service.executor.gate.set()
-            await service.stop()
-            await service.store.close()
+            stack.executor.gate.set()
+            await stack.close()
 
     print(f"Queue operations, milliseconds (median / p99 of {args.samples} each), one run:\n")
     print("| waiting | " + " | ".join(OPERATIONS) + " |")

@@ -55,13 +55,17 @@ class Store:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         connection = await aiosqlite.connect(str(path), isolation_level=None)  # we manage transactions
-        connection.row_factory = aiosqlite.Row
-        await connection.execute("PRAGMA journal_mode = WAL")
-        await connection.execute("PRAGMA busy_timeout = 5000")
-        await connection.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process crashes
-        await connection.execute("PRAGMA foreign_keys = ON")
-        store = cls(connection)
-        await store.migrate()
+        try:
+            connection.row_factory = aiosqlite.Row
+            await connection.execute("PRAGMA journal_mode = WAL")
+            await connection.execute("PRAGMA busy_timeout = 5000")
+            await connection.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process crashes
+            await connection.execute("PRAGMA foreign_keys = ON")
+            store = cls(connection)
+            await store.migrate()
+        except BaseException:
+            await connection.close()  # or its thread keeps the process alive (a corrupt file, say)
+            raise
         return store
 
     async def close(self) -> None:

@@ -19,9 +19,7 @@ def test_the_core_serves_a_job_without_torch_or_platform_libraries(tmp_path):
             importlib.import_module("bot.core." + module.name)
         from bot.config import config_from_dict
         from bot.core.jobs import Origin
-        from bot.core.service import Service
-        from bot.core.store import Store
-        from bot.engine.registry import Registry
+        from bot.stack import open_stack
         from tests.helpers.executor import FakeExecutor, fake_model_store
 
         async def main():
@@ -29,15 +27,13 @@ def test_the_core_serves_a_job_without_torch_or_platform_libraries(tmp_path):
                                                     "models_dir": {str(tmp_path / "models")!r}}},
                                        "limits": {{"min_side": 32}}}})
             fake_model_store(Path(config.storage.models_dir))
-            store = await Store.open(config.storage.database_path())
-            service = Service(config, store, FakeExecutor(), Registry(config.storage.models_dir, config.variants))
-            await service.start()
+            stack = await open_stack(config, FakeExecutor())
+            service = stack.service
             job = await service.submit("a red circle --steps 2", Origin("web", "alice"))
             while not (await service.job(job.job_id)).finished:
                 await asyncio.sleep(0.01)
             print((await service.job(job.job_id)).status)
-            await service.stop()
-            await store.close()
+            await stack.close()
 
         asyncio.run(main())
         loaded = sorted(name for name in ("torch", "diffusers", "transformers", "discord", "telegram")

@@ -8,12 +8,11 @@ import asyncio
 
 import pytest
 
-from bot.config import config_from_dict
 from bot.core.errors import UserError
 from bot.core.jobs import Origin
 from bot.core.service import Service
-from bot.core.store import Store
-from bot.engine.registry import Registry
+from bot.stack import open_stack
+from tests.conftest import service_config
 from tests.helpers.executor import FakeExecutor, fake_model_store
 
 ALICE = Origin("web", "alice", chat_id="web")
@@ -23,29 +22,20 @@ ADMIN = Origin("web", "root", chat_id="web", is_admin=True)
 
 @pytest.fixture
 async def make_service(tmp_path):
-    services = []
+    stacks = []
 
     async def make(executor: FakeExecutor | None = None, **sections) -> Service:
-        settings = {"storage": {"state_dir": str(tmp_path / "state"),
-                                "models_dir": str(fake_model_store(tmp_path / "models"))},
-                    "limits": {"min_side": 32}, "models": {"rescan_seconds": 60.0},
-                    "queue": {"batch_window": 0.0, "max_queued_per_user": 0, "max_jobs_per_hour": 0},
-                    "engine": {"max_batch": 1}}
-        for name, values in sections.items():
-            settings.setdefault(name, {}).update(values)
-        config = config_from_dict(settings)
-        store = await Store.open(config.storage.database_path())
-        registry = Registry(config.storage.models_dir, config.variants, config.models.rescan_seconds)
-        service = Service(config, store, executor or FakeExecutor(), registry)
-        await service.start()
-        services.append(service)
-        return service
+        models = fake_model_store(tmp_path / "models")
+        sections = {"models": {"rescan_seconds": 60.0}, "engine": {"max_batch": 1},
+                    "queue": {"batch_window": 0.0, "max_queued_per_user": 0, "max_jobs_per_hour": 0}, **sections}
+        stack = await open_stack(service_config(tmp_path / "state", models, **sections), executor or FakeExecutor())
+        stacks.append(stack)
+        return stack.service
 
     yield make
-    for service in services:
-        service.executor.gate.set()
-        await service.stop()
-        await service.store.close()
+    for stack in stacks:
+        stack.executor.gate.set()
+        await stack.close()
 
 
 async def finished(service, job_id, timeout=30.0):
