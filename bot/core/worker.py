@@ -213,7 +213,7 @@ class Worker:
                 entry = await self.store.queued_entry(job_id)
                 if entry is not None:
                     self.waiting.add(entry)
-                log.info("job %d went back to the queue", job_id)
+                log.info("job %d requeued: it runs again later", job_id)
             self._held.discard(job_id)
 
     # --- telling waiting jobs where they are -------------------------------------------------------
