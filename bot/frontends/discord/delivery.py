@@ -45,6 +45,8 @@ WEBHOOK_REFUSED_CODES = (50027, 10008, 10015)
 
 
 def webhook_refused(error: discord.HTTPException) -> bool:
+    """Whether the interaction's webhook is of no more use. Any 401, 403 or 404 counts, not only the
+    codes above: the channel message is the other way in, and it fails for itself if the channel is gone."""
     return error.status in (401, 403, 404) or error.code in WEBHOOK_REFUSED_CODES
 
 
