@@ -23,6 +23,7 @@ from bot.core.request import MAX_SEED, SCHEDULERS, parse_prompt
 from bot.frontends.discord.access import check_channel, check_prompt, origin_of
 from bot.frontends.discord.delivery import TRANSIENT, Delivery
 from bot.frontends.discord.render import status_text
+from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +144,17 @@ class Commands:
             await answer(interaction, error.render(locale), ephemeral=True, quiet=True)
             return
         event = {"type": "queued", "position": submitted.position, "eta": submitted.eta_seconds}
+        message_id, usable = None, False
         try:
             message_id = await answer(interaction, status_text(event, submitted.job_id, locale), ephemeral=False)
+            usable = True
         except (discord.HTTPException, *TRANSIENT) as error:
             log.warning("job %d: the queued reply failed (%s); the result goes to the channel", submitted.job_id, error)
-            self.delivery.replied(target, None, usable=False)
-            return
-        self.delivery.replied(target, message_id)
+        finally:  # whatever happened, the result must not wait for a reply that never comes
+            self.delivery.replied(target, message_id, usable)
 
     async def _delete(self, interaction: discord.Interaction, job_id: int) -> None:
-        origin = origin_of(interaction, self.discord)
-        job = await self.service.job(job_id)
-        if job.origin.user_id != origin.user_id and not origin.is_admin:
-            raise UserError("not_your_job", job=job_id)
+        await self.service.owned_job(job_id, origin_of(interaction, self.discord))  # the owner's or an admin's
         await interaction.response.defer()  # a component's deferred update: the message stays ours to delete
         try:
             await interaction.delete_original_response()
@@ -194,11 +193,10 @@ class Commands:
         locale = str(interaction.locale)
         origin = origin_of(interaction, self.discord)
         if job is None:  # the user's latest unfinished job
-            views = await self.service.queue_of(origin)
-            if not views:
-                raise UserError("dc_nothing_to_cancel")
-            job = max(view.job.id for view in views)
-        status = await self.service.cancel(job, origin)
+            with reworded(nothing_to_cancel="dc_nothing_to_cancel"):
+                job, status = await self.service.cancel_latest(origin)
+        else:
+            status = await self.service.cancel(job, origin)
         return render("dc_cancel_done" if status == "cancelled" else "dc_cancel_stopping", locale, job=job)
 
     async def model(self, interaction: discord.Interaction, default: Optional[str], scope: str, reload: bool) -> str:
@@ -270,13 +268,14 @@ class Commands:
             current = await self.service.default_flags(origin)
             none = render("dc_none", locale)
             return render("dc_settings_show", locale, user=current["user"] or none, channel=current["chat"] or none)
-        if scope == "channel" and not origin.is_admin:
-            raise UserError("not_admin")
         value = "" if clear else (flags or "").strip()
         if value and parse_prompt("x " + value).prompt != "x":
             raise UserError("dc_settings_flags_only")
         if scope == "channel":
-            await self.service.set_chat_flags(value, origin)
+            # The core lets a chat's managers or the bot's admins; on Discord only the bot's admins
+            # (configured users and roles) set channel defaults, so the Origin never manages the chat.
+            with reworded(chat_admins_only="not_admin"):
+                await self.service.set_chat_flags(value, origin)
         else:
             await self.service.set_user_flags(value, origin)
         if not value:

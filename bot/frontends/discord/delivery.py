@@ -1,15 +1,16 @@
-"""Following jobs and delivering their results.
+"""Following Discord jobs and delivering their results: the Discord side of the shared delivery loop
+(bot/frontends/delivery.py).
 
-One subscription to every Discord job's events feeds this module. A job submitted through an
-interaction has a `Target`: its progress edits the interaction's original response (at most one edit
-per `edit_interval`, with the half-made preview when enabled) and its result replaces that response,
-as long as the interaction token is valid (15 minutes). A job that finishes later, or one nobody
-follows any more (submitted before a restart), is delivered as a normal channel message with the bot
-token, mentioning its user. Results still undelivered at start are delivered the same way.
+A job submitted through an interaction has a `Target`: its progress edits the interaction's original
+response (at most one edit per `edit_interval`, with the half-made preview when enabled) and its
+result replaces that response, as long as the interaction token is valid (15 minutes). A job that
+finishes later, one nobody follows any more (submitted before a restart), or one whose interaction
+webhook Discord refuses (an invalid token, the response message or the webhook unknown, for whatever
+reason) is delivered as a normal channel message with the bot token, mentioning its user.
 
-The store's delivery state is the truth: a result is marked delivered once Discord took it, marked
-failed when the message, channel or permission is gone for good, and left pending on a transient
-error so the next start tries again. discord.py handles rate limits (429) itself.
+Errors become the loop's: a channel, message or permission gone for good is `Undeliverable`
+(marked failed), Discord or the network being down is `RetryLater`. discord.py handles rate limits
+(429) itself.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import aiohttp
 import discord
 
 from bot.config import Config
-from bot.core.jobs import DELIVERY_PENDING, Job
+from bot.core.jobs import Job
 from bot.core.messages import render
+from bot.frontends.delivery import DeliveryLoop, RetryLater, Undeliverable
 from bot.frontends.discord.access import PLATFORM
 from bot.frontends.discord.render import failure_text, preview_file, result_embed, result_upload, status_text
 from bot.frontends.discord.views import result_view
@@ -34,13 +36,18 @@ log = logging.getLogger(__name__)
 
 TOKEN_LIFETIME = 15 * 60  # seconds an interaction token can edit its response
 TOKEN_MARGIN = 30  # stop using it a little early: an upload started at 14:59 would fail half-way
-FINAL = ("done", "failed", "cancelled")
 # Errors after which trying again later may work (Discord down, network gone); the rest are final.
 TRANSIENT = (discord.DiscordServerError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+# Discord's answers when it no longer takes an interaction's webhook: 401 50027 "Invalid Webhook Token",
+# 404 10008 "Unknown Message" (the response was deleted), 404 10015 "Unknown Webhook". Seen before the
+# 15 minutes are up too; the bot token can still post in the channel.
+WEBHOOK_REFUSED_CODES = (50027, 10008, 10015)
 
 
-class Undeliverable(Exception):
-    """The job has nowhere to go (no channel recorded)."""
+def webhook_refused(error: discord.HTTPException) -> bool:
+    """Whether the interaction's webhook is of no more use. Any 401, 403 or 404 counts, not only the
+    codes above: the channel message is the other way in, and it fails for itself if the channel is gone."""
+    return error.status in (401, 403, 404) or error.code in WEBHOOK_REFUSED_CODES
 
 
 @dataclass
@@ -52,96 +59,73 @@ class Target:
     locale: str | None
     expires: float  # clock time from which the token is no longer used
     last_edit: float
-    message_id: int | None = None  # the response message, to reply to once the token expired
-    gone: bool = False  # the response message was deleted: no more edits
+    message_id: int | None = None  # the response message, to reply to once the token is of no use
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # set once the first reply is sent
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    editing: asyncio.Task | None = None  # the progress edit in flight
+    finishing: bool = False  # the result is on its way: no more progress edits
+
+    def drop_token(self) -> None:
+        self.expires = -math.inf
 
 
 class Delivery:
+    """The `ChatPlatform` of Discord: interaction targets, progress edits, result messages."""
+
     def __init__(self, service: Any, config: Config, client: discord.Client, clock: Callable[[], float]) -> None:
         self.service = service
         self.config = config
         self.client = client
         self.clock = clock
         self.interval = config.discord.edit_interval
+        self.loop = DeliveryLoop(service, PLATFORM, self)
         self._targets: dict[int, Target] = {}
-        self._busy: set[int] = set()  # jobs being delivered by channel message
-        self._tasks: set[asyncio.Task] = set()
-        self._events = None
-
-    # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # Subscribe before reading what is undelivered, so a job finishing in between is not missed
-        # (the busy set and the store's delivery state keep it from being sent twice).
-        self._events = self.service.subscribe(None, PLATFORM)
-        self._spawn(self._watch(), "discord-delivery")
-        self._spawn(self._recover(), "discord-recover")
+        await self.loop.start()
 
     async def stop(self) -> None:
         """Stop following; what is not delivered yet stays pending for the next start."""
-        if self._events is not None:
-            self._events.close()
-        for task in list(self._tasks):
+        await self.loop.stop()
+        edits = [target.editing for target in self._targets.values() if target.editing is not None]
+        for task in edits:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _spawn(self, coroutine: Any, name: str) -> asyncio.Task:
-        task = asyncio.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        await asyncio.gather(*edits, return_exceptions=True)
+        self._targets.clear()
 
     # --- following interactions ------------------------------------------------------------------
 
     def track(self, job_id: int, interaction: discord.Interaction, locale: str | None) -> Target:
         """Follow a job just submitted through `interaction`. Call `replied()` once the first reply
-        is out; edits wait for it."""
+        is out; edits (and the result) wait for it."""
         now = self.clock()
         target = Target(job_id, interaction, locale, expires=now + TOKEN_LIFETIME - TOKEN_MARGIN, last_edit=now)
         self._targets[job_id] = target
-        self._spawn(self._follow(target), f"discord-job-{job_id}")
         return target
 
     def replied(self, target: Target, message_id: int | None, usable: bool = True) -> None:
         target.message_id = message_id
         if not usable:  # the first reply failed: the token is of no use, deliver by channel message
-            target.expires = -math.inf
+            target.drop_token()
         target.last_edit = self.clock()
         target.ready.set()
 
-    async def _watch(self) -> None:
-        async for event in self._events:
-            target = self._targets.get(event["job"])
-            if target is not None:
-                target.queue.put_nowait(event)
-            elif event["type"] in FINAL:
-                self._spawn(self._deliver_untracked(event["job"]), f"discord-deliver-{event['job']}")
+    def follows(self, job_id: int) -> bool:
+        return job_id in self._targets
 
-    async def _follow(self, target: Target) -> None:
-        try:
-            await target.ready.wait()
-            while True:
-                event = await target.queue.get()
-                while not target.queue.empty():  # fell behind (a slow edit): only the latest matters
-                    event = target.queue.get_nowait()
-                if event["type"] in FINAL:
-                    await self._finish(target)
-                    return
-                await self._progress(target, event)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("following job %d failed; it stays pending for the next start", target.job_id)
-        finally:
-            self._targets.pop(target.job_id, None)
+    async def adopt(self, job_id: int) -> bool:
+        return False  # without its interaction nothing shows progress; the result goes to the channel
 
-    async def _progress(self, target: Target, event: dict) -> None:
+    async def on_progress(self, job_id: int, event: dict) -> None:
+        target = self._targets[job_id]
+        if not target.ready.is_set() or target.finishing or (target.editing and not target.editing.done()):
+            return  # the reply is not out yet, or an edit is under way: a later event brings it up to date
         now = self.clock()
-        if target.gone or now >= target.expires or now - target.last_edit < self.interval:
+        if now >= target.expires or now - target.last_edit < self.interval:
             return  # throttled: a later event (or the result) brings the message up to date
         target.last_edit = now
+        target.editing = asyncio.create_task(self._edit_progress(target, event), name=f"discord-progress-{job_id}")
+
+    async def _edit_progress(self, target: Target, event: dict) -> None:
         kwargs: dict[str, Any] = {}
         if event["type"] == "progress" and event.get("preview") and self.config.discord.previews:
             data = self.service.preview(target.job_id)
@@ -150,59 +134,55 @@ class Delivery:
         try:
             await target.interaction.edit_original_response(content=status_text(event, target.job_id, target.locale),
                                                             **kwargs)
-        except (discord.NotFound, discord.Forbidden) as error:
-            log.info("job %d: progress message gone (%s); no more edits", target.job_id, error)
-            target.gone = True
-        except (discord.HTTPException, *TRANSIENT) as error:
+        except discord.HTTPException as error:
+            if webhook_refused(error):
+                log.info("job %d: the interaction webhook refused a progress edit (%s); the result goes to "
+                         "the channel", target.job_id, error)
+                target.drop_token()
+            else:
+                log.warning("job %d: progress edit failed: %s", target.job_id, error)
+        except TRANSIENT as error:
             log.warning("job %d: progress edit failed: %s", target.job_id, error)
+        except Exception:  # a bug here must not go unnoticed in a task nobody awaits
+            log.exception("job %d: progress edit failed", target.job_id)
 
-    async def _finish(self, target: Target) -> None:
-        job = await self.service.job(target.job_id)
-        if job.delivery != DELIVERY_PENDING:
-            return
-        if target.gone:
-            log.info("job %d: its message was deleted; result not delivered", job.id)
-            await self.service.mark_delivered(job.id, False)
-        elif self.clock() < target.expires:
-            await self._deliver(job, self._edit_response(target, job), "interaction response")
-        else:
-            await self._deliver(job, self._send_to_channel(job, target.locale, reply_to=target.message_id),
-                                "channel message (the interaction token expired)")
+    # --- delivering ---------------------------------------------------------------------------------
 
-    # --- delivering ---------------------------------------------------------------------------
-
-    async def _recover(self) -> None:
-        for job in await self.service.undelivered(PLATFORM):
-            if job.id not in self._targets:
-                await self._deliver_untracked(job.id)
-
-    async def _deliver_untracked(self, job_id: int) -> None:
-        if job_id in self._busy:
-            return
-        self._busy.add(job_id)
+    async def send_result(self, job: Job) -> None:
         try:
-            job = await self.service.job(job_id)
-            if job.delivery == DELIVERY_PENDING:
-                await self._deliver(job, self._send_to_channel(job, job.origin.locale), "channel message")
-        finally:
-            self._busy.discard(job_id)
-
-    async def _deliver(self, job: Job, sending: Any, how: str) -> None:
-        """Await `sending` and record the outcome in the store."""
-        try:
-            await sending
-        except (discord.NotFound, discord.Forbidden, Undeliverable) as error:
-            log.warning("job %d: result not delivered by %s, the message or channel is gone or not permitted: %s",
-                        job.id, how, error)
-            await self.service.mark_delivered(job.id, False)
-        except TRANSIENT as error:  # Discord or the network is down: the next start tries again
-            log.warning("job %d: result not delivered by %s, will retry at the next start: %s", job.id, how, error)
+            target = self._targets.get(job.id)
+            if target is None:
+                await self._send_to_channel(job, job.origin.locale)
+            else:
+                await self._send_to_target(target, job)
+        except (discord.NotFound, discord.Forbidden) as error:
+            raise Undeliverable(f"the channel or message is gone or not permitted: {error}") from error
+        except TRANSIENT as error:  # Discord or the network is down (checked before HTTPException: a 5xx is one)
+            raise RetryLater(str(error) or type(error).__name__) from error
         except discord.HTTPException as error:  # refused for good (a 400): trying again would not help
-            log.warning("job %d: Discord refused the result (%s): %s", job.id, how, error)
-            await self.service.mark_delivered(job.id, False)
-        else:
-            log.info("job %d delivered by %s", job.id, how)
-            await self.service.mark_delivered(job.id, True)
+            raise Undeliverable(f"Discord refused the result: {error}") from error
+
+    async def release(self, job_id: int) -> None:
+        self._targets.pop(job_id, None)
+
+    async def _send_to_target(self, target: Target, job: Job) -> None:
+        """Replace the interaction's response while its token is good; else a channel message."""
+        await target.ready.wait()
+        target.finishing = True
+        if target.editing is not None:  # a late progress edit must not land on top of the result
+            await asyncio.gather(target.editing, return_exceptions=True)
+        if self.clock() < target.expires:
+            try:
+                await self._edit_response(target, job)
+                log.info("job %d: result sent as the interaction response", job.id)
+                return
+            except discord.HTTPException as error:
+                if not webhook_refused(error):
+                    raise
+                log.info("job %d: the interaction webhook refused the result (%s); sending it to the channel",
+                         job.id, error)
+                target.drop_token()
+        await self._send_to_channel(job, target.locale, reply_to=target.message_id)
 
     async def _edit_response(self, target: Target, job: Job) -> None:
         interaction = target.interaction
@@ -230,6 +210,7 @@ class Delivery:
             return
         content, embed, files, view = self._result(job, locale, origin.message_ids.get("filesize_limit"))
         await channel.send(content, embed=embed, files=files, view=view, allowed_mentions=mention, reference=reference)
+        log.info("job %d: result sent to channel %s", job.id, origin.chat_id)
 
     def _result(self, job: Job, locale: str | None, limit: int | None):
         """(content, embed, files, view) of a finished job: the grid of a multi-image job, else its image."""

@@ -19,7 +19,8 @@ from telegram.ext import AIORateLimiter, Application
 from bot.config import Config, Secrets
 from bot.core.messages import CATALOGUE
 from bot.core.service import Service
-from bot.frontends.telegram.delivery import FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, Delivery
+from bot.frontends.delivery import FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS
+from bot.frontends.telegram.delivery import Delivery
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.handlers import COMMANDS, Handlers
 from bot.frontends.telegram.texts import t

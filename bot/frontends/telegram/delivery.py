@@ -1,11 +1,10 @@
-"""Following Telegram jobs: progress messages while they run, results when they end.
+"""Following Telegram jobs: the Telegram side of the shared delivery loop (bot/frontends/delivery.py).
 
-One subscription to every Telegram job's events. Progress events poke the job's status message
-(see progress.py); a finished job gets one delivery task that sends the result and records it
-with `service.mark_delivered`. Network trouble and flood limits are retried with back-off for as
-long as the bot runs; a result still pending when it stops is sent at the next start
-(`service.undelivered`). A chat that is gone or has blocked the bot ends that delivery with a log
-line, never a loop.
+Progress events poke the job's status message (see progress.py); a finished job's result is sent
+by `_Result`, which remembers what already went out so a retry does not send it twice. Telegram's
+errors become the loop's: network trouble and flood limits are `RetryLater` (tried again with
+back-off while the bot runs, and at the next start), a chat that is gone or has blocked the bot is
+`Undeliverable` (a log line, never a loop). A group that became a supergroup is followed to its new id.
 """
 
 from __future__ import annotations
@@ -19,8 +18,9 @@ from telegram.error import (BadRequest, ChatMigrated, Forbidden, InvalidToken, N
                             TelegramError)
 
 from bot.config import Config
-from bot.core.jobs import DELIVERY_PENDING, DONE, Job
+from bot.core.jobs import DONE, Job
 from bot.core.service import Service
+from bot.frontends.delivery import DeliveryLoop, RetryLater, Undeliverable
 from bot.frontends.telegram import keyboards
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.media import photo_bytes
@@ -29,124 +29,76 @@ from bot.frontends.telegram.texts import caption, job_error, t
 
 log = logging.getLogger(__name__)
 
-FIRST_RETRY_SECONDS = 1.0
-MAX_RETRY_SECONDS = 300.0
+PLATFORM = "telegram"
 ALBUM_SIZE = 10  # photos per media group
 
 
 class Delivery:
+    """The `ChatPlatform` of Telegram: status messages while jobs wait and run, results when they end."""
+
     def __init__(self, bot: Bot, service: Service, config: Config) -> None:
         self.bot = bot
         self.service = service
         self.config = config
         self.outputs = config.storage.outputs_path()
+        self.loop = DeliveryLoop(service, PLATFORM, self)
         self._progress: dict[int, Progress] = {}
-        self._sending: dict[int, asyncio.Task] = {}
-        self._events = None
-        self._listener: asyncio.Task | None = None
+        self._results: dict[int, _Result] = {}
 
     async def start(self) -> None:
-        # Subscribe before looking for undelivered results, so a job finishing in between is
-        # seen one way or the other (a second delivery of the same job is skipped).
-        self._events = self.service.subscribe(None, "telegram")
-        self._listener = asyncio.create_task(self._listen(), name="telegram-events")
-        pending = await self.service.undelivered("telegram")
-        if pending:
-            log.info("delivering %d result(s) left from before the restart", len(pending))
-        for job in pending:
-            self.deliver(job.id)
+        await self.loop.start()
 
     async def stop(self) -> None:
-        if self._events is not None:
-            self._events.close()
-        tasks = [task for task in (self._listener, *self._sending.values()) if task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.loop.stop()
         for progress in self._progress.values():
             await progress.close()
         self._progress.clear()
 
-    async def _listen(self) -> None:
-        async for event in self._events:
-            try:
-                await self._on_event(event)
-            except Exception:  # one bad event must not end the following of every job
-                log.exception("telegram: could not handle event %s", event)
+    # --- progress ----------------------------------------------------------------------------------
 
-    async def _on_event(self, event: dict) -> None:
-        job_id = event["job"]
-        if event["type"] in ("done", "failed", "cancelled"):
-            self.deliver(job_id)
-            return
-        progress = self._progress.get(job_id)
-        if progress is None:
-            job = await self.service.job(job_id)
-            if job.finished or not job.origin.message_ids.get("status"):
-                return
-            telegram = self.config.telegram
-            private = int(job.origin.chat_id) > 0  # Telegram: users are positive ids, groups negative
-            interval = telegram.edit_interval_private if private else telegram.edit_interval_group
-            progress = self._progress[job_id] = Progress(self.bot, self.service, job, interval, telegram.previews)
-        progress.poke()
+    def follows(self, job_id: int) -> bool:
+        return job_id in self._progress
 
-    def deliver(self, job_id: int) -> None:
-        """Send a finished job's result (once, however often this is called)."""
-        if job_id in self._sending:
-            return
-        task = asyncio.create_task(self._guarded(job_id), name=f"telegram-deliver-{job_id}")
-        self._sending[job_id] = task
-        task.add_done_callback(lambda _: self._sending.pop(job_id, None))
+    async def adopt(self, job_id: int) -> bool:
+        """Follow a job whose status message the store knows (its id travels in the Origin), also
+        one queued before a restart."""
+        job = await self.service.job(job_id)
+        if job.finished or not job.origin.message_ids.get("status"):
+            return False
+        telegram = self.config.telegram
+        private = int(job.origin.chat_id) > 0  # Telegram: users are positive ids, groups negative
+        interval = telegram.edit_interval_private if private else telegram.edit_interval_group
+        self._progress[job_id] = Progress(self.bot, self.service, job, interval, telegram.previews)
+        return True
 
-    async def _guarded(self, job_id: int) -> None:
+    async def on_progress(self, job_id: int, event: dict) -> None:
+        self._progress[job_id].poke()  # what to show is read when the throttle lets an edit through
+
+    # --- results -----------------------------------------------------------------------------------
+
+    async def send_result(self, job: Job) -> None:
+        result = self._results.get(job.id)
+        if result is None:  # the first try: the status message stops showing progress
+            progress = self._progress.pop(job.id, None)
+            if progress is not None:
+                await progress.close()
+            result = self._results[job.id] = _Result(self.bot, job, self.outputs, progress)
         try:
-            await self._deliver(job_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # e.g. the store closed under it: the result stays pending for the next start
-            log.exception("job %d: delivery stopped", job_id)
+            await result.send()
+        except (Forbidden, BadRequest, InvalidToken) as error:  # BadRequest first: it is a NetworkError
+            raise Undeliverable(f"cannot deliver to chat {result.chat_id}: {loggable(error)}") from None
+        except RetryAfter as error:
+            raise RetryLater("flood limit", after=_seconds(error.retry_after)) from None
+        except NetworkError as error:
+            raise RetryLater(loggable(error)) from None
+        except (TelegramError, OSError) as error:  # e.g. the image file was removed
+            raise Undeliverable(f"cannot deliver to chat {result.chat_id}: {loggable(error)}") from None
 
-    async def _deliver(self, job_id: int) -> None:
+    async def release(self, job_id: int) -> None:
+        self._results.pop(job_id, None)
         progress = self._progress.pop(job_id, None)
         if progress is not None:
             await progress.close()
-        job = await self.service.job(job_id)
-        if job.delivery != DELIVERY_PENDING:
-            return
-        result = _Result(self.bot, job, self.outputs, progress)
-        delay = FIRST_RETRY_SECONDS
-        while True:
-            try:
-                await result.send()
-            except ChatMigrated as error:  # the group became a supergroup with a new id
-                if result.chat_id != error.new_chat_id:
-                    result.chat_id = error.new_chat_id
-                    continue
-                log.warning("job %d: chat %s keeps moving, giving up", job_id, result.chat_id)
-                await self.service.mark_delivered(job_id, False)
-                return
-            except (Forbidden, BadRequest, InvalidToken) as error:
-                log.warning("job %d: cannot deliver to chat %s, giving up: %s", job_id, result.chat_id,
-                            loggable(error))
-                await self.service.mark_delivered(job_id, False)
-                return
-            except RetryAfter as error:
-                wait = max(delay, _seconds(error.retry_after))
-                log.warning("job %d: flood limit while delivering; retrying in %.0f s", job_id, wait)
-                await asyncio.sleep(wait)
-                continue
-            except NetworkError as error:
-                log.warning("job %d: delivery failed (%s); retrying in %.0f s", job_id, loggable(error), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
-                continue
-            except (TelegramError, OSError) as error:  # e.g. the image file was removed
-                log.exception("job %d: cannot deliver, giving up: %s", job_id, error)
-                await self.service.mark_delivered(job_id, False)
-                return
-            await self.service.mark_delivered(job_id)
-            log.info("job %d delivered to chat %s", job_id, result.chat_id)
-            return
 
 
 class _Result:
@@ -169,6 +121,17 @@ class _Result:
         self._keyboard_sent = False
 
     async def send(self) -> None:
+        """Send what has not gone out yet, following a group that became a supergroup (new chat id)."""
+        while True:
+            try:
+                await self._send()
+                return
+            except ChatMigrated as error:
+                if self.chat_id == error.new_chat_id:
+                    raise Undeliverable(f"chat {self.chat_id} keeps moving") from None
+                self.chat_id = error.new_chat_id
+
+    async def _send(self) -> None:
         if self.job.status == DONE:
             await self._send_images()
             await delete_quietly(self.bot, self.chat_id, self.status_id)

@@ -27,6 +27,7 @@ from bot.frontends.telegram.delivery import reply_kwargs, send_png
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.progress import delete_quietly
 from bot.frontends.telegram.texts import clip, eta, t
+from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
 
@@ -181,18 +182,15 @@ class Handlers:
     async def cancel(self, message: Message, origin: Origin, args: str, context) -> None:
         """/cancel: your latest unfinished job; /cancel N: job N (yours, or any for admins)."""
         if args:
-            job_id = args.lstrip("#")
-            if not job_id.isdigit():
+            number = args.lstrip("#")
+            if not number.isdigit():
                 await reply(message, t("tg_cancel_usage", origin.locale))
                 return
-            job_id = int(job_id)
+            job_id = int(number)
+            status = await self.service.cancel(job_id, origin)
         else:
-            views = await self.service.queue_of(origin)
-            if not views:
-                await reply(message, t("tg_cancel_nothing", origin.locale))
-                return
-            job_id = max(view.job.id for view in views)
-        status = await self.service.cancel(job_id, origin)
+            with reworded(nothing_to_cancel="tg_cancel_nothing"):
+                job_id, status = await self.service.cancel_latest(origin)
         key = "tg_cancel_done" if status == "cancelled" else "tg_cancel_stopping"
         await reply(message, t(key, origin.locale, job=job_id))
 
@@ -243,11 +241,8 @@ class Handlers:
             await reply(message, t("tg_settings_current", locale, flags=flags) if flags
                         else t("tg_settings_none", locale))
             return
-        if not await self._may_change_chat(message, origin, context):
-            await reply(message, t("tg_settings_admins_only", locale))
-            return
         if args.lower() in ("clear", "reset", "off"):
-            await self.service.set_chat_flags("", origin)
+            await self._set_chat_flags("", message, origin, context)
             await reply(message, t("tg_settings_cleared", locale))
             return
         options = parse_prompt("x " + args)  # "x": a stand-in prompt, so the flags parse as in /imagine
@@ -256,12 +251,21 @@ class Handlers:
             await reply(message, t("tg_settings_usage", locale))
             return
         await self.service.resolve_request(options, origin)  # over a limit? say so now, not on every request
-        await self.service.set_chat_flags(args, origin)
+        await self._set_chat_flags(args, message, origin, context)
         await reply(message, t("tg_settings_set", locale, flags=args))
 
-    async def _may_change_chat(self, message: Message, origin: Origin, context) -> bool:
-        if message.chat.type == ChatType.PRIVATE or origin.is_admin:
+    async def _set_chat_flags(self, flags: str, message: Message, origin: Origin, context) -> None:
+        """The core decides who may; this tells it whether the sender runs this chat."""
+        origin = replace(origin, manages_chat=await self._manages_chat(message, origin, context))
+        with reworded(chat_admins_only="tg_settings_admins_only"):
+            await self.service.set_chat_flags(flags, origin)
+
+    async def _manages_chat(self, message: Message, origin: Origin, context) -> bool:
+        """A private chat is its user's; in a group, Telegram says who its administrators are."""
+        if message.chat.type == ChatType.PRIVATE:
             return True
+        if origin.is_admin:
+            return False  # the bot's admins may anyway: no need to ask Telegram
         try:
             member = await context.bot.get_chat_member(message.chat_id, int(origin.user_id))
         except TelegramError as error:
@@ -299,9 +303,7 @@ class Handlers:
                 answered = True
                 await send_png(context.bot, job, self.outputs, chat.id, message.message_id, thread)
             elif button.action == "delete":
-                job = await self.service.job(button.job_id)
-                if job.origin.user_id != origin.user_id and not origin.is_admin:
-                    raise UserError("not_your_job", job=job.id)
+                await self.service.owned_job(button.job_id, origin)  # the owner's or an admin's
                 for message_id in sorted({message.message_id, *button.message_ids}):
                     await delete_quietly(context.bot, chat.id, message_id)
                 await query.answer(t("tg_deleted", locale))
