@@ -54,7 +54,7 @@ class EventBus:
 
     def publish(self, event: dict[str, Any], platform: str) -> None:
         self.published += 1
-        for subscription in (*self._by_job.get(event["job"], ()), *self._by_platform.get(platform, ()),
+        for subscription in (*self._by_job.get(event.get("job"), ()), *self._by_platform.get(platform, ()),
                              *self._by_platform.get(None, ())):
             if subscription.platform in (None, platform):
                 subscription.queue.put_nowait(event)
