@@ -157,16 +157,17 @@ class WaitingIndex:
         return self._round_sizes.before(depth) + ahead_in_round + 1
 
     def in_order(self) -> Iterator[QueuedJob]:
-        """The waiting jobs in fair order, lazily: take only as many as you need."""
+        """The waiting jobs in fair order, lazily: take only as many as you need (and change
+        nothing in the queue until you are done with it)."""
         for depth, keys in enumerate(self._rounds):
-            for key in list(keys):
+            for key in keys:
                 ids = self._of_user.get(key[2])
                 if ids is not None and depth < len(ids):
                     yield self._jobs[ids[depth]]
 
     def heads(self) -> Iterator[QueuedJob]:
-        """Each user's oldest job, in rota order."""
-        for key in list(self._rounds[0]) if self._rounds else ():
+        """Each user's oldest job, in rota order (lazily, as `in_order`)."""
+        for key in self._rounds[0] if self._rounds else ():
             yield self._jobs[self._of_user[key[2]][0]]
 
     def oldest_not_of(self, model: str) -> QueuedJob | None:
