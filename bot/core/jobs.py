@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +43,15 @@ class Origin:
         return cls(**json.loads(text))
 
 
+def new_public_id() -> str:
+    """96 random bits, as 24 hex digits (the same form the schema's migration gives old jobs)."""
+    return secrets.token_hex(12)
+
+
+def is_public_id(text: str) -> bool:
+    return len(text) == 24 and all(c in "0123456789abcdef" for c in text)
+
+
 @dataclass(frozen=True)
 class QueuedJob:
     """What the scheduler knows of a waiting job: its row's columns, no request decoded."""
@@ -54,6 +64,7 @@ class QueuedJob:
     steps: int
     created_at: float
     is_admin: bool = False
+    public_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,7 @@ class ImageResult:
 
 @dataclass(frozen=True)
 class Job:
-    id: int
+    id: int  # internal: the queue's order; never shown outside the process
     status: str
     request: GenerationRequest
     origin: Origin
@@ -79,6 +90,7 @@ class Job:
     error_params: dict[str, Any] = field(default_factory=dict)
     delivery: str = DELIVERY_PENDING
     cancel_requested: bool = False
+    public_id: str = ""  # what users, URLs and buttons name the job by (random, unguessable)
 
     @property
     def finished(self) -> bool:

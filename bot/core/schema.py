@@ -61,4 +61,11 @@ MIGRATIONS: tuple[str, ...] = (
                     is_admin = COALESCE(json_extract(origin, '$.is_admin'), 0);
     CREATE INDEX jobs_by_user_status ON jobs (user_key, status, id);
     """,
+    # 3: an opaque public id per job (96 random bits): the integer id stays internal, and whoever
+    # holds the public id may read the job (a capability)
+    """
+    ALTER TABLE jobs ADD COLUMN public_id TEXT;
+    UPDATE jobs SET public_id = lower(hex(randomblob(12))) WHERE public_id IS NULL;
+    CREATE UNIQUE INDEX jobs_by_public_id ON jobs (public_id);
+    """,
 )

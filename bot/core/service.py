@@ -20,7 +20,8 @@ from bot.core.errors import UserError
 from bot.core.eta import EtaEstimator
 from bot.core.events import EventBus, Subscription
 from bot.core.executor import Executor
-from bot.core.jobs import CANCELLED, DELIVERED, DELIVERY_FAILED, QUEUED, RUNNING, Job, Origin, QueuedJob
+from bot.core.jobs import (CANCELLED, DELIVERED, DELIVERY_FAILED, QUEUED, RUNNING, Job, Origin, QueuedJob,
+                           is_public_id)
 from bot.core.request import (
     GenerationRequest,
     RequestOptions,
@@ -44,9 +45,13 @@ HEALTH_PROBE_SECONDS = 1.0  # while the database is failing, /healthz tries a wr
 __all__ = ["Catalog", "JobView", "Service", "Submitted", "Subscription"]
 
 
+JobRef = int | str  # a job's public id (str), or its internal id (int) inside the process
+
+
 @dataclass(frozen=True)
 class Submitted:
-    job_id: int
+    job_id: int  # internal
+    public_id: str
     position: int  # 1 = next to run
     eta_seconds: float | None
     request: GenerationRequest
@@ -111,10 +116,11 @@ class Service:
         """Queue a generation. `text` may carry inline flags; `fields` are keyword options."""
         return await self._queue(merge_options(parse_prompt(text), options_from_fields(**fields)), origin)
 
-    async def submit_derived(self, job_id: int, action: str, origin: Origin, index: int = 0) -> Submitted:
+    async def submit_derived(self, ref: JobRef, action: str, origin: Origin, index: int = 0) -> Submitted:
         """A new job from a finished one: "reroll" (same settings, new seed), "variation"
         (image `index` redrawn loosely) or "upscale" (image `index` at twice the size)."""
-        source = await self.job(job_id)
+        source = await self.job(ref)
+        job_id = source.id
         request = source.request
         same = dict(prompt=request.prompt, negative_prompt=request.negative_prompt, model=request.model,
                     steps=request.steps, guidance=request.guidance, scheduler=request.scheduler)
@@ -144,7 +150,7 @@ class Service:
         self.worker.told_position(entry.id, position)
         log.info("job %d queued for %s: model=%s images=%d size=%dx%d steps=%d", entry.id, origin.user_key,
                  request.model, request.count, request.width, request.height, request.steps)
-        return Submitted(entry.id, position, eta, request)
+        return Submitted(entry.id, entry.public_id, position, eta, request)
 
     async def resolve_request(self, options: RequestOptions, origin: Origin) -> GenerationRequest:
         """What `options` would become for `origin` (defaults and limits applied), without queueing it."""
@@ -152,16 +158,22 @@ class Service:
 
     # --- looking up --------------------------------------------------------------------------------
 
-    async def job(self, job_id: int) -> Job:
-        if not 0 < job_id < 2**63:  # SQLite's integer range; no such job can exist
-            raise UserError("job_not_found", job=job_id)
-        job = await self.store.get(job_id)
+    async def job(self, ref: JobRef) -> Job:
+        """A job by its public id (what users, URLs and buttons hold) or, for the process's own
+        records and events, its internal id."""
+        job_id = await self._internal_id(ref)
+        job = await self.store.get(job_id) if job_id is not None else None
         if job is None:
-            raise UserError("job_not_found", job=job_id)
+            raise UserError("job_not_found", job=ref)
         return job
 
-    async def status(self, job_id: int) -> JobView:
-        return self._view(await self.job(job_id))
+    async def _internal_id(self, ref: JobRef) -> int | None:
+        if isinstance(ref, str):
+            return await self.store.id_of(ref) if is_public_id(ref) else None
+        return ref if 0 < ref < 2**63 else None  # SQLite's integer range; no other job can exist
+
+    async def status(self, ref: JobRef) -> JobView:
+        return self._view(await self.job(ref))
 
     def _view(self, job: Job) -> JobView:
         if job.status == QUEUED:
@@ -198,16 +210,17 @@ class Service:
 
     # --- changing jobs ---------------------------------------------------------------------------
 
-    async def owned_job(self, job_id: int, by: Origin) -> Job:
+    async def owned_job(self, ref: JobRef, by: Origin) -> Job:
         """The job, if `by` may change or delete it (its owner or an admin); else a UserError."""
-        job = await self.job(job_id)
+        job = await self.job(ref)
         if job.origin.user_key != by.user_key and not by.is_admin:
-            raise UserError("not_your_job", job=job_id)
+            raise UserError("not_your_job", job=ref)
         return job
 
-    async def cancel(self, job_id: int, by: Origin) -> str:
+    async def cancel(self, ref: JobRef, by: Origin) -> str:
         """Cancel a queued job at once or stop a running one at its next step (owner or admin)."""
-        job = await self.owned_job(job_id, by)
+        job = await self.owned_job(ref, by)
+        job_id = job.id
         if job.finished:
             raise UserError("already_finished", job=job_id, status=job.status)
         with storage_errors():

@@ -23,6 +23,7 @@ import aiosqlite
 from bot.core.jobs import (
     CANCELLED,
     QueuedJob,
+    new_public_id,
     DELIVERED,
     DELIVERY_FAILED,
     DELIVERY_PENDING,
@@ -37,7 +38,9 @@ from bot.core.request import GenerationRequest
 from bot.core.schema import MIGRATIONS
 
 _JOB_COLUMNS = ("id, status, request, origin, attempts, created_at, started_at, finished_at, results, error, "
-                "error_key, error_params, delivery, cancel_requested")
+                "error_key, error_params, delivery, cancel_requested, public_id")
+
+_QUEUED_COLUMNS = "id, user_key, model, batch_key, images, steps, created_at, is_admin, public_id"
 
 
 @dataclass(frozen=True)
@@ -103,40 +106,45 @@ class Store:
         """Insert a queued job and count it in the user's usage, both or neither."""
         now = time.time()
         batch_key = batch_key_text(request)
+        public_id = new_public_id()
         async with self.transaction():
             async with self.db.execute(
                 "INSERT INTO jobs (status, request, origin, platform, user_key, model, images, created_at, steps, "
-                "batch_key, is_admin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "batch_key, is_admin, public_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (QUEUED, json.dumps(request.to_dict(), ensure_ascii=False), origin.to_json(), origin.platform,
-                 origin.user_key, request.model, request.count, now, request.steps, batch_key, origin.is_admin),
+                 origin.user_key, request.model, request.count, now, request.steps, batch_key, origin.is_admin,
+                 public_id),
             ) as cursor:
                 job_id = cursor.lastrowid
             await self.add_usage(origin.user_key, request.count, now)
         return QueuedJob(job_id, origin.user_key, request.model, batch_key, request.count, request.steps, now,
-                         origin.is_admin)
+                         origin.is_admin, public_id)
 
     async def get(self, job_id: int) -> Job | None:
         async with self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cursor:
             row = await cursor.fetchone()
         return _job(row) if row else None
 
+    async def id_of(self, public_id: str) -> int | None:
+        """The internal id of the job with this public id."""
+        async with self.db.execute("SELECT id FROM jobs WHERE public_id = ?", (public_id,)) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
     async def queued(self) -> list[QueuedJob]:
         """Every waiting job, oldest first: read once at start to rebuild the in-memory queue."""
         async with self.db.execute(
-            "SELECT id, user_key, model, batch_key, images, steps, created_at, is_admin FROM jobs "
-            "WHERE status = 'queued' ORDER BY id"
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE status = 'queued' ORDER BY id"
         ) as cursor:
-            return [QueuedJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
-                    for row in await cursor.fetchall()]
+            return [_queued(row) for row in await cursor.fetchall()]
 
     async def queued_entry(self, job_id: int) -> QueuedJob | None:
         """One job as the queue index holds it, if it is waiting."""
         async with self.db.execute(
-            "SELECT id, user_key, model, batch_key, images, steps, created_at, is_admin FROM jobs "
-            "WHERE id = ? AND status = 'queued'", (job_id,)
+            f"SELECT {_QUEUED_COLUMNS} FROM jobs WHERE id = ? AND status = 'queued'", (job_id,)
         ) as cursor:
             row = await cursor.fetchone()
-        return QueuedJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7])) if row else None
+        return _queued(row) if row else None
 
     async def running(self) -> list[Job]:
         return await self._select("status = 'running'")
@@ -338,6 +346,10 @@ def storage_errors():
         raise UserError(problem) from error
 
 
+def _queued(row: Any) -> QueuedJob:
+    return QueuedJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8])
+
+
 def _job(row: Any) -> Job:
     results = json.loads(row["results"]) if row["results"] else {"images": [], "grid": None}
     return Job(
@@ -356,4 +368,5 @@ def _job(row: Any) -> Job:
         error_params=json.loads(row["error_params"]) if row["error_params"] else {},
         delivery=row["delivery"],
         cancel_requested=bool(row["cancel_requested"]),
+        public_id=row["public_id"],
     )

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from bot.core.jobs import ImageResult, Origin
+from bot.core.jobs import ImageResult, Origin, is_public_id
 from bot.core.request import GenerationRequest
 from bot.core.schema import MIGRATIONS
 from bot.core.store import Store, batch_key_text
@@ -60,6 +60,9 @@ async def test_jobs_queued_before_the_scheduler_columns_existed_are_upgraded_in_
     assert [q.batch_key for q in queued] == [batch_key_text(r) for r in requests]
     new = await store.add_job(make_request(), BOB)
     assert new.batch_key == queued[0].batch_key
+    public_ids = [(await store.get(q.id)).public_id for q in queued] + [new.public_id]
+    assert all(is_public_id(p) for p in public_ids) and len(set(public_ids)) == 3  # old jobs got one too
+    assert [await store.id_of(p) for p in public_ids] == [queued[0].id, queued[1].id, new.id]
     await store.close()
 
 

@@ -203,3 +203,18 @@ async def test_a_chat_frontend_hears_a_deep_job_move_up_by_tenths_then_every_pla
             heard.append(event["position"])
     platform.close()
     assert heard == [27, 24, 21, 18, 16, 14, 12, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
+
+
+async def test_jobs_are_named_by_unguessable_public_ids_outside_the_process(make_service):
+    service = await make_service()
+    first = await service.submit("one --steps 1", ALICE)
+    second = await service.submit("two --steps 1", ALICE)
+    assert len(first.public_id) == 24 and first.public_id != second.public_id
+    assert (await service.job(first.public_id)).id == first.job_id
+    assert (await service.status(second.public_id)).job.public_id == second.public_id
+    for guess in (str(first.job_id), first.public_id.upper(), first.public_id[:-1], "", "../etc"):
+        with pytest.raises(UserError) as refused:
+            await service.job(guess)
+        assert refused.value.key == "job_not_found"
+    with pytest.raises(UserError):
+        await service.cancel(first.public_id, BOB)  # knowing the id lets you read it, not cancel it
