@@ -14,8 +14,14 @@ How it behaves towards the sites it visits:
 - Every request names the project in its User-Agent (`USER_AGENT`); robots.txt is read once per
   host (RFC 9309: a missing robots.txt allows everything, an unreachable one allows nothing) and a
   disallowed URL is skipped with a log line. A robots.txt `Crawl-delay` lengthens `--delay`.
-- At most one request per `--delay` seconds per host; timeouts on every request; 5xx answers and
+- At most one request per `--delay` seconds per host; timeouts on every read and one overall
+  `--deadline` per request (a server dripping a byte at a time cannot hold a crawl); 5xx answers and
   network errors are retried with exponential back-off; a 429 waits for its `Retry-After`.
+- Result links and redirects never reach this machine's own network: a host that resolves to a
+  loopback, private, link-local, multicast or otherwise non-public address is refused, checked on
+  the address actually connected to (so a DNS answer cannot change in between). The search
+  provider's own address, which the user gives, is trusted; `--allow-private-addresses` lifts the
+  rule for a crawl of a LAN.
 - Downloads stop at `--max-bytes`; an image must have an image (or unnamed) content type and decode
   completely with Pillow, as JPEG, PNG or WebP, at least `--min-size` pixels a side.
 
@@ -33,13 +39,17 @@ from __future__ import annotations
 import argparse
 import email.utils
 import hashlib
+import functools
 import html.parser
 import http.client
 import io
+import ipaddress
 import json
 import logging
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -84,6 +94,14 @@ class FetchError(Exception):
     def __init__(self, message: str, permanent: bool = True):
         super().__init__(message)
         self.permanent = permanent
+
+
+class PrivateAddress(OSError):
+    """A host that resolves to an address of this machine's own network."""
+
+
+class Refused(FetchError):
+    """The URL leads into this machine's own network (see AddressGuard)."""
 
 
 class Disallowed(FetchError):
@@ -141,6 +159,98 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+class AddressGuard:
+    """Opens the TCP connections of every request: to public addresses only (unless told
+    otherwise), to the very address it checked, and cut at the request's deadline."""
+
+    def __init__(self, allow_private: bool = False, trusted: set[str] | None = None) -> None:
+        self.allow_private = allow_private
+        self.trusted = trusted if trusted is not None else set()  # "host:port" the user named
+        self.deadline: float | None = None  # time.monotonic() by which the current request ends
+        self._timers: list[threading.Timer] = []
+
+    def connect(self, host: str, port: int, timeout: float | None, source_address: Any = None) -> socket.socket:
+        if self.allow_private or f"{host}:{port}" in self.trusted:
+            sock = socket.create_connection((host, port), timeout, source_address)
+        else:
+            sock = self._connect_public(host, port, timeout, source_address)
+        self._cut_at_deadline(sock)
+        return sock
+
+    def _connect_public(self, host: str, port: int, timeout: float | None, source_address: Any) -> socket.socket:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        for *_, sockaddr in addresses:
+            address = ipaddress.ip_address(sockaddr[0].split("%")[0])
+            if not address.is_global or address.is_multicast:
+                raise PrivateAddress(f"{host} resolves to {address}, an address of a private network")
+        last: OSError | None = None
+        for family, kind, proto, _, sockaddr in addresses:  # connect to what was checked, not a new lookup
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as error:
+                sock.close()
+                last = error
+        raise last or OSError(f"cannot connect to {host}")
+
+    def _cut_at_deadline(self, sock: socket.socket) -> None:
+        if self.deadline is None:
+            return
+        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), _shut, (sock,))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def request_done(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self.deadline = None
+
+
+def _shut(sock: socket.socket) -> None:
+    """Past the deadline: a read blocked on this socket returns at once."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, guard: AddressGuard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = lambda address, timeout, source=None: guard.connect(*address, timeout, source)
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, guard: AddressGuard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = lambda address, timeout, source=None: guard.connect(*address, timeout, source)
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, guard: AddressGuard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(functools.partial(_GuardedHTTPConnection, guard=self.guard), req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, guard: AddressGuard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(functools.partial(_GuardedHTTPSConnection, guard=self.guard), req,
+                            context=self._context)
+
+
 def _host(url: str) -> str:
     return urllib.parse.urlsplit(url).netloc.lower()
 
@@ -180,18 +290,29 @@ class Fetcher:
     limit, retries with back-off on 5xx/network errors, and Retry-After on 429."""
 
     def __init__(self, *, user_agent: str = USER_AGENT, delay: float = 1.0, timeout: float = 20.0,
-                 retries: int = 3, backoff: float = 2.0, max_retry_after: float = 120.0,
+                 deadline: float = 120.0, retries: int = 3, backoff: float = 2.0, max_retry_after: float = 120.0,
+                 allow_private_addresses: bool = False,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.user_agent = user_agent
-        self.timeout = timeout
+        self.timeout = timeout  # seconds one read (or the connect) may wait
+        self.deadline = deadline  # seconds one request may take in all
         self.retries = retries
         self.backoff = backoff
         self.max_retry_after = max_retry_after
         self.sleep = sleep
         self.limiter = RateLimiter(delay, clock, sleep)
         self._robots: dict[str, urllib.robotparser.RobotFileParser] = {}
-        self._opener = urllib.request.build_opener(_NoRedirect())
+        self.guard = AddressGuard(allow_private_addresses)
+        self._opener = urllib.request.build_opener(_NoRedirect(), _GuardedHTTPHandler(self.guard),
+                                                   _GuardedHTTPSHandler(self.guard))
         self.requests = 0  # every request sent, robots.txt included
+
+    def trust(self, url: str) -> None:
+        """Let requests reach this URL's host and port whatever its address (a provider the user
+        named, e.g. a SearXNG instance on the LAN)."""
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.guard.trusted.add(f"{parts.hostname}:{port}")
 
     def get(self, url: str, max_bytes: int = PAGE_MAX_BYTES) -> Response:
         """Follows up to MAX_REDIRECTS redirects; raises Disallowed or FetchError."""
@@ -228,6 +349,8 @@ class Fetcher:
                 if response.status not in REDIRECT_CODES or not response.headers.get("Location"):
                     break
                 url = urllib.parse.urljoin(url, response.headers["Location"])
+        except Refused:
+            raise  # not a robots.txt question: the whole host is out of bounds
         except FetchError as exc:
             if getattr(exc, "status", 0) and 400 <= exc.status < 500:  # type: ignore[attr-defined]
                 parser.allow_all = True  # RFC 9309 2.3.1.3: no robots.txt, no restrictions
@@ -255,9 +378,10 @@ class Fetcher:
             self.requests += 1
             request = urllib.request.Request(url, headers={"User-Agent": self.user_agent,
                                                            "Accept": "*/*"})
+            self.guard.deadline = time.monotonic() + self.deadline
             try:
                 with self._opener.open(request, timeout=self.timeout) as raw:
-                    return Response(url, raw.status, raw.headers, _read_limited(raw, url, max_bytes))
+                    return Response(url, raw.status, raw.headers, _read_limited(raw, url, max_bytes, self.guard))
             except urllib.error.HTTPError as exc:
                 exc.close()
                 if exc.code in REDIRECT_CODES:
@@ -274,25 +398,39 @@ class Fetcher:
                     error.status = exc.code  # type: ignore[attr-defined]
                     raise error from None
             except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
+                if isinstance(getattr(exc, "reason", None), PrivateAddress):
+                    raise Refused(f"refused {url}: {exc.reason} (--allow-private-addresses to crawl "
+                                  "a LAN)") from None
                 last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+                if self.guard.deadline is not None and time.monotonic() >= self.guard.deadline:
+                    last = f"no complete answer within the {self.deadline:g} s deadline"
             except ValueError as exc:  # a URL http.client refuses (bad port, control characters)
                 raise FetchError(f"unusable URL {url}: {exc}") from None
+            finally:
+                self.guard.request_done()
             if attempt < self.retries:
                 log.info("%s for %s; retrying in %.1f s", last, url, wait)
                 self.sleep(wait)
         raise FetchError(f"{last} after {self.retries + 1} attempts: {url}", permanent=False)
 
 
-def _read_limited(raw: Any, url: str, max_bytes: int) -> bytes:
+def _read_limited(raw: Any, url: str, max_bytes: int, guard: AddressGuard) -> bytes:
     length = raw.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > max_bytes:
         raise FetchError(f"{url} is {int(length)} bytes, over the {max_bytes} byte limit")
     chunks, total = [], 0
-    while chunk := raw.read(64 * 1024):
+    while chunk := raw.read1(64 * 1024):  # what has arrived: the deadline is checked between reads
         chunks.append(chunk)
         total += len(chunk)
         if total > max_bytes:  # a missing or false Content-Length
             raise FetchError(f"{url} is over the {max_bytes} byte limit")
+        if guard.deadline is not None and time.monotonic() >= guard.deadline:
+            break
+    # At the deadline the guard shuts the socket, so the body ends early: never keep half an answer.
+    if guard.deadline is not None and time.monotonic() >= guard.deadline:
+        raise OSError("the deadline passed while the body was read")
+    if length and length.isdigit() and total < int(length):
+        raise OSError(f"the answer ended after {total} of {length} bytes")
     return b"".join(chunks)
 
 
@@ -351,6 +489,7 @@ class BingProvider:
     def __init__(self, fetcher: Fetcher, base_url: str | None = None):
         self.fetcher = fetcher
         self.base_url = base_url or self.default_base_url
+        fetcher.trust(self.base_url)  # the search service itself; its result links are checked
 
     def search(self, query: str, page: str | None) -> ResultPage:
         first = int(page or 1)
@@ -372,6 +511,7 @@ class SearxngProvider:
                              "instance (e.g. http://localhost:8888)")
         self.fetcher = fetcher
         self.base_url = base_url.rstrip("/")
+        fetcher.trust(self.base_url)  # often a self-hosted instance on the LAN; its result links are checked
 
     def search(self, query: str, page: str | None) -> ResultPage:
         number = int(page or 1)
@@ -654,7 +794,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--provider", default="bing", help=f"search provider: {', '.join(PROVIDERS)} (default bing)")
     p.add_argument("--base-url", help="the provider's address (bing: its result page; searxng: the instance)")
     p.add_argument("--delay", type=float, default=1.0, help="minimum seconds between requests to one host (default 1)")
-    p.add_argument("--timeout", type=float, default=20.0, help="seconds per request (default 20)")
+    p.add_argument("--timeout", type=float, default=20.0, help="seconds one read may wait (default 20)")
+    p.add_argument("--deadline", type=float, default=120.0,
+                   help="seconds one request may take in all, however slowly the server answers (default 120)")
+    p.add_argument("--allow-private-addresses", action="store_true",
+                   help="let result links and redirects reach loopback and private (LAN) addresses")
     p.add_argument("--retries", type=int, default=3, help="retries on 5xx, 429 and network errors (default 3)")
     p.add_argument("--max-pages", type=int, default=20, help="result pages per query at most (default 20)")
     p.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest image in bytes (default 20 MiB)")
@@ -677,14 +821,15 @@ def run_crawl(args: argparse.Namespace) -> int:
         if args.provider not in PROVIDERS:
             raise CrawlError(f"unknown provider {args.provider!r}; available: {', '.join(PROVIDERS)}")
         for name, value, low in (("--delay", args.delay, 0), ("--timeout", args.timeout, 0.1),
-                                 ("--retries", args.retries, 0)):
+                                 ("--deadline", args.deadline, 0.1), ("--retries", args.retries, 0)):
             if value < low:
                 raise CrawlError(f"{name} must be at least {low}, got {value}")
         options = CrawlOptions(per_query=args.per_query, caption_template=args.caption_template,
                                max_pages=args.max_pages, max_bytes=args.max_bytes,
                                min_side=args.min_size, hash_distance=args.hash_distance)
         options.check()
-        fetcher = Fetcher(delay=args.delay, timeout=args.timeout, retries=args.retries)
+        fetcher = Fetcher(delay=args.delay, timeout=args.timeout, deadline=args.deadline, retries=args.retries,
+                          allow_private_addresses=args.allow_private_addresses)
         provider = PROVIDERS[args.provider](fetcher, args.base_url)
         crawler = Crawler(Path(args.out), provider, fetcher, options)
     except CrawlError as exc:

@@ -284,7 +284,7 @@ def test_manifest_records_written_by_others_are_kept(server, tmp_path):
 
 
 def test_two_queries_get_their_own_numbers_and_folders(server, tmp_path):
-    fetcher = Fetcher(delay=0, retries=0, sleep=Sleeps())
+    fetcher = Fetcher(allow_private_addresses=True, delay=0, retries=0, sleep=Sleeps())
     crawler = Crawler(tmp_path, SearxngProvider(fetcher, server.base), fetcher, CrawlOptions(per_query=5, min_side=32))
     results = crawler.run(["Vietnam food", "Vietnam/art?"])
     assert [(r.folder, r.saved) for r in results] == [("Vietnam food", 3), ("Vietnam art", 0)]
@@ -297,7 +297,7 @@ def test_two_queries_get_their_own_numbers_and_folders(server, tmp_path):
 
 
 def test_redirect_into_a_disallowed_path_is_not_followed(server, tmp_path):
-    fetcher = Fetcher(delay=0, retries=0, sleep=Sleeps())
+    fetcher = Fetcher(allow_private_addresses=True, delay=0, retries=0, sleep=Sleeps())
     with pytest.raises(crawl.Disallowed):
         fetcher.get(server.url("/img/moved.png"))
     assert server.hits["/img/moved.png"] == 1 and server.hits["/private/d.png"] == 0
@@ -321,7 +321,7 @@ def test_unreachable_robots_means_no_crawling_and_missing_means_all(tmp_path):
 def test_network_errors_are_retried_then_reported(tmp_path):
     sleeps = Sleeps()
     # Port 9 on localhost: nothing listens, the connection is refused.
-    fetcher = Fetcher(delay=0, retries=2, backoff=1.0, timeout=2, sleep=sleeps)
+    fetcher = Fetcher(allow_private_addresses=True, delay=0, retries=2, backoff=1.0, timeout=2, sleep=sleeps)
     fetcher._robots["http://127.0.0.1:9"] = crawl.urllib.robotparser.RobotFileParser()
     fetcher._robots["http://127.0.0.1:9"].allow_all = True
     with pytest.raises(FetchError) as info:
@@ -331,7 +331,7 @@ def test_network_errors_are_retried_then_reported(tmp_path):
 
 
 def test_size_limit(server):
-    fetcher = Fetcher(delay=0, retries=0, sleep=Sleeps())
+    fetcher = Fetcher(allow_private_addresses=True, delay=0, retries=0, sleep=Sleeps())
     with pytest.raises(FetchError, match="over the 1024 byte limit"):
         fetcher.get(server.url("/img/a.png"), max_bytes=1024)
 
@@ -354,7 +354,7 @@ def test_rate_limiter_spaces_requests_per_host():
 def test_fetcher_waits_between_requests_to_one_host(server):
     now = [0.0]
     sleeps = Sleeps()
-    fetcher = Fetcher(delay=3.0, retries=0, clock=lambda: now[0], sleep=sleeps)
+    fetcher = Fetcher(allow_private_addresses=True, delay=3.0, retries=0, clock=lambda: now[0], sleep=sleeps)
     fetcher.get(server.url("/img/a.png"))
     fetcher.get(server.url("/img/b.jpg"))
     # robots.txt at t=0, a.png at 3, b.jpg at 6; the fake clock stays at 0, so the waits are 3 and 6.
@@ -434,7 +434,7 @@ def test_cli_reports_a_failed_search(tmp_path, capsys):
 
 def test_robots_crawl_delay_lengthens_the_delay(server):
     sleeps = Sleeps()
-    fetcher = Fetcher(delay=1.0, retries=0, clock=lambda: 0.0, sleep=sleeps)
+    fetcher = Fetcher(allow_private_addresses=True, delay=1.0, retries=0, clock=lambda: 0.0, sleep=sleeps)
     robots = crawl.urllib.robotparser.RobotFileParser()
     robots.parse(["User-agent: ImageChatbot-crawler", "Crawl-delay: 4", "Disallow: /private/"])
     robots.modified()
@@ -451,4 +451,87 @@ def test_urls_from_results_are_made_requestable():
         "https://a.test/%E1%BA%A3nh%20%C3%A1o%20d%C3%A0i.jpg?q=a%20b&x=%20"
     assert crawl.normalise_url("http://bücher.test:8080/x") == "http://xn--bcher-kva.test:8080/x"
     with pytest.raises(FetchError, match="not an http"):
-        Fetcher(delay=0, sleep=Sleeps()).get("ftp://a.test/x.png")
+        Fetcher(allow_private_addresses=True, delay=0, sleep=Sleeps()).get("ftp://a.test/x.png")
+
+
+class Neighbour:
+    """A search service the user named (trusted) whose results and redirects point into this
+    machine's own network under another name, plus a page that drips one byte at a time."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        neighbour = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = urllib.parse.urlsplit(self.path).path
+                neighbour.hits[path] += 1
+                inside = f"http://localhost:{neighbour.port}/img/a.png"  # the same server, by another name
+                if path == "/search":
+                    results = [{"url": "https://example.org", "img_src": inside},
+                               {"url": "https://example.org", "img_src": f"{neighbour.base}/img/moved.png"}]
+                    self.answer(200, "application/json", json.dumps({"results": results}).encode())
+                elif path == "/img/moved.png":
+                    self.answer(302, "text/plain", b"", {"Location": inside})
+                elif path == "/drip":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    for _ in range(100):  # 0.3 s a byte: 30 s for the whole body
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        threading.Event().wait(0.3)
+                elif path == "/robots.txt":
+                    self.answer(404, "text/plain", b"")
+                else:
+                    self.answer(200, *IMAGES["/img/a.png"])
+
+            def answer(self, status: int, kind: str, body: bytes, headers: dict | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda *args: None  # the dripping answer ends in a broken pipe, on purpose
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def neighbour():
+    server = Neighbour()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def test_result_links_and_redirects_into_the_local_network_are_refused(neighbour, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="training.crawl")
+    fetcher = Fetcher(delay=0, retries=0, sleep=Sleeps())
+    crawler = Crawler(tmp_path, SearxngProvider(fetcher, neighbour.base), fetcher,
+                      CrawlOptions(per_query=5, min_side=32, max_pages=1))
+    [result] = crawler.run(["ao dai"])
+    assert result.saved == 0
+    assert neighbour.hits["/search"] == 1 and neighbour.hits["/img/moved.png"] == 1  # the named service: asked
+    assert neighbour.hits["/img/a.png"] == 0  # loopback by another name, directly or by redirect: never reached
+    assert caplog.text.count("an address of a private network") >= 2
+    with pytest.raises(FetchError, match="private network"):
+        fetcher.get(f"http://localhost:{neighbour.port}/img/a.png")
+    lan = Fetcher(delay=0, retries=0, sleep=Sleeps(), allow_private_addresses=True)
+    assert lan.get(f"http://localhost:{neighbour.port}/img/a.png").status == 200  # a LAN crawl, on purpose
+
+
+def test_a_server_that_drips_bytes_cannot_hold_a_download_past_its_deadline(neighbour):
+    fetcher = Fetcher(delay=0, retries=0, timeout=5, deadline=1.0, sleep=Sleeps(), allow_private_addresses=True)
+    with pytest.raises(FetchError, match="deadline"):
+        fetcher.get(f"{neighbour.base}/drip")
+    assert neighbour.hits["/drip"] == 1
