@@ -80,6 +80,9 @@ class EngineConfig:
 class QueueConfig:
     max_queued_per_user: int = 10  # jobs waiting or running per user (admins exempt)
     max_jobs_per_hour: int = 60  # per user, 0 = no limit (admins exempt)
+    # Web and API clients choose their own user key, so the address they come from is limited too.
+    max_queued_per_address: int = 20  # jobs waiting or running per client address, 0 = no limit
+    max_jobs_per_hour_per_address: int = 120  # per client address, 0 = no limit
     max_switch_wait: float = 60.0  # seconds a job may wait while jobs for the loaded model go first
     job_timeout: float = 600.0  # seconds one batch may take
     max_attempts: int = 3  # a job the worker crashed on this often is failed, not retried

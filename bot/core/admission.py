@@ -89,6 +89,17 @@ class Admission:
         recent = await self.store.usage_last_hour(origin.user_key)
         if limits.max_jobs_per_hour and recent >= limits.max_jobs_per_hour:
             raise UserError("rate_limited", count=recent, limit=limits.max_jobs_per_hour)
+        if origin.address_key:  # a client can invent user keys, not addresses
+            await self._check_address_quota(origin)
+
+    async def _check_address_quota(self, origin: Origin) -> None:
+        limits = self.config.queue
+        waiting = await self.store.count_unfinished_from(origin.address)
+        if limits.max_queued_per_address and waiting >= limits.max_queued_per_address:
+            raise UserError("address_queue_full", count=waiting, limit=limits.max_queued_per_address)
+        recent = await self.store.usage_last_hour(origin.address_key)
+        if limits.max_jobs_per_hour_per_address and recent >= limits.max_jobs_per_hour_per_address:
+            raise UserError("address_rate_limited", count=recent, limit=limits.max_jobs_per_hour_per_address)
 
     # --- defaults ------------------------------------------------------------------------------------
 

@@ -29,6 +29,12 @@ class Origin:
     locale: str | None = None
     is_admin: bool = False  # an admin of the bot (config), for every chat
     manages_chat: bool = False  # the platform says this user runs this chat (a private chat, a group admin)
+    address: str = ""  # a web or API client's network address (limits apply to it too); "" on chat platforms
+
+    @property
+    def address_key(self) -> str | None:
+        """The key the per-address limits count under, for clients that have an address."""
+        return f"address:{self.address}" if self.address else None
 
     @property
     def user_key(self) -> str:

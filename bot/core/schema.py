@@ -62,10 +62,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_by_user_status ON jobs (user_key, status, id);
     """,
     # 3: an opaque public id per job (96 random bits): the integer id stays internal, and whoever
-    # holds the public id may read the job (a capability)
+    # holds the public id may read the job (a capability); the client address of web and API jobs,
+    # which has limits of its own
     """
     ALTER TABLE jobs ADD COLUMN public_id TEXT;
     UPDATE jobs SET public_id = lower(hex(randomblob(12))) WHERE public_id IS NULL;
     CREATE UNIQUE INDEX jobs_by_public_id ON jobs (public_id);
+    ALTER TABLE jobs ADD COLUMN address TEXT NOT NULL DEFAULT '';
+    CREATE INDEX jobs_by_address_status ON jobs (address, status) WHERE address != '';
     """,
 )

@@ -110,13 +110,15 @@ class Store:
         async with self.transaction():
             async with self.db.execute(
                 "INSERT INTO jobs (status, request, origin, platform, user_key, model, images, created_at, steps, "
-                "batch_key, is_admin, public_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "batch_key, is_admin, public_id, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (QUEUED, json.dumps(request.to_dict(), ensure_ascii=False), origin.to_json(), origin.platform,
                  origin.user_key, request.model, request.count, now, request.steps, batch_key, origin.is_admin,
-                 public_id),
+                 public_id, origin.address),
             ) as cursor:
                 job_id = cursor.lastrowid
             await self.add_usage(origin.user_key, request.count, now)
+            if origin.address_key:
+                await self.add_usage(origin.address_key, request.count, now)
         return QueuedJob(job_id, origin.user_key, request.model, batch_key, request.count, request.steps, now,
                          origin.is_admin, public_id)
 
@@ -239,6 +241,14 @@ class Store:
         """The user's jobs waiting or running."""
         async with self.db.execute(
             "SELECT COUNT(*) FROM jobs WHERE user_key = ? AND status IN ('queued', 'running')", (user_key,)
+        ) as cursor:
+            return (await cursor.fetchone())[0]
+
+    async def count_unfinished_from(self, address: str) -> int:
+        """Jobs waiting or running that came from one client address."""
+        async with self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE address = ? AND address != '' AND status IN ('queued', 'running')",
+            (address,)
         ) as cursor:
             return (await cursor.fetchone())[0]
 

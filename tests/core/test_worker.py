@@ -218,3 +218,25 @@ async def test_jobs_are_named_by_unguessable_public_ids_outside_the_process(make
         assert refused.value.key == "job_not_found"
     with pytest.raises(UserError):
         await service.cancel(first.public_id, BOB)  # knowing the id lets you read it, not cancel it
+
+
+async def test_clients_that_rotate_user_keys_are_still_limited_by_their_address(make_service):
+    service = await make_service(queue={"max_queued_per_user": 2, "max_queued_per_address": 5,
+                                        "max_jobs_per_hour_per_address": 6})
+    service.executor.gate.clear()
+    accepted, refused = [], 0
+    for n in range(80):  # a new key every time, all from one address
+        try:
+            accepted.append((await service.submit("a cat", Origin("web", f"key{n:04}", address="203.0.113.9"))).job_id)
+        except UserError as error:
+            assert error.key == "address_queue_full"
+            refused += 1
+    assert (len(accepted), refused) == (5, 75)
+    await service.submit("a cat", Origin("web", "neighbour", address="203.0.113.10"))  # others are not held up
+    for job_id in accepted[-2:]:  # room again in the queue, but not in the hour
+        await service.cancel(job_id, ADMIN)
+    await service.submit("a cat", Origin("web", "again", address="203.0.113.9"))
+    with pytest.raises(UserError) as hourly:
+        await service.submit("a cat", Origin("web", "again2", address="203.0.113.9"))
+    assert hourly.value.key == "address_rate_limited"
+    await service.submit("a cat", Origin("web", "root", address="203.0.113.9", is_admin=True))  # admins exempt

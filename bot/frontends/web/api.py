@@ -46,6 +46,8 @@ _STATUS_BY_KEY = {
     "admin_token_missing": 401,
     "banned": 403,
     "queue_full": 429,
+    "address_queue_full": 429,
+    "address_rate_limited": 429,
     "rate_limited": 429,
     "shutting_down": 503,
     "storage_unavailable": 503,
