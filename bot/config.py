@@ -91,6 +91,13 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class ModerationConfig:
+    # Words (or phrases) refused in prompts on every frontend, as whole words, ignoring case;
+    # Discord's age-restricted channels are exempt.
+    blocklist: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class WebConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -147,6 +154,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     engine: EngineConfig = field(default_factory=EngineConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
     web: WebConfig = field(default_factory=WebConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)

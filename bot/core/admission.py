@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from bot.config import Config
 from bot.core.errors import UserError
 from bot.core.jobs import Origin, QueuedJob
+from bot.core.moderation import check_prompt
 from bot.core.request import GenerationRequest, RequestOptions, VariantDefaults, parse_prompt
 from bot.core.resolve import resolve
 from bot.core.store import Store, storage_errors
@@ -56,6 +57,7 @@ class Admission:
         if reason is not None:
             raise UserError("banned", reason=reason)
         request = await self.resolve_request(options, origin)
+        check_prompt(request.prompt, origin, self.config.moderation.blocklist)
         async with self._lock:  # quota check and insert as one step, or concurrent requests slip past
             if not origin.is_admin:
                 await self._check_quota(origin)

@@ -30,6 +30,7 @@ class Origin:
     is_admin: bool = False  # an admin of the bot (config), for every chat
     manages_chat: bool = False  # the platform says this user runs this chat (a private chat, a group admin)
     address: str = ""  # a web or API client's network address (limits apply to it too); "" on chat platforms
+    adult_content: bool = False  # asked where adult content is allowed (Discord's age-restricted channels)
 
     @property
     def address_key(self) -> str | None:

@@ -240,3 +240,15 @@ async def test_clients_that_rotate_user_keys_are_still_limited_by_their_address(
         await service.submit("a cat", Origin("web", "again2", address="203.0.113.9"))
     assert hourly.value.key == "address_rate_limited"
     await service.submit("a cat", Origin("web", "root", address="203.0.113.9", is_admin=True))  # admins exempt
+
+
+async def test_one_blocklist_for_every_frontend_with_adult_places_exempt(make_service):
+    service = await make_service(moderation={"blocklist": ["gore", "blood bath"]})
+    for origin in (ALICE, Origin("telegram", "1", chat_id="-5"), Origin("discord", "2", chat_id="9")):
+        with pytest.raises(UserError) as refused:
+            await service.submit("a GORE scene", origin)
+        assert refused.value.key == "blocked_word" and refused.value.params == {"word": "gore"}
+    with pytest.raises(UserError):
+        await service.submit("a blood  bath --steps 1".replace("  ", " "), ALICE)  # phrases too
+    await service.submit("gorest forest --no gore", ALICE)  # whole words, and not what to leave out
+    await service.submit("a gore scene", Origin("discord", "2", chat_id="9", adult_content=True))
