@@ -222,7 +222,9 @@ class Service:
         job = await self.owned_job(ref, by)
         job_id = job.id
         if job.finished:
-            raise UserError("already_finished", job=job_id, status=job.status)
+            raise UserError("already_finished", job=ref, status=job.status)
+        if job.origin.user_key != by.user_key:  # an admin stopping someone else's job
+            await self.store.audit(by.user_key, "cancel", {"job": job.public_id, "user": job.origin.user_key})
         with storage_errors():
             status = await self.store.cancel(job_id)
         if status == CANCELLED:
@@ -312,9 +314,23 @@ class Service:
         return summary
 
     async def ban(self, user_key: str, reason: str, by: Origin) -> None:
+        """Refuse every later request of `user_key` ("platform:id"), telling them `reason`. Admins only."""
         _require_admin(by)
-        await self.store.ban(user_key, reason, by.user_key)
-        await self.store.audit(by.user_key, "ban", {"user": user_key, "reason": reason})
+        reason = reason.strip()
+        if not reason:
+            raise UserError("ban_needs_reason")
+        await self.store.ban(user_key, reason[:300], by.user_key)
+        await self.store.audit(by.user_key, "ban", {"user": user_key, "reason": reason[:300]})
+
+    async def unban(self, user_key: str, by: Origin) -> None:
+        _require_admin(by)
+        await self.store.unban(user_key)
+        await self.store.audit(by.user_key, "unban", {"user": user_key})
+
+    async def audit_log(self, by: Origin, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest admin actions, newest first. Admins only."""
+        _require_admin(by)
+        return await self.store.audit_log(limit)
 
     # --- health and metrics ----------------------------------------------------------------------------
 

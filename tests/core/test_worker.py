@@ -252,3 +252,24 @@ async def test_one_blocklist_for_every_frontend_with_adult_places_exempt(make_se
         await service.submit("a blood  bath --steps 1".replace("  ", " "), ALICE)  # phrases too
     await service.submit("gorest forest --no gore", ALICE)  # whole words, and not what to leave out
     await service.submit("a gore scene", Origin("discord", "2", chat_id="9", adult_content=True))
+
+
+async def test_bans_say_why_unbans_restore_and_admin_actions_are_audited(make_service):
+    service = await make_service()
+    service.executor.gate.clear()
+    with pytest.raises(UserError) as no_reason:
+        await service.ban(BOB.user_key, "  ", ADMIN)
+    assert no_reason.value.key == "ban_needs_reason"
+    with pytest.raises(UserError):
+        await service.ban(BOB.user_key, "spam", ALICE)  # admins only
+    await service.ban(BOB.user_key, "spam", ADMIN)
+    with pytest.raises(UserError, match="spam"):
+        await service.submit("a cat", BOB)
+    await service.unban(BOB.user_key, ADMIN)
+    bobs = await service.submit("a cat", BOB)
+    await service.submit("a dog", ALICE)
+    await service.cancel(bobs.public_id, ADMIN)
+    with pytest.raises(UserError):
+        await service.audit_log(ALICE)
+    actions = [(entry["action"], entry["detail"].get("user")) for entry in await service.audit_log(ADMIN)]
+    assert actions == [("cancel", BOB.user_key), ("unban", BOB.user_key), ("ban", BOB.user_key)]
