@@ -39,6 +39,7 @@ SHUTDOWN_MARGIN = 8.0  # beyond shutdown_grace, before the watchdog ends the pro
 async def serve(config: Config, secrets: Secrets, ready: asyncio.Event | None = None) -> None:
     from bot.frontends.web.api import create_app
 
+    check_secrets(secrets)
     chat_frontends = enabled_chat_frontends(secrets)  # before anything starts: a missing library stops here
     listeners = listen(config.web) if config.web.enabled else []
     try:
@@ -74,6 +75,16 @@ async def serve(config: Config, secrets: Secrets, ready: asyncio.Event | None = 
 
 
 # --- start-up ------------------------------------------------------------------------------------
+
+MIN_ADMIN_TOKEN = 16  # characters: a short admin token can be guessed over the network
+
+
+def check_secrets(secrets: Secrets) -> None:
+    token = secrets.admin_token
+    if token is not None and len(token) < MIN_ADMIN_TOKEN:
+        raise StartupError(f"IMAGEBOT_ADMIN_TOKEN is {len(token)} characters long; use at least "
+                           f"{MIN_ADMIN_TOKEN} random ones, e.g. python -c 'import secrets; "
+                           f"print(secrets.token_urlsafe(24))'")
 
 
 def listen(web: WebConfig) -> list[socket.socket]:

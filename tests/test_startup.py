@@ -37,9 +37,10 @@ def write_config(folder: Path, port: int, **storage: str) -> Path:
     return path
 
 
-def run_serve(config: Path) -> subprocess.CompletedProcess:
+def run_serve(config: Path, **secrets: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("IMAGEBOT_CONFIG", "IMAGEBOT_ADMIN_TOKEN", "TELEGRAM_TOKEN", "DISCORD_TOKEN")}
+    env.update(secrets)
     return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "serve"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=FAIL_TIMEOUT)
 
@@ -96,6 +97,13 @@ def test_a_port_in_use_stops_serve_at_once_naming_the_address(tmp_path):
     line = assert_one_line_failure(result, f"127.0.0.1:{port}", "address already in use", "[web] port")
     assert "Traceback" not in result.stderr, line
     assert not (tmp_path / "state").exists()  # the port is checked before anything is written
+
+
+def test_a_short_admin_token_stops_serve_before_anything_starts(tmp_path):
+    result = run_serve(write_config(tmp_path, 9), IMAGEBOT_ADMIN_TOKEN="secret")
+    line = assert_one_line_failure(result, "IMAGEBOT_ADMIN_TOKEN is 6 characters long", "at least 16")
+    assert "secret" not in line.replace("secrets", "")  # the token itself is never printed
+    assert not (tmp_path / "state").exists()
 
 
 def test_check_database_passes_a_good_database_and_leaves_it_as_it_was(tmp_path):
