@@ -7,6 +7,7 @@ configuration (one line on stderr saying what is allowed), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import secrets
@@ -59,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("data", help="dataset tools: manifests, image folders, crawling, captions (imagebot data --help)")
     commands.add_parser("train", help="offline training: scratch | finetune | evaluate (imagebot train --help)")
-    commands.add_parser("serve", help="run the bot: web page and API, plus Discord/Telegram when their tokens are set")
+    serve = commands.add_parser("serve", help="run the bot: web page and API, plus Discord/Telegram when their "
+                                "tokens are set")
+    serve.add_argument("--host", help="address the web page listens on (default: [web] host, 127.0.0.1; "
+                       "0.0.0.0 for every network: read README, 'Security', first)")
+    serve.add_argument("--port", type=_port, help="port of the web page (default: [web] port, 7860)")
 
     models = commands.add_parser("models", help="list or inspect the model store")
     models_commands = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
@@ -177,8 +182,18 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     secrets = Secrets.from_env()
     logs.setup(args.verbose, [secrets.discord_token, secrets.telegram_token, secrets.admin_token])
     _quiet_libraries(args.verbose)
+    if args.host is not None or args.port is not None:  # the command line wins over the config file
+        web = dataclasses.replace(config.web, host=config.web.host if args.host is None else args.host,
+                                  port=config.web.port if args.port is None else args.port)
+        config = dataclasses.replace(config, web=web)
     asyncio.run(serve(config, secrets))
     return 0
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"--port must be a number from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 # --- imagine -------------------------------------------------------------------------------

@@ -37,11 +37,11 @@ def write_config(folder: Path, port: int, **storage: str) -> Path:
     return path
 
 
-def run_serve(config: Path, **secrets: str) -> subprocess.CompletedProcess:
+def run_serve(config: Path, *flags: str, **secrets: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("IMAGEBOT_CONFIG", "IMAGEBOT_ADMIN_TOKEN", "TELEGRAM_TOKEN", "DISCORD_TOKEN")}
     env.update(secrets)
-    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "serve"], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "serve", *flags], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=FAIL_TIMEOUT)
 
 
@@ -97,6 +97,15 @@ def test_a_port_in_use_stops_serve_at_once_naming_the_address(tmp_path):
     line = assert_one_line_failure(result, f"127.0.0.1:{port}", "address already in use", "[web] port")
     assert "Traceback" not in result.stderr, line
     assert not (tmp_path / "state").exists()  # the port is checked before anything is written
+
+
+def test_host_and_port_on_the_command_line_win_over_the_config(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_serve(write_config(tmp_path, 9), "--host", "127.0.0.1", "--port", str(port))
+    assert_one_line_failure(result, f"127.0.0.1:{port}", "address already in use")
 
 
 def test_a_short_admin_token_stops_serve_before_anything_starts(tmp_path):
