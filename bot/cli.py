@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "0.0.0.0 for every network: read README, 'Security', first)")
     serve.add_argument("--port", type=_port, help="port of the web page (default: [web] port, 7860)")
 
+    commands.add_parser("doctor", help="what the bot would run on: torch, device, number format, attention, "
+                        "memory, models, frontends")
+
     models = commands.add_parser("models", help="list or inspect the model store")
     models_commands = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     models_commands.add_parser("list", help="every variant with its kind, base, status and defaults")
@@ -101,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
             return cmd_models(args, config)
         if args.command == "serve":
             return cmd_serve(args, config)
+        if args.command == "doctor":
+            return cmd_doctor(config)
     except (UserError, ConfigError) as error:
         print(f"imagebot: {error}", file=sys.stderr)
         return 2
@@ -194,6 +199,15 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"--port must be a number from 1 to 65535, got {text!r}")
     return int(text)
+
+
+def cmd_doctor(config: Config) -> int:
+    from bot.config import Secrets
+    from bot.doctor import report
+
+    for line in report(config, Secrets.from_env()):
+        print(line)
+    return 0
 
 
 # --- imagine -------------------------------------------------------------------------------

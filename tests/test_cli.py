@@ -366,3 +366,20 @@ def test_models_without_subcommand_is_a_usage_error(work, capsys):
     code, out, err = run_main(["models"], capsys)
     assert code == 2
     assert_one_line_error(err, "required")
+
+
+def test_doctor_says_what_serve_would_run_on(work, capsys, monkeypatch, tiny_pipeline_dir):
+    (work.models / "broken").mkdir()
+    (work.models / "broken" / "variant.toml").write_text('kind = "pipeline"\n', encoding="utf-8")
+    monkeypatch.setenv("DISCORD_TOKEN", "a-token-for-the-check-only")
+    monkeypatch.delenv("TELEGRAM_TOKEN", raising=False)
+    code, out, err = run_main(["doctor"], capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("torch 2.") and "device: cpu" in out and "number format: float32" in out
+    assert "attention: PyTorch SDPA" in out and re.search(r"memory: [\d.]+ GiB free of [\d.]+ GiB", out)
+    assert f"models in {work.models}: demo; default 'demo'" in out
+    assert "model broken: cannot be used: " in out and "model_index.json" in out
+    assert "web: would listen on http://127.0.0.1:7860" in out
+    assert "discord: would start (DISCORD_TOKEN set)" in out and "telegram: off (TELEGRAM_TOKEN not set)" in out
+    assert "a-token-for-the-check-only" not in out
