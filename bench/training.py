@@ -83,7 +83,7 @@ def finetune_run(work: Path, method: str, base: Path, instances: Path, steps: in
 
 
 def export_latency(work: Path) -> tuple[float, float]:
-    from bot.engine.registry import Registry
+    from bot.models.registry import Registry
     from training.store import export_variant
     from training.tiny import tiny_pipeline
 

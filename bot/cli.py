@@ -157,7 +157,7 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def _registry(config: Config):
-    from bot.engine.registry import Registry
+    from bot.models.registry import Registry
 
     registry = Registry(Path(config.storage.models_dir), config.variants, config.models.rescan_seconds)
     registry.scan()

@@ -46,7 +46,7 @@ async def open_stack(config: Config, executor: Executor | None = None) -> Stack:
 
     Without `executor`, the local GPU worker runs batches (this imports torch and loads the engine);
     a test or benchmark may pass its own, and then torch is never imported here."""
-    from bot.engine.registry import Registry  # torch-free: it only reads variant.toml files
+    from bot.models.registry import Registry  # torch-free: it only reads variant.toml files
 
     check_storage(config.storage)
     registry = Registry(Path(config.storage.models_dir), config.variants, config.models.rescan_seconds)

@@ -121,7 +121,7 @@ def generate_all(settings: Settings, rows, log=print) -> tuple[list[Record], dic
     from bot.config import EngineConfig
     from bot.core.request import GenerationRequest
     from bot.engine.engine import Engine
-    from bot.engine.registry import Registry
+    from bot.models.registry import Registry
 
     registry = Registry(Path(settings.models_dir))
     registry.scan()

@@ -90,7 +90,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bot.core.request import MODEL_NAME, VariantDefaults  # noqa: E402
+from bot.models.variant import MODEL_NAME, VariantDefaults  # noqa: E402
 from training.settings import Settings, SettingsError  # noqa: E402
 from training.store import export_variant, to_toml, write_atomic, write_text_atomic  # noqa: E402
 from training.train_scratch import (  # noqa: E402
@@ -292,7 +292,7 @@ class BaseModel:
     """Where the base comes from, without loading it."""
 
     label: str  # as given: a variant name or a folder
-    variant: Any  # bot.engine.registry.VariantSpec, or None for a plain folder
+    variant: Any  # bot.models.spec.VariantSpec, or None for a plain folder
     folder: Path
     fingerprint: str  # changes whenever a file of the base changes (keys the class-image cache)
     defaults: VariantDefaults | None  # a variant's drawing defaults; None: read them from the pipeline
@@ -300,7 +300,7 @@ class BaseModel:
 
 def resolve_base(c: FinetuneConfig) -> BaseModel:
     """Find `c.base` in the model store (or as a diffusers folder); FinetuneError if it is not usable."""
-    from bot.engine.registry import Registry
+    from bot.models.registry import Registry
 
     registry = Registry(Path(c.models_dir))
     registry.scan()

@@ -47,8 +47,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
-from bot.core.request import MODEL_NAME
-from bot.engine.registry import VARIANT_FILE, read_variant
+from bot.models.variant import MODEL_NAME
+from bot.models.spec import VARIANT_FILE, read_variant
 from bot.engine.outputs import fsync_dir
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

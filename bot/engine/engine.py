@@ -27,7 +27,8 @@ from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
 from bot.engine.devices import EngineSetupError, memory_budget_bytes, pick_device, pick_dtype
 from bot.engine.loader import load_base_pipeline, load_lora, model_bytes
-from bot.engine.registry import Registry, VariantSpec
+from bot.models.registry import Registry
+from bot.models.spec import VariantSpec
 from bot.engine.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from bot.config import EngineConfig
 from bot.core.errors import Cancelled, UserError
 from bot.core.executor import BatchItem, CancelProbe, Outcome, ProgressSink, StepProgress
 from bot.core.jobs import ImageResult
-from bot.engine.registry import Registry
+from bot.models.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from bot.core.jobs import Origin
 from bot.core.service import Service
 from bot.core.store import Store
 from bot.engine.executor import LocalExecutor
-from bot.engine.registry import Registry
+from bot.models.registry import Registry
 from tests.conftest import add_pipeline_variant
 
 ALICE = Origin("telegram", "alice", chat_id="group1")

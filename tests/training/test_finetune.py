@@ -15,7 +15,7 @@ from bot.config import EngineConfig, Limits
 from bot.core.request import parse_prompt
 from bot.core.resolve import resolve
 from bot.engine.engine import Engine
-from bot.engine.registry import Registry
+from bot.models.registry import Registry
 from training import concept, finetune, shapes, store
 from training.finetune import FinetuneConfig, FinetuneError, main, parse_args
 from training.tiny import save_tiny_pipeline

@@ -13,7 +13,7 @@ from bot.config import EngineConfig, Limits
 from bot.core.request import parse_prompt
 from bot.core.resolve import resolve
 from bot.engine.engine import Engine
-from bot.engine.registry import Registry
+from bot.models.registry import Registry
 from tests.conftest import add_pipeline_variant
 from training import store
 from training.train_scratch import (
