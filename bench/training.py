@@ -84,7 +84,7 @@ def finetune_run(work: Path, method: str, base: Path, instances: Path, steps: in
 
 def export_latency(work: Path) -> tuple[float, float]:
     from bot.models.registry import Registry
-    from training.store import export_variant
+    from bot.models.publish import publish_variant
     from training.tiny import tiny_pipeline
 
     models = work / "models"
@@ -93,7 +93,7 @@ def export_latency(work: Path) -> tuple[float, float]:
     registry.scan()
     pipe = tiny_pipeline()
     started = time.perf_counter()
-    export_variant(pipe, models, "fresh", {"steps": 2})
+    publish_variant(models, "fresh", pipe.save_pretrained, {"steps": 2})
     exported = time.perf_counter() - started
     while True:
         registry.scan()

@@ -44,8 +44,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from bot.models.atomic import write_atomic, write_text_atomic
 from training import shapes
-from training.store import write_atomic, write_text_atomic
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep
 
