@@ -131,7 +131,7 @@ def test_pipeline_variant_from_the_tiny_pipeline(models_dir, tiny_pipeline_dir):
 
 
 def test_single_file_variant_from_an_exported_checkpoint(store, tiny_pipeline_dir):
-    from training.export import export_single_file
+    from training.to_single_file import export_single_file
 
     folder = store / "sf"
     export_single_file(tiny_pipeline_dir, folder / "model.safetensors")
