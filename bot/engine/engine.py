@@ -126,9 +126,6 @@ class Engine:
                     log.info("model %s changed or removed in the store; unloading it", name)
                     self._evict(name)
 
-    def preload(self, model: str) -> None:
-        self._activate(self.registry.get(model))
-
     def generate(
         self,
         requests: Sequence[GenerationRequest],
