@@ -9,8 +9,8 @@ Every PNG we write carries two text chunks:
   with "Negative prompt:" cannot be told apart from the real one), so the JSON
   is what we trust when reading our own files back.
 
-The GPU worker and the CLI write these files and `imagebot` reads them back;
-neither needs torch for it, so this module must not import torch or diffusers.
+The GPU worker and `imagebot imagine` write these files; writing or reading
+them needs no torch, so this module imports neither torch nor diffusers.
 """
 
 from __future__ import annotations
