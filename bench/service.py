@@ -42,7 +42,7 @@ from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from bot.config import Secrets, config_from_dict  # noqa: E402
 from bot.engine.devices import pick_device, pick_dtype  # noqa: E402
-from bot.engine.executor import LocalExecutor  # noqa: E402
+from bot.executors.local import LocalExecutor  # noqa: E402
 from bot.frontends.web.api import create_app  # noqa: E402
 from bot.stack import open_stack  # noqa: E402
 from training.tiny import save_tiny_pipeline  # noqa: E402

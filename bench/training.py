@@ -10,7 +10,7 @@ is dropped). Prints:
   scratch demo   the same with the shipped demo model's architecture (training/configs/demo.toml)
   lora tiny      samples/s of a DreamBooth-LoRA step (instance + class image per sample) over a tiny base
   dreambooth     the same for a full-UNet DreamBooth step
-  export         seconds to publish a variant into a model store, and until a registry scan sees it
+  publish        seconds to publish a variant into a model store, and until a registry scan sees it
                  (a running bot polls every [models] rescan_seconds, 2 s by default, on top)
   ratio          LoRA samples/s over full DreamBooth samples/s on the same base
 """
@@ -82,9 +82,9 @@ def finetune_run(work: Path, method: str, base: Path, instances: Path, steps: in
     return steady_seconds_per_step(out / "log.jsonl", "train"), 2
 
 
-def export_latency(work: Path) -> tuple[float, float]:
-    from bot.engine.registry import Registry
-    from training.store import export_variant
+def publish_latency(work: Path) -> tuple[float, float]:
+    from bot.models.registry import Registry
+    from bot.models.publish import publish_variant
     from training.tiny import tiny_pipeline
 
     models = work / "models"
@@ -93,13 +93,13 @@ def export_latency(work: Path) -> tuple[float, float]:
     registry.scan()
     pipe = tiny_pipeline()
     started = time.perf_counter()
-    export_variant(pipe, models, "fresh", {"steps": 2})
-    exported = time.perf_counter() - started
+    publish_variant(models, "fresh", pipe.save_pretrained, {"steps": 2})
+    published = time.perf_counter() - started
     while True:
         registry.scan()
         entry = registry.entry("fresh")
         if entry is not None and entry.ready:
-            return exported, time.perf_counter() - started
+            return published, time.perf_counter() - started
 
 
 def main() -> None:
@@ -121,12 +121,12 @@ def main() -> None:
             results[label] = (seconds, batch)
         for method in ("lora", "dreambooth"):
             results[f"{method} tiny"] = finetune_run(work, method, base, instances, args.steps)
-        exported, seen = export_latency(work)
+        published, seen = publish_latency(work)
 
     print(f"{'run':<16}{'s/step':>9}{'batch':>7}{'samples/s':>11}")
     for label, (seconds, batch) in results.items():
         print(f"{label:<16}{seconds:>9.3f}{batch:>7}{batch / seconds:>11.1f}")
-    print(f"export: {exported:.2f} s to publish a tiny variant, visible to a registry scan after {seen:.2f} s")
+    print(f"publish: {published:.2f} s to publish a tiny variant, visible to a registry scan after {seen:.2f} s")
     ratio = (results["lora tiny"][1] / results["lora tiny"][0]) / (results["dreambooth tiny"][1] /
                                                                     results["dreambooth tiny"][0])
     print(f"ratio: LoRA step throughput / full DreamBooth step throughput = {ratio:.2f}x")

@@ -167,7 +167,7 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def _registry(config: Config):
-    from bot.engine.registry import Registry
+    from bot.models.registry import Registry
 
     registry = Registry(Path(config.storage.models_dir), config.variants, config.models.rescan_seconds)
     registry.scan()
@@ -229,8 +229,7 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
     registry.get(request.model)  # a broken variant says why before torch is even imported
 
     from bot.engine.engine import Engine
-    from bot.engine.executor import image_parameters
-    from bot.engine.outputs import save_images
+    from bot.outputs import save_result
 
     engine = Engine(registry, config.engine, allow_download=config.models.allow_download)
     bar = _ProgressBar(request.count, enabled=sys.stderr.isatty())
@@ -239,7 +238,7 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
     bar.close()
     out_dir = args.output or config.storage.outputs_path()
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{request.seed}-{secrets.token_hex(2)}"
-    saved = save_images(result.images, image_parameters(result, f"imagebot {__version__}"), out_dir, stem)
+    saved = save_result(result, f"imagebot {__version__}", out_dir, stem)
     for path in saved.images:
         print(path)
     if saved.grid is not None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from bot.models.variant import VariantOverride, check_defaults
+
 
 class ConfigError(ValueError):
     """The configuration file is wrong; the message names the key and what is allowed."""
@@ -132,19 +134,6 @@ class DiscordConfig:
     blocklist: tuple[str, ...] = ()  # words refused in prompts outside age-restricted channels
     edit_interval: float = 1.5  # seconds between progress edits
     previews: bool = True  # show the half-made image while it is generated
-
-
-@dataclass(frozen=True)
-class VariantOverride:
-    """Per-variant defaults from config.toml; they win over the variant's own variant.toml."""
-
-    steps: int | None = None
-    guidance: float | None = None
-    width: int | None = None
-    height: int | None = None
-    scheduler: str | None = None
-    negative_prompt: str | None = None
-    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -305,16 +294,7 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
     if prefix == "engine" and values.get("max_batch", 1) < 1:
         raise ConfigError("engine.max_batch must be at least 1")
     if prefix.startswith("variants."):
-        _check_variant_override(prefix, values)
-
-
-def _check_variant_override(prefix: str, values: Mapping[str, Any]) -> None:
-    from bot.core.request import SCHEDULERS  # late: bot.core.request imports this module
-
-    if values.get("scheduler") is not None and values["scheduler"] not in SCHEDULERS:
-        raise ConfigError(f"{prefix}.scheduler must be one of {', '.join(SCHEDULERS)}, got {values['scheduler']!r}")
-    for side in ("width", "height"):
-        if values.get(side) is not None and (values[side] < 8 or values[side] % 8):
-            raise ConfigError(f"{prefix}.{side} must be a positive multiple of 8, got {values[side]}")
-    if values.get("steps") is not None and values["steps"] < 1:
-        raise ConfigError(f"{prefix}.steps must be at least 1")
+        try:
+            check_defaults(values, prefix)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None

@@ -61,7 +61,7 @@ def _memory_line(torch, device) -> str:
 
 
 def _model_lines(config: Config) -> list[str]:
-    from bot.engine.registry import Registry
+    from bot.models.registry import Registry
 
     registry = Registry(Path(config.storage.models_dir), config.variants, config.models.rescan_seconds)
     registry.scan()

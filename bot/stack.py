@@ -18,6 +18,8 @@ from bot.config import Config, StorageConfig
 from bot.core.executor import Executor
 from bot.core.service import Catalog, Service
 from bot.core.store import Store
+from bot.executors.local import LocalExecutor
+from bot.models.registry import Registry
 
 
 class StartupError(Exception):
@@ -46,12 +48,11 @@ async def open_stack(config: Config, executor: Executor | None = None) -> Stack:
 
     Without `executor`, the local GPU worker runs batches (this imports torch and loads the engine);
     a test or benchmark may pass its own, and then torch is never imported here."""
-    from bot.engine.registry import Registry  # torch-free: it only reads variant.toml files
-
     check_storage(config.storage)
     registry = Registry(Path(config.storage.models_dir), config.variants, config.models.rescan_seconds)
     if executor is None:
-        executor = local_executor(config, registry)
+        executor = LocalExecutor(registry, config.engine, config.storage.outputs_path(),
+                                 allow_download=config.models.allow_download, version=f"imagebot {__version__}")
     store = await _open_store(config.storage.database_path())
     service = Service(config, store, executor, registry)
     try:
@@ -62,13 +63,6 @@ async def open_stack(config: Config, executor: Executor | None = None) -> Stack:
         await store.close()
         raise
     return Stack(config, store, registry, executor, service)
-
-
-def local_executor(config: Config, registry) -> Executor:
-    from bot.engine.executor import LocalExecutor  # the torch side, only when it is used
-
-    return LocalExecutor(registry, config.engine, config.storage.outputs_path(),
-                         allow_download=config.models.allow_download, version=f"imagebot {__version__}")
 
 
 async def _open_store(path: Path) -> Store:

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from bot.cli import main
-from bot.engine.outputs import read_png_parameters
+from bot.outputs import read_png_parameters
 from tests.conftest import add_pipeline_variant
 
 IMAGEBOT = Path(sys.executable).with_name("imagebot")

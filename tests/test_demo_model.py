@@ -13,7 +13,7 @@ import pytest
 from bot.config import EngineConfig, load_config
 from bot.core.request import GenerationRequest
 from bot.engine.engine import Engine
-from bot.engine.registry import Registry
+from bot.models.registry import Registry
 from training import shapes
 
 REPO = Path(__file__).resolve().parents[1]

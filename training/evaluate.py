@@ -44,8 +44,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from bot.models.atomic import write_atomic, write_text_atomic
 from training import shapes
-from training.store import write_atomic, write_text_atomic
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep
 
@@ -121,7 +121,7 @@ def generate_all(settings: Settings, rows, log=print) -> tuple[list[Record], dic
     from bot.config import EngineConfig
     from bot.core.request import GenerationRequest
     from bot.engine.engine import Engine
-    from bot.engine.registry import Registry
+    from bot.models.registry import Registry
 
     registry = Registry(Path(settings.models_dir))
     registry.scan()

@@ -58,7 +58,7 @@ Output folder (`output_dir`):
     lora/             LoRA method: pytorch_lora_weights.safetensors (diffusers LoRA format)
     pipeline/         dreambooth method without --name: the fine-tuned pipeline
 
-and, with `--name NAME`, the result published atomically as `<models_dir>/NAME` (training.store:
+and, with `--name NAME`, the result published atomically as `<models_dir>/NAME` (bot.models.publish:
 variant.toml written last, so a running bot never sees half a variant).
 
 Measured on the 2-core development machine (torch 2.13 CPU, one thread, niced, while another
@@ -90,9 +90,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bot.core.request import MODEL_NAME, VariantDefaults  # noqa: E402
+from bot.models.atomic import write_atomic, write_text_atomic  # noqa: E402
+from bot.models.publish import publish_variant  # noqa: E402
+from bot.models.toml_writer import to_toml  # noqa: E402
+from bot.models.variant import MODEL_NAME, VariantDefaults  # noqa: E402
 from training.settings import Settings, SettingsError  # noqa: E402
-from training.store import export_variant, to_toml, write_atomic, write_text_atomic  # noqa: E402
 from training.train_scratch import (  # noqa: E402
     Batches,
     Dataset,
@@ -292,7 +294,7 @@ class BaseModel:
     """Where the base comes from, without loading it."""
 
     label: str  # as given: a variant name or a folder
-    variant: Any  # bot.engine.registry.VariantSpec, or None for a plain folder
+    variant: Any  # bot.models.spec.VariantSpec, or None for a plain folder
     folder: Path
     fingerprint: str  # changes whenever a file of the base changes (keys the class-image cache)
     defaults: VariantDefaults | None  # a variant's drawing defaults; None: read them from the pipeline
@@ -300,7 +302,7 @@ class BaseModel:
 
 def resolve_base(c: FinetuneConfig) -> BaseModel:
     """Find `c.base` in the model store (or as a diffusers folder); FinetuneError if it is not usable."""
-    from bot.engine.registry import Registry
+    from bot.models.registry import Registry
 
     registry = Registry(Path(c.models_dir))
     registry.scan()
@@ -768,16 +770,6 @@ def validation_images(pipe, c: FinetuneConfig, defaults: VariantDefaults, accele
 # =============================================================================================
 
 
-class _Folder:
-    """What export_variant calls `pipe`: its save_pretrained copies files already written."""
-
-    def __init__(self, source: Path) -> None:
-        self.source = source
-
-    def save_pretrained(self, folder, safe_serialization: bool = True) -> None:
-        shutil.copytree(self.source, folder, dirs_exist_ok=True)
-
-
 def save_lora(c: FinetuneConfig, unet, text_encoder, folder: Path) -> Path:
     """The adapters in diffusers' LoRA format (what `pipe.load_lora_weights` reads), with the peft
     config as metadata so alpha / rank is restored on loading."""
@@ -820,10 +812,11 @@ def export(c: FinetuneConfig, base: BaseModel, defaults: VariantDefaults, pipe, 
         if not c.name:
             return None
         # Size as trained; steps, guidance and scheduler are the base's (the registry inherits them).
-        published = export_variant(_Folder(file.parent), c.models_dir, c.name,
-                                   {"width": c.resolution, "height": c.resolution}, description,
-                                   fields={"kind": "lora", "base": base.label, "file": LORA_FILE,
-                                           "scale": c.lora_scale})
+        published = publish_variant(c.models_dir, c.name,
+                                     lambda staging: shutil.copytree(file.parent, staging, dirs_exist_ok=True),
+                                     {"width": c.resolution, "height": c.resolution}, description,
+                                     fields={"kind": "lora", "base": base.label, "file": LORA_FILE,
+                                             "scale": c.lora_scale})
     else:
         pipe.unet, pipe.text_encoder = unet, text_encoder
         if c.export_half:
@@ -835,7 +828,9 @@ def export(c: FinetuneConfig, base: BaseModel, defaults: VariantDefaults, pipe, 
             pipe.save_pretrained(str(folder), safe_serialization=True)
             log(f"saved {folder}")
             return None
-        published = export_variant(pipe, c.models_dir, c.name, variant_defaults, description)
+        published = publish_variant(c.models_dir, c.name,
+                                     lambda staging: pipe.save_pretrained(staging, safe_serialization=True),
+                                     variant_defaults, description)
     log(f"published model '{c.name}' at {published}")
     return published
 

@@ -44,7 +44,7 @@ Output folder (`output_dir`):
     pipeline/         the final float16 pipeline
     eval.json         held-out prompts scored by training.shapes.judge (shapes data only)
 
-and, with `--name NAME`, the pipeline published atomically as `<models_dir>/NAME` (training.store).
+and, with `--name NAME`, the pipeline published atomically as `<models_dir>/NAME` (bot.models.publish).
 """
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bot.models.atomic import write_atomic, write_text_atomic  # noqa: E402
+from bot.models.publish import publish_variant  # noqa: E402
+from bot.models.toml_writer import to_toml  # noqa: E402
 from training import shapes  # noqa: E402
 from training.manifest import training_pairs  # noqa: E402
 from training.settings import Settings, SettingsError  # noqa: E402
-from training.store import export_variant, to_toml, write_atomic, write_text_atomic  # noqa: E402
 
 
 @dataclass
@@ -807,7 +809,9 @@ def export(pipe, c: TrainingConfig, run: Run, steps: int) -> Path | None:
     log(f"saved {folder} ({size:.1f} MiB of float16 weights)")
     if not c.name:
         return None
-    published = export_variant(pipe, c.models_dir, c.name, variant_defaults(c), describe(c, steps))
+    published = publish_variant(c.models_dir, c.name,
+                                lambda staging: pipe.save_pretrained(staging, safe_serialization=True),
+                                variant_defaults(c), describe(c, steps))
     log(f"published model '{c.name}' at {published}")
     return published
 

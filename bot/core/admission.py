@@ -18,9 +18,10 @@ from bot.config import Config
 from bot.core.errors import UserError
 from bot.core.jobs import Origin, QueuedJob
 from bot.core.moderation import check_prompt
-from bot.core.request import GenerationRequest, RequestOptions, VariantDefaults, parse_prompt
+from bot.core.request import GenerationRequest, RequestOptions, parse_prompt
 from bot.core.resolve import resolve
 from bot.core.store import Store, storage_errors
+from bot.models.variant import VariantDefaults
 
 DEFAULT_MODEL_SETTING = "default_model"
 CHAT_MODEL_SETTING = "model"
@@ -29,7 +30,7 @@ USER_SCOPE_PREFIX = "user:"  # chat_settings rows of chat "user:<id>" hold one u
 
 
 class Catalog(Protocol):
-    """The model store as the core sees it (bot.engine.registry.Registry fits)."""
+    """The model store as the core sees it (bot.models.registry.Registry fits)."""
 
     def scan(self) -> Any: ...
 

@@ -1,7 +1,7 @@
 """The seam between the queue and whatever runs generations.
 
 The worker hands a batch to an `Executor` and gets one outcome per job back. Today that is a
-local GPU thread (`bot.engine.executor.LocalExecutor`); remote GPU workers can implement the same
+local GPU thread (`bot.executors.local.LocalExecutor`); remote GPU workers can implement the same
 interface later while SQLite stays the source of truth.
 """
 

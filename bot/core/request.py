@@ -15,13 +15,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from bot.core.errors import UserError
+from bot.models.variant import MODEL_NAME, SCHEDULERS
 
 MAX_SEED = 2**32 - 1
-
-# Short scheduler names; the engine maps each to a diffusers scheduler class.
-SCHEDULERS = ("dpm++", "dpm++_karras", "euler", "euler_a", "ddim", "pndm", "heun", "unipc", "lcm")
-
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # Inline flag -> RequestOptions field, with an example for "needs a value" messages.
 FLAGS: dict[str, tuple[str, str]] = {
@@ -46,18 +42,6 @@ FLAGS: dict[str, tuple[str, str]] = {
 _FLAG = re.compile(r"(?:^|(?<=\s))(?:--|\u2014|\u2013)([A-Za-z][A-Za-z0-9_-]*)(?=\s|$)")
 # Control characters would end up in PNG text chunks and chat messages; keep newlines and tabs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-@dataclass(frozen=True)
-class VariantDefaults:
-    """What a model variant uses when the user does not say (from its variant.toml and config)."""
-
-    width: int = 512
-    height: int = 512
-    steps: int = 25
-    guidance: float = 7.0
-    scheduler: str = "dpm++"
-    negative_prompt: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typing import Mapping
 
 from bot.config import Limits
 from bot.core.errors import UserError
-from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions, VariantDefaults, shorten
+from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions, shorten
+from bot.models.variant import VariantDefaults
 
 
 def snap8(value: float) -> int:

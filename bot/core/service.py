@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bot.config import Config
@@ -25,7 +25,6 @@ from bot.core.jobs import (CANCELLED, DELIVERED, DELIVERY_FAILED, QUEUED, RUNNIN
 from bot.core.request import (
     GenerationRequest,
     RequestOptions,
-    VariantDefaults,
     merge_options,
     options_from_fields,
     parse_model_name,
@@ -302,7 +301,7 @@ class Service:
                 "error": entry.error,
                 "loaded": entry.name in loaded or entry.name in attached,
                 "default": entry.name == default,
-                "defaults": _defaults_dict(spec.defaults) if spec else None,
+                "defaults": asdict(spec.defaults) if spec else None,
             })
         return out
 
@@ -361,9 +360,3 @@ class Service:
 def _require_admin(origin: Origin) -> None:
     if not origin.is_admin:
         raise UserError("not_admin")
-
-
-def _defaults_dict(defaults: VariantDefaults) -> dict[str, Any]:
-    return {"width": defaults.width, "height": defaults.height, "steps": defaults.steps,
-            "guidance": defaults.guidance, "scheduler": defaults.scheduler, "negative_prompt": defaults.negative_prompt}
-

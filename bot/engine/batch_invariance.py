@@ -10,7 +10,8 @@ In batch-invariant mode the UNet's convolutions, group norms and one-row-per-sam
 run one sample at a time, and the VAE decodes one image at a time, so every image goes through
 exactly the same kernels whatever the batch. The rest of the UNet (attention and the large matrix
 products over all tokens, where most of the time goes) still runs batched, and so does the text
-encoder. Measured on the tiny test model: batching gains 2.3x instead of 3x, and identity is exact.
+encoder. Batching still pays, less than without this mode (`bench/engine.py` measures both on
+the machine at hand), and identity is exact.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
 from bot.engine.devices import EngineSetupError, memory_budget_bytes, pick_device, pick_dtype
 from bot.engine.loader import load_base_pipeline, load_lora, model_bytes
-from bot.engine.registry import Registry, VariantSpec
+from bot.models.registry import Registry
+from bot.models.spec import VariantSpec
 from bot.engine.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,6 @@ class Engine:
                 if entry is None or not entry.ready or entry.spec.fingerprint != resident.spec.fingerprint:
                     log.info("model %s changed or removed in the store; unloading it", name)
                     self._evict(name)
-
-    def preload(self, model: str) -> None:
-        self._activate(self.registry.get(model))
 
     def generate(
         self,

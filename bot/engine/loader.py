@@ -12,7 +12,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from bot.core.errors import UserError
-from bot.engine.registry import VariantSpec
+from bot.models.spec import VariantSpec
 
 log = logging.getLogger(__name__)
 

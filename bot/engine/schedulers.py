@@ -19,7 +19,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from bot.core.request import SCHEDULERS
+from bot.models.variant import SCHEDULERS
 
 # name -> (class, options on top of the model's config)
 _TABLE: dict[str, tuple[type, dict[str, Any]]] = {
@@ -33,7 +33,7 @@ _TABLE: dict[str, tuple[type, dict[str, Any]]] = {
     "unipc": (UniPCMultistepScheduler, {}),
     "lcm": (LCMScheduler, {}),
 }
-assert set(_TABLE) == set(SCHEDULERS), "bot.core.request.SCHEDULERS and this table must agree"
+assert set(_TABLE) == set(SCHEDULERS), "bot.models.variant.SCHEDULERS and this table must agree"
 
 
 def make_scheduler(name: str, model_config: Mapping[str, Any]):

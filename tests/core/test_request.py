@@ -11,12 +11,12 @@ from bot.core.request import (
     MAX_SEED,
     GenerationRequest,
     RequestOptions,
-    VariantDefaults,
     merge_options,
     options_from_fields,
     parse_prompt,
 )
 from bot.core.resolve import resolve, size_for_aspect, snap8
+from bot.models.variant import VariantDefaults
 
 LIMITS = Limits()  # max_prompt_chars=1000, max_steps=50, max_guidance=30, sides 32-1024, 1 Mpx, 4 images
 SD15 = VariantDefaults()  # 512x512, 25 steps, guidance 7, dpm++

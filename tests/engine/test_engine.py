@@ -13,9 +13,9 @@ from bot.core.errors import Cancelled, UserError
 from bot.core.request import SCHEDULERS, parse_prompt
 from bot.core.resolve import resolve
 from bot.engine.engine import Engine
-from bot.engine.registry import Registry
+from bot.models.registry import Registry
 from tests.conftest import add_pipeline_variant
-from training.export import export_single_file
+from training.to_single_file import export_single_file
 from training.tiny import save_tiny_lora, save_tiny_pipeline
 
 LIMITS = Limits(min_side=32)

@@ -5,7 +5,7 @@ import threading
 import torch
 
 from bot.engine.loader import load_base_pipeline
-from bot.engine.registry import Registry
+from bot.models.registry import Registry
 
 
 def test_concurrent_loads_give_complete_models(models_dir):

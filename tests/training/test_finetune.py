@@ -15,8 +15,9 @@ from bot.config import EngineConfig, Limits
 from bot.core.request import parse_prompt
 from bot.core.resolve import resolve
 from bot.engine.engine import Engine
-from bot.engine.registry import Registry
-from training import concept, finetune, shapes, store
+from bot.models.registry import Registry
+from bot.models import publish
+from training import concept, finetune, shapes
 from training.finetune import FinetuneConfig, FinetuneError, main, parse_args
 from training.tiny import save_tiny_pipeline
 
@@ -240,7 +241,7 @@ def test_lora_export_appears_only_complete(setup, monkeypatch):
             toml, weights = staging / "variant.toml", staging / "pytorch_lora_weights.safetensors"
             seen["order"] = toml.stat().st_mtime_ns >= weights.stat().st_mtime_ns
 
-    monkeypatch.setattr(store, "_checkpoint", observe)
+    monkeypatch.setattr(publish, "_checkpoint", observe)
     assert main(args(setup, "atomic", "--method", "lora", "--max-train-steps", "1", "--num-validation-images", "0",
                      "--with-prior-preservation", "false", "--name", "atomic-lora")) == 0
     assert seen["weights_staged"] is None and seen["variant_staged"] is None  # invisible until renamed in

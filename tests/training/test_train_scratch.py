@@ -1,8 +1,7 @@
-"""training.train_scratch and training.store: a tiny end-to-end run, resume, and atomic publishing."""
+"""training.train_scratch: a tiny end-to-end run, resume, and publishing into the model store."""
 
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,7 @@ from bot.config import EngineConfig, Limits
 from bot.core.request import parse_prompt
 from bot.core.resolve import resolve
 from bot.engine.engine import Engine
-from bot.engine.registry import Registry
-from tests.conftest import add_pipeline_variant
-from training import store
+from bot.models.registry import Registry
 from training.train_scratch import (
     TrainingConfig,
     build_text_encoder,
@@ -181,129 +178,3 @@ def test_bad_settings_are_refused(trained, tmp_path, capsys):
                                  "--output-dir", str(tmp_path / "new")])
     assert config.unet_channels == (32, 64) and config.vae_path == "some/vae" and config.time_budget == 3.0
     assert resume is None
-
-
-# --- training.store.export_variant: what a concurrent registry scan can observe -------------------
-
-
-class FolderPipe:
-    """Stands in for a pipeline: save_pretrained copies a saved pipeline folder."""
-
-    def __init__(self, source: Path, fail: bool = False) -> None:
-        self.source, self.fail = source, fail
-
-    def save_pretrained(self, folder, safe_serialization=True):
-        shutil.copytree(self.source, folder, dirs_exist_ok=True)
-        if self.fail:
-            raise RuntimeError("disk full")
-
-
-def observe(registry: Registry, name: str):
-    """What a scan sees of `name`: None (absent), or (ready, description, fingerprint)."""
-    registry.scan()
-    entry = registry.entry(name)
-    if entry is None:
-        return None
-    return entry.ready, entry.error, entry.spec.description if entry.spec else None, \
-        entry.spec.fingerprint if entry.spec else None
-
-
-@pytest.fixture
-def store_dir(tmp_path, tiny_pipeline_dir):
-    models = tmp_path / "models"
-    models.mkdir()
-    add_pipeline_variant(models, "demo", tiny_pipeline_dir, 'kind = "pipeline"\ndescription = "old"\n')
-    return models
-
-
-def _export_observed(monkeypatch, models: Path, name: str, source: Path) -> list:
-    registry = Registry(models, rescan_seconds=0)
-    seen = []
-    monkeypatch.setattr(store, "_checkpoint", lambda step, _: seen.append((step, observe(registry, name))))
-    store.export_variant(FolderPipe(source), models, name, {"steps": 3, "width": 32, "height": 32}, "new")
-    return seen
-
-
-def test_new_variant_appears_only_complete(monkeypatch, store_dir, tiny_pipeline_dir):
-    seen = _export_observed(monkeypatch, store_dir, "fresh", tiny_pipeline_dir)
-    steps = dict(seen)
-    assert steps["weights_staged"] is None  # weights written, variant.toml not yet: invisible
-    assert steps["variant_staged"] is None  # complete, but still under its hidden staging name
-    ready, error, description, _ = steps["published"]
-    assert ready and error is None and description == "new"
-    assert (store_dir / "fresh" / "variant.toml").is_file()
-    assert not [p for p in store_dir.iterdir() if p.name.startswith(".")]
-
-
-@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "rename-aside"])
-def test_replacing_a_variant_is_never_seen_half_written(monkeypatch, store_dir, tiny_pipeline_dir, exchange):
-    if not exchange:
-        monkeypatch.setattr(store, "_exchange", lambda a, b: False)
-    elif not store._exchange(store_dir / "demo", store_dir / "demo"):
-        pytest.skip("no RENAME_EXCHANGE on this system")
-    registry = Registry(store_dir, rescan_seconds=0)
-    old = observe(registry, "demo")
-    assert old[0] and old[2] == "old"
-    seen = _export_observed(monkeypatch, store_dir, "demo", tiny_pipeline_dir)
-    new = observe(registry, "demo")
-    assert new[0] and new[2] == "new" and new[3] != old[3]
-    allowed = {old, new} if exchange else {old, new, None}
-    assert all(observation in allowed for _, observation in seen), seen
-    steps = dict(seen)
-    assert steps["variant_staged"] == old and steps["published"] == new
-    assert steps.get("swapped" if exchange else "moved_aside") == (new if exchange else None)
-    assert not [p for p in store_dir.iterdir() if p.name.startswith(".")]
-
-
-def test_scanning_in_a_loop_during_replacement(store_dir, tiny_pipeline_dir):
-    registry = Registry(store_dir, rescan_seconds=0)
-    old = observe(registry, "demo")
-    seen, stop, scanning = [], threading.Event(), threading.Event()
-
-    def scan_forever():
-        scanner = Registry(store_dir, rescan_seconds=0)
-        while not stop.is_set():
-            seen.append(observe(scanner, "demo"))
-            scanning.set()
-
-    thread = threading.Thread(target=scan_forever)
-    thread.start()
-    try:
-        assert scanning.wait(10)
-        for i in range(3):
-            store.export_variant(FolderPipe(tiny_pipeline_dir), store_dir, "demo", {"steps": 3 + i}, f"new {i}")
-        count = len(seen)
-        while len(seen) == count and thread.is_alive():
-            stop.wait(0.01)
-    finally:
-        stop.set()
-        thread.join()
-    assert seen[0] == old and seen[-1] == observe(registry, "demo")
-    for observation in seen:
-        assert observation is not None, "the variant vanished during a replacement"
-        ready, error, description, _ = observation
-        assert ready and error is None and description in ("old", "new 0", "new 1", "new 2"), observation
-
-
-def test_failed_export_leaves_the_old_variant(store_dir, tiny_pipeline_dir):
-    registry = Registry(store_dir, rescan_seconds=0)
-    before = observe(registry, "demo")
-    with pytest.raises(RuntimeError, match="disk full"):
-        store.export_variant(FolderPipe(tiny_pipeline_dir, fail=True), store_dir, "demo", {}, "new")
-    with pytest.raises(Exception, match="defaults"):  # refused by the registry's own checks before publishing
-        store.export_variant(FolderPipe(tiny_pipeline_dir), store_dir, "demo", {"colour": "red"}, "new")
-    with pytest.raises(ValueError, match="invalid model name"):
-        store.export_variant(FolderPipe(tiny_pipeline_dir), store_dir, "../escape", {}, "new")
-    assert observe(registry, "demo") == before
-    assert not [p for p in store_dir.iterdir() if p.name.startswith(".")]
-
-
-def test_variant_toml_round_trips():
-    text = store.to_toml({"kind": "pipeline", "description": 'quote " and \\ and ünïcode', "n": None,
-                          "defaults": {"steps": 20, "guidance": 3.0, "scheduler": "dpm++"}})
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    assert tomllib.loads(text) == {"kind": "pipeline", "description": 'quote " and \\ and ünïcode',
-                                   "defaults": {"steps": 20, "guidance": 3.0, "scheduler": "dpm++"}}

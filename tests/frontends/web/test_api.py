@@ -23,7 +23,7 @@ from PIL import Image
 from bot.config import Config, Secrets
 from bot.core.service import Service
 from bot.core.store import Store
-from bot.engine.executor import LocalExecutor
+from bot.executors.local import LocalExecutor
 from bot.frontends.web.api import create_app
 from tests.conftest import add_pipeline_variant, start_service, stop_service
 

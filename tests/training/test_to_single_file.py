@@ -1,18 +1,14 @@
-"""training.export: diffusers pipeline -> single-file LDM checkpoint, and back through the bot's loader."""
+"""training.to_single_file: diffusers pipeline -> single-file LDM checkpoint, and back through the bot's loader."""
 
 import json
 import os
 import shutil
-import sys
-from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
 
 from accelerate import init_empty_weights  # noqa: E402
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
@@ -22,7 +18,7 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from bot.engine.single_file import ARCHS_DIR, detect_arch, load_single_file, read_checkpoint_header  # noqa: E402
-from training.export import export_single_file, ldm_state_dict, main, unet_to_ldm  # noqa: E402
+from training.to_single_file import export_single_file, ldm_state_dict, main, unet_to_ldm  # noqa: E402
 from training.tiny import save_tiny_pipeline, tiny_text_encoder  # noqa: E402
 
 

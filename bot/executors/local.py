@@ -1,4 +1,4 @@
-"""The local GPU worker: one dedicated thread owns torch and the engine.
+"""The local executor: one dedicated thread owns torch and the engine, and runs the batches.
 
 The asyncio side never blocks on it: a batch goes to the thread, progress comes back through
 `call_soon_threadsafe`, and the outcome is awaited. A generation that hangs past its timeout is
@@ -21,7 +21,8 @@ from bot.config import EngineConfig
 from bot.core.errors import Cancelled, UserError
 from bot.core.executor import BatchItem, CancelProbe, Outcome, ProgressSink, StepProgress
 from bot.core.jobs import ImageResult
-from bot.engine.registry import Registry
+from bot.models.registry import Registry
+from bot.outputs import save_result
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,7 @@ class LocalExecutor:
 
     def _run_batch(self, items: list[BatchItem], progress: Callable[[StepProgress], None],
                    is_cancelled: CancelProbe, deadline: float, timeout: float) -> list[Outcome]:
-        from bot.engine.outputs import save_images
-        from bot.engine.preview import latent_preview
+        from bot.engine.preview import latent_preview  # torch: only ever on the worker thread
 
         engine = self._engine or self._make_engine()
         ids = tuple(item.job_id for item in items)
@@ -176,8 +176,7 @@ class LocalExecutor:
             if is_cancelled(item.job_id):
                 outcomes.append(Outcome(item.job_id, cancelled=True))
                 continue
-            saved = save_images(result.images, image_parameters(result, self.version), self.outputs,
-                                f"job{item.job_id}")
+            saved = save_result(result, self.version, self.outputs, f"job{item.job_id}")
             outcomes.append(Outcome(
                 item.job_id,
                 images=tuple(ImageResult(path.name, seed) for path, seed in zip(saved.images, result.seeds)),
@@ -185,18 +184,3 @@ class LocalExecutor:
             ))
         return outcomes
 
-
-def image_parameters(result, version: str) -> list:
-    """What goes into each PNG's metadata: everything needed to make the image again."""
-    from bot.engine.outputs import ImageParameters
-
-    request = result.request
-    return [
-        ImageParameters(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-            sampler=request.scheduler, guidance=request.guidance, seed=seed, width=request.width,
-            height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
-            strength=request.strength, version=version or None,
-        )
-        for seed in result.seeds
-    ]

@@ -16,7 +16,7 @@ Only SD 1.x-style pipelines are supported: a CLIP (OpenAI ViT-L style, ``quick_g
 encoder stored as ``cond_stage_model.transformer.text_model.*``. SD 2.x keeps an OpenCLIP text
 encoder under a different layout (fused q/k/v), and SDXL has two text encoders; both are refused.
 
-    python -m training.export PIPELINE_DIR OUT.safetensors [--half]
+    python -m training.to_single_file PIPELINE_DIR OUT.safetensors [--half]
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import argparse
 import json
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from bot.models.atomic import write_file_atomic
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -279,8 +280,8 @@ def export_single_file(pipe_or_folder, out_path: Path, *, half: bool = False) ->
     """Write ``out_path`` (.safetensors, LDM key layout) from a pipeline object or a saved pipeline folder.
 
     ``half`` stores floating-point weights as float16 (the usual ~2 GB SD 1.5 file instead of ~4 GB).
-    The file is written next to its destination under a temporary name and then renamed, so a
-    crash never leaves a half-written checkpoint where a loader would pick it up.
+    The file is written atomically (bot.models.atomic), so a crash never leaves a half-written
+    checkpoint where a loader would pick it up.
     """
     from safetensors.torch import save_file
 
@@ -302,25 +303,12 @@ def export_single_file(pipe_or_folder, out_path: Path, *, half: bool = False) ->
         tensors[key] = value.contiguous()
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so os.replace is an atomic rename.
-    tmp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        # safetensors (0.8) creates its files 0600; the checkpoint should get the permissions any
-        # new file gets here (umask), since other programs (ComfyUI, a web UI) may need to read it.
-        with open(tmp_path, "xb"):
-            mode = tmp_path.stat().st_mode & 0o777
-        save_file(tensors, str(tmp_path), metadata={"format": "pt"})
-        os.chmod(tmp_path, mode)
-        os.replace(tmp_path, out_path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return out_path
+    return write_file_atomic(out_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.export",
+        prog="python -m training.to_single_file",
         description="Export a diffusers SD 1.x pipeline folder as one LDM-layout .safetensors checkpoint "
         "(for AUTOMATIC1111, ComfyUI, ... and the bot's single-file loader).",
     )

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
-from bot.engine.outputs import (  # noqa: E402
+from bot.models.variant import SCHEDULERS  # noqa: E402
+from bot.outputs import (  # noqa: E402
     A1111_SAMPLER_NAMES,
     ImageParameters,
     SavedImages,
@@ -140,6 +141,10 @@ def test_unknown_sampler_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="'dpm_sde'"):
         save_png(image(), tmp_path / "x.png", params(sampler="dpm_sde"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_scheduler_a_request_may_name_can_be_written():
+    assert set(SCHEDULERS) <= set(A1111_SAMPLER_NAMES)
 
 
 @pytest.mark.parametrize("short", A1111_SAMPLER_NAMES)
@@ -459,6 +464,6 @@ def test_save_images_accepts_longest_stem_and_checks_counts(tmp_path):
 
 
 def test_module_does_not_import_torch_or_diffusers():
-    code = "import sys, bot.engine.outputs; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    code = "import sys, bot.outputs; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""The model store (bot/engine/registry.py): parsing variant folders, validation, hot-loading.
+"""The model store (bot/models/registry.py, bot/models/spec.py): parsing variant folders, validation, hot-loading.
 
 Most tests build fake variant folders (a model_index.json, a unet/config.json, a few bytes
 called *.safetensors): the registry only looks at files, never at weights, and never imports
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from bot.config import VariantOverride, config_from_dict
+from bot.config import config_from_dict
 from bot.core.errors import UserError
-from bot.core.request import VariantDefaults
-from bot.engine import registry as registry_module
-from bot.engine.registry import Registry, ScanChanges, VariantEntry
+from bot.models import registry as registry_module
+from bot.models.registry import Registry, ScanChanges, VariantEntry
+from bot.models.variant import VariantDefaults, VariantOverride
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ def tiny_lora_dir(tmp_path_factory, tiny_pipeline_dir) -> Path:
 def test_importing_and_scanning_the_registry_does_not_import_torch_or_diffusers(good_store):
     code = (
         "import sys\n"
-        "from bot.engine.registry import Registry\n"
+        "from bot.models.registry import Registry\n"
         f"r = Registry({str(good_store)!r}); r.scan(); assert r.entry('good').ready\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'safetensors.torch') if m in sys.modules)\n"
         "print(heavy)\n"
@@ -131,7 +131,7 @@ def test_pipeline_variant_from_the_tiny_pipeline(models_dir, tiny_pipeline_dir):
 
 
 def test_single_file_variant_from_an_exported_checkpoint(store, tiny_pipeline_dir):
-    from training.export import export_single_file
+    from training.to_single_file import export_single_file
 
     folder = store / "sf"
     export_single_file(tiny_pipeline_dir, folder / "model.safetensors")

@@ -1,4 +1,5 @@
-"""The service with the real store, registry and local GPU worker (torch) on a tiny model."""
+"""The local executor (bot/executors/local.py) under the service, with the real store and registry,
+on a tiny model: the GPU worker thread runs torch."""
 
 import asyncio
 
@@ -9,8 +10,8 @@ from bot.core.errors import UserError
 from bot.core.jobs import Origin
 from bot.core.service import Service
 from bot.core.store import Store
-from bot.engine.executor import LocalExecutor
-from bot.engine.registry import Registry
+from bot.executors.local import LocalExecutor
+from bot.models.registry import Registry
 from tests.conftest import add_pipeline_variant
 
 ALICE = Origin("telegram", "alice", chat_id="group1")
@@ -176,7 +177,7 @@ async def test_a_hung_generation_is_abandoned_and_a_fresh_worker_takes_over(make
     the executor gives up on its thread after the timeout and starts a new one."""
     import threading
 
-    from bot.engine import executor as executor_module
+    from bot.executors import local as executor_module
 
     monkeypatch.setattr(executor_module, "GRACE_SECONDS", 0.2)
     release = threading.Event()

@@ -9,25 +9,25 @@ Every PNG we write carries two text chunks:
   with "Negative prompt:" cannot be told apart from the real one), so the JSON
   is what we trust when reading our own files back.
 
-This module is imported by cheap code paths (the chat front end, tests), so it
-must not import torch or diffusers.
+The GPU worker and `imagebot imagine` write these files; writing or reading
+them needs no torch, so this module imports neither torch nor diffusers.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO
+from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from bot.models.atomic import write_atomic, write_text_atomic
 
 A1111_CHUNK = "parameters"
 IMAGEBOT_CHUNK = "imagebot"
@@ -49,9 +49,8 @@ class ImageParameters:
     version: str | None = None  # e.g. "imagebot 0.1.0"
 
 
-# Our short sampler name -> (A1111 "Sampler", A1111 "Schedule type").
-# Public so the engine's scheduler registry can be checked against it: a
-# sampler missing here makes save_png refuse to write.
+# Our short sampler name -> (A1111 "Sampler", A1111 "Schedule type"). Every
+# scheduler a request may name needs one: save_png refuses a sampler missing here.
 A1111_SAMPLER_NAMES: Mapping[str, tuple[str, str | None]] = MappingProxyType(
     {
         "dpm++": ("DPM++ 2M", None),
@@ -224,52 +223,6 @@ def parameters_from_a1111(text: str) -> ImageParameters:
     )
 
 
-# --- Atomic files -----------------------------------------------------------
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write `path` so that readers see either the old file or the whole new one.
-
-    The temp file lives in the same folder because os.replace is only atomic
-    within one filesystem; its name is unique so concurrent writers of the
-    same target never share a temp file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with 0o666 (not mkstemp's 0o600) so the final file gets the
-    # usual umask-derived permissions and stays readable by e.g. a web server.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            # Without fsync a power cut after the rename can leave an empty
-            # file under the final name on some filesystems (ext4 delalloc).
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable. Not possible on Windows, and a failure
-    # here cannot corrupt anything, so it is best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # --- PNG files --------------------------------------------------------------
 
 
@@ -285,7 +238,9 @@ def save_png(
     # or unserialisable `extra` fails without touching the disk.
     info.add_text(A1111_CHUNK, a1111_parameters(params))
     info.add_text(IMAGEBOT_CHUNK, json.dumps({**asdict(params), "extra": extra or {}}, ensure_ascii=False))
-    return _atomic_write(Path(path), lambda f: image.save(f, format="PNG", pnginfo=info))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, lambda f: image.save(f, format="PNG", pnginfo=info), binary=True)
 
 
 def read_png_parameters(path: Path) -> ImageParameters:
@@ -394,6 +349,21 @@ def save_images(
         "images": [{"file": p.name, "parameters": asdict(params)} for p, params in zip(paths, params_per_image)],
         "grid": grid.name if grid else None,
     }
-    data = (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
-    manifest_path = _atomic_write(out_dir / f"{stem}.json", lambda f: f.write(data))
+    manifest_path = write_text_atomic(out_dir / f"{stem}.json", json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
     return SavedImages(images=paths, grid=grid, manifest=manifest_path)
+
+
+def save_result(result: Any, version: str, out_dir: Path, stem: str) -> SavedImages:
+    """Write the images of an engine `GenerationResult` as a batch (see save_images), each with
+    everything needed to make it again; `version` is e.g. "imagebot 0.1.0"."""
+    request = result.request
+    params = [
+        ImageParameters(
+            prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+            sampler=request.scheduler, guidance=request.guidance, seed=seed, width=request.width,
+            height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
+            strength=request.strength, version=version or None,
+        )
+        for seed in result.seeds
+    ]
+    return save_images(result.images, params, out_dir, stem)

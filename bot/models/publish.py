@@ -1,17 +1,18 @@
-"""Publish a trained pipeline into the model store (`models/<name>/`) without the bot ever seeing
-half of it.
+"""Publish a variant into the model store (`models/<name>/`) without the bot ever seeing half of it.
 
-    export_variant(pipe, "models", "demo", {"steps": 20, "guidance": 3.0, "width": 32, "height": 32,
-                                            "scheduler": "dpm++"}, "shapes on colours, trained from scratch")
+    publish_variant("models", "demo", lambda folder: pipe.save_pretrained(folder),
+                    {"steps": 20, "guidance": 3.0, "width": 32, "height": 32, "scheduler": "dpm++"},
+                    "shapes on colours, trained from scratch")
 
 How it stays atomic. A running bot rescans `models/` every few seconds (`Registry.scan()`): it
 skips names starting with "." and folders without `variant.toml`, then reads `variant.toml`,
 `model_index.json` and `unet/config.json` and fingerprints every file; the engine loads the files
 later. So:
 
-1. Everything is written into a staging folder `models/.<name>.tmp-XXXXXXXX` (hidden: the registry
-   ignores it): the weights (`save_pretrained`, safetensors), then `variant.toml` last (temp file
-   + `os.replace`). The staged folder is checked with the registry's own parser and fsynced.
+1. Everything is written into a staging folder `models/.<name>.tmp-XXXXXXXX` (hidden: the
+   registry ignores it): the files (the caller's `write(folder)`, e.g. `save_pretrained`), then
+   `variant.toml` last (temp file + `os.replace`). The staged folder is checked with the
+   registry's own parser and fsynced.
 2. It is published by renaming whole folders (same file system, so each rename is atomic):
    - new variant: `rename(staging, models/<name>)`. A scan sees either no folder or the complete
      one, variant.toml included; never the variant before its variant.toml exists.
@@ -28,53 +29,50 @@ later. So:
    `refresh()` reloads the variant from the new folder. (Open files stay readable on POSIX.)
 
 A crash leaves at most a hidden `.<name>.tmp-*` / `.<name>.old-*` folder, which the registry
-ignores; delete it by hand. Two exports of the same name at once are not supported (the last
-rename wins, and the loser's staging folder may be left behind).
-
-No torch here: `pipe` is anything with diffusers' `save_pretrained(folder, safe_serialization=...)`.
+ignores; delete it by hand. Two publications of the same name at once are not supported (the
+last rename wins, and the loser's staging folder may be left behind).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import json
-import math
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
-from bot.core.request import MODEL_NAME
-from bot.engine.registry import VARIANT_FILE, read_variant
-from bot.engine.outputs import fsync_dir
+from bot.models.atomic import fsync_dir, fsync_file, write_text_atomic
+from bot.models.spec import VARIANT_FILE, read_variant
+from bot.models.toml_writer import to_toml
+from bot.models.variant import MODEL_NAME
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 
 
 def _checkpoint(step: str, name: str) -> None:
-    """Called between the steps of an export; tests replace it to look at the store mid-export."""
+    """Called between the steps of a publication; tests replace it to look at the store midway."""
 
 
-def export_variant(
-    pipe: Any,
+def publish_variant(
     models_dir: str | Path,
     name: str,
+    write: Callable[[Path], None],
     defaults: Mapping[str, Any] | None = None,
     description: str = "",
     fields: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write `pipe` as the pipeline variant `models_dir/name` and return its folder.
+    """Publish the variant `models_dir/name`, whose files `write(folder)` writes, and return its folder.
 
     `defaults` becomes variant.toml's [defaults] (steps, guidance, width, height, scheduler,
-    negative_prompt). `fields` adds or replaces top-level keys of variant.toml: another kind of
-    variant, e.g. {"kind": "lora", "base": "demo", "file": "pytorch_lora_weights.safetensors"},
-    where `pipe.save_pretrained` writes that kind's files. An existing variant of that name is
-    replaced (see the module docstring for what a concurrently scanning registry can observe: never
-    a half-written variant).
+    negative_prompt). `fields` adds or replaces top-level keys of variant.toml: by default the
+    variant is a diffusers pipeline folder; another kind, e.g. {"kind": "lora", "base": "demo",
+    "file": "pytorch_lora_weights.safetensors"}, has `write` put that kind's files in the folder.
+    An existing variant of that name is replaced (see the module docstring for what a concurrently
+    scanning registry can observe: never a half-written variant).
     """
     if not MODEL_NAME.fullmatch(name):
         raise ValueError(f"invalid model name {name!r}: letters, digits, '.', '_', '-', up to 64 "
@@ -87,7 +85,7 @@ def export_variant(
 
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=models_dir))
     try:
-        pipe.save_pretrained(str(staging), safe_serialization=True)
+        write(staging)
         _checkpoint("weights_staged", name)
         variant: dict[str, Any] = {"kind": "pipeline", **(fields or {})}
         if description:
@@ -150,29 +148,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, f"cannot swap {a} and {b}: {os.strerror(code)}")
 
 
-# --- files ---------------------------------------------------------------------------------
-
-
-def write_atomic(path: str | Path, write: Callable[[IO], None], binary: bool = False) -> None:
-    """Call `write(stream)` on a temp file in the same folder, fsync it, then os.replace it over
-    `path`: readers see the old file or the complete new one, and a failure leaves no temp file.
-    Text streams are UTF-8 with no newline translation (CSV writes its own line ends)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file normally follows the umask
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    write_atomic(path, lambda stream: stream.write(text))
+# --- the staged folder -------------------------------------------------------------------------
 
 
 def _umask() -> int:
@@ -199,46 +175,5 @@ def _fsync_tree(folder: Path) -> None:
     """Flush the staged files before they are published (a crash must not publish empty files)."""
     for root, _, files in os.walk(folder):
         for f in files:
-            fd = os.open(os.path.join(root, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(Path(root, f))
         fsync_dir(Path(root))
-
-
-# --- TOML (the subset variant.toml and training configs use) --------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        # A JSON string (ASCII, \uXXXX escapes) is a valid TOML basic string.
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
-
-
-def to_toml(data: Mapping[str, Any]) -> str:
-    """Top-level keys, then one level of [tables]. None values are left out (TOML has no null)."""
-    lines = [f"{key} = {_toml_value(value)}" for key, value in data.items()
-             if value is not None and not isinstance(value, Mapping)]
-    for key, table in data.items():
-        if isinstance(table, Mapping):
-            lines += ["", f"[{key}]"]
-            for sub, value in table.items():
-                if isinstance(value, Mapping):
-                    raise TypeError(f"nested table {key}.{sub} is not supported")
-                if value is not None:
-                    lines.append(f"{sub} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,66 @@
+"""The variant schema: valid model and scheduler names, a variant's drawing defaults, and the
+overrides config.toml may set for them. Checked here, once, for variant.toml and config.toml alike.
+
+This module imports nothing from the rest of the bot, so the configuration, the core and the model
+store can all build on it without importing each other.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass, fields, make_dataclass, replace
+from typing import Any, Mapping
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# Short scheduler names; the engine maps each to a diffusers scheduler class.
+SCHEDULERS = ("dpm++", "dpm++_karras", "euler", "euler_a", "ddim", "pndm", "heun", "unipc", "lcm")
+
+
+@dataclass(frozen=True)
+class VariantDefaults:
+    """What a model variant uses when the user does not say (from its variant.toml and config)."""
+
+    width: int = 512
+    height: int = 512
+    steps: int = 25
+    guidance: float = 7.0
+    scheduler: str = "dpm++"
+    negative_prompt: str = ""
+
+
+DEFAULT_TYPES: dict[str, type] = typing.get_type_hints(VariantDefaults)
+
+# config.toml's [variants.<name>]: every field of VariantDefaults, None meaning "keep the variant's
+# own value", and whether the variant is offered at all. Built from VariantDefaults so that a new
+# default is configurable without writing it down twice.
+VariantOverride = make_dataclass(
+    "VariantOverride",
+    [*((f.name, DEFAULT_TYPES[f.name] | None, None) for f in fields(VariantDefaults)), ("enabled", bool, True)],
+    frozen=True,
+    namespace={"__module__": __name__,
+               "__doc__": "Per-variant defaults from config.toml; they win over the variant's own variant.toml."},
+)
+
+
+def overridden(defaults: VariantDefaults, override: VariantOverride) -> VariantDefaults:
+    """`defaults` with every value `override` sets."""
+    values = {f.name: getattr(override, f.name) for f in fields(VariantDefaults)}
+    return replace(defaults, **{k: v for k, v in values.items() if v is not None})
+
+
+def check_defaults(values: Mapping[str, Any], where: str) -> None:
+    """Raise ValueError naming `where.<key>` for a default no variant can draw with.
+
+    `values` are drawing defaults of the right types, from variant.toml's [defaults] or a
+    [variants.<name>] table of config.toml; a None value is "not set" and always fine.
+    """
+    scheduler = values.get("scheduler")
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ValueError(f"{where}.scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    for side in ("width", "height"):
+        if values.get(side) is not None and (values[side] < 8 or values[side] % 8):
+            raise ValueError(f"{where}.{side} must be a positive multiple of 8, got {values[side]}")
+    if values.get("steps") is not None and values["steps"] < 1:
+        raise ValueError(f"{where}.steps must be at least 1, got {values['steps']}")
