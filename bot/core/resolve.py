@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from dataclasses import replace
 from typing import Mapping
 
 from bot.config import Limits
@@ -76,11 +77,13 @@ def resolve(
         raise UserError("negative_too_long", got=len(negative), limit=limits.max_prompt_chars)
 
     if options.aspect is not None:
-        width, height = fit_to_limits(size_for_aspect(options.aspect, (defaults.width, defaults.height)), limits)
+        native = (defaults.width, defaults.height)
+        width, height = fit_to_limits(size_for_aspect(options.aspect, native), model_limits(limits, defaults))
     else:
         width = snap8(options.width) if options.width is not None else defaults.width
         height = snap8(options.height) if options.height is not None else defaults.height
     _check_size(width, height, limits)
+    _check_model_size(model, width, height, defaults)
 
     steps = defaults.steps if options.steps is None else options.steps
     _check_range("steps", steps, 1, limits.max_steps)
@@ -107,6 +110,22 @@ def resolve(
         init_image=options.init_image,
         strength=options.strength if options.init_image else None,
     )
+
+
+def model_limits(limits: Limits, defaults: VariantDefaults) -> Limits:
+    """The bot's limits, tightened by what the model itself draws well."""
+    return replace(limits, max_side=min(limits.max_side, defaults.max_side or limits.max_side),
+                   max_pixels=min(limits.max_pixels, defaults.max_pixels or limits.max_pixels))
+
+
+def _check_model_size(model: str, width: int, height: int, defaults: VariantDefaults) -> None:
+    native = f"{defaults.width}x{defaults.height}"
+    if defaults.max_side and max(width, height) > defaults.max_side:
+        raise UserError("model_side_too_large", model=model, width=width, height=height, limit=defaults.max_side,
+                        native=native)
+    if defaults.max_pixels and width * height > defaults.max_pixels:
+        raise UserError("model_pixels_too_large", model=model, width=width, height=height,
+                        limit=defaults.max_pixels, native=native)
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

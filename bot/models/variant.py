@@ -28,6 +28,11 @@ class VariantDefaults:
     guidance: float = 7.0
     scheduler: str = "dpm++"
     negative_prompt: str = ""
+    # The largest images this model draws well (0: only the bot's [limits] apply). Far above its
+    # native size a model draws garbage, slowly: a 32 px model asked for 768x512 would hold the
+    # only GPU worker for half an hour.
+    max_side: int = 0
+    max_pixels: int = 0
 
 
 DEFAULT_TYPES: dict[str, type] = typing.get_type_hints(VariantDefaults)
@@ -62,5 +67,11 @@ def check_defaults(values: Mapping[str, Any], where: str) -> None:
     for side in ("width", "height"):
         if values.get(side) is not None and (values[side] < 8 or values[side] % 8):
             raise ValueError(f"{where}.{side} must be a positive multiple of 8, got {values[side]}")
+    for limit in ("max_side", "max_pixels"):
+        if values.get(limit) is not None and values[limit] < 0:
+            raise ValueError(f"{where}.{limit} must be 0 (no limit of its own) or more, got {values[limit]}")
+    for side in ("width", "height"):
+        if values.get("max_side") and values.get(side) is not None and values[side] > values["max_side"]:
+            raise ValueError(f"{where}.{side} ({values[side]}) is over {where}.max_side ({values['max_side']})")
     if values.get("steps") is not None and values["steps"] < 1:
         raise ValueError(f"{where}.steps must be at least 1, got {values['steps']}")

@@ -734,3 +734,31 @@ def test_merged_options_resolve():
 def test_seed_minus_one_means_random_as_in_other_tools():
     seeds = {make("a cat --seed -1").seed for _ in range(10)}
     assert len(seeds) > 1 and all(0 <= seed <= MAX_SEED for seed in seeds)
+
+
+SMALL = VariantDefaults(width=32, height=32, steps=3, max_side=128, max_pixels=128 * 96)
+
+
+def test_a_model_with_its_own_size_limits_refuses_what_it_cannot_draw_naming_its_native_size():
+    variants = {"small": SMALL}
+    with pytest.raises(UserError) as error:
+        resolve(parse_prompt("a cat --size 768x512"), variants, "small", LIMITS)
+    assert error.value.key == "model_side_too_large"
+    assert str(error.value) == ("small draws images up to 128 px a side, so 768x512 is too large; "
+                                "its native size is 32x32.")
+    with pytest.raises(UserError) as pixels:
+        resolve(parse_prompt("a cat --size 128x128"), variants, "small", LIMITS)
+    assert pixels.value.key == "model_pixels_too_large"
+    assert (lambda r: (r.width, r.height))(resolve(parse_prompt("a cat --size 64x64"), variants, "small", LIMITS)) \
+        == (64, 64)  # twice the native size (an upscale) is fine
+    wide = resolve(parse_prompt("a cat --ar 16:9"), variants, "small", Limits(min_side=32))
+    assert wide.width <= 128 and wide.width * wide.height <= 128 * 96  # sizes the bot works out fit too
+
+
+def test_variant_limits_are_checked_where_they_are_written():
+    from bot.models.variant import check_defaults
+
+    with pytest.raises(ValueError, match=r"defaults.width \(256\) is over defaults.max_side \(128\)"):
+        check_defaults({"width": 256, "max_side": 128}, "defaults")
+    with pytest.raises(ValueError, match="max_pixels must be 0"):
+        check_defaults({"max_pixels": -1}, "defaults")
