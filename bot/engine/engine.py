@@ -26,6 +26,7 @@ from bot.core.errors import Cancelled, UserError
 from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
 from bot.engine.devices import EngineSetupError, memory_budget_bytes, pick_device, pick_dtype
+from bot.engine.interrupt import stoppable
 from bot.engine.loader import load_base_pipeline, load_lora, model_bytes
 from bot.models.registry import Registry
 from bot.models.spec import VariantSpec
@@ -328,7 +329,7 @@ class Engine:
                           num_inference_steps=max(request.steps, math.ceil(1 / strength)))
         else:
             kwargs.update(width=request.width, height=request.height)
-        with torch.inference_mode():
+        with torch.inference_mode(), stoppable(pipe, should_cancel):
             output = pipe(**kwargs)
         self.stats.batches += 1
         self.stats.images += len(items)

@@ -104,6 +104,29 @@ def test_cancellation_stops_between_steps_and_the_engine_goes_on(models_dir):
     assert len(generate_one(engine, "a cat --steps 2").images) == 1
 
 
+def test_cancellation_takes_effect_inside_a_step_not_only_after_it(models_dir):
+    """A step of a big model can take a minute: the check also runs between the UNet's blocks."""
+    engine = make_engine(models_dir)
+    checks, seen = [], []
+
+    def cancel_on_the_third_check() -> bool:  # the first is before the call, the next ones inside step 1
+        checks.append(1)
+        return len(checks) >= 3
+
+    with pytest.raises(Cancelled):
+        engine.generate([request(engine, "a cat --steps 5")], on_progress=lambda p: seen.append(p.step),
+                        should_cancel=cancel_on_the_third_check)
+    assert seen == []  # stopped before the first step ended
+    unet = engine_pipe_unet(engine)
+    assert not any(module._forward_pre_hooks for module in unet.modules())  # no check left behind
+    assert len(generate_one(engine, "a cat --steps 2").images) == 1
+
+
+def engine_pipe_unet(engine):
+    [resident] = engine._resident.values()
+    return resident.pipe.unet
+
+
 def test_cancelled_before_start_runs_nothing(models_dir):
     engine = make_engine(models_dir)
     with pytest.raises(Cancelled):
