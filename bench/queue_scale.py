@@ -1,6 +1,6 @@
 """Queue benchmark: what a user waits for, with 10, 1,000 and 10,000 jobs waiting.
 
-    python bench/queue.py [--levels 10,1000,10000] [--users 1000] [--samples 300]
+    python bench/queue_scale.py [--levels 10,1000,10000] [--users 1000] [--samples 300]
 
 The real service (store on disk, admission with quotas, the in-memory queue, the scheduler, the
 worker) over a paused stand-in executor, so the queue only grows: the first job sits on the
@@ -25,10 +25,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file shares its name with the standard library's `queue` (which aiosqlite imports): keep
-# its own folder off the import path, and the project's root on it.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
