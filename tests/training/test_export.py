@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -22,8 +21,8 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from bot.engine.single_file import ARCHS_DIR, detect_arch, load_single_file, read_checkpoint_header  # noqa: E402
+from tests.helpers.tiny import save_tiny_pipeline, tiny_text_encoder  # noqa: E402
 from training.export import export_single_file, ldm_state_dict, main, unet_to_ldm  # noqa: E402
-from training.tiny import save_tiny_pipeline, tiny_text_encoder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
