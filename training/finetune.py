@@ -389,7 +389,7 @@ def load_images(pairs: Sequence[tuple[Path, str]], size: int) -> Dataset:
         pictures = [load_image(path, size) for path, _ in pairs]
     except OSError as error:
         raise FinetuneError(f"cannot read an instance image: {error}") from None
-    return Dataset.of(pictures, [caption for _, caption in pairs])
+    return Dataset.from_pictures(pictures, [caption for _, caption in pairs])
 
 
 @torch.no_grad()

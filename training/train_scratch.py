@@ -222,7 +222,7 @@ def load_data(c: TrainingConfig) -> Dataset:
         pairs = training_pairs(c.manifest)
         pictures = [load_image(p, c.image_size) for p, _ in pairs]
         captions = [caption for _, caption in pairs]
-    data = Dataset.of(pictures, captions)
+    data = Dataset.from_pictures(pictures, captions)
     log(f"data: {len(captions)} images ({c.data}) in {time.perf_counter() - started:.1f} s")
     return data
 

@@ -32,7 +32,7 @@ class Dataset:
     captions: list[str]
 
     @classmethod
-    def of(cls, pictures: Sequence[Image.Image], captions: list[str]) -> Dataset:
+    def from_pictures(cls, pictures: Sequence[Image.Image], captions: list[str]) -> Dataset:
         """Same-sized RGB pictures and their captions."""
         array = np.stack([np.asarray(picture, dtype=np.uint8) for picture in pictures]).transpose(0, 3, 1, 2)
         return cls(torch.from_numpy(np.ascontiguousarray(array)), captions)
