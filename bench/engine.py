@@ -28,7 +28,7 @@ from bot.core.request import parse_prompt  # noqa: E402
 from bot.core.resolve import resolve  # noqa: E402
 from bot.engine.engine import Engine  # noqa: E402
 from bot.models.registry import Registry  # noqa: E402
-from training.tiny import save_tiny_pipeline  # noqa: E402
+from tests.helpers.tiny import save_tiny_pipeline  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square", "a green tree", "a yellow sun",
            "a black cat", "a white boat", "an orange fox", "a purple house"]

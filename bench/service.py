@@ -45,7 +45,7 @@ from bot.engine.devices import pick_device, pick_dtype  # noqa: E402
 from bot.executors.local import LocalExecutor  # noqa: E402
 from bot.frontends.web.api import create_app  # noqa: E402
 from bot.stack import open_stack  # noqa: E402
-from training.tiny import save_tiny_pipeline  # noqa: E402
+from tests.helpers.tiny import save_tiny_pipeline  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square", "a green tree", "a yellow sun",
            "a black cat", "a white boat", "an orange fox", "a purple house"]

@@ -32,8 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.helpers.tiny import save_tiny_pipeline, tiny_pipeline  # noqa: E402
 from training import finetune, train_scratch  # noqa: E402
-from training.tiny import save_tiny_pipeline  # noqa: E402
 
 TINY_SCRATCH = [
     "--num-images", "64", "--vae-steps", "2", "--vae-batch-size", "8", "--vae-channels", "8,8,8",
@@ -85,7 +85,6 @@ def finetune_run(work: Path, method: str, base: Path, instances: Path, steps: in
 def publish_latency(work: Path) -> tuple[float, float]:
     from bot.models.registry import Registry
     from bot.models.publish import publish_variant
-    from training.tiny import tiny_pipeline
 
     models = work / "models"
     models.mkdir()

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory) -> Path:
     """A tiny Stable Diffusion pipeline folder (random weights, seed 0), built once per run."""
-    from training.tiny import save_tiny_pipeline
+    from tests.helpers.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline")
 

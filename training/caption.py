@@ -34,7 +34,15 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image, ImageOps
 
-from training.manifest import FORMATS, ManifestError, Record, from_folders, read_manifest, write_manifest
+from training.manifest import (
+    FORMATS,
+    ManifestError,
+    Record,
+    check_template,
+    from_folders,
+    read_manifest,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +53,6 @@ EXAMPLE_MODEL = "Salesforce/blip-image-captioning-base"
 
 class CaptionError(ValueError):
     """Bad input (a missing model, manifest or option); the message says what is allowed."""
-
-
-def check_template(template: str) -> None:
-    try:
-        template.format(**{name: "x" for name in TEMPLATE_FIELDS})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise CaptionError(f"template {template!r} is not usable ({exc}); allowed fields: "
-                           + ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)) from None
-    if "{caption}" not in template:
-        raise CaptionError(f"template {template!r} has no {{caption}}: the model's text would be thrown away")
 
 
 def missing_model_message(path: str | Path) -> str:
@@ -94,7 +92,6 @@ class Captioner:
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise CaptionError(missing_model_message(path))
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -215,7 +212,9 @@ def run_caption(args: argparse.Namespace) -> int:
             raise CaptionError(f"--batch-size must be at least 1, got {args.batch_size}")
         if args.max_new_tokens < 1:
             raise CaptionError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-        check_template(args.template)
+        check_template(args.template, TEMPLATE_FIELDS, CaptionError)
+        if "{caption}" not in args.template:
+            raise CaptionError(f"template {args.template!r} has no {{caption}}: the model's text would be thrown away")
         records, output = _records_and_output(args)
         if output.suffix.lower() not in FORMATS:  # found now, not after loading the model
             raise CaptionError(f"{output}: the output manifest must end in {', '.join(FORMATS)}")

@@ -65,7 +65,15 @@ from typing import Any, Callable, Protocol
 from PIL import Image
 
 from bot.models.atomic import write_atomic
-from training.manifest import DEFAULT_DUP_DISTANCE, ManifestError, Record, phash, read_manifest, write_manifest
+from training.manifest import (
+    DEFAULT_DUP_DISTANCE,
+    ManifestError,
+    Record,
+    check_template,
+    phash,
+    read_manifest,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -607,15 +615,7 @@ class CrawlOptions:
             raise CrawlError(f"--min-size must be at least 1, got {self.min_side}")
         if not 0 <= self.hash_distance <= 32:
             raise CrawlError(f"--hash-distance must be 0 to 32 bits (of 64), got {self.hash_distance}")
-        check_caption_template(self.caption_template)
-
-
-def check_caption_template(template: str) -> None:
-    try:
-        template.format(**{name: "x" for name in CAPTION_FIELDS})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise CrawlError(f"caption template {template!r} is not usable ({exc}); allowed fields: "
-                         + ", ".join("{" + name + "}" for name in CAPTION_FIELDS)) from None
+        check_template(self.caption_template, CAPTION_FIELDS, CrawlError)
 
 
 @dataclass

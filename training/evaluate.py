@@ -23,6 +23,10 @@ Output folder:
 
 Prompt files: one prompt per line; blank lines and lines starting with '#' are ignored.
 
+Settings: the `EvaluationConfig` defaults, then a TOML file (`--config`, which may also list the
+prompts themselves: `prompts = ["...", "..."]`), then `--key value` flags for any field, as for the
+training scripts (training/settings.py).
+
 Images are generated through the bot's own engine (bot.engine), so a variant is evaluated exactly
 as `/imagine` would run it: its own defaults (size, steps, guidance, scheduler) unless overridden
 here. With `--clip PATH` (a local CLIP model folder, e.g. openai/clip-vit-base-patch32 downloaded on
@@ -34,11 +38,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import textwrap
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -46,8 +49,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bot.models.atomic import write_atomic, write_text_atomic
 from training import shapes
+from training.common.run import run_script
+from training.settings import Settings, SettingsError
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep
+DEVICES = ("auto", "cuda", "mps", "cpu")
 
 
 class EvaluationError(ValueError):
@@ -55,20 +60,19 @@ class EvaluationError(ValueError):
 
 
 @dataclass
-class Settings:
-    variants: list[str]
-    prompts: list[str] = field(default_factory=list)
-    prompt_file: str = ""
-    shapes: int = 0  # > 0: that many held-out shapes prompts, judged from the pixels
-    seeds: list[int] = field(default_factory=lambda: [0])
+class EvaluationConfig:
+    variants: tuple[str, ...] = ()  # variants of models_dir, left to right in the grid
+    prompts: tuple[str, ...] = ()  # the prompts themselves (a TOML list); else prompt_file
+    prompt_file: str = ""  # one prompt per line, '#' starts a comment (--prompts FILE)
+    shapes: int | None = None  # that many held-out shapes prompts, judged from the pixels (instead of prompts)
+    seeds: tuple[int, ...] = (0,)  # every prompt is drawn with each seed
     models_dir: str = "models"
     out: str = "runs/eval"
     steps: int | None = None  # None: each variant's own default
     guidance: float | None = None
-    width: int | None = None
-    height: int | None = None
+    size: str = ""  # WxH for every variant; empty: each variant's own
     cell: int = 128  # pixels per image in the grid (images are scaled to fit)
-    device: str = "auto"
+    device: str = "auto"  # auto | cuda | mps | cpu
     max_batch: int = 8
     clip: str = ""  # a local CLIP model folder for prompt-image agreement
 
@@ -103,7 +107,7 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def plan(settings: Settings) -> list[tuple[int, str, shapes.Spec | None, list[int]]]:
+def plan(settings: EvaluationConfig) -> list[tuple[int, str, shapes.Spec | None, list[int]]]:
     """(row, prompt, spec for the judge or None, seeds) for every row of the grid."""
     if settings.shapes:
         # seed=1: a different held-out set from the one train_scratch scores itself on (seed=0).
@@ -115,7 +119,7 @@ def plan(settings: Settings) -> list[tuple[int, str, shapes.Spec | None, list[in
 # --- generation ------------------------------------------------------------------------------
 
 
-def generate_all(settings: Settings, rows, log=print) -> tuple[list[Record], dict[str, float], dict[str, dict]]:
+def generate_all(settings: EvaluationConfig, rows, log=print) -> tuple[list[Record], dict[str, float], dict[str, dict]]:
     """Every image of the comparison, through the engine. Returns records, seconds per variant,
     and the settings each variant ran with."""
     from bot.config import EngineConfig
@@ -133,15 +137,16 @@ def generate_all(settings: Settings, rows, log=print) -> tuple[list[Record], dic
             raise EvaluationError(f"there is no model '{name}' in {settings.models_dir} (available: {known})")
         if name not in ready:
             raise EvaluationError(f"model '{name}' cannot be used: {entry.error or 'disabled'}")
-    engine = Engine(registry, EngineConfig(device=settings.device, max_batch=settings.max_batch),
+    engine = Engine(registry, EngineConfig(device=settings.device, max_batch=max(1, settings.max_batch)),
                     allow_download=False)
+    size = parse_size(settings.size) if settings.size else None
     out = Path(settings.out)
     records: list[Record] = []
     seconds: dict[str, float] = {}
     used: dict[str, dict] = {}
     for name in settings.variants:
         d = ready[name]
-        width, height = settings.width or d.width, settings.height or d.height
+        width, height = size or (d.width, d.height)
         steps, guidance = settings.steps or d.steps, settings.guidance if settings.guidance is not None else d.guidance
         used[name] = {"width": width, "height": height, "steps": steps, "guidance": guidance,
                       "scheduler": d.scheduler, "negative_prompt": d.negative_prompt}
@@ -287,7 +292,7 @@ def build_grid(records: Sequence[Record], out: Path, variants: Sequence[str], ce
 # --- reports ---------------------------------------------------------------------------------
 
 
-def markdown_report(settings: Settings, used: dict, by_variant: dict, seconds: dict, records: Sequence[Record]) -> str:
+def markdown_report(settings: EvaluationConfig, used: dict, by_variant: dict, seconds: dict, records: Sequence[Record]) -> str:
     lines = ["# Evaluation", ""]
     if settings.shapes:
         lines += [f"{settings.shapes} held-out prompts of the shapes vocabulary, one image each, judged from the "
@@ -316,14 +321,11 @@ def markdown_report(settings: Settings, used: dict, by_variant: dict, seconds: d
     return "\n".join(lines) + "\n"
 
 
-def evaluate(settings: Settings, log=print) -> dict:
+def evaluate(settings: EvaluationConfig, log=print) -> dict:
     """Run the comparison and write grid.png, report.json and report.md into settings.out."""
-    if not settings.variants:
-        raise EvaluationError("give at least one variant (--variants demo,demo-finetuned)")
-    if not settings.shapes and not settings.prompts and not settings.prompt_file:
-        raise EvaluationError("give --prompts FILE or --shapes N")
-    if not settings.seeds:
-        raise EvaluationError("give at least one seed (--seeds 0,1)")
+    problem = check_config(settings)
+    if problem:
+        raise EvaluationError(problem)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = plan(settings)
@@ -354,16 +356,10 @@ def evaluate(settings: Settings, log=print) -> dict:
 
 # --- command line ----------------------------------------------------------------------------
 
-
-def _list_of(kind, text: str, flag: str) -> list:
-    try:
-        return [kind(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise EvaluationError(f"{flag} takes a comma-separated list, e.g. {'0,1,2' if kind is int else 'a,b'}; "
-                              f"got {text!r}") from None
+SETTINGS = Settings(EvaluationConfig, what="evaluation", hidden=("prompts", "prompt_file"), resumable=False)
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
@@ -373,51 +369,52 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def check_config(c: EvaluationConfig) -> str | None:
+    """What is wrong with the settings themselves (no files are looked at), or None."""
+    if not c.variants:
+        return "give at least one variant (--variants demo,demo-finetuned)"
+    if c.shapes is not None and (c.prompts or c.prompt_file):
+        return "give --prompts FILE or --shapes N, not both"
+    if c.shapes is None and not c.prompts and not c.prompt_file:
+        return "give --prompts FILE or --shapes N"
+    if c.shapes is not None and c.shapes < 1:
+        return f"--shapes must be at least 1, got {c.shapes}"
+    if not c.seeds:
+        return "give at least one seed (--seeds 0,1)"
+    if c.steps is not None and c.steps < 1:
+        return f"--steps must be at least 1, got {c.steps}"
+    if c.cell < 16:
+        return f"--cell must be at least 16 pixels, got {c.cell}"
+    if c.device not in DEVICES:
+        return f"device must be one of {', '.join(DEVICES)}, got {c.device!r}"
+    if c.size:
+        try:
+            parse_size(c.size)
+        except EvaluationError as error:
+            return str(error)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagebot train evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", required=True, help="comma-separated variant names of the model store")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompts", help="prompt file, one prompt per line")
-    source.add_argument("--shapes", type=int, help="N held-out prompts of the demo model's shapes vocabulary")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds per prompt (default 0)")
-    parser.add_argument("--models-dir", default="models")
-    parser.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--guidance", type=float)
-    parser.add_argument("--size", help="WxH for every variant (default: each variant's own)")
-    parser.add_argument("--cell", type=int, default=128, help="pixels per image in the grid")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--clip", default="", help="local CLIP model folder for CLIP scores")
+    parser = SETTINGS.parser(
+        prog="imagebot train evaluate", description=__doc__,
+        epilog="Every setting of EvaluationConfig is also a flag: --variants a,b, --seeds 0,1, --size 64x64, ...",
+    )
+    parser.add_argument("--prompts", dest="prompt_file", metavar="FILE", help="prompt file, one prompt per line")
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    width = height = None
-    if args.size:
-        width, height = _size(args.size)
-    if args.shapes is not None and args.shapes < 1:
-        raise EvaluationError(f"--shapes must be at least 1, got {args.shapes}")
-    if args.steps is not None and args.steps < 1:
-        raise EvaluationError(f"--steps must be at least 1, got {args.steps}")
-    if args.cell < 16:
-        raise EvaluationError(f"--cell must be at least 16 pixels, got {args.cell}")
-    return Settings(variants=_list_of(str, args.variants, "--variants"), prompt_file=args.prompts or "",
-                    shapes=args.shapes or 0, seeds=_list_of(int, args.seeds, "--seeds"),
-                    models_dir=args.models_dir, out=args.out, steps=args.steps, guidance=args.guidance,
-                    width=width, height=height, cell=args.cell, device=args.device,
-                    max_batch=max(1, args.max_batch), clip=args.clip)
+def parse_args(argv: Sequence[str] | None = None) -> EvaluationConfig:
+    """The evaluation's settings; EvaluationError for bad ones (argparse itself exits 2 on unknown flags)."""
+    try:
+        config, _ = SETTINGS.parse(build_parser().parse_args(argv), check_config)
+    except SettingsError as error:
+        raise EvaluationError(str(error)) from None
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        evaluate(settings_from_args(args))
-    except EvaluationError as error:
-        print(f"evaluate: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_script("evaluate", EvaluationError, lambda: evaluate(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ variant of the model store, in two flavours:
     python -m training.finetune --resume runs/finetune/checkpoint.pt --max-train-steps 800
 
 The shipped demo model learns a new shape, "a red zwx heart on a white background" (instance
-images rendered by training/concept.py; 5-8 minutes on a 2-core CPU, see the config):
+images rendered by training/concept.py; how long it takes is in the README, "The demo model"):
 
     python -m training.finetune --config training/configs/demo-finetuned.toml --models-dir models
 
@@ -34,7 +34,7 @@ Base model (`--base`): the name of a variant in `--models-dir` (a pipeline folde
 checkpoint or a hub model already in the local cache; nothing is ever downloaded), or the path of
 a diffusers Stable Diffusion 1.x/2.x folder. A LoRA can only be published over a variant.
 
-Instance data (`--instance-data-dir`): a folder of images (.png/.jpg/.jpeg/.webp/.bmp), each
+Instance data (`--instance-data-dir`): a folder of images (.jpg/.jpeg/.png/.webp), each
 captioned by a `.txt` file of the same name if there is one, else by `instance_prompt`; or a
 manifest file (.json/.jsonl/.csv/.txt with link + caption, as train_scratch reads). Images are
 centre-cropped to a square and resized to `resolution` ("auto": the base variant's default size,
@@ -60,12 +60,6 @@ Output folder (`output_dir`):
 
 and, with `--name NAME`, the result published atomically as `<models_dir>/NAME` (bot.models.publish:
 variant.toml written last, so a running bot never sees half a variant).
-
-Measured on the 2-core development machine (torch 2.13 CPU, one thread, niced, while another
-training job kept the load at 3.6-3.8): the tiny test models (training/tiny.py, 32 px, 1 instance +
-1 class image a step, gradient checkpointing on) take ~0.13 s per LoRA step and ~0.11-0.15 s per
-full DreamBooth step; a demo-sized model (6.1M-parameter UNet, 32 px, 4 instance + 4 class images a
-step, rank-4 LoRA) 0.25-0.40 s per step (training/configs/demo-finetuned.toml).
 """
 
 from __future__ import annotations
@@ -75,47 +69,31 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-# Idle OpenMP threads that spin slow everything else on a shared CPU (see train_scratch.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from bot.models.atomic import write_atomic, write_text_atomic  # noqa: E402
-from bot.models.publish import publish_variant  # noqa: E402
-from bot.models.toml_writer import to_toml  # noqa: E402
-from bot.models.variant import MODEL_NAME, VariantDefaults  # noqa: E402
-from training.settings import Settings, SettingsError  # noqa: E402
-from training.train_scratch import (  # noqa: E402
-    Batches,
-    Dataset,
-    Run,
-    adamw,
-    encode_all,
-    grid,
-    load_image,
-    log,
-    quietly_to,
-    read_manifest,
-    rng_state,
-    set_rng_state,
-)
+from bot.models.atomic import write_atomic, write_text_atomic
+from bot.models.publish import publish_variant
+from bot.models.variant import MODEL_NAME, VariantDefaults
+from training.common.data import Batches, Dataset, grid, load_image
+from training.common.loop import Progress, StepTimer
+from training.common.networks import adamw, encode_all, quietly_to, sample_latents, tokenize_once
+from training.common.run import Run, hide_progress_bars, load_checkpoint, log, run_script, torch_threads
+from training.manifest import IMAGE_SUFFIXES, training_pairs
+from training.settings import Settings, SettingsError
 
 METHODS = ("dreambooth", "lora")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 ATTENTION = ("auto", "sdpa", "xformers")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 DEFAULT_LR = {"dreambooth": 5e-6, "lora": 1e-4}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for by default
 UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # as diffusers' train_dreambooth_lora.py
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -374,29 +352,36 @@ def drawing_defaults(base: BaseModel, pipe) -> VariantDefaults:
 # =============================================================================================
 
 
+def render_concept(c: FinetuneConfig) -> None:
+    """With --concept, training.concept's images are rendered into instance_data_dir if it is missing."""
+    if c.concept and not Path(c.instance_data_dir).exists():
+        from training.concept import write_concept
+
+        write_concept(c.instance_data_dir, c.concept, c.concept_token, c.concept_images, seed=c.seed,
+                      size=c.resolution or 32)
+        log(f"concept: rendered {c.concept_images} images of a '{c.concept_token} {c.concept}' into {c.instance_data_dir}")
+
+
 def read_instance_data(c: FinetuneConfig) -> list[tuple[Path, str]]:
     """(image, caption) pairs of the instance data: a folder (captions from .txt files of the same
     name, else instance_prompt) or a manifest."""
     source = Path(c.instance_data_dir)
+    suffixes = "/".join(IMAGE_SUFFIXES)
     if source.is_file():
-        try:
-            from training.manifest import training_pairs
-        except ImportError:  # the manifest tools are optional here: train_scratch reads the same formats
-            training_pairs = read_manifest
         try:
             return training_pairs(source)
         except (OSError, ValueError, KeyError) as error:
             raise FinetuneError(f"instance data: {error}") from None
     if not source.is_dir():
         raise FinetuneError(f"instance data {source} does not exist: give a folder of images of the subject "
-                            "(.png/.jpg/.jpeg/.webp/.bmp, optional .txt captions) or a manifest file")
+                            f"({suffixes}, optional .txt captions) or a manifest file")
     pairs = []
     for image in sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         sidecar = image.with_suffix(".txt")
         text = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
         pairs.append((image, text or c.instance_prompt))
     if not pairs:
-        raise FinetuneError(f"instance data {source} holds no images (.png/.jpg/.jpeg/.webp/.bmp)")
+        raise FinetuneError(f"instance data {source} holds no images ({suffixes})")
     return pairs
 
 
@@ -405,8 +390,7 @@ def load_images(pairs: Sequence[tuple[Path, str]], size: int) -> Dataset:
         pictures = [load_image(path, size) for path, _ in pairs]
     except OSError as error:
         raise FinetuneError(f"cannot read an instance image: {error}") from None
-    array = np.stack([np.asarray(p, dtype=np.uint8) for p in pictures]).transpose(0, 3, 1, 2)
-    return Dataset(torch.from_numpy(np.ascontiguousarray(array)), [caption for _, caption in pairs])
+    return Dataset.from_pictures(pictures, [caption for _, caption in pairs])
 
 
 @torch.no_grad()
@@ -520,100 +504,111 @@ def make_optimizer(c: FinetuneConfig, parameters: list[torch.nn.Parameter]):
 # =============================================================================================
 
 
-def train(c: FinetuneConfig, resume: Path | None = None) -> dict:
-    """Fine-tune and export. Returns paths and the final step (for callers and tests)."""
-    threads = torch.get_num_threads()
-    if c.threads:
-        torch.set_num_threads(c.threads)
-    try:
-        return _train(c, resume)
-    finally:
-        torch.set_num_threads(threads)
+@dataclass
+class Inputs:
+    """The training data, prepared once. Latent distributions stay on the CPU, where the loop's
+    generator draws the noise that samples them; a caption is a row of token_ids."""
+
+    instance_latents: tuple[torch.Tensor, torch.Tensor]  # mean, std of each instance image's latents
+    instance_rows: torch.Tensor
+    prior_latents: tuple[torch.Tensor, torch.Tensor] | None  # the class images (prior preservation)
+    prior_rows: torch.Tensor | None
+    token_ids: torch.Tensor
+    scale: float  # the VAE's scaling_factor
 
 
-def _train(c: FinetuneConfig, resume: Path | None) -> dict:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+@dataclass
+class Training:
+    """What the loop updates: the networks (prepared by accelerate), the trainable parameters by
+    name, the loop's resumable state, and each caption's embedding where the text encoder is frozen."""
 
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    unet: Any
+    text_encoder: Any
+    named: dict[str, torch.nn.Parameter]  # what a checkpoint stores
+    parameters: list[torch.nn.Parameter]
+    progress: Progress
+    instance_batches: Batches
+    prior_batches: Batches | None
+    noise_scheduler: Any
+    frozen_embeddings: torch.Tensor | None
+    weight_dtype: torch.dtype  # of the frozen networks
 
-    # 1. Inputs: everything that can be refused is refused before the first weight is read.
-    base = resolve_base(c)
-    if c.concept and not Path(c.instance_data_dir).exists():
-        from training.concept import write_concept
+    def state(self, method: str) -> dict:
+        return {"stage": "train", "method": method,
+                "trainable": {k: p.detach().cpu().clone() for k, p in self.named.items()},
+                **self.progress.state_dict()}
 
-        write_concept(c.instance_data_dir, c.concept, c.concept_token, c.concept_images, seed=c.seed,
-                      size=c.resolution or 32)
-        log(f"concept: rendered {c.concept_images} images of a '{c.concept_token} {c.concept}' into {c.instance_data_dir}")
-    instance_pairs = read_instance_data(c)
-    checkpoint = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
-    if checkpoint and checkpoint.get("method") != c.method:
-        raise FinetuneError(f"the checkpoint was trained with method {checkpoint.get('method')!r}, not {c.method!r}")
+    def resume(self, checkpoint: dict) -> None:
+        with torch.no_grad():
+            for key, parameter in self.named.items():
+                parameter.copy_(checkpoint["trainable"][key])
+        self.progress.load_state_dict(checkpoint)
+        log(f"resumed at step {self.progress.step}")
 
-    accelerator = Accelerator(mixed_precision=c.mixed_precision)
-    device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision, torch.float32)
-    pipe = load_base(base)
-    defaults = drawing_defaults(base, pipe)
-    c = replace(c, learning_rate=c.learning_rate or DEFAULT_LR[c.method],
-                resolution=c.resolution or min(defaults.width, defaults.height))
-    run = Run(c, checkpoint)  # the run folder, its clock (across resumes) and log.jsonl
-    write_text_atomic(run.dir / "config.toml", "# The final configuration of this fine-tuning run "
-                      "(python -m training.finetune --resume <this folder>/checkpoint.pt continues it).\n"
-                      + to_toml(asdict(c)))
-    set_seed(c.seed)
-    log(f"{c.method} over '{base.label}' at {c.resolution} px on {device}, mixed precision {c.mixed_precision}, "
-        f"lr {c.learning_rate:g}, {len(instance_pairs)} instance images, output {run.dir}")
 
-    # 2. Class images from the untouched base, then every image encoded once (the VAE stays frozen;
-    # a latent is sampled from its distribution each time an image is drawn).
-    vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
-    # Frozen networks run in weight_dtype; those DreamBooth trains keep their float32 weights (autocast
-    # computes in half precision), never rounded through half precision on the way.
+def prior_images(c: FinetuneConfig, pipe, base: BaseModel, defaults: VariantDefaults, run: Run, device,
+                 weight_dtype: torch.dtype) -> list[tuple[Path, str]]:
+    """The class images of prior preservation (none without it), drawn by the untouched base or
+    reused from the cache."""
+    if not c.with_prior_preservation:
+        return []
+    folder = Path(c.class_data_dir) if c.class_data_dir else run.dir / "class_images"
+    draw_dtype = torch.float32 if c.method == "dreambooth" else weight_dtype
+    pairs, drawn, reused = class_images(pipe, c, base, defaults, folder, device, draw_dtype)
+    run.write({"stage": "class_images", "step": 0, "drawn": drawn, "reused": reused, "folder": str(folder)})
+    log(f"class images: {drawn} drawn, {reused} reused from {folder}")
+    return pairs
+
+
+def place_networks(c: FinetuneConfig, pipe, device, weight_dtype: torch.dtype) -> None:
+    """Every network on the device. Frozen ones run in weight_dtype; those DreamBooth trains keep
+    their float32 weights (autocast computes in half precision), never rounded through half
+    precision on the way."""
     full = {"vae": False, "unet": c.method == "dreambooth",
             "text_encoder": c.method == "dreambooth" and c.train_text_encoder}
-    class_pairs: list[tuple[Path, str]] = []
-    if c.with_prior_preservation:
-        folder = Path(c.class_data_dir) if c.class_data_dir else run.dir / "class_images"
-        draw_dtype = torch.float32 if c.method == "dreambooth" else weight_dtype
-        class_pairs, drawn, reused = class_images(pipe, c, base, defaults, folder, device, draw_dtype)
-        run.write({"stage": "class_images", "step": 0, "drawn": drawn, "reused": reused, "folder": str(folder)})
-        log(f"class images: {drawn} drawn, {reused} reused from {folder}")
     for name, trained_in_full in full.items():
         module = getattr(pipe, name).to(device)
         if weight_dtype != torch.float32 and not trained_in_full:
             module.to(dtype=weight_dtype)
+
+
+def prepare_inputs(c: FinetuneConfig, pipe, instance_pairs: list[tuple[Path, str]],
+                   class_pairs: list[tuple[Path, str]], device) -> Inputs:
+    """Every image encoded once by the frozen VAE (a latent is sampled from its distribution each
+    time the image is drawn); every distinct caption tokenized once, as the pipeline does."""
+    vae = pipe.vae
     vae.requires_grad_(False)
-    scale = float(vae.config.scaling_factor)
     instance = load_images(instance_pairs, c.resolution)
     prior = load_images(class_pairs, c.resolution) if class_pairs else None
-    # Kept on the CPU, where the training generator draws the noise that samples them.
-    instance_latents = tuple(t.cpu() for t in encode_all(vae, instance, device, batch_size=c.sample_batch_size))
-    prior_latents = tuple(t.cpu() for t in encode_all(vae, prior, device, batch_size=c.sample_batch_size)) \
-        if prior else None
 
-    # Every distinct caption tokenized once, as the pipeline does (padded to the model's length).
+    def latents(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        means, stds = encode_all(vae, data, device, batch_size=c.sample_batch_size)
+        return means.cpu(), stds.cpu()
+
     captions = sorted(set(instance.captions) | set(prior.captions if prior else []))
-    token_ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids.to(device)
-    row_of = {text: i for i, text in enumerate(captions)}
-    instance_rows = torch.tensor([row_of[t] for t in instance.captions])
-    prior_rows = torch.tensor([row_of[t] for t in prior.captions]) if prior else None
+    token_ids, row_of = tokenize_once(pipe.tokenizer, captions, device)
+    return Inputs(latents(instance), torch.tensor([row_of[t] for t in instance.captions]),
+                  latents(prior) if prior else None,
+                  torch.tensor([row_of[t] for t in prior.captions]) if prior else None,
+                  token_ids, float(vae.config.scaling_factor))
 
-    # 3. What is trained, the optimizer and the LR schedule (diffusers' names: constant, cosine, ...).
+
+def setup_training(c: FinetuneConfig, pipe, inputs: Inputs, accelerator, weight_dtype: torch.dtype) -> Training:
+    """What is trained (LoRA adapters or whole networks), the optimizer, the LR schedule (diffusers'
+    names: constant, cosine, ...) and the data order."""
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    unet, text_encoder = pipe.unet, pipe.text_encoder
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     set_seed(c.seed)  # LoRA's initial weights do not depend on what ran before
     setup_trainable(c, unet, text_encoder)
-    attention = set_attention(c, unet, device)
+    attention = set_attention(c, unet, accelerator.device)
     frozen_embeddings = None
     if not c.train_text_encoder:  # a frozen text encoder: each caption's embedding is computed once
         with torch.no_grad():
-            frozen_embeddings = text_encoder(token_ids)[0].to(weight_dtype)
+            frozen_embeddings = text_encoder(inputs.token_ids)[0].to(weight_dtype)
     named = trainable_parameters(unet, text_encoder)
     parameters = list(named.values())
     log(f"training {sum(p.numel() for p in parameters) / 1e6:.3f} M parameters ({c.method}"
@@ -624,115 +619,156 @@ def _train(c: FinetuneConfig, resume: Path | None) -> dict:
     unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
 
     generator = torch.Generator().manual_seed(c.seed + 1)  # every random draw of training comes from here
-    instance_batches = Batches(len(instance.captions), c.train_batch_size, generator)
-    prior_batches = Batches(len(prior.captions), c.train_batch_size, generator) if prior else None
-    step = 0
-    if checkpoint:
-        with torch.no_grad():
-            for key, parameter in named.items():
-                parameter.copy_(checkpoint["trainable"][key])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        lr_schedule.load_state_dict(checkpoint["lr_schedule"])
-        instance_batches.load_state_dict(checkpoint["instance_batches"])
-        if prior_batches is not None and checkpoint.get("prior_batches"):
-            prior_batches.load_state_dict(checkpoint["prior_batches"])
-        set_rng_state(generator, checkpoint["rng"])
-        step = checkpoint["step"]
-        log(f"resumed at step {step}")
+    instance_batches = Batches(len(inputs.instance_rows), c.train_batch_size, generator)
+    prior_batches = Batches(len(inputs.prior_rows), c.train_batch_size, generator) \
+        if inputs.prior_rows is not None else None
+    progress = Progress(optimizer, lr_schedule, generator,
+                        {"instance_batches": instance_batches, "prior_batches": prior_batches})
+    return Training(unet, text_encoder, named, parameters, progress, instance_batches, prior_batches,
+                    noise_scheduler, frozen_embeddings, weight_dtype)
 
-    def state() -> dict:
-        return {"stage": "unet", "method": c.method, "step": step,
-                "trainable": {k: p.detach().cpu().clone() for k, p in named.items()},
-                "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
-                "instance_batches": instance_batches.state_dict(),
-                "prior_batches": prior_batches.state_dict() if prior_batches else None,
-                "rng": rng_state(generator)}
 
-    def draw(latents: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
-        means, stds = latents
-        z = torch.randn(means[index].shape, generator=generator)
-        return ((means[index] + stds[index] * z) * scale).to(device)
+def dreambooth_loss(c: FinetuneConfig, t: Training, inputs: Inputs, accelerator) -> tuple[float, float]:
+    """The MSE on a batch of instance images and, with prior preservation, as many class images in
+    the same batch (loss = instance MSE + prior_loss_weight * class MSE); backpropagated. Returns
+    (instance loss, prior loss). Every random number comes from the loop's generator, in a fixed order."""
+    device, generator = accelerator.device, t.progress.generator
+    index = t.instance_batches.next()
+    latents = sample_latents(inputs.instance_latents, index, inputs.scale, generator, device)
+    rows = inputs.instance_rows[index]
+    if t.prior_batches is not None:
+        prior_index = t.prior_batches.next()
+        prior = sample_latents(inputs.prior_latents, prior_index, inputs.scale, generator, device)
+        latents, rows = torch.cat([latents, prior]), torch.cat([rows, inputs.prior_rows[prior_index]])
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(0, t.noise_scheduler.config.num_train_timesteps, (len(latents),),
+                              generator=generator).to(device)
+    noisy = t.noise_scheduler.add_noise(latents, noise, timesteps)
+    if t.noise_scheduler.config.prediction_type == "v_prediction":  # SD 2.x 768-v
+        target = t.noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    rows = rows.to(device)
+    with accelerator.autocast():
+        hidden = t.frozen_embeddings[rows] if t.frozen_embeddings is not None \
+            else t.text_encoder(inputs.token_ids[rows])[0]
+        prediction = t.unet(noisy.to(t.weight_dtype), timesteps, hidden).sample
+    if t.prior_batches is not None:
+        prediction, prediction_prior = prediction.float().chunk(2)
+        target, target_prior = target.chunk(2)
+        loss_prior = F.mse_loss(prediction_prior, target_prior)
+        loss_instance = F.mse_loss(prediction, target)
+        loss = loss_instance + c.prior_loss_weight * loss_prior
+    else:
+        loss_instance = loss = F.mse_loss(prediction.float(), target)
+        loss_prior = torch.zeros(())
+    accelerator.backward(loss / c.gradient_accumulation_steps)
+    return loss_instance.item(), loss_prior.item()
 
-    def validate() -> None:
-        path = run.dir / "samples" / f"validation_{step:06d}.png"
-        images = validation_images(pipe, c, defaults, accelerator)
-        grid(images, columns=min(8, len(images))).save(path)
-        run.write({"stage": "validation", "step": step, "file": str(path)})
-        log(f"validation grid at step {step}: {path}")
 
-    def done() -> str | None:
-        if step >= c.max_train_steps:
-            return f"max_train_steps {c.max_train_steps} reached"
-        if run.budget_left() <= 0:
-            return f"time budget of {c.time_budget} min spent"
-        return None
+def stop_reason(c: FinetuneConfig, run: Run, t: Training) -> str | None:
+    if t.progress.step >= c.max_train_steps:
+        return f"max_train_steps {c.max_train_steps} reached"
+    if run.budget_left() <= 0:
+        return f"time budget of {c.time_budget} min spent"
+    return None
 
-    # 4. The loop: instance and class images in one batch, loss = instance MSE + w * class MSE.
-    unet.train()
-    text_encoder.train(c.train_text_encoder)
+
+def log_step(c: FinetuneConfig, run: Run, t: Training, losses: list[tuple[float, float]], seconds: float) -> None:
+    step = t.progress.step
+    instance_loss, prior_loss = (float(v) for v in np.mean(losses, axis=0))
+    row = {"stage": "train", "step": step, "loss": instance_loss + c.prior_loss_weight * prior_loss,
+           "loss_instance": instance_loss, "loss_prior": prior_loss, "lr": t.progress.lr(),
+           "s_per_step": round(seconds, 4)}
+    run.write(row)
+    log(f"step {step}/{c.max_train_steps}  loss {row['loss']:.4f} (instance {instance_loss:.4f}, "
+        f"prior {prior_loss:.4f})  {seconds:.3f} s/step  {run.elapsed() / 60:.1f} min")
+
+
+def validate(c: FinetuneConfig, run: Run, pipe, defaults: VariantDefaults, accelerator, step: int) -> None:
+    path = run.dir / "samples" / f"validation_{step:06d}.png"
+    images = validation_images(pipe, c, defaults, accelerator)
+    grid(images, columns=min(8, len(images))).save(path)
+    run.write({"stage": "validation", "step": step, "file": str(path)})
+    log(f"validation grid at step {step}: {path}")
+
+
+def train_loop(c: FinetuneConfig, run: Run, t: Training, inputs: Inputs, pipe, defaults: VariantDefaults,
+               accelerator) -> None:
+    """Optimizer steps until max_train_steps or the time budget; logs, checkpoints and validation
+    grids on their schedules, and a checkpoint and a grid of the last step."""
+    t.unet.train()
+    t.text_encoder.train(c.train_text_encoder)
     losses: list[tuple[float, float]] = []
-    tick, first, validated = time.perf_counter(), step, -1
-    while (reason := done()) is None:
+    timer, validated = StepTimer(t.progress.step), -1
+    while (reason := stop_reason(c, run, t)) is None:
         for _ in range(c.gradient_accumulation_steps):
-            index = instance_batches.next()
-            latents, rows = draw(instance_latents, index), instance_rows[index]
-            if prior_batches is not None:
-                prior_index = prior_batches.next()
-                latents = torch.cat([latents, draw(prior_latents, prior_index)])
-                rows = torch.cat([rows, prior_rows[prior_index]])
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
-                                      generator=generator).to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            if noise_scheduler.config.prediction_type == "v_prediction":  # SD 2.x 768-v
-                target = noise_scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                target = noise
-            rows = rows.to(device)
-            with accelerator.autocast():
-                hidden = frozen_embeddings[rows] if frozen_embeddings is not None else text_encoder(token_ids[rows])[0]
-                prediction = unet(noisy.to(weight_dtype), timesteps, hidden).sample
-            if prior_batches is not None:
-                prediction, prediction_prior = prediction.float().chunk(2)
-                target, target_prior = target.chunk(2)
-                loss_prior = F.mse_loss(prediction_prior, target_prior)
-                loss_instance = F.mse_loss(prediction, target)
-                loss = loss_instance + c.prior_loss_weight * loss_prior
-            else:
-                loss_instance = loss = F.mse_loss(prediction.float(), target)
-                loss_prior = torch.zeros(())
-            accelerator.backward(loss / c.gradient_accumulation_steps)
-            losses.append((loss_instance.item(), loss_prior.item()))
-        accelerator.clip_grad_norm_(parameters, c.max_grad_norm)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+            losses.append(dreambooth_loss(c, t, inputs, accelerator))
+        t.progress.optimizer_step(accelerator, t.parameters, c.max_grad_norm)
+        step = t.progress.step
         if step % c.log_every == 0 or step == c.max_train_steps:
-            seconds = (time.perf_counter() - tick) / max(1, step - first)
-            instance_loss, prior_loss = (float(v) for v in np.mean(losses, axis=0))
-            row = {"stage": "train", "step": step, "loss": instance_loss + c.prior_loss_weight * prior_loss,
-                   "loss_instance": instance_loss, "loss_prior": prior_loss,
-                   "lr": lr_schedule.get_last_lr()[0], "s_per_step": round(seconds, 4)}
-            run.write(row)
-            log(f"step {step}/{c.max_train_steps}  loss {row['loss']:.4f} (instance {instance_loss:.4f}, "
-                f"prior {prior_loss:.4f})  {seconds:.3f} s/step  {run.elapsed() / 60:.1f} min")
-            losses, tick, first = [], time.perf_counter(), step
+            log_step(c, run, t, losses, timer.lap(step))
+            losses = []
         if c.checkpointing_steps and step % c.checkpointing_steps == 0:
-            run.save_checkpoint(state())
+            run.save_checkpoint(t.state(c.method))
         if c.validation_steps and c.num_validation_images and step % c.validation_steps == 0:
-            validate()
+            validate(c, run, pipe, defaults, accelerator, step)
             validated = step
-    log(f"stopping at step {step}: {reason}")
-    run.save_checkpoint(state())
-    if validated != step and c.num_validation_images:
-        validate()
+    log(f"stopping at step {t.progress.step}: {reason}")
+    run.save_checkpoint(t.state(c.method))
+    if validated != t.progress.step and c.num_validation_images:
+        validate(c, run, pipe, defaults, accelerator, t.progress.step)
 
-    # 5. Export.
-    unet, text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
-    published = export(c, base, defaults, pipe, unet, text_encoder, run, step)
+
+def train(c: FinetuneConfig, resume: Path | None = None) -> dict:
+    """Fine-tune and export. Returns paths and the final step (for callers and tests)."""
+    with torch_threads(c.threads):
+        return _train(c, resume)
+
+
+def _train(c: FinetuneConfig, resume: Path | None) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    hide_progress_bars()
+    # 1. Inputs: everything that can be refused is refused before the first weight is read.
+    base = resolve_base(c)
+    render_concept(c)
+    instance_pairs = read_instance_data(c)
+    checkpoint = load_checkpoint(resume)
+    if checkpoint and checkpoint.get("method") != c.method:
+        raise FinetuneError(f"the checkpoint was trained with method {checkpoint.get('method')!r}, not {c.method!r}")
+
+    # 2. The base, the settings that depend on it, the run folder (config.toml, log.jsonl, its clock).
+    accelerator = Accelerator(mixed_precision=c.mixed_precision)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision, torch.float32)
+    pipe = load_base(base)
+    defaults = drawing_defaults(base, pipe)
+    c = replace(c, learning_rate=c.learning_rate or DEFAULT_LR[c.method],
+                resolution=c.resolution or min(defaults.width, defaults.height))
+    run = Run(c, checkpoint, script="training.finetune")
+    set_seed(c.seed)
+    log(f"{c.method} over '{base.label}' at {c.resolution} px on {accelerator.device}, mixed precision "
+        f"{c.mixed_precision}, lr {c.learning_rate:g}, {len(instance_pairs)} instance images, output {run.dir}")
+
+    # 3. Class images from the untouched base, then every image encoded and every caption tokenized once.
+    class_pairs = prior_images(c, pipe, base, defaults, run, accelerator.device, weight_dtype)
+    place_networks(c, pipe, accelerator.device, weight_dtype)
+    inputs = prepare_inputs(c, pipe, instance_pairs, class_pairs, accelerator.device)
+
+    # 4. What is trained, the optimizer and the LR schedule; resumed where a checkpoint says.
+    t = setup_training(c, pipe, inputs, accelerator, weight_dtype)
+    if checkpoint:
+        t.resume(checkpoint)
+
+    # 5. The loop: instance and class images in one batch.
+    train_loop(c, run, t, inputs, pipe, defaults, accelerator)
+
+    # 6. Export.
+    unet, text_encoder = accelerator.unwrap_model(t.unet), accelerator.unwrap_model(t.text_encoder)
+    published = export(c, base, defaults, pipe, unet, text_encoder, run, t.progress.step)
     log(f"done in {run.elapsed() / 60:.1f} min (training time, resumes included)")
-    return {"output_dir": run.dir, "step": step, "published": published,
+    return {"output_dir": run.dir, "step": t.progress.step, "published": published,
             "lora": run.dir / "lora" / LORA_FILE if c.method == "lora" else None}
 
 
@@ -841,13 +877,7 @@ def export(c: FinetuneConfig, base: BaseModel, defaults: VariantDefaults, pipe, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config, resume = parse_args(argv)
-        train(config, resume)
-    except FinetuneError as error:
-        print(f"finetune: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_script("finetune", FinetuneError, lambda: train(*parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from bot.models.atomic import write_atomic
 
@@ -345,7 +345,7 @@ def from_folders(root: str | Path, template: str = DEFAULT_TEMPLATE) -> list[Rec
     root = Path(root)
     if not root.is_dir():
         raise ManifestError(f"{root}: no such folder (expected ROOT/<category>/<image>)")
-    _check_template(template)
+    check_template(template, ("category",))
     records = []
     categories = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                         key=lambda p: _natural_key(p.name))
@@ -362,12 +362,14 @@ def loose_images(root: str | Path) -> list[Path]:
     return [p for p in sorted(Path(root).iterdir()) if _is_image(p)]
 
 
-def _check_template(template: str) -> None:
+def check_template(template: str, fields: Sequence[str], error: type[Exception] = ManifestError) -> None:
+    """Raise `error` unless `template` formats with these fields (and no others)."""
     try:
-        template.format(category="x")
-    except (KeyError, IndexError, ValueError) as error:
-        raise ManifestError(f"caption template {template!r} is not usable ({error!s}); it may contain "
-                            "{category} and no other {...} field") from None
+        template.format(**{name: "x" for name in fields})
+    except (KeyError, IndexError, ValueError) as problem:
+        listed = ", ".join("{" + name + "}" for name in fields)
+        raise error(f"caption template {template!r} is not usable ({problem}); allowed fields: {listed} "
+                    f"(it may contain {listed} and plain text)") from None
 
 
 def _is_image(path: Path) -> bool:

@@ -57,8 +57,8 @@ _POSITION_PHRASE = {"left": "on the left", "right": "on the right", "top": "at t
                     "bottom": "at the bottom", "center": "in the center"}
 _SUPERSAMPLE = 4  # draw at 4x and downsample: smooth edges, as a photo-like training target
 
-# Filled share of the shape's bounding box: circle pi/4 ~ 0.785, square 1.0, triangle 0.5.
-FILL_RATIO = {"circle": 0.785, "square": 1.0, "triangle": 0.5}
+# Thresholds on the filled share of the shape's bounding box, which is pi/4 ~ 0.785 for a circle,
+# 1.0 for a square and 0.5 for a triangle.
 _SQUARE_ABOVE = 0.95
 _TRIANGLE_BELOW = 0.6
 # Share of the shape's pixels in the upper half of its box: an upright triangle ~0.25, others ~0.5.

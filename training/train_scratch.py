@@ -1,16 +1,9 @@
 """Train a small Stable Diffusion model from scratch and publish it into the model store.
 
-The shipped demo model (about 40 minutes on an idle 2-core CPU, much less on a GPU):
+The shipped demo model (how long it takes on a CPU is in the README, "The demo model"; `python
+bench/training.py` measures steps per second on the machine at hand):
 
     python -m training.train_scratch --config training/configs/demo.toml --name demo --models-dir models
-
-Timings of the demo config on the 2-core development machine (torch 2.13 CPU, 2 threads), measured
-while other work kept the load at 2-3: a VAE step (batch 64) 1.3-2.2 s, encoding the 20,000 images
-84 s, a UNet + text encoder step (batch 64) 1.7-2.5 s (median ~2.3 s), evaluation ~19 s per guidance
-(48 images, 20 steps). On an idle machine a UNet step takes ~0.85 s (../shared/notes/demo-model.md),
-so the run takes ~40 min: VAE ~7, encoding ~0.5, UNet ~30, samples, checkpoints, evaluation and
-export ~2. At the loaded speeds the VAE stops at its 12-minute share and the 60-minute time budget
-ends the UNet stage after roughly 1,200 of its 2,100 steps (then it evaluates and exports as usual).
 
 Resume an interrupted run (same output folder; flags given now override the saved config):
 
@@ -28,7 +21,9 @@ factor is recorded as the VAE's `scaling_factor`), and a UNet2DConditionModel is
 with a small CLIP text encoder on them: epsilon prediction, scaled_linear betas, 10% empty
 captions (for classifier-free guidance), AdamW, gradient clipping, an EMA of both networks. The
 EMA weights are sampled with DPM-Solver++ and exported as a float16 StableDiffusionPipeline with
-the real CLIP tokenizer.
+the real CLIP tokenizer. With a time budget (the demo config has one) the VAE stage gets at most
+`vae_time_fraction` of it and the UNet stage stops when it is spent; the run then evaluates and
+exports as usual.
 
 Configuration: the `TrainingConfig` defaults below, then a TOML file (`--config`), then `--key value`
 flags for any field (`--max-steps 500`, `--unet-channels 64,128`). The final config is written
@@ -52,30 +47,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-# OpenMP threads that spin while they wait make every step several times slower on a CPU shared
-# with other work (measured here: a UNet step took 9-28 s with 2 spinning threads, 2.4 s with
-# passive ones, at load 4.7 on 2 cores). Takes effect only if set before torch is first imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from bot.models.atomic import write_atomic, write_text_atomic  # noqa: E402
-from bot.models.publish import publish_variant  # noqa: E402
-from bot.models.toml_writer import to_toml  # noqa: E402
-from training import shapes  # noqa: E402
-from training.manifest import training_pairs  # noqa: E402
-from training.settings import Settings, SettingsError  # noqa: E402
+from bot.models.atomic import write_text_atomic
+from bot.models.publish import publish_variant
+from training import shapes
+from training.common.data import Batches, Dataset, grid, load_image, to_pil, to_unit_range
+from training.common.loop import Progress, StepTimer
+from training.common.networks import adamw, encode_all, quietly_to, sample_latents, tokenize_once
+from training.common.run import Run, hide_progress_bars, load_checkpoint, log, torch_threads
+from training.manifest import training_pairs
+from training.settings import Settings, SettingsError
 
 
 @dataclass
@@ -146,17 +137,13 @@ class TrainingConfig:
     negative_prompt: str = ""
 
 
-STAGES = ("vae", "unet")
+STAGES = ("vae", "unet")  # in the order they run; a checkpoint records the one it was taken in
 DEFAULT_SAMPLE_SPECS = [
     shapes.Spec("red", "circle", "blue"), shapes.Spec("green", "square", "white"),
     shapes.Spec("blue", "triangle", "yellow"), shapes.Spec("yellow", "circle", "black"),
     shapes.Spec("purple", "square", "orange"), shapes.Spec("orange", "triangle", "green"),
     shapes.Spec("white", "circle", "red"), shapes.Spec("black", "square", "purple"),
 ]
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 # =============================================================================================
@@ -226,48 +213,19 @@ def check_config(c: TrainingConfig) -> str | None:
 # Data: images as uint8 tensors [N, 3, H, W] and their captions
 # =============================================================================================
 
-# (image file, caption) pairs of a manifest; the reading lives in training.manifest.
-read_manifest = training_pairs
-
-
-def load_image(path: Path, size: int) -> Image.Image:
-    """RGB (transparency over white), centre-cropped to a square, resized to `size`."""
-    image = Image.open(path)
-    if image.mode in ("RGBA", "LA", "P"):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(canvas, image)
-    image = image.convert("RGB")
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    return image.resize((size, size), Image.Resampling.LANCZOS if side > size else Image.Resampling.BICUBIC)
-
-
-@dataclass
-class Dataset:
-    images: torch.Tensor  # uint8 [N, 3, H, W]
-    captions: list[str]
-    specs: list[shapes.Spec] | None = None  # shapes data: what each image shows
-
 
 def load_data(c: TrainingConfig) -> Dataset:
     started = time.perf_counter()
     if c.data == "shapes":
-        specs, images = shapes.render_dataset(c.num_images, c.seed, c.image_size, c.modifier_prob)
+        specs, pictures = shapes.render_dataset(c.num_images, c.seed, c.image_size, c.modifier_prob)
         captions = [shapes.caption(s) for s in specs]
     else:
-        specs = None
         pairs = training_pairs(c.manifest)
-        images = [load_image(p, c.image_size) for p, _ in pairs]
+        pictures = [load_image(p, c.image_size) for p, _ in pairs]
         captions = [caption for _, caption in pairs]
-    array = np.stack([np.asarray(image, dtype=np.uint8) for image in images]).transpose(0, 3, 1, 2)
+    data = Dataset.from_pictures(pictures, captions)
     log(f"data: {len(captions)} images ({c.data}) in {time.perf_counter() - started:.1f} s")
-    return Dataset(torch.from_numpy(np.ascontiguousarray(array)), captions, specs)
-
-
-def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
-    return batch.float() / 127.5 - 1.0
+    return data
 
 
 # =============================================================================================
@@ -330,15 +288,6 @@ def dpm_scheduler(c: TrainingConfig):
     )
 
 
-def adamw(parameters, **options) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel where torch offers that (CPU since 2.4, CUDA)."""
-    parameters = list(parameters)
-    try:
-        return torch.optim.AdamW(parameters, fused=True, **options)
-    except (RuntimeError, ValueError, TypeError):
-        return torch.optim.AdamW(parameters, **options)
-
-
 class EMA:
     """Exponential moving average of parameters, with warm-up: decay_t = min(decay, (1 + t) / (10 + t))."""
 
@@ -369,114 +318,6 @@ class EMA:
 
 
 # =============================================================================================
-# Checkpoints, log, grids
-# =============================================================================================
-
-
-class Run:
-    """The run's folder, clock and log. `elapsed()` counts training time across resumes."""
-
-    def __init__(self, c: TrainingConfig, checkpoint: dict | None) -> None:
-        self.config = c
-        self.dir = Path(c.output_dir)
-        (self.dir / "samples").mkdir(parents=True, exist_ok=True)
-        self.started = time.monotonic()
-        self.before = float(checkpoint["elapsed"]) if checkpoint else 0.0
-        self.log_path = self.dir / "log.jsonl"
-        if checkpoint:
-            self._trim_log(STAGES.index(checkpoint["stage"]), checkpoint["step"])
-        elif self.log_path.exists():
-            self.log_path.unlink()  # a fresh run in an old folder starts a fresh log
-        write_text_atomic(self.dir / "config.toml",
-                          "# The final configuration of this training run (python -m training.train_scratch).\n"
-                          + to_toml(asdict(c)))
-
-    def elapsed(self) -> float:
-        return self.before + time.monotonic() - self.started
-
-    def budget_left(self) -> float:
-        return math.inf if not self.config.time_budget else self.config.time_budget * 60 - self.elapsed()
-
-    def write(self, row: dict) -> None:
-        row = {**row, "elapsed": round(self.elapsed(), 1)}
-        with open(self.log_path, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(row) + "\n")
-
-    def _trim_log(self, stage: int, step: int) -> None:
-        """Drop rows written after the checkpoint (by the run that was cut short)."""
-        if not self.log_path.exists():
-            return
-        keep = []
-        for line in self.log_path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                order = (STAGES.index(row["stage"]) if row.get("stage") in STAGES else 1, row.get("step", 0))
-            except (ValueError, KeyError):
-                continue
-            if order <= (stage, step):
-                keep.append(line)
-        write_text_atomic(self.log_path, "".join(line + "\n" for line in keep))
-
-    def save_checkpoint(self, state: dict) -> None:
-        checkpoint = {**state, "elapsed": self.elapsed(), "config": asdict(self.config)}
-        write_atomic(self.dir / "checkpoint.pt", lambda f: torch.save(checkpoint, f), binary=True)
-
-
-def rng_state(generator: torch.Generator) -> dict:
-    return {"generator": generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
-
-
-def set_rng_state(generator: torch.Generator, state: dict) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-
-
-def grid(images: Sequence[Image.Image], columns: int = 8, scale: int = 3) -> Image.Image:
-    columns = max(1, min(columns, len(images)))
-    rows = math.ceil(len(images) / columns)
-    w, h = images[0].size
-    sheet = Image.new("RGB", (columns * w * scale, rows * h * scale), (128, 128, 128))
-    for i, image in enumerate(images):
-        sheet.paste(image.resize((w * scale, h * scale), Image.Resampling.NEAREST),
-                    ((i % columns) * w * scale, (i // columns) * h * scale))
-    return sheet
-
-
-class Batches:
-    """Shuffled passes over N items, drawn from one generator: resumable from (epoch, order, pos)."""
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
-        self.n, self.batch_size, self.generator = n, batch_size, generator
-        self.epoch, self.pos = 0, 0
-        self.order = torch.randperm(n, generator=generator)
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > self.n and self.pos > 0:
-            self.epoch += 1
-            self.pos = 0
-            self.order = torch.randperm(self.n, generator=self.generator)
-        picked = self.order[self.pos: self.pos + self.batch_size]
-        if len(picked) < self.batch_size:  # fewer items than one batch: repeat them
-            picked = picked.repeat(math.ceil(self.batch_size / len(picked)))[: self.batch_size]
-        self.pos += self.batch_size
-        return picked
-
-    def epochs_done(self) -> int:
-        """Complete passes: the current one counts once too few items are left for a batch."""
-        return self.epoch + (self.pos + self.batch_size > self.n)
-
-    def steps_per_epoch(self) -> int:
-        return max(1, self.n // self.batch_size)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "order": self.order}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.pos, self.order = state["epoch"], state["pos"], state["order"]
-
-
-# =============================================================================================
 # Stage a: the VAE
 # =============================================================================================
 
@@ -485,89 +326,101 @@ def train_vae(c: TrainingConfig, run: Run, data: Dataset, accelerator, checkpoin
     """Train the autoencoder (MSE + a tiny KL term) for vae_steps, or its share of the time budget."""
     from diffusers.optimization import get_scheduler
 
+    # 1. The network, its optimizer and schedule, the data order; resumed where a checkpoint says.
     vae = build_vae(c)
     optimizer = adamw(vae.parameters(), lr=c.vae_lr, weight_decay=0.0)
     lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=min(100, c.vae_steps // 10))
     vae, optimizer, lr_schedule = accelerator.prepare(vae, optimizer, lr_schedule)
     generator = torch.Generator().manual_seed(c.seed + 1)
     batches = Batches(len(data.captions), c.vae_batch_size, generator)
-    step = 0
+    progress = Progress(optimizer, lr_schedule, generator, {"batches": batches})
     if checkpoint:
         accelerator.unwrap_model(vae).load_state_dict(checkpoint["models"]["vae"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        lr_schedule.load_state_dict(checkpoint["lr_schedule"])
-        batches.load_state_dict(checkpoint["batches"])
-        set_rng_state(generator, checkpoint["rng"])
-        step = checkpoint["step"]
-        log(f"vae: resumed at step {step}")
+        progress.load_state_dict(checkpoint)
+        log(f"vae: resumed at step {progress.step}")
 
     def state() -> dict:
-        return {"stage": "vae", "step": step, "models": {"vae": accelerator.unwrap_model(vae).state_dict()},
-                "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
-                "batches": batches.state_dict(), "rng": rng_state(generator)}
+        return {"stage": "vae", "models": {"vae": accelerator.unwrap_model(vae).state_dict()},
+                **progress.state_dict()}
 
-    deadline = math.inf
-    if c.time_budget:
-        deadline = c.time_budget * 60 * c.vae_time_fraction
-    device = accelerator.device
+    # 2. The loop, until vae_steps or the stage's share of the time budget.
+    deadline = c.time_budget * 60 * c.vae_time_fraction if c.time_budget else math.inf
     vae.train()
-    losses, tick = [], time.perf_counter()
-    while step < c.vae_steps and run.elapsed() < deadline:
-        x = to_unit_range(data.images[batches.next()]).to(device)
-        with accelerator.autocast():
-            posterior = vae.encode(x).latent_dist
-            noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
-            z = posterior.mean + posterior.std * noise
-            reconstruction = vae.decode(z).sample
-            mse = F.mse_loss(reconstruction.float(), x)
-            loss = mse + c.vae_kl_weight * posterior.kl().mean()
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(vae.parameters(), c.max_grad_norm)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(mse.item())
+    losses, timer = [], StepTimer(progress.step)
+    while progress.step < c.vae_steps and run.elapsed() < deadline:
+        x = to_unit_range(data.images[batches.next()]).to(accelerator.device)
+        losses.append(vae_loss(c, vae, x, generator, accelerator))
+        progress.optimizer_step(accelerator, vae.parameters(), c.max_grad_norm)
+        step = progress.step
         if step % c.log_every == 0 or step == c.vae_steps:
-            seconds = (time.perf_counter() - tick) / len(losses)
-            row = {"stage": "vae", "step": step, "mse": float(np.mean(losses)), "lr": lr_schedule.get_last_lr()[0],
+            seconds = timer.lap(step)
+            row = {"stage": "vae", "step": step, "mse": float(np.mean(losses)), "lr": progress.lr(),
                    "s_per_step": round(seconds, 4)}
             run.write(row)
             log(f"vae {step}/{c.vae_steps}  mse {row['mse']:.5f}  {seconds:.3f} s/step  {run.elapsed() / 60:.1f} min")
-            losses, tick = [], time.perf_counter()
+            losses = []
         if c.save_every and step % c.save_every == 0:
             run.save_checkpoint(state())
-    if step < c.vae_steps:
-        log(f"vae: stopped at step {step} (its share of the time budget is spent)")
+    if progress.step < c.vae_steps:
+        log(f"vae: stopped at step {progress.step} (its share of the time budget is spent)")
     run.save_checkpoint(state())
 
+    # 3. What it makes of the first images, to look at.
     vae = accelerator.unwrap_model(vae)
-    vae.eval()
-    with torch.no_grad():
-        x = to_unit_range(data.images[:8]).to(device)
-        reconstruction = vae.decode(vae.encode(x).latent_dist.mean).sample
-    pictures = [_to_pil(t) for t in torch.cat([x, reconstruction])]
-    grid(pictures, columns=len(x)).save(run.dir / "samples" / "vae_reconstruction.png")
+    save_reconstructions(vae, data, run, accelerator.device)
     accelerator.free_memory()
     return vae
 
 
-def _to_pil(t: torch.Tensor) -> Image.Image:
-    array = ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
+def vae_loss(c: TrainingConfig, vae, x: torch.Tensor, generator: torch.Generator, accelerator) -> float:
+    """Reconstruction MSE of a latent sampled from the posterior, plus the KL term; backpropagated.
+    Returns the MSE."""
+    with accelerator.autocast():
+        posterior = vae.encode(x).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator).to(accelerator.device)
+        z = posterior.mean + posterior.std * noise
+        reconstruction = vae.decode(z).sample
+        mse = F.mse_loss(reconstruction.float(), x)
+        loss = mse + c.vae_kl_weight * posterior.kl().mean()
+    accelerator.backward(loss)
+    return mse.item()
 
 
 @torch.no_grad()
-def encode_all(vae, data: Dataset, device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of every image's latent distribution (computed once; latents are sampled per step)."""
-    means, stds = [], []
+def save_reconstructions(vae, data: Dataset, run: Run, device) -> None:
+    """The first 8 images above their reconstructions (posterior means, decoded)."""
     vae.eval()
-    for start in range(0, len(data.captions), batch_size):
-        x = to_unit_range(data.images[start: start + batch_size]).to(device, dtype=vae.dtype)
-        posterior = vae.encode(x).latent_dist
-        means.append(posterior.mean.float())
-        stds.append(posterior.std.float())
-    return torch.cat(means), torch.cat(stds)
+    x = to_unit_range(data.images[:8]).to(device)
+    reconstruction = vae.decode(vae.encode(x).latent_dist.mean).sample
+    pictures = [to_pil(t) for t in torch.cat([x, reconstruction])]
+    grid(pictures, columns=len(x)).save(run.dir / "samples" / "vae_reconstruction.png")
+
+
+def stage_a(c: TrainingConfig, run: Run, data: Dataset, accelerator, checkpoint: dict | None):
+    """The VAE: reused (--vae), finished in an earlier session of this run, or trained now. Returns
+    it and the checkpoint stage b resumes from (None: stage b starts fresh)."""
+    if c.vae_path:
+        vae = load_vae(c.vae_path)
+        log(f"vae: reusing {c.vae_path} (scaling_factor {vae.config.scaling_factor:.4f})")
+        return vae, checkpoint
+    if checkpoint and checkpoint["stage"] == "unet":
+        return load_vae(run.dir / "vae"), checkpoint
+    return train_vae(c, run, data, accelerator, checkpoint), None
+
+
+def encode_latents(c: TrainingConfig, run: Run, vae, data: Dataset, device,
+                   fresh: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image's latent distribution (mean, std), encoded once. A `fresh` VAE (trained in this
+    session) records the factor that gives latents unit std, and is saved with it."""
+    started = time.perf_counter()
+    means, stds = encode_all(vae, data, device)
+    if fresh:
+        vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+        vae.save_pretrained(str(run.dir / "vae"), safe_serialization=True)
+        log(f"vae: saved {run.dir / 'vae'}")
+    log(f"latents {tuple(means.shape)} encoded in {time.perf_counter() - started:.1f} s; std {means.std():.4f}, "
+        f"scaling_factor {vae.config.scaling_factor:.4f}")
+    return means, stds
 
 
 # =============================================================================================
@@ -607,33 +460,61 @@ def sample_prompts(c: TrainingConfig, data: Dataset) -> tuple[list[str], list[sh
     return list(dict.fromkeys(data.captions))[:8], None
 
 
-def train_unet(c: TrainingConfig, run: Run, data: Dataset, vae, latents: tuple[torch.Tensor, torch.Tensor],
-               accelerator, checkpoint: dict | None):
-    """Stage b on precomputed latent distributions (mean, std). Returns the EMA pipeline (float32,
-    on the training device) and the last step."""
+@dataclass
+class Inputs:
+    """Stage b's data, prepared once: latent distributions and every caption's token ids."""
+
+    latents: tuple[torch.Tensor, torch.Tensor]  # mean, std of each image's latent distribution
+    scale: float  # the VAE's scaling_factor
+    ids: torch.Tensor  # token ids; row 0 is "", the unconditional caption
+    caption_rows: torch.Tensor  # each image's row of ids
+
+
+def prepare_inputs(data: Dataset, vae, latents: tuple[torch.Tensor, torch.Tensor], tokenizer, device) -> Inputs:
+    """Every distinct caption tokenized once, as the pipeline will; "" (row 0) is for guidance."""
+    ids, row_of = tokenize_once(tokenizer, ["", *sorted(set(data.captions))], device)
+    caption_rows = torch.tensor([row_of[text] for text in data.captions])
+    return Inputs(latents, float(vae.config.scaling_factor), ids, caption_rows)
+
+
+@dataclass
+class StageB:
+    """What stage b trains and keeps: UNet + text encoder (prepared by accelerate), their EMA
+    copies, and the loop's resumable state."""
+
+    unet: Any
+    text_encoder: Any
+    ema_unet: Any
+    ema_text_encoder: Any
+    parameters: list[torch.nn.Parameter]  # of unet and text_encoder: what the optimizer and EMA follow
+    ema: EMA
+    batches: Batches
+    progress: Progress
+    alphas: torch.Tensor  # the noise schedule's cumulative alphas, on the training device
+
+    def state(self, accelerator) -> dict:
+        return {"stage": "unet",
+                "models": {"unet": accelerator.unwrap_model(self.unet).state_dict(),
+                           "text_encoder": accelerator.unwrap_model(self.text_encoder).state_dict()},
+                "ema": self.ema.state_dict(), **self.progress.state_dict()}
+
+    def resume(self, checkpoint: dict, accelerator) -> None:
+        accelerator.unwrap_model(self.unet).load_state_dict(checkpoint["models"]["unet"])
+        accelerator.unwrap_model(self.text_encoder).load_state_dict(checkpoint["models"]["text_encoder"])
+        self.ema.load_state_dict(checkpoint["ema"])
+        self.progress.load_state_dict(checkpoint)
+        log(f"unet: resumed at step {self.progress.step}, epoch {self.batches.epoch}")
+
+
+def build_stage_b(c: TrainingConfig, latent_size: int, images: int, accelerator) -> StageB:
+    """The networks (seeded), their EMA copies, AdamW, the LR schedule and the data order."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
-    from transformers import CLIPTokenizer
-
-    from training.tiny import CLIP_TOKENIZER_DIR  # the real CLIP vocabulary shipped with the bot
-
-    device = accelerator.device
-    tokenizer = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR))
-    vae.requires_grad_(False)
-    means, stds = latents
-    scale = float(vae.config.scaling_factor)
-
-    # Every distinct caption tokenized once, as the pipeline will: padded to 77 tokens; "" = unconditional.
-    distinct = sorted(set(data.captions))
-    ids = tokenizer([""] + distinct, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids.to(device)
-    row_of = {text: i + 1 for i, text in enumerate(distinct)}
-    caption_index = torch.tensor([row_of[text] for text in data.captions])
 
     torch.manual_seed(c.seed)
-    unet = build_unet(c, latent_size=means.shape[-1])
+    unet = build_unet(c, latent_size=latent_size)
     text_encoder = build_text_encoder(c)
-    ema_unet = build_unet(c, latent_size=means.shape[-1]).requires_grad_(False)
+    ema_unet = build_unet(c, latent_size=latent_size).requires_grad_(False)
     ema_text_encoder = build_text_encoder(c).requires_grad_(False)
     log(f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, "
         f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M")
@@ -642,109 +523,127 @@ def train_unet(c: TrainingConfig, run: Run, data: Dataset, vae, latents: tuple[t
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = adamw(parameters, lr=c.learning_rate, weight_decay=c.weight_decay)
     generator = torch.Generator().manual_seed(c.seed + 2)
-    batches = Batches(len(data.captions), c.train_batch_size, generator)
+    batches = Batches(images, c.train_batch_size, generator)
+    lr_schedule = get_scheduler(c.lr_scheduler, optimizer, num_warmup_steps=c.lr_warmup_steps,
+                                num_training_steps=total_steps(c, batches))
+    ema = EMA(parameters, c.ema_decay)
+    unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
+    ema_unet.to(accelerator.device)
+    ema_text_encoder.to(accelerator.device)
+    return StageB(unet, text_encoder, ema_unet, ema_text_encoder, parameters, ema, batches,
+                  Progress(optimizer, lr_schedule, generator, {"batches": batches}),
+                  noise_scheduler.alphas_cumprod.to(accelerator.device))
+
+
+def total_steps(c: TrainingConfig, batches: Batches) -> int:
+    """The length of the LR schedule: max_steps or num_epochs, whichever ends first."""
     total = c.max_steps or (c.num_epochs * batches.steps_per_epoch()) or 10**9
     if c.num_epochs and c.max_steps:
         total = min(total, c.num_epochs * batches.steps_per_epoch())
-    lr_schedule = get_scheduler(c.lr_scheduler, optimizer, num_warmup_steps=c.lr_warmup_steps,
-                                num_training_steps=total)
-    ema = EMA(parameters, c.ema_decay)
-    unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
-    ema_unet.to(device)
-    ema_text_encoder.to(device)
-    alphas = noise_scheduler.alphas_cumprod.to(device)
+    return total
 
-    step = 0
-    if checkpoint:
-        accelerator.unwrap_model(unet).load_state_dict(checkpoint["models"]["unet"])
-        accelerator.unwrap_model(text_encoder).load_state_dict(checkpoint["models"]["text_encoder"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        lr_schedule.load_state_dict(checkpoint["lr_schedule"])
-        ema.load_state_dict(checkpoint["ema"])
-        batches.load_state_dict(checkpoint["batches"])
-        set_rng_state(generator, checkpoint["rng"])
-        step = checkpoint["step"]
-        log(f"unet: resumed at step {step}, epoch {batches.epoch}")
 
-    def state() -> dict:
-        return {"stage": "unet", "step": step,
-                "models": {"unet": accelerator.unwrap_model(unet).state_dict(),
-                           "text_encoder": accelerator.unwrap_model(text_encoder).state_dict()},
-                "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
-                "ema": ema.state_dict(), "batches": batches.state_dict(), "rng": rng_state(generator)}
+def unet_loss(c: TrainingConfig, b: StageB, inputs: Inputs, index: torch.Tensor, accelerator) -> float:
+    """Epsilon-prediction MSE on the images at `index` (captions dropped at random for guidance),
+    backpropagated. Every random number comes from the loop's generator, in a fixed order."""
+    device, generator = accelerator.device, b.progress.generator
+    latents = sample_latents(inputs.latents, index, inputs.scale, generator, device)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(0, c.num_train_timesteps, (len(index),), generator=generator).to(device)
+    drop = torch.rand(len(index), generator=generator) < c.caption_dropout
+    tokens = inputs.ids[torch.where(drop, 0, inputs.caption_rows[index]).to(device)]
+    a = b.alphas[timesteps].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise  # what DDPMScheduler.add_noise does
+    with accelerator.autocast():
+        encoded = b.text_encoder(tokens)[0]
+        prediction = b.unet(noisy, timesteps, encoded).sample
+    loss = F.mse_loss(prediction.float(), noise)
+    accelerator.backward(loss / c.gradient_accumulation_steps)
+    return loss.item()
 
-    def ema_pipeline():
-        ema.copy_to(list(ema_unet.parameters()) + list(ema_text_encoder.parameters()))
-        return make_pipeline(c, vae, ema_text_encoder, ema_unet, tokenizer)
 
+def stop_reason(c: TrainingConfig, run: Run, b: StageB) -> str | None:
+    if c.max_steps and b.progress.step >= c.max_steps:
+        return f"max_steps {c.max_steps} reached"
+    if c.num_epochs and b.batches.epochs_done() >= c.num_epochs:
+        return f"{c.num_epochs} epochs done"
+    if run.budget_left() <= 0:
+        return f"time budget of {c.time_budget} min spent"
+    return None
+
+
+def log_unet_step(c: TrainingConfig, run: Run, b: StageB, losses: list[float], seconds: float) -> None:
+    step = b.progress.step
+    row = {"stage": "unet", "step": step, "epoch": b.batches.epoch, "loss": float(np.mean(losses)),
+           "lr": b.progress.lr(), "s_per_step": round(seconds, 4)}
+    run.write(row)
+    left = run.budget_left()
+    log(f"unet {step}/{c.max_steps or '-'}  epoch {b.batches.epoch}  loss {row['loss']:.4f}  "
+        f"{seconds:.3f} s/step  {run.elapsed() / 60:.1f} min"
+        + (f"  ({left / 60:.1f} min left)" if left < math.inf else ""))
+
+
+def ema_pipeline(c: TrainingConfig, b: StageB, vae, tokenizer):
+    """A pipeline of the EMA weights (float32, on the training device)."""
+    b.ema.copy_to(list(b.ema_unet.parameters()) + list(b.ema_text_encoder.parameters()))
+    return make_pipeline(c, vae, b.ema_text_encoder, b.ema_unet, tokenizer)
+
+
+def samples(c: TrainingConfig, run: Run, pipe, data: Dataset, step: int) -> None:
+    """A grid of the sample prompts, scored by training.shapes.judge where they are shapes."""
     prompts, specs = sample_prompts(c, data)
     seeds = [shapes.HELD_OUT_SEED_BASE + i for i in range(len(prompts))]
+    images = generate(pipe, c, prompts, seeds, c.sample_guidance)
+    grid(images).save(run.dir / "samples" / f"unet_{step:06d}.png")
+    row: dict = {"stage": "sample", "step": step}
+    if specs:
+        row.update(shapes.score([shapes.judge(im, s) for im, s in zip(images, specs)]))
+    run.write(row)
+    log(f"samples at step {step}: {row}")
 
-    def samples() -> None:
-        pipe = ema_pipeline()
-        images = generate(pipe, c, prompts, seeds, c.sample_guidance)
-        grid(images).save(run.dir / "samples" / f"unet_{step:06d}.png")
-        row: dict = {"stage": "sample", "step": step}
-        if specs:
-            row.update(shapes.score([shapes.judge(im, s) for im, s in zip(images, specs)]))
-        run.write(row)
-        log(f"samples at step {step}: {row}")
 
-    def done() -> str | None:
-        if c.max_steps and step >= c.max_steps:
-            return f"max_steps {c.max_steps} reached"
-        if c.num_epochs and batches.epochs_done() >= c.num_epochs:
-            return f"{c.num_epochs} epochs done"
-        if run.budget_left() <= 0:
-            return f"time budget of {c.time_budget} min spent"
-        return None
+def train_unet(c: TrainingConfig, run: Run, data: Dataset, vae, latents: tuple[torch.Tensor, torch.Tensor],
+               accelerator, checkpoint: dict | None):
+    """Stage b on precomputed latent distributions (mean, std). Returns the EMA pipeline (float32,
+    on the training device) and the last step."""
+    from transformers import CLIPTokenizer
 
-    unet.train()
-    text_encoder.train()
-    losses, tick, first, sampled = [], time.perf_counter(), step, -1
-    while (reason := done()) is None:
+    from bot.engine.single_file import CLIP_TOKENIZER_DIR  # the real CLIP vocabulary shipped with the bot
+
+    # 1. The inputs, prepared once; the networks, optimizer, schedule and data order, resumed where
+    # a checkpoint says.
+    vae.requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR))
+    inputs = prepare_inputs(data, vae, latents, tokenizer, accelerator.device)
+    b = build_stage_b(c, latents[0].shape[-1], len(data.captions), accelerator)
+    if checkpoint:
+        b.resume(checkpoint, accelerator)
+
+    # 2. The loop: gradients accumulated over micro-batches, one optimizer step, the EMA follows.
+    b.unet.train()
+    b.text_encoder.train()
+    losses, timer, sampled = [], StepTimer(b.progress.step), -1
+    while (reason := stop_reason(c, run, b)) is None:
         for _ in range(c.gradient_accumulation_steps):
-            index = batches.next()
-            z = torch.randn(means[index].shape, generator=generator).to(device)
-            latents = (means[index] + stds[index] * z) * scale
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            timesteps = torch.randint(0, c.num_train_timesteps, (len(index),), generator=generator).to(device)
-            drop = torch.rand(len(index), generator=generator) < c.caption_dropout
-            tokens = ids[torch.where(drop, 0, caption_index[index]).to(device)]
-            a = alphas[timesteps].view(-1, 1, 1, 1)
-            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise  # what DDPMScheduler.add_noise does
-            with accelerator.autocast():
-                encoded = text_encoder(tokens)[0]
-                prediction = unet(noisy, timesteps, encoded).sample
-            loss = F.mse_loss(prediction.float(), noise)
-            accelerator.backward(loss / c.gradient_accumulation_steps)
-            losses.append(loss.item())
-        accelerator.clip_grad_norm_(parameters, c.max_grad_norm)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        ema.update(parameters)
+            losses.append(unet_loss(c, b, inputs, b.batches.next(), accelerator))
+        b.progress.optimizer_step(accelerator, b.parameters, c.max_grad_norm)
+        b.ema.update(b.parameters)
+        step = b.progress.step
         if step % c.log_every == 0:
-            seconds = (time.perf_counter() - tick) / max(1, step - first)
-            row = {"stage": "unet", "step": step, "epoch": batches.epoch, "loss": float(np.mean(losses)),
-                   "lr": lr_schedule.get_last_lr()[0], "s_per_step": round(seconds, 4)}
-            run.write(row)
-            left = run.budget_left()
-            log(f"unet {step}/{c.max_steps or '-'}  epoch {batches.epoch}  loss {row['loss']:.4f}  "
-                f"{seconds:.3f} s/step  {run.elapsed() / 60:.1f} min"
-                + (f"  ({left / 60:.1f} min left)" if left < math.inf else ""))
-            losses, tick, first = [], time.perf_counter(), step
+            log_unet_step(c, run, b, losses, timer.lap(step))
+            losses = []
         if c.save_every and step % c.save_every == 0:
-            run.save_checkpoint(state())
+            run.save_checkpoint(b.state(accelerator))
         if c.sample_every and step % c.sample_every == 0:
-            samples()
+            samples(c, run, ema_pipeline(c, b, vae, tokenizer), data, step)
             sampled = step
-    log(f"unet: stopping at step {step}: {reason}")
-    run.save_checkpoint(state())
-    if sampled != step:
-        samples()
-    return ema_pipeline(), step
+
+    # 3. The last checkpoint, and samples of the last step.
+    log(f"unet: stopping at step {b.progress.step}: {reason}")
+    run.save_checkpoint(b.state(accelerator))
+    if sampled != b.progress.step:
+        samples(c, run, ema_pipeline(c, b, vae, tokenizer), data, b.progress.step)
+    return ema_pipeline(c, b, vae, tokenizer), b.progress.step
 
 
 # =============================================================================================
@@ -785,20 +684,6 @@ def describe(c: TrainingConfig, steps: int) -> str:
     return f"Trained from scratch on {Path(c.manifest).name} ({c.image_size} px, {steps} steps)"
 
 
-def quietly_to(pipe, dtype: torch.dtype, device: str | torch.device = "cpu") -> None:
-    """pipe.to(dtype) without diffusers' warnings about float16 on a CPU (the weights are only
-    stored that way) and about "modules that should be kept in float32: []" (there are none)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        pipe.to(dtype=dtype)
-        pipe.to(device)
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
-
-
 def export(pipe, c: TrainingConfig, run: Run, steps: int) -> Path | None:
     """The pipeline in float16 (converted in place) into output_dir/pipeline and, with a name,
     published into the model store."""
@@ -823,28 +708,20 @@ def export(pipe, c: TrainingConfig, run: Run, steps: int) -> Path | None:
 
 def train(c: TrainingConfig, resume: Path | None = None) -> dict:
     """Run both stages, evaluate, export. Returns paths and the final step (for callers and tests)."""
-    threads = torch.get_num_threads()
-    if c.threads:
-        torch.set_num_threads(c.threads)
-    try:
+    with torch_threads(c.threads):
         return _train(c, resume)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(c: TrainingConfig, resume: Path | None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
 
-    diffusers_logging.disable_progress_bar()  # "Writing model shards" and loading bars
-    transformers_logging.disable_progress_bar()
-
-    checkpoint = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
+    # 1. The run folder (its log trimmed to the checkpoint when resuming), the device, the data.
+    hide_progress_bars()
+    checkpoint = load_checkpoint(resume)
     if checkpoint:
         log(f"resuming from {resume}: stage {checkpoint['stage']}, step {checkpoint['step']}")
-    run = Run(c, checkpoint)
+    run = Run(c, checkpoint, script="training.train_scratch", stages=STAGES)
     # Gradient accumulation is done by hand (stage b only), not by the Accelerator, so the VAE
     # stage's steps stay plain steps.
     accelerator = Accelerator(mixed_precision=c.mixed_precision)
@@ -852,32 +729,15 @@ def _train(c: TrainingConfig, resume: Path | None) -> dict:
     log(f"device {accelerator.device}, mixed precision {c.mixed_precision}, output {run.dir}")
     data = load_data(c)
 
-    # Stage a: the VAE (reused, finished in an earlier session of this run, or trained now).
-    vae_dir = run.dir / "vae"
-    if c.vae_path:
-        vae = load_vae(c.vae_path)
-        log(f"vae: reusing {c.vae_path} (scaling_factor {vae.config.scaling_factor:.4f})")
-    elif checkpoint and checkpoint["stage"] == "unet":
-        vae = load_vae(vae_dir)
-    else:
-        vae = train_vae(c, run, data, accelerator, checkpoint if checkpoint and checkpoint["stage"] == "vae" else None)
-        checkpoint = None  # stage b starts fresh
+    # 2. Stage a: the VAE; then every image encoded once.
+    vae, checkpoint = stage_a(c, run, data, accelerator, checkpoint)
     vae.to(accelerator.device)
+    latents = encode_latents(c, run, vae, data, accelerator.device, fresh=not c.vae_path and not checkpoint)
 
-    # Every image encoded once; a freshly trained VAE records the factor that gives latents unit std.
-    started = time.perf_counter()
-    means, stds = encode_all(vae, data, accelerator.device)
-    if not c.vae_path and not checkpoint:
-        vae.register_to_config(scaling_factor=float(1.0 / means.std()))
-        vae.save_pretrained(str(vae_dir), safe_serialization=True)
-        log(f"vae: saved {vae_dir}")
-    log(f"latents {tuple(means.shape)} encoded in {time.perf_counter() - started:.1f} s; std {means.std():.4f}, "
-        f"scaling_factor {vae.config.scaling_factor:.4f}")
+    # 3. Stage b: UNet + text encoder.
+    pipe, steps = train_unet(c, run, data, vae, latents, accelerator, checkpoint)
 
-    # Stage b: UNet + text encoder.
-    pipe, steps = train_unet(c, run, data, vae, (means, stds), accelerator, checkpoint)
-
-    # Export first (the model is usable even if evaluation fails), then evaluate exactly the
+    # 4. Export first (the model is usable even if evaluation fails), then evaluate exactly the
     # float16 weights that shipped, computed in float32 as the bot does on a CPU.
     published = export(pipe, c, run, steps)
     report = None

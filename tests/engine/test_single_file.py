@@ -233,8 +233,8 @@ def test_read_checkpoint_header_reads_shapes_only(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny SD 1.x pipeline exported as a single file, plus a weightless config folder for it."""
+    from tests.helpers.tiny import tiny_pipeline
     from training.to_single_file import ldm_state_dict
-    from training.tiny import tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny_single_file")
     pipe = tiny_pipeline()

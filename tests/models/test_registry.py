@@ -92,7 +92,7 @@ def good_store(store) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_lora_dir(tmp_path_factory, tiny_pipeline_dir) -> Path:
-    from training.tiny import save_tiny_lora
+    from tests.helpers.tiny import save_tiny_lora
 
     return save_tiny_lora(tiny_pipeline_dir, tmp_path_factory.mktemp("lora") / "lora")
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from training import crawl, data_cli
-from training.crawl import (USER_AGENT, BingProvider, CrawlError, Crawler, CrawlOptions, Fetcher, FetchError,
+from training.crawl import (USER_AGENT, BingProvider, Crawler, CrawlOptions, Fetcher, FetchError,
                             RateLimiter, SearxngProvider, inspect_image, parse_bing_page, parse_retry_after)
 from training.manifest import phash, read_manifest
 

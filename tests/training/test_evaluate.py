@@ -8,15 +8,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from bot.cli import main as imagebot
+from bot.engine.single_file import CLIP_TOKENIZER_DIR
 from tests.conftest import add_pipeline_variant
 from training import evaluate as ev
-from training.tiny import CLIP_TOKENIZER_DIR
 
 
 @pytest.fixture
 def two_variants(models_dir, tmp_path) -> Path:
     """The tiny 'demo' plus 'other': the same architecture with different random weights."""
-    from training.tiny import save_tiny_pipeline
+    from tests.helpers.tiny import save_tiny_pipeline
 
     other = save_tiny_pipeline(tmp_path / "other-src", seed=7)
     add_pipeline_variant(models_dir, "other", other, 'kind = "pipeline"\n[defaults]\nsteps = 2\n')

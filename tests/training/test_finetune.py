@@ -15,11 +15,11 @@ from bot.config import EngineConfig, Limits
 from bot.core.request import parse_prompt
 from bot.core.resolve import resolve
 from bot.engine.engine import Engine
-from bot.models.registry import Registry
 from bot.models import publish
+from bot.models.registry import Registry
+from tests.helpers.tiny import save_tiny_pipeline
 from training import concept, finetune, shapes
 from training.finetune import FinetuneConfig, FinetuneError, main, parse_args
-from training.tiny import save_tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 LIMITS = Limits(min_side=16)

@@ -176,15 +176,15 @@ def test_bad_manifests_say_what_is_wrong(tmp_path):
 
 
 def test_training_pairs_for_train_scratch(dataset, tmp_path):
-    from training.train_scratch import read_manifest as scratch_read
+    from training.manifest import training_pairs
 
-    pairs = scratch_read(dataset)
+    pairs = training_pairs(dataset)
     assert pairs == [(r.path, r.caption) for r in read_manifest(dataset)]
     assert pairs[0] == (dataset.parent / "Vietnam ao dai" / "Image_0_1.jpg", VIETNAMESE)
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     with pytest.raises(ValueError, match="no images listed"):
-        scratch_read(empty)
+        training_pairs(empty)
 
 
 # --- atomic writes ---------------------------------------------------------------------------

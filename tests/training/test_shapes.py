@@ -96,7 +96,7 @@ def test_held_out_prompts_are_balanced_and_seeded_apart():
 
 
 def test_write_dataset_manifest(tmp_path):
-    from training.train_scratch import read_manifest
+    from training.manifest import training_pairs
 
     manifest = shapes.write_dataset(tmp_path / "shapes", 6, seed=2, modifier_prob=0.5)
     rows = json.loads(manifest.read_text(encoding="utf-8"))
@@ -108,7 +108,7 @@ def test_write_dataset_manifest(tmp_path):
         spec = shapes.parse_caption(row["caption"])
         verdict = shapes.judge(image, spec)
         assert verdict["background_ok"] and verdict["shape_colour_ok"]
-    pairs = read_manifest(manifest)
+    pairs = training_pairs(manifest)
     assert [caption for _, caption in pairs] == [row["caption"] for row in rows]
     assert all(path.is_file() for path, _ in pairs)
 
@@ -120,17 +120,17 @@ def test_write_dataset_manifest(tmp_path):
     (folder / "m.jsonl").write_text("".join(json.dumps({"link": l, "caption": c}) + "\n" for l, c in links))
     (folder / "m.txt").write_text("".join(f"{l}\t{c}\n" for l, c in links), encoding="utf-8")
     for name in ("m.csv", "bare.csv", "m.jsonl", "m.txt"):
-        assert read_manifest(folder / name) == pairs, name
+        assert training_pairs(folder / name) == pairs, name
 
 
 def test_manifest_errors(tmp_path):
-    from training.train_scratch import read_manifest
+    from training.manifest import training_pairs
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"path": "x.png"}]))
     with pytest.raises(ValueError, match="link"):
-        read_manifest(bad)
+        training_pairs(bad)
     url = tmp_path / "url.json"
     url.write_text(json.dumps([{"link": "https://example.com/a.jpg", "caption": "a"}]))
     with pytest.raises(ValueError, match="download"):
-        read_manifest(url)
+        training_pairs(url)

@@ -18,8 +18,8 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from bot.engine.single_file import ARCHS_DIR, detect_arch, load_single_file, read_checkpoint_header  # noqa: E402
+from tests.helpers.tiny import save_tiny_pipeline, tiny_text_encoder  # noqa: E402
 from training.to_single_file import export_single_file, ldm_state_dict, main, unet_to_ldm  # noqa: E402
-from training.tiny import save_tiny_pipeline, tiny_text_encoder  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""Tiny Stable Diffusion pipelines with random weights.
+"""Tiny Stable Diffusion pipelines with random weights, for the tests and benchmarks.
 
-Used by the tests and benchmarks (and as a starting point for training from scratch): the real
-diffusers classes at a size that runs in well under a second on a CPU. Same seed, same weights.
+The real diffusers classes at a size that runs in well under a second on a CPU, with the real CLIP
+tokenizer shipped with the bot. Same seed, same weights.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-CLIP_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "bot" / "engine" / "archs" / "clip_tokenizer"
+from bot.engine.single_file import CLIP_TOKENIZER_DIR
 
 
 def tiny_unet(sample_size: int = 8, cross_attention_dim: int = 32) -> UNet2DConditionModel:
