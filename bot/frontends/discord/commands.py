@@ -23,6 +23,7 @@ from bot.core.request import MAX_SEED, SCHEDULERS, parse_prompt
 from bot.frontends.discord.access import check_channel, check_prompt, origin_of
 from bot.frontends.discord.delivery import TRANSIENT, Delivery
 from bot.frontends.discord.render import status_text
+from bot.frontends.text import clip
 from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ async def acknowledged(interaction: discord.Interaction, work: Awaitable[Any], *
 
 async def answer(interaction: discord.Interaction, text: str, *, ephemeral: bool, quiet: bool = False) -> int | None:
     """Reply (or fill in the deferred reply); returns the reply's message id when Discord says it."""
-    text = text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
+    text = clip(text, MESSAGE_LIMIT)
     try:
         if interaction.response.is_done():
             message = await interaction.edit_original_response(content=text)
@@ -401,5 +402,4 @@ class Commands:
 
 
 def _quote(prompt: str, limit: int = 80) -> str:
-    prompt = prompt.replace("\n", " ")
-    return "“" + (prompt if len(prompt) <= limit else prompt[: limit - 1] + "…") + "”"
+    return "“" + clip(prompt.replace("\n", " "), limit) + "”"

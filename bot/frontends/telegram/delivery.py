@@ -25,7 +25,7 @@ from bot.frontends.telegram import keyboards
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.media import photo_bytes
 from bot.frontends.telegram.progress import Progress, delete_quietly
-from bot.frontends.telegram.texts import caption, job_error, t
+from bot.frontends.telegram.texts import caption, failure_text, t
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class _Result:
             await delete_quietly(self.bot, self.chat_id, self.status_id)
             self.status_id = None
         else:
-            await self._send_outcome(job_error(self.job, self.locale))
+            await self._send_outcome(failure_text(self.job, self.locale))
 
     async def _send_images(self) -> None:
         job = self.job

@@ -26,7 +26,8 @@ from bot.frontends.telegram import keyboards
 from bot.frontends.telegram.delivery import reply_kwargs, send_png
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.progress import delete_quietly
-from bot.frontends.telegram.texts import clip, eta, t
+from bot.frontends.telegram.texts import MAX_ALERT, MAX_TEXT, eta, t
+from bot.frontends.text import clip
 from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class Handlers:
         try:
             await submit(origin)  # the "queued" event turns the status message into "#N queued"
         except UserError as error:
-            await bot.edit_message_text(clip(error.render(origin.locale)), chat_id=chat_id,
+            await bot.edit_message_text(clip(error.render(origin.locale), MAX_TEXT), chat_id=chat_id,
                                         message_id=status.message_id)
 
     # --- prompts -------------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ class Handlers:
         if len(lines) == 1:
             lines.append(t("ui_none", locale))
         lines.append("" if origin.is_admin else t("tg_models_hint", locale))
-        return clip("\n".join(lines).strip())
+        return clip("\n".join(lines).strip(), MAX_TEXT)
 
     async def settings(self, message: Message, origin: Origin, args: str, context) -> None:
         """/settings shows the chat's default flags; /settings --ar 3:2 --steps 30 --no blurry sets
@@ -313,9 +314,9 @@ class Handlers:
                 await query.answer(t(key, locale, job=button.job_id))
         except UserError as error:
             if not answered:
-                await query.answer(clip(error.render(locale), 200), show_alert=True)
+                await query.answer(clip(error.render(locale), MAX_ALERT), show_alert=True)
             else:
-                await context.bot.send_message(chat.id, clip(error.render(locale)),
+                await context.bot.send_message(chat.id, clip(error.render(locale), MAX_TEXT),
                                                **reply_kwargs(message.message_id, thread))
 
     # --- errors ------------------------------------------------------------------------------------
@@ -356,5 +357,5 @@ def _thread(message: Message) -> int | None:
 
 
 async def reply(message: Message, text: str) -> Message:
-    return await message.get_bot().send_message(message.chat_id, clip(text),
+    return await message.get_bot().send_message(message.chat_id, clip(text, MAX_TEXT),
                                                  **reply_kwargs(message.message_id, _thread(message)))

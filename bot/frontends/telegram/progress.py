@@ -17,7 +17,8 @@ from bot.core.jobs import Job
 from bot.core.service import Service
 from bot.frontends.telegram import keyboards
 from bot.frontends.telegram.errors import loggable
-from bot.frontends.telegram.texts import MAX_CAPTION, clip, status_line
+from bot.frontends.telegram.texts import MAX_CAPTION, status_line
+from bot.frontends.text import clip
 
 log = logging.getLogger(__name__)
 

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from bot.core.errors import UserError
 from bot.core.jobs import CANCELLED, Job
-from bot.core.messages import CATALOGUE, render
+from bot.core.messages import render
 from bot.core.service import JobView
+from bot.frontends.text import clip, job_error
 
 MAX_TEXT = 4096  # characters in a message
 MAX_CAPTION = 1024  # characters in a photo caption
+MAX_ALERT = 200  # characters in the answer to a button press
 PROGRESS_BAR = 10
 
 
 def t(key: str, locale: str | None, **params: object) -> str:
     return render(key, locale, **params)
-
-
-def clip(text: str, limit: int = MAX_TEXT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def eta(seconds: float | None, locale: str | None) -> str:
@@ -43,15 +40,11 @@ def status_line(view: JobView, locale: str | None) -> str:
     return f"{line} · {remaining}" if remaining else line
 
 
-def job_error(job: Job, locale: str | None) -> str:
-    """Why a job did not produce images, in the user's language where the catalogue knows it."""
+def failure_text(job: Job, locale: str | None) -> str:
+    """Why a job did not produce images: cancelled, or its error in the user's language."""
     if job.status == CANCELLED:
         return t("tg_cancelled", locale, job=job.id)
-    if job.error_key and job.error_key in CATALOGUE["en"]:
-        reason = UserError(job.error_key, **job.error_params).render(locale)
-    else:
-        reason = job.error or "?"
-    return clip(t("tg_failed", locale, job=job.id, error=reason))
+    return clip(t("tg_failed", locale, job=job.id, error=job_error(job, locale) or "?"), MAX_TEXT)
 
 
 def caption(job: Job, locale: str | None) -> str:

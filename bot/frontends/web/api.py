@@ -29,6 +29,7 @@ from bot.core.jobs import FINISHED, Job, Origin
 from bot.core.messages import catalogue_for
 from bot.core.request import SCHEDULERS
 from bot.core.service import Service
+from bot.frontends.text import job_error
 from bot.frontends.web.metrics import prometheus_text
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -325,27 +326,19 @@ def _admin(request: Request, secrets: Secrets) -> Origin:
 
 def _job_json(job: Job, request: Request, *, position: int | None = None, eta: float | None = None,
               step: int | None = None, total: int | None = None) -> dict[str, Any]:
-    locale = request.headers.get("accept-language")
-    error = UserError(job.error_key, **job.error_params).render(locale) if _renderable(job) else job.error
     return {
         "id": job.id,
         "status": job.status,
         "position": position,
         "eta": eta,
         "progress": {"step": step, "total": total} if step is not None else None,
-        "error": error,
+        "error": job_error(job, request.headers.get("accept-language")),
         "request": job.request.to_dict(),
         "images": [{"url": f"/api/images/{image.file}", "seed": image.seed} for image in job.images],
         "grid": f"/api/images/{job.grid}" if job.grid else None,
         "created_at": job.created_at,
         "finished_at": job.finished_at,
     }
-
-
-def _renderable(job: Job) -> bool:
-    from bot.core.messages import CATALOGUE
-
-    return bool(job.error_key) and job.error_key in CATALOGUE["en"]
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
