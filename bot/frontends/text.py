@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from bot.core.jobs import Job
-from bot.core.messages import CATALOGUE, render
+from bot.core.messages import CORE
 
 
 def job_error(job: Job, locale: str | None) -> str | None:
     """Why a job failed, in the user's language where the core's catalogue words it (errors of
     older versions, or of a library, keep the English text the store has); None without an error."""
-    if job.error_key and job.error_key in CATALOGUE["en"]:
-        return render(job.error_key, locale, **job.error_params)
+    if job.error_key and job.error_key in CORE:
+        return CORE.render(job.error_key, locale, **job.error_params)
     return job.error
 
 

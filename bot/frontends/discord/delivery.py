@@ -26,11 +26,11 @@ import discord
 
 from bot.config import Config
 from bot.core.jobs import Job
-from bot.core.messages import render
 from bot.frontends.delivery import DeliveryLoop, RetryLater, Undeliverable
 from bot.frontends.discord.access import PLATFORM
 from bot.frontends.discord.render import failure_text, preview_file, result_embed, result_upload, status_text
 from bot.frontends.discord.views import result_view
+from bot.frontends.discord.strings import render
 
 log = logging.getLogger(__name__)
 

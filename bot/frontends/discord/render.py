@@ -10,8 +10,8 @@ import discord
 from PIL import Image
 
 from bot.core.jobs import Job
-from bot.core.messages import render
 from bot.frontends.text import clip, job_error
+from bot.frontends.discord.strings import render
 
 DEFAULT_FILESIZE_LIMIT = 10 * 1024 * 1024  # Discord's limit without boosts, when nothing better is known
 EMBED_TITLE_LIMIT = 256

@@ -17,13 +17,13 @@ from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application
 
 from bot.config import Config, Secrets
-from bot.core.messages import CATALOGUE
+from bot.core.messages import FALLBACK_LOCALE
 from bot.core.service import Service
 from bot.frontends.delivery import FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS
 from bot.frontends.telegram.delivery import Delivery
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.handlers import COMMANDS, Handlers
-from bot.frontends.telegram.texts import t
+from bot.frontends.telegram.strings import STRINGS, render
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,9 @@ class TelegramFrontend:
     async def _register_commands(self) -> None:
         """The command menu clients show, in English and in every other catalogue language."""
         try:
-            for language in CATALOGUE:
-                commands = [BotCommand(name, t(key, language)) for name, key in COMMANDS.items()]
-                code = None if language == "en" else language
+            for language in STRINGS:
+                commands = [BotCommand(name, render(key, language)) for name, key in COMMANDS.items()]
+                code = None if language == FALLBACK_LOCALE else language
                 await self.app.bot.set_my_commands(commands, scope=BotCommandScopeDefault(), language_code=code)
         except TelegramError as error:  # the bot works without its menu
             log.warning("telegram: could not register the command menu: %s", loggable(error))

@@ -25,7 +25,8 @@ from bot.frontends.telegram import keyboards
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.media import photo_bytes
 from bot.frontends.telegram.progress import Progress, delete_quietly
-from bot.frontends.telegram.texts import caption, failure_text, t
+from bot.frontends.telegram.strings import render
+from bot.frontends.telegram.texts import caption, failure_text
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class _Result:
         if not self._keyboard_sent:  # albums cannot carry buttons: they go in a message below
             ids = [message.message_id for message in self._photos]
             await self.bot.send_message(
-                self.chat_id, t("tg_album_actions", self.locale, job=job.id, count=len(ids)),
+                self.chat_id, render("tg_album_actions", self.locale, job=job.id, count=len(ids)),
                 reply_markup=keyboards.album_result(job.id, len(job.images), ids, self.locale),
                 **self._reply(ids[0]))
             self._keyboard_sent = True

@@ -26,11 +26,11 @@ from bot import __version__
 from bot.config import Config, Secrets
 from bot.core.errors import UserError
 from bot.core.jobs import FINISHED, Job, Origin
-from bot.core.messages import catalogue_for
 from bot.core.request import SCHEDULERS
 from bot.core.service import Service
 from bot.frontends.text import job_error
 from bot.frontends.web.metrics import prometheus_text
+from bot.frontends.web.strings import catalogue_for, explain
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 64 * 1024
@@ -106,7 +106,7 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
     @app.exception_handler(UserError)
     async def user_error(request: Request, error: UserError):
         locale = request.headers.get("accept-language")
-        return _error(_STATUS_BY_KEY.get(error.key, 400), error.render(locale), error.key)
+        return _error(_STATUS_BY_KEY.get(error.key, 400), explain(error, locale), error.key)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bot.core.jobs import Origin
-from bot.core.messages import render
+from bot.frontends.discord.strings import render
 from tests.conftest import add_pipeline_variant
 from tests.frontends.discord.fake_discord import (ADMIN, ADMIN_ROLE, BOB, CHANNEL, GUILD, MODERATOR, OTHER_CHANNEL,
                                                   autocomplete, command, subcommand, subcommand_autocomplete)
