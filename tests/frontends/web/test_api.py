@@ -385,9 +385,9 @@ async def test_events_stream_state_first_then_progress_then_done(make_api):
 
 
 async def test_events_keep_flowing_after_keep_alives(make_api, monkeypatch):
-    from bot.frontends.web import api as api_module
+    from bot.frontends.web.routes import events
 
-    monkeypatch.setattr(api_module, "SSE_KEEPALIVE_SECONDS", 0.05)
+    monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.05)
     api = await make_api(limits={"max_steps": 500})
     holder = await api.hold_worker()
     submitted = await api.submit("a cat --steps 2")
