@@ -64,7 +64,7 @@ class Delivery:
         """Follow a job whose status message the store knows (its id travels in the Origin), also
         one queued before a restart."""
         job = await self.service.job(job_id)
-        if job.finished or not job.origin.message_ids.get("status"):
+        if job.finished or not job.origin.reply.get("status"):
             return False
         telegram = self.config.telegram
         private = int(job.origin.chat_id) > 0  # Telegram: users are positive ids, groups negative
@@ -112,12 +112,12 @@ class _Result:
         origin = job.origin
         self.chat_id = int(origin.chat_id)
         self.locale = origin.locale
-        self.reply_to: int | None = origin.message_ids.get("reply_to")
-        self.thread: int | None = origin.message_ids.get("thread")
+        self.reply_to: int | None = origin.reply.get("reply_to")
+        self.thread: int | None = origin.reply.get("thread")
         if progress is not None:  # it knows the status message, which may have become a preview photo
             self.status_id, self.status_is_photo = progress.message_id, progress.is_photo
         else:
-            self.status_id, self.status_is_photo = origin.message_ids.get("status"), False
+            self.status_id, self.status_is_photo = origin.reply.get("status"), False
         self._photos: list[Message] | None = None
         self._keyboard_sent = False
 

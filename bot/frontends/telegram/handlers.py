@@ -102,9 +102,9 @@ class Handlers:
     def _is_admin(self, user: User) -> bool:
         return user.id in self.config.telegram.admins
 
-    def _origin(self, user: User, chat: Chat, message_ids: dict) -> Origin:
+    def _origin(self, user: User, chat: Chat, reply: dict) -> Origin:
         return Origin(platform="telegram", user_id=str(user.id), chat_id=str(chat.id),
-                      user_name=user.username or user.full_name, message_ids=message_ids,
+                      user_name=user.username or user.full_name, reply=reply,
                       locale=user.language_code, is_admin=self._is_admin(user))
 
     async def _queue(self, bot, chat_id: int, reply_to: int | None, thread: int | None, origin: Origin,
@@ -112,7 +112,7 @@ class Handlers:
         """Answer at once, then queue. The answer is the job's status message; its id travels with
         the job, so progress and the result find it again even after a restart."""
         status = await bot.send_message(chat_id, render("tg_queueing", origin.locale), **reply_kwargs(reply_to, thread))
-        origin = replace(origin, message_ids={"reply_to": reply_to, "status": status.message_id, "thread": thread})
+        origin = replace(origin, reply={"reply_to": reply_to, "status": status.message_id, "thread": thread})
         try:
             await submit(origin)  # the "queued" event turns the status message into "#N queued"
         except UserError as error:

@@ -30,10 +30,10 @@ class Progress:
         self.job_id = job.id
         self.chat_id = int(job.origin.chat_id)
         self.locale = job.origin.locale
-        ids = job.origin.message_ids
-        self.message_id: int | None = ids.get("status")
-        self.reply_to: int | None = ids.get("reply_to")
-        self.thread: int | None = ids.get("thread")
+        reply = job.origin.reply
+        self.message_id: int | None = reply.get("status")
+        self.reply_to: int | None = reply.get("reply_to")
+        self.thread: int | None = reply.get("thread")
         self.is_photo = False  # the status becomes a photo message once there is a preview to show
         self.interval = interval
         self.previews = previews

@@ -14,7 +14,7 @@ from tests.frontends.discord.fake_discord import ALICE, BOB, CHANNEL, GONE_CHANN
 
 
 def discord_origin(user: int, channel: int, locale: str = "en-US") -> Origin:
-    return Origin("discord", str(user), chat_id=str(channel), message_ids={"guild_id": GUILD}, locale=locale)
+    return Origin("discord", str(user), chat_id=str(channel), guild_id=GUILD, locale=locale)
 
 
 async def test_undelivered_results_are_sent_at_start(make_stack, fake, caplog):
