@@ -51,8 +51,8 @@ class TelegramFrontend:
         (the rest of `imagebot serve` runs meanwhile); a token Telegram refuses turns the bot off."""
         # httpx logs every request URL at INFO, and Telegram's URLs contain the token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        settings = self.config.telegram
-        if settings.mode == "webhook" and not WEBHOOK_SECRET.fullmatch(self.secrets.telegram_webhook_secret or ""):
+        telegram = self.config.telegram
+        if telegram.mode == "webhook" and not WEBHOOK_SECRET.fullmatch(self.secrets.telegram_webhook_secret or ""):
             # Without it anyone who finds the URL could post updates in an admin's name.
             raise ValueError("telegram.mode = \"webhook\" needs TELEGRAM_WEBHOOK_SECRET in the environment "
                              "(1-256 characters: letters, digits, '_' and '-')")
@@ -81,20 +81,20 @@ class TelegramFrontend:
                             delay)
 
     async def _connect(self) -> None:
-        settings = self.config.telegram
+        telegram = self.config.telegram
         await self.app.initialize()  # getMe: a wrong token fails here, with InvalidToken
         await self._register_commands()
-        if settings.mode == "webhook":
+        if telegram.mode == "webhook":
             await self.app.updater.start_webhook(
-                listen=settings.webhook_listen, port=settings.webhook_port,
-                url_path=urlparse(settings.webhook_url).path.lstrip("/"), webhook_url=settings.webhook_url,
+                listen=telegram.webhook_listen, port=telegram.webhook_port,
+                url_path=urlparse(telegram.webhook_url).path.lstrip("/"), webhook_url=telegram.webhook_url,
                 secret_token=self.secrets.telegram_webhook_secret, allowed_updates=ALLOWED_UPDATES)
         else:
             await self.app.updater.start_polling(timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES)
         self._updating = True
         await self.app.start()
         await self.delivery.start()
-        log.info("telegram bot @%s is running (%s)", self.app.bot.username, settings.mode)
+        log.info("telegram bot @%s is running (%s)", self.app.bot.username, telegram.mode)
 
     async def stop(self) -> None:
         if self._connecting is not None:

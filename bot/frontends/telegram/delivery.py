@@ -1,6 +1,6 @@
 """Following Telegram jobs: the Telegram side of the shared delivery loop (bot/frontends/delivery.py).
 
-Progress events poke the job's status message (see progress.py); a finished job's result is sent
+Progress events poke the job's status message (see status_message.py); a finished job's result is sent
 by `_Result`, which remembers what already went out so a retry does not send it twice. Telegram's
 errors become the loop's: network trouble and flood limits are `RetryLater` (tried again with
 back-off while the bot runs, and at the next start), a chat that is gone or has blocked the bot is
@@ -24,7 +24,7 @@ from bot.frontends.delivery import DeliveryLoop, RetryLater, Undeliverable
 from bot.frontends.telegram import keyboards
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.media import photo_bytes
-from bot.frontends.telegram.progress import Progress, delete_quietly
+from bot.frontends.telegram.status_message import StatusMessage, delete_quietly
 from bot.frontends.telegram.strings import render
 from bot.frontends.telegram.texts import caption, failure_text
 
@@ -43,7 +43,7 @@ class Delivery:
         self.config = config
         self.outputs = config.storage.outputs_path()
         self.loop = DeliveryLoop(service, PLATFORM, self)
-        self._progress: dict[int, Progress] = {}
+        self._status: dict[int, StatusMessage] = {}
         self._results: dict[int, _Result] = {}
 
     async def start(self) -> None:
@@ -51,14 +51,14 @@ class Delivery:
 
     async def stop(self) -> None:
         await self.loop.stop()
-        for progress in self._progress.values():
-            await progress.close()
-        self._progress.clear()
+        for status in self._status.values():
+            await status.close()
+        self._status.clear()
 
     # --- progress ----------------------------------------------------------------------------------
 
     def follows(self, job_id: int) -> bool:
-        return job_id in self._progress
+        return job_id in self._status
 
     async def adopt(self, job_id: int) -> bool:
         """Follow a job whose status message the store knows (its id travels in the Origin), also
@@ -69,21 +69,21 @@ class Delivery:
         telegram = self.config.telegram
         private = int(job.origin.chat_id) > 0  # Telegram: users are positive ids, groups negative
         interval = telegram.edit_interval_private if private else telegram.edit_interval_group
-        self._progress[job_id] = Progress(self.bot, self.service, job, interval, telegram.previews)
+        self._status[job_id] = StatusMessage(self.bot, self.service, job, interval, telegram.previews)
         return True
 
     async def on_progress(self, job_id: int, event: dict) -> None:
-        self._progress[job_id].poke()  # what to show is read when the throttle lets an edit through
+        self._status[job_id].poke()  # what to show is read when the throttle lets an edit through
 
     # --- results -----------------------------------------------------------------------------------
 
     async def send_result(self, job: Job) -> None:
         result = self._results.get(job.id)
         if result is None:  # the first try: the status message stops showing progress
-            progress = self._progress.pop(job.id, None)
-            if progress is not None:
-                await progress.close()
-            result = self._results[job.id] = _Result(self.bot, job, self.outputs, progress)
+            status = self._status.pop(job.id, None)
+            if status is not None:
+                await status.close()
+            result = self._results[job.id] = _Result(self.bot, job, self.outputs, status)
         try:
             await result.send()
         except (Forbidden, BadRequest, InvalidToken) as error:  # BadRequest first: it is a NetworkError
@@ -97,15 +97,15 @@ class Delivery:
 
     async def release(self, job_id: int) -> None:
         self._results.pop(job_id, None)
-        progress = self._progress.pop(job_id, None)
-        if progress is not None:
-            await progress.close()
+        status = self._status.pop(job_id, None)
+        if status is not None:
+            await status.close()
 
 
 class _Result:
     """Sending one finished job. Parts already sent are not sent again when a retry follows."""
 
-    def __init__(self, bot: Bot, job: Job, outputs: Path, progress: Progress | None) -> None:
+    def __init__(self, bot: Bot, job: Job, outputs: Path, status: StatusMessage | None) -> None:
         self.bot = bot
         self.job = job
         self.outputs = outputs
@@ -114,8 +114,8 @@ class _Result:
         self.locale = origin.locale
         self.reply_to: int | None = origin.reply.get("reply_to")
         self.thread: int | None = origin.reply.get("thread")
-        if progress is not None:  # it knows the status message, which may have become a preview photo
-            self.status_id, self.status_is_photo = progress.message_id, progress.is_photo
+        if status is not None:  # it knows the status message, which may have become a preview photo
+            self.status_id, self.status_is_photo = status.message_id, status.is_photo
         else:
             self.status_id, self.status_is_photo = origin.reply.get("status"), False
         self._photos: list[Message] | None = None

@@ -25,7 +25,7 @@ from bot.core.service import Service, Submitted
 from bot.frontends.telegram import keyboards
 from bot.frontends.telegram.delivery import reply_kwargs, send_png
 from bot.frontends.telegram.errors import loggable
-from bot.frontends.telegram.progress import delete_quietly
+from bot.frontends.telegram.status_message import delete_quietly
 from bot.frontends.telegram.strings import explain, render
 from bot.frontends.telegram.texts import MAX_ALERT, MAX_TEXT, eta
 from bot.frontends.text import clip
@@ -44,8 +44,6 @@ COMMANDS = {
     "help": "tg_cmd_help",
     "start": "tg_cmd_start",
 }
-# What /settings may fix for a chat; seed, count and model belong to each request (or /model).
-SETTINGS_FIELDS = ("aspect", "width", "height", "steps", "negative_prompt", "guidance", "scheduler")
 HISTORY_LENGTH = 10
 HISTORY_PROMPT_CHARS = 60
 
@@ -66,22 +64,24 @@ class Handlers:
         }
         for name, handler in commands.items():
             # CommandHandler takes "/cmd" and "/cmd@thisbot" and leaves "/cmd@otherbot" alone.
-            app.add_handler(CommandHandler(name, self._guarded(handler), filters=new))
+            app.add_handler(CommandHandler(name, self._checked(handler), filters=new))
         app.add_handler(CallbackQueryHandler(self.button))
-        app.add_handler(MessageHandler(new & filters.COMMAND, self._guarded(self.unknown_command, quiet=True)))
-        app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE & filters.TEXT, self._guarded(self.prompt)))
-        app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE, self._guarded(self.unsupported)))
+        app.add_handler(MessageHandler(new & filters.COMMAND, self._checked(self.unknown_command, addressed_only=True)))
+        app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE & filters.TEXT, self._checked(self.prompt)))
+        app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE, self._checked(self.unsupported)))
         app.add_error_handler(self.error)
 
     # --- common ------------------------------------------------------------------------------------
 
-    def _guarded(self, handler: Handler, quiet: bool = False):
-        """Who and where; refuse chats that are not allowed; show UserErrors to the user."""
+    def _checked(self, handler: Handler, addressed_only: bool = False):
+        """`handler` behind the checks every message gets: who and where, an allowed chat (else a
+        refusal), UserErrors shown to the user; `addressed_only`: silent unless the message is for
+        this bot (a private chat, or a command naming it)."""
         async def run(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             message, user, chat = update.effective_message, update.effective_user, update.effective_chat
             if message is None or user is None or chat is None:
                 return
-            if quiet and not _addressed_to_me(message, chat, context.bot.username):
+            if addressed_only and not _addressed_to_me(message, chat, context.bot.username):
                 return
             if not self._allowed(chat, user):
                 log.info("telegram: refused chat %s (not in [telegram] allowed_chats)", chat.id)
@@ -248,6 +248,7 @@ class Handlers:
             await reply(message, render("tg_settings_cleared", locale))
             return
         options = parse_prompt("x " + args)  # "x": a stand-in prompt, so the flags parse as in /imagine
+        # Seed, count and model belong to each request (or /model), not to a chat's defaults.
         said = [name for name in ("seed", "count", "model") if getattr(options, name) is not None]
         if options.prompt != "x" or said:
             await reply(message, render("tg_settings_usage", locale))

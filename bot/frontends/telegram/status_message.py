@@ -23,7 +23,7 @@ from bot.frontends.text import clip
 log = logging.getLogger(__name__)
 
 
-class Progress:
+class StatusMessage:
     def __init__(self, bot: Bot, service: Service, job: Job, interval: float, previews: bool) -> None:
         self.bot = bot
         self.service = service
