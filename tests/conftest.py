@@ -9,6 +9,10 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.pop("IMAGEBOT_CONFIG", None)
 
+from bot.logs import keep_secrets_out  # noqa: E402
+
+keep_secrets_out()  # as `imagebot` does: frontends run in-process here, with their tokens
+
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 

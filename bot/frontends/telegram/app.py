@@ -49,8 +49,6 @@ class TelegramFrontend:
     async def start(self) -> None:
         """Connect and start. If the Bot API cannot be reached now, keep trying in the background
         (the rest of `imagebot serve` runs meanwhile); a token Telegram refuses turns the bot off."""
-        # httpx logs every request URL at INFO, and Telegram's URLs contain the token.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
         telegram = self.config.telegram
         if telegram.mode == "webhook" and not WEBHOOK_SECRET.fullmatch(self.secrets.telegram_webhook_secret or ""):
             # Without it anyone who finds the URL could post updates in an admin's name.
