@@ -9,8 +9,8 @@ import logging
 from PIL import Image
 
 from bot.core.jobs import Origin
-from tests.frontends.discord.conftest import start_frontend
-from tests.frontends.discord.fake_discord import ALICE, BOB, CHANNEL, GONE_CHANNEL, GUILD
+from tests.helpers.discord import start_frontend
+from tests.helpers.fake_discord import ALICE, BOB, CHANNEL, GONE_CHANNEL, GUILD
 
 
 def discord_origin(user: int, channel: int, locale: str = "en-US") -> Origin:

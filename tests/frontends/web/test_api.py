@@ -25,7 +25,8 @@ from bot.core.service import Service
 from bot.core.store import Store
 from bot.engine.executor import LocalExecutor
 from bot.frontends.web.api import create_app
-from tests.conftest import add_pipeline_variant, start_service, stop_service
+from tests.helpers.models import add_pipeline_variant
+from tests.helpers.service import start_service, stop_service
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 ALICE = {"X-Imagebot-User": "alice"}
