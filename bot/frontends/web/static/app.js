@@ -53,25 +53,24 @@ async function api(path, { method = "GET", body, admin = false } = {}) {
 
 // --- the chat log --------------------------------------------------------------------------------
 
-function say(text) {
+// A line of the chat log: `who` is "bot" or "user" (the styles tell them apart).
+function addBubble(text, who) {
   const item = document.createElement("li");
   item.className = "job";
   const bubble = document.createElement("p");
-  bubble.className = "bubble bot";
+  bubble.className = `bubble ${who}`;
   bubble.textContent = text;
   item.append(bubble);
   $("#log").append(item);
-  item.scrollIntoView({ block: "end" });
+  return item;
+}
+
+function say(text) {
+  addBubble(text, "bot").scrollIntoView({ block: "end" });
 }
 
 function echo(text) {
-  const item = document.createElement("li");
-  item.className = "job";
-  const bubble = document.createElement("p");
-  bubble.className = "bubble user";
-  bubble.textContent = text;
-  item.append(bubble);
-  $("#log").append(item);
+  addBubble(text, "user");
 }
 
 function jobCard(job) {
