@@ -4,7 +4,7 @@ Nothing a user reads is hard-coded: code renders a key in the user's locale (Tel
 `language_code`, Discord `locale`, the browser's language), with English standing in for an unknown
 locale and for a text not yet translated. The texts here are the ones the core says (refusals of a
 request, errors of a job); each frontend keeps its own next to it (bot/frontends/*/strings.py) in a
-`Catalogue` over these, so it can word the core's refusals too.
+`Catalogue` over these, which renders the core's refusals as it renders the frontend's own texts.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What the Telegram bot writes: catalogue texts, captions and status lines, within Telegram's sizes."""
+"""What the Telegram bot writes from several texts (its strings are in strings.py): status lines,
+waiting times, captions and failures, within Telegram's sizes."""
 
 from __future__ import annotations
 

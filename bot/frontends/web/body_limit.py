@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bot.frontends.web.errors import error_response
+from bot.frontends.web.strings import render
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -46,5 +47,6 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send) -> None:
-        response = error_response(413, f"The request body is larger than {self.limit // 1024} KiB.", "too_large")
+        locale = dict(scope.get("headers", [])).get(b"accept-language", b"").decode("latin-1") or None
+        response = error_response(413, render("api_too_large", locale, kib=self.limit // 1024), "too_large")
         await response(scope, receive, send)

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.core.errors import UserError
 from bot.frontends.web.deps import get_locale
-from bot.frontends.web.strings import explain
+from bot.frontends.web.strings import explain, render
 
 # UserError keys that are not "bad input" (400) but something else.
 STATUS_BY_KEY = {
@@ -40,7 +40,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
 async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
     if error.status_code == 404:
-        return error_response(404, "Not found.", "not_found")
+        return error_response(404, render("api_not_found", get_locale(request)), "not_found")
     return error_response(error.status_code, str(error.detail), "http_error")
 
 
@@ -53,4 +53,5 @@ async def invalid_request(request: Request, error: RequestValidationError) -> JS
     for item in error.errors():
         where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
         problems.append(f"{where}: {item.get('msg', 'invalid')}")
-    return error_response(422, "Invalid request: " + "; ".join(problems), "invalid_request")
+    text = render("api_invalid_request", get_locale(request), problems="; ".join(problems))
+    return error_response(422, text, "invalid_request")

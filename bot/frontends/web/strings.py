@@ -67,9 +67,15 @@ STRINGS: Strings = {
         "ui_you": "You",
         "ui_bot": "Bot",
         "ui_none": "none",
-        # the HTTP API (their keys are the `key` of its error answers)
+        # the HTTP API (admin_*: these keys are also the `key` of its error answers)
         "admin_api_disabled": "The admin API is off: set IMAGEBOT_ADMIN_TOKEN to use it.",
         "admin_token_missing": "This needs the admin token: send Authorization: Bearer <IMAGEBOT_ADMIN_TOKEN>.",
+        "api_not_found": "Not found.",
+        "api_unknown_action": "Unknown action; use reroll, variation or upscale.",
+        "api_no_preview": "No preview yet.",
+        "api_no_image": "No such image.",
+        "api_invalid_request": "Invalid request: {problems}",
+        "api_too_large": "The request body is larger than {kib} KiB.",
     },
     "vi": {
         # the page
@@ -129,14 +135,21 @@ STRINGS: Strings = {
         "ui_you": "Bạn",
         "ui_bot": "Bot",
         "ui_none": "không có",
-        # the HTTP API (their keys are the `key` of its error answers)
+        # the HTTP API (admin_*: these keys are also the `key` of its error answers)
         "admin_api_disabled": "API quản trị đang tắt: hãy đặt IMAGEBOT_ADMIN_TOKEN để dùng.",
         "admin_token_missing": "Việc này cần mã quản trị: gửi Authorization: Bearer <IMAGEBOT_ADMIN_TOKEN>.",
+        "api_not_found": "Không tìm thấy.",
+        "api_unknown_action": "Không có thao tác này; hãy dùng reroll, variation hoặc upscale.",
+        "api_no_preview": "Chưa có ảnh xem trước.",
+        "api_no_image": "Không có ảnh này.",
+        "api_invalid_request": "Yêu cầu không hợp lệ: {problems}",
+        "api_too_large": "Nội dung yêu cầu lớn hơn {kib} KiB.",
     },
 }
 
 # Over the core's catalogue: its refusals and job errors read the same on every frontend.
 TEXTS = Catalogue(STRINGS, base=CORE)
+render = TEXTS.render
 explain = TEXTS.explain
 
 

@@ -8,18 +8,19 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
-from bot.frontends.web.deps import ConfigDep
+from bot.frontends.web.deps import ConfigDep, Locale
 from bot.frontends.web.errors import error_response
+from bot.frontends.web.strings import render
 
 router = APIRouter()
 IMAGE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.png$")
 
 
 @router.get("/api/images/{file}")
-async def image(file: str, config: ConfigDep) -> Response:
+async def image(file: str, config: ConfigDep, locale: Locale) -> Response:
     path = image_path(config.storage.outputs_path(), file)
     if path is None:
-        return error_response(404, "No such image.", "not_found")
+        return error_response(404, render("api_no_image", locale), "not_found")
     return FileResponse(path, media_type="image/png", headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
 

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from bot.frontends.web.deps import Caller, Locale, ServiceDep
 from bot.frontends.web.errors import error_response
 from bot.frontends.web.schemas import DeriveIn, JobId, JobIn, job_json, submitted_json, view_json
+from bot.frontends.web.strings import render
 
 router = APIRouter()
 DERIVED = ("reroll", "variation", "upscale")
@@ -27,7 +28,7 @@ async def derive(job_id: JobId, action: str, service: ServiceDep, caller: Caller
                  body: DeriveIn | None = None) -> dict[str, Any]:
     """reroll (same settings, new seed), variation or upscale (of image `index`, counted from 0)."""
     if action not in DERIVED:
-        return error_response(404, "Unknown action; use reroll, variation or upscale.", "not_found")
+        return error_response(404, render("api_unknown_action", caller.locale), "not_found")
     index = body.index if body is not None else 0
     return submitted_json(await service.submit_derived(job_id, action, caller, index))
 
@@ -44,11 +45,11 @@ async def cancel(job_id: JobId, service: ServiceDep, caller: Caller) -> dict[str
 
 
 @router.get("/api/jobs/{job_id}/preview")
-async def preview(job_id: JobId, service: ServiceDep) -> Response:
+async def preview(job_id: JobId, service: ServiceDep, locale: Locale) -> Response:
     await service.job(job_id)  # 404 for a job that does not exist
     data = service.preview(job_id)
     if data is None:
-        return error_response(404, "No preview yet.", "no_preview")
+        return error_response(404, render("api_no_preview", locale), "no_preview")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
