@@ -13,12 +13,12 @@ import os
 import secrets
 import sys
 import time
-import warnings
+from dataclasses import astuple
 from pathlib import Path
 from typing import Sequence
 
-from bot import __version__
-from bot.config import Config, ConfigError, load_config
+from bot import __version__, logs
+from bot.config import Config, ConfigError, Secrets, load_config
 from bot.core.errors import UserError
 from bot.core.request import merge_options, options_from_fields, parse_prompt
 from bot.core.resolve import resolve
@@ -78,15 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Before torch loads: idle OpenMP threads sleep instead of spinning, which keeps a CPU that
-    # also serves HTTP (or runs other programs) from slowing every denoising step several-fold.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     delegated = _delegated_command(argv)
     if delegated is not None:
         return delegated
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    # serve says what it does (start, recovery, shutdown); the other commands only what went wrong.
+    _prepare(args.verbose, logging.INFO if args.command == "serve" else logging.WARNING)
     code = _run(args)
     if args.command == "serve":
         from bot.serve import exit_past_busy_threads
@@ -134,7 +132,7 @@ def _delegated_command(argv: list[str]) -> int | None:
     import importlib
 
     command, rest = argv[index], argv[index + 1:]
-    _setup_logging("-v" in argv[:index] or "--verbose" in argv[:index])
+    _prepare("-v" in argv[:index] or "--verbose" in argv[:index], logging.WARNING)
     if command == "data":
         from training import data_cli
 
@@ -149,21 +147,12 @@ def _delegated_command(argv: list[str]) -> int | None:
     return int(importlib.import_module(_TRAIN_TOOLS[rest[0]]).main(rest[1:]) or 0)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The ML libraries are chatty (progress bars, deprecation notes); users need our messages.
-    for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # its URLs can carry bot tokens
-    _quiet_libraries(verbose)
-
-
-def _quiet_libraries(verbose: bool) -> None:
-    if not verbose:
-        warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes of the ML libraries
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
+def _prepare(verbose: bool, level: int) -> None:
+    """The process's environment and logging, set once here, before torch or an ML library loads."""
+    # Idle OpenMP threads sleep instead of spinning, which keeps a CPU that also serves HTTP (or
+    # runs other programs) from slowing every denoising step several-fold.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    logs.setup(verbose, astuple(Secrets.from_env()), level)
 
 
 def _registry(config: Config):
@@ -180,19 +169,20 @@ def _registry(config: Config):
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
-    from bot import logs
-    from bot.config import Secrets
     from bot.serve import serve
 
-    secrets = Secrets.from_env()
-    logs.setup(args.verbose, [secrets.discord_token, secrets.telegram_token, secrets.admin_token])
-    _quiet_libraries(args.verbose)
-    if args.host is not None or args.port is not None:  # the command line wins over the config file
-        web = dataclasses.replace(config.web, host=config.web.host if args.host is None else args.host,
-                                  port=config.web.port if args.port is None else args.port)
-        config = dataclasses.replace(config, web=web)
-    asyncio.run(serve(config, secrets))
+    config = _with_web_address(config, args.host, args.port)
+    asyncio.run(serve(config, Secrets.from_env()))
     return 0
+
+
+def _with_web_address(config: Config, host: str | None, port: int | None) -> Config:
+    """`serve --host/--port` win over the config file's [web] host and port."""
+    if host is None and port is None:
+        return config
+    web = dataclasses.replace(config.web, host=config.web.host if host is None else host,
+                              port=config.web.port if port is None else port)
+    return dataclasses.replace(config, web=web)
 
 
 def _port(text: str) -> int:

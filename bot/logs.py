@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+import warnings
 from typing import Iterable
 
 
@@ -34,16 +36,35 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
-def setup(verbose: bool, secrets: Iterable[str | None] = ()) -> None:
+# The ML libraries are chatty (progress bars, deprecation notes, bitsandbytes' note about a missing
+# optional `kernels` package when peft imports it); users need our messages. Errors still show.
+CHATTY = ("diffusers", "transformers", "accelerate", "huggingface_hub", "peft", "bitsandbytes")
+# Loggers that would print a secret at INFO: httpx logs every request URL, and the Telegram Bot
+# API's URLs contain the bot token.
+LEAKY = ("httpx",)
+
+
+def setup(verbose: bool, secrets: Iterable[str | None] = (), level: int = logging.WARNING) -> None:
+    """The logging of the `imagebot` command, set up once before anything else is imported:
+    logfmt lines on stderr that never show one of `secrets`, at `level` (INFO when `verbose`)."""
     handler = logging.StreamHandler()
     handler.setFormatter(LogfmtFormatter())
     handler.addFilter(SecretFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    # The ML libraries are chatty (progress bars, deprecation notes); users need our messages.
-    for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
+    root.setLevel(logging.INFO if verbose else level)
+    for name in CHATTY:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
-    # httpx logs every request URL at INFO, and Telegram's URLs contain the bot token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Libraries that log through their own switches read these when they load.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
+    if not verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes of the ML libraries
     logging.getLogger("uvicorn.access").setLevel(logging.INFO if verbose else logging.WARNING)
+    keep_secrets_out()
+
+
+def keep_secrets_out() -> None:
+    """Raise the loggers that would print a secret to WARNING, whatever else is logged."""
+    for name in LEAKY:
+        logging.getLogger(name).setLevel(logging.WARNING)

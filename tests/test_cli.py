@@ -22,7 +22,7 @@ from PIL import Image
 
 from bot.cli import main
 from bot.outputs import read_png_parameters
-from tests.conftest import add_pipeline_variant
+from tests.helpers.models import add_pipeline_variant
 
 IMAGEBOT = Path(sys.executable).with_name("imagebot")
 DEMO_DEFAULTS = "64x64, 3 steps, cfg 7, dpm++"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.ports import free_port
+
 START_TIMEOUT = 90.0
 ADMIN_TOKEN = "adm1n-t0ken-that-must-never-be-logged"
 TELEGRAM_TOKEN = "123456789:TELEGRAM-token-that-must-never-be-logged"
@@ -34,12 +35,6 @@ TELEGRAM_TOKEN = "123456789:TELEGRAM-token-that-must-never-be-logged"
 SECRETS = {"IMAGEBOT_ADMIN_TOKEN": ADMIN_TOKEN, "TELEGRAM_TOKEN": TELEGRAM_TOKEN}
 U1 = {"X-Imagebot-User": "u1"}
 U2 = {"X-Imagebot-User": "u2"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(folder: Path, models: Path, **queue: Any) -> tuple[Path, int]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bot.stack import StartupError, check_database
-from tests.test_serve import free_port
+from tests.helpers.ports import free_port
 
 FAIL_TIMEOUT = 60.0  # far more than a failing start takes: only a hang reaches it
 ROOT = Path(__file__).resolve().parent.parent

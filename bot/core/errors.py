@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from bot.core.messages import render
+from bot.core.messages import CORE
 
 
 class UserError(Exception):
     """Something the user can fix: bad input, an unknown model, a size over the limit.
 
     Carries a catalogue key and its parameters so each frontend can render it in the user's
-    language; `str(error)` is the English text (logs, the CLI, the HTTP API).
+    language (`Catalogue.explain`); `str(error)` is the English text (logs, the CLI). A frontend's
+    own refusals carry keys of its own catalogue, which the core cannot word: their `str` is the key.
     """
 
     def __init__(self, key: str, **params: object) -> None:
         self.key = key
         self.params = params
-        super().__init__(render(key, None, **params))
+        super().__init__(CORE.render(key, None, **params) if key in CORE else key)
 
     def render(self, locale: str | None) -> str:
-        return render(self.key, locale, **self.params)
+        """The core's wording in the user's language."""
+        return CORE.render(self.key, locale, **self.params)
 
 
 class Cancelled(Exception):

@@ -25,10 +25,14 @@ class Origin:
     user_id: str
     chat_id: str = ""
     user_name: str = ""
-    message_ids: dict[str, Any] = field(default_factory=dict)  # platform-specific reply targets
+    # Where in the chat the answer goes, by the platform's own names: the message, status message,
+    # topic or interaction it answers (Telegram: reply_to, status, thread; Discord: interaction_id).
+    reply: dict[str, int | None] = field(default_factory=dict)
     locale: str | None = None
     is_admin: bool = False  # an admin of the bot (config), for every chat
     manages_chat: bool = False  # the platform says this user runs this chat (a private chat, a group admin)
+    guild_id: int | None = None  # Discord: the server the channel belongs to (None: a direct message)
+    upload_limit: int | None = None  # bytes one message may carry in this chat; None: the platform's default
     address: str = ""  # a web or API client's network address (limits apply to it too); "" on chat platforms
     adult_content: bool = False  # asked where adult content is allowed (Discord's age-restricted channels)
 
@@ -47,7 +51,15 @@ class Origin:
 
     @classmethod
     def from_json(cls, text: str) -> "Origin":
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        # Rows of earlier versions (existing databases) kept the reply targets, the guild id and
+        # the upload limit ("filesize_limit") together in "message_ids".
+        if "message_ids" in fields:
+            reply = dict(fields.pop("message_ids") or {})
+            fields.setdefault("guild_id", reply.pop("guild_id", None))
+            fields.setdefault("upload_limit", reply.pop("filesize_limit", None))
+            fields.setdefault("reply", reply)
+        return cls(**fields)
 
 
 def new_public_id() -> str:
@@ -102,7 +114,3 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
-
-    @property
-    def images_count(self) -> int:
-        return self.request.count

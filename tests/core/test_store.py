@@ -10,7 +10,7 @@ from bot.core.request import GenerationRequest
 from bot.core.schema import MIGRATIONS
 from bot.core.store import Store, batch_key_text
 
-ALICE = Origin("web", "alice", chat_id="c1", message_ids={"reply_to": 42}, locale="vi")
+ALICE = Origin("web", "alice", chat_id="c1", reply={"reply_to": 42}, locale="vi")
 BOB = Origin("telegram", "bob", chat_id="c2")
 
 

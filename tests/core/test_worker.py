@@ -12,7 +12,7 @@ from bot.core.errors import UserError
 from bot.core.jobs import Origin
 from bot.core.service import Service
 from bot.stack import open_stack
-from tests.conftest import service_config
+from tests.helpers.service import service_config
 from tests.helpers.executor import FakeExecutor, fake_model_store
 
 ALICE = Origin("web", "alice", chat_id="web")

@@ -35,10 +35,11 @@ def origin_of(interaction: discord.Interaction, config: DiscordConfig) -> Origin
         user_id=str(user.id),
         chat_id=str(interaction.channel_id or ""),
         user_name=user.name,
-        message_ids={"guild_id": interaction.guild_id, "interaction_id": interaction.id,
-                      "filesize_limit": interaction.filesize_limit},
+        reply={"interaction_id": interaction.id},
         locale=str(interaction.locale),
         is_admin=is_admin(user, config),
+        guild_id=interaction.guild_id,
+        upload_limit=interaction.filesize_limit,  # boosted servers take larger files
     )
 
 

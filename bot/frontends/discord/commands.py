@@ -18,11 +18,13 @@ from discord import app_commands
 from bot.config import Config
 from bot.core.errors import UserError
 from bot.core.jobs import QUEUED, Origin
-from bot.core.messages import CATALOGUE, render
+from bot.core.messages import FALLBACK_LOCALE
 from bot.core.request import MAX_SEED, SCHEDULERS, parse_prompt
 from bot.frontends.discord.access import check_channel, check_prompt, origin_of
 from bot.frontends.discord.delivery import TRANSIENT, Delivery
 from bot.frontends.discord.render import status_text
+from bot.frontends.discord.strings import STRINGS, explain, render
+from bot.frontends.text import clip
 from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,9 @@ ASPECTS = ("1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "21:9")
 HISTORY_SIZE = 10
 
 
-def t(key: str) -> app_commands.locale_str:
+def command_text(key: str) -> app_commands.locale_str:
     """A command or option text from the catalogue: English by default, translated at sync."""
-    return app_commands.locale_str(CATALOGUE["en"][key], key=key)
+    return app_commands.locale_str(STRINGS[FALLBACK_LOCALE][key], key=key)
 
 
 class CatalogueTranslator(app_commands.Translator):
@@ -46,9 +48,9 @@ class CatalogueTranslator(app_commands.Translator):
                         context: app_commands.TranslationContext) -> Optional[str]:
         key = string.extras.get("key")
         language = locale.value.split("-")[0]
-        if key is None or language == "en" or language not in CATALOGUE:
+        if key is None or language == FALLBACK_LOCALE:
             return None
-        return CATALOGUE[language].get(key)
+        return STRINGS.get(language, {}).get(key)
 
 
 class Tree(app_commands.CommandTree):
@@ -57,7 +59,7 @@ class Tree(app_commands.CommandTree):
         locale = str(interaction.locale)
         original = getattr(error, "original", error)
         if isinstance(original, UserError):
-            text = original.render(locale)
+            text = explain(original, locale)
         elif isinstance(error, app_commands.TransformerError):
             text = render("dc_bad_option", locale, value=str(error.value)[:100])
         else:
@@ -77,7 +79,7 @@ async def acknowledged(interaction: discord.Interaction, work: Awaitable[Any], *
 
 async def answer(interaction: discord.Interaction, text: str, *, ephemeral: bool, quiet: bool = False) -> int | None:
     """Reply (or fill in the deferred reply); returns the reply's message id when Discord says it."""
-    text = text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
+    text = clip(text, MESSAGE_LIMIT)
     try:
         if interaction.response.is_done():
             message = await interaction.edit_original_response(content=text)
@@ -124,7 +126,7 @@ class Commands:
 
             await self._queue_job(interaction, submit)
         except UserError as error:
-            await answer(interaction, error.render(locale), ephemeral=True, quiet=True)
+            await answer(interaction, explain(error, locale), ephemeral=True, quiet=True)
         except Exception:
             log.exception("button %s on job %d failed", action, job_id)
             await answer(interaction, render("dc_error", locale), ephemeral=True, quiet=True)
@@ -141,7 +143,7 @@ class Commands:
         try:
             submitted, target = await acknowledged(interaction, work(), ephemeral=False)
         except UserError as error:
-            await answer(interaction, error.render(locale), ephemeral=True, quiet=True)
+            await answer(interaction, explain(error, locale), ephemeral=True, quiet=True)
             return
         event = {"type": "queued", "position": submitted.position, "eta": submitted.eta_seconds}
         message_id, usable = None, False
@@ -309,14 +311,15 @@ class Commands:
             try:
                 text = await acknowledged(interaction, work, ephemeral=True)
             except UserError as error:
-                text = error.render(str(interaction.locale))
+                text = explain(error, str(interaction.locale))
             await answer(interaction, text, ephemeral=True)
 
-        @app_commands.command(name="imagine", description=t("dc_cmd_imagine"))
-        @app_commands.describe(prompt=t("dc_opt_prompt"), negative=t("dc_opt_negative"), model=t("dc_opt_model"),
-                               aspect=t("dc_opt_aspect"), size=t("dc_opt_size"), steps=t("dc_opt_steps"),
-                               guidance=t("dc_opt_guidance"), seed=t("dc_opt_seed"), count=t("dc_opt_count"),
-                               scheduler=t("dc_opt_scheduler"))
+        @app_commands.command(name="imagine", description=command_text("dc_cmd_imagine"))
+        @app_commands.describe(prompt=command_text("dc_opt_prompt"), negative=command_text("dc_opt_negative"),
+                               model=command_text("dc_opt_model"), aspect=command_text("dc_opt_aspect"),
+                               size=command_text("dc_opt_size"), steps=command_text("dc_opt_steps"),
+                               guidance=command_text("dc_opt_guidance"), seed=command_text("dc_opt_seed"),
+                               count=command_text("dc_opt_count"), scheduler=command_text("dc_opt_scheduler"))
         @app_commands.choices(scheduler=[app_commands.Choice(name=name, value=name) for name in SCHEDULERS])
         async def imagine(interaction: discord.Interaction, prompt: Prompt, negative: Optional[str] = None,
                           model: Optional[str] = None, aspect: Optional[str] = None, size: Optional[str] = None,
@@ -336,11 +339,11 @@ class Commands:
 
         # /model lists for everyone, so it carries no default_permissions (they would hide the list);
         # its admin options are checked against the configured admins like /admin's subcommands.
-        @app_commands.command(name="model", description=t("dc_cmd_model"))
-        @app_commands.describe(default=t("dc_opt_model_default"), scope=t("dc_opt_model_scope"),
-                               reload=t("dc_opt_model_reload"))
-        @app_commands.choices(scope=[app_commands.Choice(name=t("dc_scope_channel"), value="channel"),
-                                     app_commands.Choice(name=t("dc_scope_global"), value="global")])
+        @app_commands.command(name="model", description=command_text("dc_cmd_model"))
+        @app_commands.describe(default=command_text("dc_opt_model_default"), scope=command_text("dc_opt_model_scope"),
+                               reload=command_text("dc_opt_model_reload"))
+        @app_commands.choices(scope=[app_commands.Choice(name=command_text("dc_scope_channel"), value="channel"),
+                                     app_commands.Choice(name=command_text("dc_scope_global"), value="global")])
         async def model(interaction: discord.Interaction, default: Optional[str] = None, scope: str = "channel",
                         reload: bool = False) -> None:
             await text_reply(interaction, commands.model(interaction, default, scope, reload))
@@ -351,14 +354,14 @@ class Commands:
 
         # /admin is hidden from members without Manage Server until the server's owner grants it to
         # others (Server Settings > Integrations); every subcommand checks the configured admins itself.
-        admin = app_commands.Group(name="admin", description=t("dc_cmd_admin"), guild_only=True,
+        admin = app_commands.Group(name="admin", description=command_text("dc_cmd_admin"), guild_only=True,
                                    allowed_contexts=app_commands.AppCommandContext(guild=True),
                                    default_permissions=discord.Permissions(manage_guild=True))
 
-        @admin.command(name="model", description=t("dc_cmd_admin_model"))
-        @app_commands.describe(name=t("dc_opt_admin_model_name"), scope=t("dc_opt_model_scope"))
-        @app_commands.choices(scope=[app_commands.Choice(name=t("dc_scope_channel"), value="channel"),
-                                     app_commands.Choice(name=t("dc_scope_global"), value="everywhere")])
+        @admin.command(name="model", description=command_text("dc_cmd_admin_model"))
+        @app_commands.describe(name=command_text("dc_opt_admin_model_name"), scope=command_text("dc_opt_model_scope"))
+        @app_commands.choices(scope=[app_commands.Choice(name=command_text("dc_scope_channel"), value="channel"),
+                                     app_commands.Choice(name=command_text("dc_scope_global"), value="everywhere")])
         async def admin_model(interaction: discord.Interaction, name: str, scope: str = "channel") -> None:
             work = commands.set_default(interaction, name, "global" if scope == "everywhere" else "channel")
             await text_reply(interaction, work)
@@ -367,32 +370,33 @@ class Commands:
         async def admin_model_name(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
             return await commands.model_choices(current)
 
-        @admin.command(name="reload", description=t("dc_cmd_admin_reload"))
+        @admin.command(name="reload", description=command_text("dc_cmd_admin_reload"))
         async def admin_reload(interaction: discord.Interaction) -> None:
             await text_reply(interaction, commands.reload(interaction))
 
-        @app_commands.command(name="queue", description=t("dc_cmd_queue"))
+        @app_commands.command(name="queue", description=command_text("dc_cmd_queue"))
         async def queue(interaction: discord.Interaction) -> None:
             await text_reply(interaction, commands.queue(interaction))
 
-        @app_commands.command(name="cancel", description=t("dc_cmd_cancel"))
-        @app_commands.describe(job=t("dc_opt_job"))
+        @app_commands.command(name="cancel", description=command_text("dc_cmd_cancel"))
+        @app_commands.describe(job=command_text("dc_opt_job"))
         async def cancel(interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
             await text_reply(interaction, commands.cancel(interaction, job))
 
-        @app_commands.command(name="settings", description=t("dc_cmd_settings"))
-        @app_commands.describe(flags=t("dc_opt_flags"), scope=t("dc_opt_settings_scope"), clear=t("dc_opt_clear"))
-        @app_commands.choices(scope=[app_commands.Choice(name=t("dc_scope_me"), value="me"),
-                                     app_commands.Choice(name=t("dc_scope_channel"), value="channel")])
+        @app_commands.command(name="settings", description=command_text("dc_cmd_settings"))
+        @app_commands.describe(flags=command_text("dc_opt_flags"), scope=command_text("dc_opt_settings_scope"),
+                               clear=command_text("dc_opt_clear"))
+        @app_commands.choices(scope=[app_commands.Choice(name=command_text("dc_scope_me"), value="me"),
+                                     app_commands.Choice(name=command_text("dc_scope_channel"), value="channel")])
         async def settings(interaction: discord.Interaction, flags: Optional[str] = None, scope: str = "me",
                            clear: bool = False) -> None:
             await text_reply(interaction, commands.settings(interaction, flags, scope, clear))
 
-        @app_commands.command(name="history", description=t("dc_cmd_history"))
+        @app_commands.command(name="history", description=command_text("dc_cmd_history"))
         async def history(interaction: discord.Interaction) -> None:
             await text_reply(interaction, commands.history(interaction))
 
-        @app_commands.command(name="help", description=t("dc_cmd_help"))
+        @app_commands.command(name="help", description=command_text("dc_cmd_help"))
         async def help_(interaction: discord.Interaction) -> None:
             await answer(interaction, commands.help(interaction), ephemeral=True)
 
@@ -401,5 +405,4 @@ class Commands:
 
 
 def _quote(prompt: str, limit: int = 80) -> str:
-    prompt = prompt.replace("\n", " ")
-    return "“" + (prompt if len(prompt) <= limit else prompt[: limit - 1] + "…") + "”"
+    return "“" + clip(prompt.replace("\n", " "), limit) + "”"

@@ -26,11 +26,11 @@ import discord
 
 from bot.config import Config
 from bot.core.jobs import Job
-from bot.core.messages import render
 from bot.frontends.delivery import DeliveryLoop, RetryLater, Undeliverable
 from bot.frontends.discord.access import PLATFORM
 from bot.frontends.discord.render import failure_text, preview_file, result_embed, result_upload, status_text
 from bot.frontends.discord.views import result_view
+from bot.frontends.discord.strings import render
 
 log = logging.getLogger(__name__)
 
@@ -196,19 +196,19 @@ class Delivery:
         origin = job.origin
         if not origin.chat_id:
             raise Undeliverable("no channel recorded")
-        channel = self.client.get_partial_messageable(int(origin.chat_id), guild_id=origin.message_ids.get("guild_id"))
+        channel = self.client.get_partial_messageable(int(origin.chat_id), guild_id=origin.guild_id)
         mention = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(int(origin.user_id))])
         reference = None
         if reply_to is not None:
             reference = discord.MessageReference(message_id=reply_to, channel_id=channel.id,
-                                                 guild_id=origin.message_ids.get("guild_id"), fail_if_not_exists=False)
+                                                 guild_id=origin.guild_id, fail_if_not_exists=False)
         if job.status != "done":
             if job.status == "cancelled":
                 return  # whoever cancelled it knows; a channel message would only be noise
             await channel.send(f"<@{origin.user_id}> {failure_text(job, locale)}", allowed_mentions=mention,
                                reference=reference)
             return
-        content, embed, files, view = self._result(job, locale, origin.message_ids.get("filesize_limit"))
+        content, embed, files, view = self._result(job, locale, origin.upload_limit)
         await channel.send(content, embed=embed, files=files, view=view, allowed_mentions=mention, reference=reference)
         log.info("job %d: result sent to channel %s", job.id, origin.chat_id)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import discord
 from PIL import Image
 
-from bot.core.errors import UserError
 from bot.core.jobs import Job
-from bot.core.messages import CATALOGUE, render
+from bot.frontends.text import clip, job_error
+from bot.frontends.discord.strings import render
 
 DEFAULT_FILESIZE_LIMIT = 10 * 1024 * 1024  # Discord's limit without boosts, when nothing better is known
 EMBED_TITLE_LIMIT = 256
@@ -42,16 +42,12 @@ def status_text(event: dict, job_id: int, locale: str | None) -> str:
 def failure_text(job: Job, locale: str | None) -> str:
     if job.status == "cancelled":
         return render("dc_cancelled", locale, job=job.id)
-    if job.error_key and job.error_key in CATALOGUE["en"]:
-        error = UserError(job.error_key, **job.error_params).render(locale)
-    else:
-        error = job.error or "?"
-    return render("dc_failed", locale, job=job.id, error=error)
+    return render("dc_failed", locale, job=job.id, error=job_error(job, locale) or "?")
 
 
 def result_embed(job: Job, locale: str | None, filename: str | None, note: str | None = None) -> discord.Embed:
     request = job.request
-    embed = discord.Embed(title=_clip(request.prompt, EMBED_TITLE_LIMIT), colour=discord.Colour.blurple())
+    embed = discord.Embed(title=clip(request.prompt, EMBED_TITLE_LIMIT), colour=discord.Colour.blurple())
     seeds = ", ".join(str(image.seed) for image in job.images) or str(request.seed)
     fields = [
         ("dc_field_model", request.model),
@@ -64,7 +60,7 @@ def result_embed(job: Job, locale: str | None, filename: str | None, note: str |
     for key, value in fields:
         embed.add_field(name=render(key, locale), value=value, inline=True)
     if request.negative_prompt:
-        embed.add_field(name=render("dc_field_negative", locale), value=_clip(request.negative_prompt, EMBED_FIELD_LIMIT),
+        embed.add_field(name=render("dc_field_negative", locale), value=clip(request.negative_prompt, EMBED_FIELD_LIMIT),
                         inline=False)
     if note:
         embed.add_field(name="\u200b", value=note, inline=False)
@@ -97,6 +93,3 @@ def result_upload(path: Path, limit: int | None) -> Upload:
 def preview_file(data: bytes) -> discord.File:
     return discord.File(io.BytesIO(data), filename="preview.jpg")
 
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

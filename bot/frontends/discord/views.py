@@ -13,7 +13,7 @@ from typing import Any
 import discord
 
 from bot.core.jobs import Job
-from bot.core.messages import render
+from bot.frontends.discord.strings import render
 
 ACTIONS = {"reroll": "reroll", "var": "variation", "up": "upscale", "del": "delete"}
 MAX_INDEXED = 4  # U1-U4 and V1-V4: one button per image of a grid of up to four

@@ -17,13 +17,13 @@ from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import AIORateLimiter, Application
 
 from bot.config import Config, Secrets
-from bot.core.messages import CATALOGUE
+from bot.core.messages import FALLBACK_LOCALE
 from bot.core.service import Service
 from bot.frontends.delivery import FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS
 from bot.frontends.telegram.delivery import Delivery
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.handlers import COMMANDS, Handlers
-from bot.frontends.telegram.texts import t
+from bot.frontends.telegram.strings import STRINGS, render
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,8 @@ class TelegramFrontend:
     async def start(self) -> None:
         """Connect and start. If the Bot API cannot be reached now, keep trying in the background
         (the rest of `imagebot serve` runs meanwhile); a token Telegram refuses turns the bot off."""
-        # httpx logs every request URL at INFO, and Telegram's URLs contain the token.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        settings = self.config.telegram
-        if settings.mode == "webhook" and not WEBHOOK_SECRET.fullmatch(self.secrets.telegram_webhook_secret or ""):
+        telegram = self.config.telegram
+        if telegram.mode == "webhook" and not WEBHOOK_SECRET.fullmatch(self.secrets.telegram_webhook_secret or ""):
             # Without it anyone who finds the URL could post updates in an admin's name.
             raise ValueError("telegram.mode = \"webhook\" needs TELEGRAM_WEBHOOK_SECRET in the environment "
                              "(1-256 characters: letters, digits, '_' and '-')")
@@ -81,20 +79,20 @@ class TelegramFrontend:
                             delay)
 
     async def _connect(self) -> None:
-        settings = self.config.telegram
+        telegram = self.config.telegram
         await self.app.initialize()  # getMe: a wrong token fails here, with InvalidToken
         await self._register_commands()
-        if settings.mode == "webhook":
+        if telegram.mode == "webhook":
             await self.app.updater.start_webhook(
-                listen=settings.webhook_listen, port=settings.webhook_port,
-                url_path=urlparse(settings.webhook_url).path.lstrip("/"), webhook_url=settings.webhook_url,
+                listen=telegram.webhook_listen, port=telegram.webhook_port,
+                url_path=urlparse(telegram.webhook_url).path.lstrip("/"), webhook_url=telegram.webhook_url,
                 secret_token=self.secrets.telegram_webhook_secret, allowed_updates=ALLOWED_UPDATES)
         else:
             await self.app.updater.start_polling(timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES)
         self._updating = True
         await self.app.start()
         await self.delivery.start()
-        log.info("telegram bot @%s is running (%s)", self.app.bot.username, settings.mode)
+        log.info("telegram bot @%s is running (%s)", self.app.bot.username, telegram.mode)
 
     async def stop(self) -> None:
         if self._connecting is not None:
@@ -112,9 +110,9 @@ class TelegramFrontend:
     async def _register_commands(self) -> None:
         """The command menu clients show, in English and in every other catalogue language."""
         try:
-            for language in CATALOGUE:
-                commands = [BotCommand(name, t(key, language)) for name, key in COMMANDS.items()]
-                code = None if language == "en" else language
+            for language in STRINGS:
+                commands = [BotCommand(name, render(key, language)) for name, key in COMMANDS.items()]
+                code = None if language == FALLBACK_LOCALE else language
                 await self.app.bot.set_my_commands(commands, scope=BotCommandScopeDefault(), language_code=code)
         except TelegramError as error:  # the bot works without its menu
             log.warning("telegram: could not register the command menu: %s", loggable(error))

@@ -1,6 +1,6 @@
 """Following Telegram jobs: the Telegram side of the shared delivery loop (bot/frontends/delivery.py).
 
-Progress events poke the job's status message (see progress.py); a finished job's result is sent
+Progress events poke the job's status message (see status_message.py); a finished job's result is sent
 by `_Result`, which remembers what already went out so a retry does not send it twice. Telegram's
 errors become the loop's: network trouble and flood limits are `RetryLater` (tried again with
 back-off while the bot runs, and at the next start), a chat that is gone or has blocked the bot is
@@ -24,8 +24,9 @@ from bot.frontends.delivery import DeliveryLoop, RetryLater, Undeliverable
 from bot.frontends.telegram import keyboards
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.media import photo_bytes
-from bot.frontends.telegram.progress import Progress, delete_quietly
-from bot.frontends.telegram.texts import caption, job_error, t
+from bot.frontends.telegram.status_message import StatusMessage, delete_quietly
+from bot.frontends.telegram.strings import render
+from bot.frontends.telegram.texts import caption, failure_text
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Delivery:
         self.config = config
         self.outputs = config.storage.outputs_path()
         self.loop = DeliveryLoop(service, PLATFORM, self)
-        self._progress: dict[int, Progress] = {}
+        self._status: dict[int, StatusMessage] = {}
         self._results: dict[int, _Result] = {}
 
     async def start(self) -> None:
@@ -50,39 +51,39 @@ class Delivery:
 
     async def stop(self) -> None:
         await self.loop.stop()
-        for progress in self._progress.values():
-            await progress.close()
-        self._progress.clear()
+        for status in self._status.values():
+            await status.close()
+        self._status.clear()
 
     # --- progress ----------------------------------------------------------------------------------
 
     def follows(self, job_id: int) -> bool:
-        return job_id in self._progress
+        return job_id in self._status
 
     async def adopt(self, job_id: int) -> bool:
         """Follow a job whose status message the store knows (its id travels in the Origin), also
         one queued before a restart."""
         job = await self.service.job(job_id)
-        if job.finished or not job.origin.message_ids.get("status"):
+        if job.finished or not job.origin.reply.get("status"):
             return False
         telegram = self.config.telegram
         private = int(job.origin.chat_id) > 0  # Telegram: users are positive ids, groups negative
         interval = telegram.edit_interval_private if private else telegram.edit_interval_group
-        self._progress[job_id] = Progress(self.bot, self.service, job, interval, telegram.previews)
+        self._status[job_id] = StatusMessage(self.bot, self.service, job, interval, telegram.previews)
         return True
 
     async def on_progress(self, job_id: int, event: dict) -> None:
-        self._progress[job_id].poke()  # what to show is read when the throttle lets an edit through
+        self._status[job_id].poke()  # what to show is read when the throttle lets an edit through
 
     # --- results -----------------------------------------------------------------------------------
 
     async def send_result(self, job: Job) -> None:
         result = self._results.get(job.id)
         if result is None:  # the first try: the status message stops showing progress
-            progress = self._progress.pop(job.id, None)
-            if progress is not None:
-                await progress.close()
-            result = self._results[job.id] = _Result(self.bot, job, self.outputs, progress)
+            status = self._status.pop(job.id, None)
+            if status is not None:
+                await status.close()
+            result = self._results[job.id] = _Result(self.bot, job, self.outputs, status)
         try:
             await result.send()
         except (Forbidden, BadRequest, InvalidToken) as error:  # BadRequest first: it is a NetworkError
@@ -96,27 +97,27 @@ class Delivery:
 
     async def release(self, job_id: int) -> None:
         self._results.pop(job_id, None)
-        progress = self._progress.pop(job_id, None)
-        if progress is not None:
-            await progress.close()
+        status = self._status.pop(job_id, None)
+        if status is not None:
+            await status.close()
 
 
 class _Result:
     """Sending one finished job. Parts already sent are not sent again when a retry follows."""
 
-    def __init__(self, bot: Bot, job: Job, outputs: Path, progress: Progress | None) -> None:
+    def __init__(self, bot: Bot, job: Job, outputs: Path, status: StatusMessage | None) -> None:
         self.bot = bot
         self.job = job
         self.outputs = outputs
         origin = job.origin
         self.chat_id = int(origin.chat_id)
         self.locale = origin.locale
-        self.reply_to: int | None = origin.message_ids.get("reply_to")
-        self.thread: int | None = origin.message_ids.get("thread")
-        if progress is not None:  # it knows the status message, which may have become a preview photo
-            self.status_id, self.status_is_photo = progress.message_id, progress.is_photo
+        self.reply_to: int | None = origin.reply.get("reply_to")
+        self.thread: int | None = origin.reply.get("thread")
+        if status is not None:  # it knows the status message, which may have become a preview photo
+            self.status_id, self.status_is_photo = status.message_id, status.is_photo
         else:
-            self.status_id, self.status_is_photo = origin.message_ids.get("status"), False
+            self.status_id, self.status_is_photo = origin.reply.get("status"), False
         self._photos: list[Message] | None = None
         self._keyboard_sent = False
 
@@ -137,7 +138,7 @@ class _Result:
             await delete_quietly(self.bot, self.chat_id, self.status_id)
             self.status_id = None
         else:
-            await self._send_outcome(job_error(self.job, self.locale))
+            await self._send_outcome(failure_text(self.job, self.locale))
 
     async def _send_images(self) -> None:
         job = self.job
@@ -160,7 +161,7 @@ class _Result:
         if not self._keyboard_sent:  # albums cannot carry buttons: they go in a message below
             ids = [message.message_id for message in self._photos]
             await self.bot.send_message(
-                self.chat_id, t("tg_album_actions", self.locale, job=job.id, count=len(ids)),
+                self.chat_id, render("tg_album_actions", self.locale, job=job.id, count=len(ids)),
                 reply_markup=keyboards.album_result(job.id, len(job.images), ids, self.locale),
                 **self._reply(ids[0]))
             self._keyboard_sent = True

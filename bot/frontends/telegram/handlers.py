@@ -25,8 +25,10 @@ from bot.core.service import Service, Submitted
 from bot.frontends.telegram import keyboards
 from bot.frontends.telegram.delivery import reply_kwargs, send_png
 from bot.frontends.telegram.errors import loggable
-from bot.frontends.telegram.progress import delete_quietly
-from bot.frontends.telegram.texts import clip, eta, t
+from bot.frontends.telegram.status_message import delete_quietly
+from bot.frontends.telegram.strings import explain, render
+from bot.frontends.telegram.texts import MAX_ALERT, MAX_TEXT, eta
+from bot.frontends.text import clip
 from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,6 @@ COMMANDS = {
     "help": "tg_cmd_help",
     "start": "tg_cmd_start",
 }
-# What /settings may fix for a chat; seed, count and model belong to each request (or /model).
-SETTINGS_FIELDS = ("aspect", "width", "height", "steps", "negative_prompt", "guidance", "scheduler")
 HISTORY_LENGTH = 10
 HISTORY_PROMPT_CHARS = 60
 
@@ -64,32 +64,34 @@ class Handlers:
         }
         for name, handler in commands.items():
             # CommandHandler takes "/cmd" and "/cmd@thisbot" and leaves "/cmd@otherbot" alone.
-            app.add_handler(CommandHandler(name, self._guarded(handler), filters=new))
+            app.add_handler(CommandHandler(name, self._checked(handler), filters=new))
         app.add_handler(CallbackQueryHandler(self.button))
-        app.add_handler(MessageHandler(new & filters.COMMAND, self._guarded(self.unknown_command, quiet=True)))
-        app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE & filters.TEXT, self._guarded(self.prompt)))
-        app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE, self._guarded(self.unsupported)))
+        app.add_handler(MessageHandler(new & filters.COMMAND, self._checked(self.unknown_command, addressed_only=True)))
+        app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE & filters.TEXT, self._checked(self.prompt)))
+        app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE, self._checked(self.unsupported)))
         app.add_error_handler(self.error)
 
     # --- common ------------------------------------------------------------------------------------
 
-    def _guarded(self, handler: Handler, quiet: bool = False):
-        """Who and where; refuse chats that are not allowed; show UserErrors to the user."""
+    def _checked(self, handler: Handler, addressed_only: bool = False):
+        """`handler` behind the checks every message gets: who and where, an allowed chat (else a
+        refusal), UserErrors shown to the user; `addressed_only`: silent unless the message is for
+        this bot (a private chat, or a command naming it)."""
         async def run(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             message, user, chat = update.effective_message, update.effective_user, update.effective_chat
             if message is None or user is None or chat is None:
                 return
-            if quiet and not _addressed_to_me(message, chat, context.bot.username):
+            if addressed_only and not _addressed_to_me(message, chat, context.bot.username):
                 return
             if not self._allowed(chat, user):
                 log.info("telegram: refused chat %s (not in [telegram] allowed_chats)", chat.id)
-                await reply(message, t("tg_chat_not_allowed", user.language_code, chat=chat.id))
+                await reply(message, render("tg_chat_not_allowed", user.language_code, chat=chat.id))
                 return
             origin = self._origin(user, chat, {"reply_to": message.message_id})
             try:
                 await handler(message, origin, command_args(message), context)
             except UserError as error:
-                await reply(message, error.render(origin.locale))
+                await reply(message, explain(error, origin.locale))
         return run
 
     def _allowed(self, chat: Chat, user: User) -> bool:
@@ -100,21 +102,21 @@ class Handlers:
     def _is_admin(self, user: User) -> bool:
         return user.id in self.config.telegram.admins
 
-    def _origin(self, user: User, chat: Chat, message_ids: dict) -> Origin:
+    def _origin(self, user: User, chat: Chat, reply: dict) -> Origin:
         return Origin(platform="telegram", user_id=str(user.id), chat_id=str(chat.id),
-                      user_name=user.username or user.full_name, message_ids=message_ids,
+                      user_name=user.username or user.full_name, reply=reply,
                       locale=user.language_code, is_admin=self._is_admin(user))
 
     async def _queue(self, bot, chat_id: int, reply_to: int | None, thread: int | None, origin: Origin,
                      submit: Callable[[Origin], Awaitable[Submitted]]) -> None:
         """Answer at once, then queue. The answer is the job's status message; its id travels with
         the job, so progress and the result find it again even after a restart."""
-        status = await bot.send_message(chat_id, t("tg_queueing", origin.locale), **reply_kwargs(reply_to, thread))
-        origin = replace(origin, message_ids={"reply_to": reply_to, "status": status.message_id, "thread": thread})
+        status = await bot.send_message(chat_id, render("tg_queueing", origin.locale), **reply_kwargs(reply_to, thread))
+        origin = replace(origin, reply={"reply_to": reply_to, "status": status.message_id, "thread": thread})
         try:
             await submit(origin)  # the "queued" event turns the status message into "#N queued"
         except UserError as error:
-            await bot.edit_message_text(clip(error.render(origin.locale)), chat_id=chat_id,
+            await bot.edit_message_text(clip(explain(error, origin.locale), MAX_TEXT), chat_id=chat_id,
                                         message_id=status.message_id)
 
     # --- prompts -------------------------------------------------------------------------------------
@@ -128,38 +130,38 @@ class Handlers:
         await self.imagine(message, origin, message.text or "", context)
 
     async def unsupported(self, message: Message, origin: Origin, args: str, context) -> None:
-        await reply(message, t("tg_unsupported", origin.locale))
+        await reply(message, render("tg_unsupported", origin.locale))
 
     async def unknown_command(self, message: Message, origin: Origin, args: str, context) -> None:
         command = (message.text or "").split(maxsplit=1)[0].partition("@")[0]
-        await reply(message, t("tg_unknown_command", origin.locale, command=clip(command, 64)))
+        await reply(message, render("tg_unknown_command", origin.locale, command=clip(command, 64)))
 
     # --- information -------------------------------------------------------------------------------
 
     async def start(self, message: Message, origin: Origin, args: str, context) -> None:
-        await reply(message, t("tg_start", origin.locale) + "\n\n" + t("tg_help", origin.locale))
+        await reply(message, render("tg_start", origin.locale) + "\n\n" + render("tg_help", origin.locale))
 
     async def help(self, message: Message, origin: Origin, args: str, context) -> None:
-        text = t("tg_help", origin.locale)
+        text = render("tg_help", origin.locale)
         if origin.is_admin:
-            text += "\n\n" + t("tg_help_admin", origin.locale)
+            text += "\n\n" + render("tg_help_admin", origin.locale)
         await reply(message, text)
 
     async def queue(self, message: Message, origin: Origin, args: str, context) -> None:
         views = await self.service.queue_of(origin)
         if not views:
-            await reply(message, t("tg_queue_empty", origin.locale))
+            await reply(message, render("tg_queue_empty", origin.locale))
             return
-        lines = [t("tg_queue_title", origin.locale)]
+        lines = [render("tg_queue_title", origin.locale)]
         for view in sorted(views, key=lambda v: v.job.id):
             prompt = clip(view.job.request.prompt, HISTORY_PROMPT_CHARS)
             if view.position is not None:
-                line = t("tg_queue_waiting", origin.locale, job=view.job.id, position=view.position, prompt=prompt)
+                line = render("tg_queue_waiting", origin.locale, job=view.job.id, position=view.position, prompt=prompt)
             elif view.step is not None and view.total:
-                line = t("tg_queue_running", origin.locale, job=view.job.id, step=view.step, total=view.total,
-                         prompt=prompt)
+                line = render("tg_queue_running", origin.locale, job=view.job.id, step=view.step, total=view.total,
+                              prompt=prompt)
             else:
-                line = t("tg_queue_starting", origin.locale, job=view.job.id, prompt=prompt)
+                line = render("tg_queue_starting", origin.locale, job=view.job.id, prompt=prompt)
             remaining = eta(view.eta_seconds, origin.locale)
             lines.append(f"{line} · {remaining}" if remaining else line)
         await reply(message, "\n".join(lines))
@@ -167,14 +169,14 @@ class Handlers:
     async def history(self, message: Message, origin: Origin, args: str, context) -> None:
         jobs = await self.service.history(origin, HISTORY_LENGTH)
         if not jobs:
-            await reply(message, t("tg_history_empty", origin.locale))
+            await reply(message, render("tg_history_empty", origin.locale))
             return
-        lines = [t("tg_history_title", origin.locale)]
+        lines = [render("tg_history_title", origin.locale)]
         for job in jobs:
             seeds = ", ".join(str(image.seed) for image in job.images) or "-"
-            status = t(f"tg_state_{job.status}", origin.locale)
-            lines.append(t("tg_history_item", origin.locale, job=job.id, status=status, model=job.request.model,
-                           seeds=seeds, prompt=clip(job.request.prompt, HISTORY_PROMPT_CHARS)))
+            status = render(f"tg_state_{job.status}", origin.locale)
+            lines.append(render("tg_history_item", origin.locale, job=job.id, status=status, model=job.request.model,
+                                seeds=seeds, prompt=clip(job.request.prompt, HISTORY_PROMPT_CHARS)))
         await reply(message, "\n".join(lines))
 
     # --- changing things -------------------------------------------------------------------------
@@ -184,7 +186,7 @@ class Handlers:
         if args:
             number = args.lstrip("#")
             if not number.isdigit():
-                await reply(message, t("tg_cancel_usage", origin.locale))
+                await reply(message, render("tg_cancel_usage", origin.locale))
                 return
             job_id = int(number)
             status = await self.service.cancel(job_id, origin)
@@ -192,7 +194,7 @@ class Handlers:
             with reworded(nothing_to_cancel="tg_cancel_nothing"):
                 job_id, status = await self.service.cancel_latest(origin)
         key = "tg_cancel_done" if status == "cancelled" else "tg_cancel_stopping"
-        await reply(message, t(key, origin.locale, job=job_id))
+        await reply(message, render(key, origin.locale, job=job_id))
 
     async def model(self, message: Message, origin: Origin, args: str, context) -> None:
         """/model lists; admins: /model NAME (this chat), /model default NAME (every chat), /model reload."""
@@ -202,35 +204,35 @@ class Handlers:
             await reply(message, await self._models_text(origin))
         elif words == ["reload"]:
             summary = await self.service.reload_models(origin)
-            none = t("ui_none", locale)
-            await reply(message, t("tg_model_reloaded", locale, added=", ".join(summary["added"]) or none,
-                                   changed=", ".join(summary["changed"]) or none,
-                                   removed=", ".join(summary["removed"]) or none))
+            none = render("tg_none", locale)
+            await reply(message, render("tg_model_reloaded", locale, added=", ".join(summary["added"]) or none,
+                                        changed=", ".join(summary["changed"]) or none,
+                                        removed=", ".join(summary["removed"]) or none))
         elif words[0] == "default" and len(words) == 2:
             await self.service.set_default_variant("global", words[1], origin)
-            await reply(message, t("tg_model_set_global", locale, name=words[1]))
+            await reply(message, render("tg_model_set_global", locale, name=words[1]))
         elif len(words) == 1:
             await self.service.set_default_variant("chat", words[0], origin)
-            await reply(message, t("tg_model_set_chat", locale, name=words[0]))
+            await reply(message, render("tg_model_set_chat", locale, name=words[0]))
         else:
-            await reply(message, t("tg_model_usage", locale))
+            await reply(message, render("tg_model_usage", locale))
 
     async def _models_text(self, origin: Origin) -> str:
         locale = origin.locale
         variants = await self.service.list_variants(origin)
         current = await self.service.default_model(origin)
-        lines = [t("tg_models_title", locale, current=current, default=await self.service.default_model())]
+        lines = [render("tg_models_title", locale, current=current, default=await self.service.default_model())]
         for variant in variants:
             if variant["status"] == "ready":
                 key = "tg_models_item_loaded" if variant["loaded"] else "tg_models_item"
-                lines.append(t(key, locale, name=variant["name"], description=variant["description"] or "-"))
+                lines.append(render(key, locale, name=variant["name"], description=variant["description"] or "-"))
             else:
-                lines.append(t("tg_models_item_broken", locale, name=variant["name"],
-                               error=clip(variant["error"] or variant["status"], 200)))
+                lines.append(render("tg_models_item_broken", locale, name=variant["name"],
+                                    error=clip(variant["error"] or variant["status"], 200)))
         if len(lines) == 1:
-            lines.append(t("ui_none", locale))
-        lines.append("" if origin.is_admin else t("tg_models_hint", locale))
-        return clip("\n".join(lines).strip())
+            lines.append(render("tg_none", locale))
+        lines.append("" if origin.is_admin else render("tg_models_hint", locale))
+        return clip("\n".join(lines).strip(), MAX_TEXT)
 
     async def settings(self, message: Message, origin: Origin, args: str, context) -> None:
         """/settings shows the chat's default flags; /settings --ar 3:2 --steps 30 --no blurry sets
@@ -238,21 +240,22 @@ class Handlers:
         locale = origin.locale
         if not args:
             flags = (await self.service.default_flags(origin))["chat"]
-            await reply(message, t("tg_settings_current", locale, flags=flags) if flags
-                        else t("tg_settings_none", locale))
+            await reply(message, render("tg_settings_current", locale, flags=flags) if flags
+                        else render("tg_settings_none", locale))
             return
         if args.lower() in ("clear", "reset", "off"):
             await self._set_chat_flags("", message, origin, context)
-            await reply(message, t("tg_settings_cleared", locale))
+            await reply(message, render("tg_settings_cleared", locale))
             return
         options = parse_prompt("x " + args)  # "x": a stand-in prompt, so the flags parse as in /imagine
+        # Seed, count and model belong to each request (or /model), not to a chat's defaults.
         said = [name for name in ("seed", "count", "model") if getattr(options, name) is not None]
         if options.prompt != "x" or said:
-            await reply(message, t("tg_settings_usage", locale))
+            await reply(message, render("tg_settings_usage", locale))
             return
         await self.service.resolve_request(options, origin)  # over a limit? say so now, not on every request
         await self._set_chat_flags(args, message, origin, context)
-        await reply(message, t("tg_settings_set", locale, flags=args))
+        await reply(message, render("tg_settings_set", locale, flags=args))
 
     async def _set_chat_flags(self, flags: str, message: Message, origin: Origin, context) -> None:
         """The core decides who may; this tells it whether the sender runs this chat."""
@@ -282,40 +285,40 @@ class Handlers:
         button = keyboards.decode(query.data)
         message = query.message
         if button is None or message is None:
-            await query.answer(t("tg_button_unknown", locale), show_alert=True)
+            await query.answer(render("tg_button_unknown", locale), show_alert=True)
             return
         chat = message.chat
         if not self._allowed(chat, user):
-            await query.answer(t("tg_chat_not_allowed", locale, chat=chat.id), show_alert=True)
+            await query.answer(render("tg_chat_not_allowed", locale, chat=chat.id), show_alert=True)
             return
         origin = self._origin(user, chat, {"reply_to": message.message_id})
         thread = message.message_thread_id if isinstance(message, Message) and message.is_topic_message else None
         answered = False
         try:
             if button.action in ("reroll", "variation", "upscale"):
-                await query.answer(t("tg_button_queueing", locale))
+                await query.answer(render("tg_button_queueing", locale))
                 answered = True  # a refusal goes into the status message, like /imagine's
                 await self._queue(context.bot, chat.id, message.message_id, thread, origin,
                                   lambda o: self.service.submit_derived(button.job_id, button.action, o, button.index))
             elif button.action == "png":
                 job = await self.service.job(button.job_id)
-                await query.answer(t("tg_png_sending", locale))
+                await query.answer(render("tg_png_sending", locale))
                 answered = True
                 await send_png(context.bot, job, self.outputs, chat.id, message.message_id, thread)
             elif button.action == "delete":
                 await self.service.owned_job(button.job_id, origin)  # the owner's or an admin's
                 for message_id in sorted({message.message_id, *button.message_ids}):
                     await delete_quietly(context.bot, chat.id, message_id)
-                await query.answer(t("tg_deleted", locale))
+                await query.answer(render("tg_deleted", locale))
             elif button.action == "cancel":
                 status = await self.service.cancel(button.job_id, origin)
                 key = "tg_cancel_done" if status == "cancelled" else "tg_cancel_stopping"
-                await query.answer(t(key, locale, job=button.job_id))
+                await query.answer(render(key, locale, job=button.job_id))
         except UserError as error:
             if not answered:
-                await query.answer(clip(error.render(locale), 200), show_alert=True)
+                await query.answer(clip(explain(error, locale), MAX_ALERT), show_alert=True)
             else:
-                await context.bot.send_message(chat.id, clip(error.render(locale)),
+                await context.bot.send_message(chat.id, clip(explain(error, locale), MAX_TEXT),
                                                **reply_kwargs(message.message_id, thread))
 
     # --- errors ------------------------------------------------------------------------------------
@@ -328,7 +331,7 @@ class Handlers:
             log.error("telegram: handling an update failed", exc_info=context.error)
         if isinstance(update, Update) and update.effective_message and update.effective_user:
             try:
-                await reply(update.effective_message, t("tg_error", update.effective_user.language_code))
+                await reply(update.effective_message, render("tg_error", update.effective_user.language_code))
             except TelegramError:
                 pass
 
@@ -356,5 +359,5 @@ def _thread(message: Message) -> int | None:
 
 
 async def reply(message: Message, text: str) -> Message:
-    return await message.get_bot().send_message(message.chat_id, clip(text),
+    return await message.get_bot().send_message(message.chat_id, clip(text, MAX_TEXT),
                                                  **reply_kwargs(message.message_id, _thread(message)))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.frontends.telegram.texts import t
+from bot.frontends.telegram.strings import render
 
 MAX_CALLBACK_BYTES = 64  # Telegram's limit on callback_data
 ACTIONS = {"r": "reroll", "v": "variation", "u": "upscale", "p": "png", "x": "delete", "c": "cancel"}
@@ -78,11 +78,11 @@ def album_delete_data(job_id: int, message_ids: list[int]) -> str:
 def single_result(job_id: int, locale: str | None) -> InlineKeyboardMarkup:
     """Under one photo: reroll, variations, upscale; PNG and delete."""
     return InlineKeyboardMarkup([
-        [InlineKeyboardButton(t("tg_button_reroll", locale), callback_data=encode("reroll", job_id)),
-         InlineKeyboardButton(t("tg_button_variation", locale), callback_data=encode("variation", job_id, 0)),
-         InlineKeyboardButton(t("tg_button_upscale", locale), callback_data=encode("upscale", job_id, 0))],
-        [InlineKeyboardButton(t("tg_button_png", locale), callback_data=encode("png", job_id)),
-         InlineKeyboardButton(t("tg_button_delete", locale), callback_data=encode("delete", job_id))],
+        [InlineKeyboardButton(render("tg_button_reroll", locale), callback_data=encode("reroll", job_id)),
+         InlineKeyboardButton(render("tg_button_variation", locale), callback_data=encode("variation", job_id, 0)),
+         InlineKeyboardButton(render("tg_button_upscale", locale), callback_data=encode("upscale", job_id, 0))],
+        [InlineKeyboardButton(render("tg_button_png", locale), callback_data=encode("png", job_id)),
+         InlineKeyboardButton(render("tg_button_delete", locale), callback_data=encode("delete", job_id))],
     ])
 
 
@@ -90,16 +90,16 @@ def album_result(job_id: int, count: int, album_ids: list[int], locale: str | No
     """Under an album (albums cannot carry buttons themselves): V1..Vn, U1..Un, then the rest."""
     rows: list[list[InlineKeyboardButton]] = []
     for action, key in (("variation", "tg_button_variation_n"), ("upscale", "tg_button_upscale_n")):
-        buttons = [InlineKeyboardButton(t(key, locale, n=i + 1), callback_data=encode(action, job_id, i))
+        buttons = [InlineKeyboardButton(render(key, locale, n=i + 1), callback_data=encode(action, job_id, i))
                    for i in range(count)]
         rows += [buttons[i:i + BUTTONS_PER_ROW] for i in range(0, len(buttons), BUTTONS_PER_ROW)]
-    rows.append([InlineKeyboardButton(t("tg_button_reroll", locale), callback_data=encode("reroll", job_id)),
-                 InlineKeyboardButton(t("tg_button_png", locale), callback_data=encode("png", job_id)),
-                 InlineKeyboardButton(t("tg_button_delete", locale),
+    rows.append([InlineKeyboardButton(render("tg_button_reroll", locale), callback_data=encode("reroll", job_id)),
+                 InlineKeyboardButton(render("tg_button_png", locale), callback_data=encode("png", job_id)),
+                 InlineKeyboardButton(render("tg_button_delete", locale),
                                       callback_data=album_delete_data(job_id, album_ids))])
     return InlineKeyboardMarkup(rows)
 
 
 def progress(job_id: int, locale: str | None) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[InlineKeyboardButton(t("tg_button_cancel", locale),
+    return InlineKeyboardMarkup([[InlineKeyboardButton(render("tg_button_cancel", locale),
                                                        callback_data=encode("cancel", job_id))]])

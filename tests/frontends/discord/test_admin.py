@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from bot.core.jobs import Origin
-from bot.core.messages import render
-from tests.conftest import add_pipeline_variant
-from tests.frontends.discord.fake_discord import (ADMIN, ADMIN_ROLE, BOB, CHANNEL, GUILD, MODERATOR, OTHER_CHANNEL,
+from bot.frontends.discord.strings import render
+from tests.helpers.discord import EPHEMERAL, callback
+from tests.helpers.fake_discord import (ADMIN, ADMIN_ROLE, BOB, CHANNEL, GUILD, MODERATOR, OTHER_CHANNEL,
                                                   autocomplete, command, subcommand, subcommand_autocomplete)
-from tests.frontends.discord.test_imagine import EPHEMERAL, callback
+from tests.helpers.models import add_pipeline_variant
 
 MANAGE_GUILD = 1 << 5  # the "Manage Server" permission bit
 

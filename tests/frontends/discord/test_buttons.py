@@ -9,9 +9,8 @@ import json
 from PIL import Image
 
 from bot.core.service import UPSCALE_STRENGTH, VARIATION_STRENGTH
-from tests.frontends.discord.conftest import stop_stack
-from tests.frontends.discord.fake_discord import ADMIN, ALICE, BOB, click, command, custom_ids
-from tests.frontends.discord.test_imagine import EPHEMERAL, callback, has_result, original
+from tests.helpers.discord import EPHEMERAL, callback, has_result, original, stop_stack
+from tests.helpers.fake_discord import ADMIN, ALICE, BOB, click, command, custom_ids
 
 
 async def test_buttons_keep_working_after_a_restart(make_stack, fake):

@@ -7,22 +7,8 @@ import io
 from PIL import Image
 
 from bot.core.jobs import Origin
-from tests.frontends.discord.conftest import TEARDOWN_ADMIN, Clock
-from tests.frontends.discord.fake_discord import ALICE, APP_ID, CHANNEL, NSFW_CHANNEL, OTHER_CHANNEL, command
-
-EPHEMERAL = 64
-
-
-def callback(payload: dict) -> str:
-    return rf"/interactions/{payload['id']}/{payload['token']}/callback"
-
-
-def original(payload: dict) -> str:
-    return rf"/webhooks/{APP_ID}/{payload['token']}/messages/@original"
-
-
-def has_result(call) -> bool:
-    return bool(call.json and call.json.get("embeds"))
+from tests.helpers.discord import EPHEMERAL, TEARDOWN_ADMIN, Clock, callback, has_result, original
+from tests.helpers.fake_discord import ALICE, CHANNEL, NSFW_CHANNEL, OTHER_CHANNEL, command
 
 
 async def test_imagine_queues_shows_progress_and_uploads_a_png(make_stack, fake):

@@ -9,12 +9,12 @@ import logging
 from PIL import Image
 
 from bot.core.jobs import Origin
-from tests.frontends.discord.conftest import start_frontend
-from tests.frontends.discord.fake_discord import ALICE, BOB, CHANNEL, GONE_CHANNEL, GUILD
+from tests.helpers.discord import start_frontend
+from tests.helpers.fake_discord import ALICE, BOB, CHANNEL, GONE_CHANNEL, GUILD
 
 
 def discord_origin(user: int, channel: int, locale: str = "en-US") -> Origin:
-    return Origin("discord", str(user), chat_id=str(channel), message_ids={"guild_id": GUILD}, locale=locale)
+    return Origin("discord", str(user), chat_id=str(channel), guild_id=GUILD, locale=locale)
 
 
 async def test_undelivered_results_are_sent_at_start(make_stack, fake, caplog):

@@ -10,9 +10,8 @@ import pytest
 from PIL import Image
 
 from bot.core.jobs import Origin
-from tests.frontends.discord.conftest import TEARDOWN_ADMIN, Clock
-from tests.frontends.discord.fake_discord import ALICE, CHANNEL, command
-from tests.frontends.discord.test_imagine import callback, original
+from tests.helpers.discord import TEARDOWN_ADMIN, Clock, callback, original
+from tests.helpers.fake_discord import ALICE, CHANNEL, command
 
 REFUSALS = {
     "invalid-token": (401, {"message": "Invalid Webhook Token", "code": 50027}),

@@ -12,7 +12,6 @@ import asyncio
 import io
 import itertools
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +26,10 @@ from bot.core.jobs import Job, Origin
 from bot.core.service import Service
 from bot.core.store import Store
 from bot.frontends import telegram
-from tests.conftest import add_pipeline_variant, start_service
-from tests.frontends.telegram.fake_api import BOT_USER, Call, FakeBotApi
+from tests.helpers.fake_telegram import BOT_USER, Call, FakeBotApi
+from tests.helpers.models import add_pipeline_variant
+from tests.helpers.ports import free_port
+from tests.helpers.service import start_service
 
 TOKEN = "123456789:AAE-test-token-that-must-never-be-logged"
 ALICE = {"id": 1001, "is_bot": False, "first_name": "Alice", "username": "alice", "language_code": "en"}
@@ -527,12 +528,6 @@ async def test_a_bot_api_out_of_reach_at_start_is_tried_again_and_a_refused_toke
 
 
 # --- webhook mode ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def test_webhook_mode_takes_updates_only_with_the_secret_token(make_stack, fake_api):

@@ -25,7 +25,8 @@ from bot.core.service import Service
 from bot.core.store import Store
 from bot.executors.local import LocalExecutor
 from bot.frontends.web.api import create_app
-from tests.conftest import add_pipeline_variant, start_service, stop_service
+from tests.helpers.models import add_pipeline_variant
+from tests.helpers.service import start_service, stop_service
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 ALICE = {"X-Imagebot-User": "alice"}
@@ -385,9 +386,9 @@ async def test_events_stream_state_first_then_progress_then_done(make_api):
 
 
 async def test_events_keep_flowing_after_keep_alives(make_api, monkeypatch):
-    from bot.frontends.web import api as api_module
+    from bot.frontends.web.routes import events
 
-    monkeypatch.setattr(api_module, "SSE_KEEPALIVE_SECONDS", 0.05)
+    monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.05)
     api = await make_api(limits={"max_steps": 500})
     holder = await api.hold_worker()
     submitted = await api.submit("a cat --steps 2")

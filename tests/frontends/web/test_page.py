@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -28,7 +27,8 @@ import pytest
 sync_api = pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-from tests.conftest import add_pipeline_variant  # noqa: E402
+from tests.helpers.models import add_pipeline_variant  # noqa: E402
+from tests.helpers.ports import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -80,12 +80,6 @@ document.addEventListener("DOMContentLoaded", () => {
 
 
 # --- the server ------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -164,7 +158,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_pipeline_dir):
     root = tmp_path_factory.mktemp("webpage")
-    srv = Server(root, _free_port())
+    srv = Server(root, free_port())
     srv.models.mkdir()
     add_pipeline_variant(srv.models, "demo", tiny_pipeline_dir, VARIANT_TOML)
     add_pipeline_variant(srv.models, "other", tiny_pipeline_dir, VARIANT_TOML)

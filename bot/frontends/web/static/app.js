@@ -53,25 +53,24 @@ async function api(path, { method = "GET", body, admin = false } = {}) {
 
 // --- the chat log --------------------------------------------------------------------------------
 
-function say(text) {
+// A line of the chat log: `who` is "bot" or "user" (the styles tell them apart).
+function addBubble(text, who) {
   const item = document.createElement("li");
   item.className = "job";
   const bubble = document.createElement("p");
-  bubble.className = "bubble bot";
+  bubble.className = `bubble ${who}`;
   bubble.textContent = text;
   item.append(bubble);
   $("#log").append(item);
-  item.scrollIntoView({ block: "end" });
+  return item;
+}
+
+function say(text) {
+  addBubble(text, "bot").scrollIntoView({ block: "end" });
 }
 
 function echo(text) {
-  const item = document.createElement("li");
-  item.className = "job";
-  const bubble = document.createElement("p");
-  bubble.className = "bubble user";
-  bubble.textContent = text;
-  item.append(bubble);
-  $("#log").append(item);
+  addBubble(text, "user");
 }
 
 function jobCard(job) {
@@ -136,16 +135,10 @@ function renderImages(job, card) {
   }
   job.images.forEach((image, index) => {
     const figure = document.createElement("figure");
-    const link = document.createElement("a");
-    link.href = image.url;
-    link.target = "_blank";
-    const img = document.createElement("img");
-    img.src = image.url;
-    img.alt = `${job.request.prompt} (${t("ui_seed_label", { seed: image.seed })})`;
+    const link = imageLink(job, image);
+    const img = $("img", link);
     img.width = job.request.width;
     img.height = job.request.height;
-    sharpIfSmall(img, job.request.width);
-    link.append(img);
     const caption = document.createElement("figcaption");
     const download = document.createElement("a");
     download.className = "button";
@@ -402,18 +395,21 @@ function renderGallery() {
   const images = done.flatMap((job) => job.images.map((image) => ({ job, image })));
   $("#gallery-empty").hidden = images.length > 0;
   if (gallery.childElementCount === images.length) return;
-  gallery.replaceChildren(...images.map(({ job, image }) => {
-    const link = document.createElement("a");
-    link.href = image.url;
-    link.target = "_blank";
-    const img = document.createElement("img");
-    img.src = image.url;
-    img.alt = `${job.request.prompt} (${t("ui_seed_label", { seed: image.seed })})`;
-    img.loading = "lazy";
-    sharpIfSmall(img, job.request.width);
-    link.append(img);
-    return link;
-  }));
+  gallery.replaceChildren(...images.map(({ job, image }) => imageLink(job, image, "lazy")));
+}
+
+// One image of a job, opening the full-size PNG when clicked; `loading` before `src`, or it is too late.
+function imageLink(job, image, loading = "eager") {
+  const link = document.createElement("a");
+  link.href = image.url;
+  link.target = "_blank";
+  const img = document.createElement("img");
+  img.loading = loading;
+  img.src = image.url;
+  img.alt = `${job.request.prompt} (${t("ui_seed_label", { seed: image.seed })})`;
+  sharpIfSmall(img, job.request.width);
+  link.append(img);
+  return link;
 }
 
 function renderAdmin() {

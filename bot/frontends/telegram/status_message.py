@@ -17,22 +17,23 @@ from bot.core.jobs import Job
 from bot.core.service import Service
 from bot.frontends.telegram import keyboards
 from bot.frontends.telegram.errors import loggable
-from bot.frontends.telegram.texts import MAX_CAPTION, clip, status_line
+from bot.frontends.telegram.texts import MAX_CAPTION, status_line
+from bot.frontends.text import clip
 
 log = logging.getLogger(__name__)
 
 
-class Progress:
+class StatusMessage:
     def __init__(self, bot: Bot, service: Service, job: Job, interval: float, previews: bool) -> None:
         self.bot = bot
         self.service = service
         self.job_id = job.id
         self.chat_id = int(job.origin.chat_id)
         self.locale = job.origin.locale
-        ids = job.origin.message_ids
-        self.message_id: int | None = ids.get("status")
-        self.reply_to: int | None = ids.get("reply_to")
-        self.thread: int | None = ids.get("thread")
+        reply = job.origin.reply
+        self.message_id: int | None = reply.get("status")
+        self.reply_to: int | None = reply.get("reply_to")
+        self.thread: int | None = reply.get("thread")
         self.is_photo = False  # the status becomes a photo message once there is a preview to show
         self.interval = interval
         self.previews = previews

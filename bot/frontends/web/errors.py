@@ -1,0 +1,59 @@
+"""Errors as the API answers them: `{"error": a text fit to show a person, "key": what a program
+checks}`, with a status that says what kind of error it is."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bot.core.errors import UserError
+from bot.frontends.web.deps import get_locale
+from bot.frontends.web.strings import explain, render
+
+# UserError keys that are not "bad input" (400) but something else.
+STATUS_BY_KEY = {
+    "job_not_found": 404,
+    "not_your_job": 403,
+    "not_admin": 403,
+    "admin_api_disabled": 403,
+    "admin_token_missing": 401,
+    "banned": 403,
+    "queue_full": 429,
+    "address_queue_full": 429,
+    "address_rate_limited": 429,
+    "rate_limited": 429,
+    "shutting_down": 503,
+    "storage_unavailable": 503,
+    "storage_full": 507,  # Insufficient Storage: the disk (or the database's size limit) is full
+}
+
+
+def error_response(status: int, message: str, key: str) -> JSONResponse:
+    return JSONResponse({"error": message, "key": key}, status_code=status)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(UserError, user_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+
+
+async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    if error.status_code == 404:
+        return error_response(404, render("api_not_found", get_locale(request)), "not_found")
+    return error_response(error.status_code, str(error.detail), "http_error")
+
+
+async def user_error(request: Request, error: UserError) -> JSONResponse:
+    return error_response(STATUS_BY_KEY.get(error.key, 400), explain(error, get_locale(request)), error.key)
+
+
+async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
+        problems.append(f"{where}: {item.get('msg', 'invalid')}")
+    text = render("api_invalid_request", get_locale(request), problems="; ".join(problems))
+    return error_response(422, text, "invalid_request")

@@ -1,0 +1,56 @@
+"""A job's events as server-sent events: its state first, then each change until it finishes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from bot.core.jobs import FINISHED
+from bot.frontends.web.deps import Locale, ServiceDep
+from bot.frontends.web.schemas import JobId, job_json, view_json
+
+router = APIRouter()
+KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+ENDINGS = ("done", "failed", "cancelled")
+
+
+@router.get("/api/jobs/{job_id}/events")
+async def events(job_id: JobId, service: ServiceDep, locale: Locale) -> StreamingResponse:
+    await service.job(job_id)  # 404 before the stream starts
+    updates = service.subscribe(job_id)  # before reading the state: nothing falls in between
+    try:
+        view = await service.status(job_id)
+    except BaseException:
+        updates.close()
+        raise
+
+    async def stream():
+        try:
+            yield sse("state", view_json(view, locale))
+            if view.job.status in FINISHED:
+                return
+            while True:
+                try:
+                    event = await updates.next(KEEPALIVE_SECONDS)
+                except asyncio.TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if event["type"] in ENDINGS:
+                    yield sse(event["type"], job_json(await service.job(job_id), locale))
+                    return
+                if event["type"] == "progress" and event.get("preview"):
+                    event = {**event, "preview_url": f"/api/jobs/{job_id}/preview?step={event['step']}"}
+                yield sse(event["type"], event)
+        finally:
+            updates.close()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

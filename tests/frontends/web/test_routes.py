@@ -1,0 +1,26 @@
+"""The API's routes can be found and walked: each lives in a router of bot/frontends/web/routes/,
+and together they are the URLs clients rely on (README, 'HTTP API')."""
+
+from __future__ import annotations
+
+from bot.frontends.web.routes import ROUTERS
+
+URLS = {
+    ("POST", "/api/jobs"), ("POST", "/api/jobs/{job_id}/{action}"), ("GET", "/api/jobs/{job_id}"),
+    ("DELETE", "/api/jobs/{job_id}"), ("GET", "/api/jobs/{job_id}/preview"), ("GET", "/api/jobs/{job_id}/events"),
+    ("GET", "/api/history"), ("GET", "/api/models"), ("PUT", "/api/models/default"), ("POST", "/api/models/reload"),
+    ("GET", "/api/images/{file}"), ("GET", "/"), ("GET", "/api/messages"), ("GET", "/api/options"),
+    ("GET", "/healthz"), ("GET", "/metrics"),
+}
+
+
+def test_the_routers_hold_every_url_once():
+    found = [(method, route.path) for router in ROUTERS for route in router.routes for method in route.methods]
+    assert sorted(found) == sorted(URLS)
+
+
+def test_each_router_is_about_one_thing():
+    """A router's URLs share a concern, which its module names (jobs, events, models, admin, ...)."""
+    for router in ROUTERS:
+        module = router.routes[0].endpoint.__module__
+        assert all(route.endpoint.__module__ == module for route in router.routes), module
