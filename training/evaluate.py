@@ -78,7 +78,7 @@ class EvaluationConfig:
 
 
 @dataclass
-class Record:
+class GeneratedImage:
     """One generated image."""
 
     variant: str
@@ -119,7 +119,7 @@ def plan(settings: EvaluationConfig) -> list[tuple[int, str, shapes.Spec | None,
 # --- generation ------------------------------------------------------------------------------
 
 
-def generate_all(settings: EvaluationConfig, rows, log=print) -> tuple[list[Record], dict[str, float], dict[str, dict]]:
+def generate_all(settings: EvaluationConfig, rows, log=print) -> tuple[list[GeneratedImage], dict[str, float], dict[str, dict]]:
     """Every image of the comparison, through the engine. Returns records, seconds per variant,
     and the settings each variant ran with."""
     from bot.config import EngineConfig
@@ -141,7 +141,7 @@ def generate_all(settings: EvaluationConfig, rows, log=print) -> tuple[list[Reco
                     allow_download=False)
     size = parse_size(settings.size) if settings.size else None
     out = Path(settings.out)
-    records: list[Record] = []
+    records: list[GeneratedImage] = []
     seconds: dict[str, float] = {}
     used: dict[str, dict] = {}
     for name in settings.variants:
@@ -165,11 +165,11 @@ def generate_all(settings: EvaluationConfig, rows, log=print) -> tuple[list[Reco
             file = folder / f"{row:03d}-{seed}.png"
             result.images[0].save(file)
             judged = shapes.judge(result.images[0], spec) if spec is not None else None
-            records.append(Record(name, row, prompt, seed, str(file.relative_to(out)), judged))
+            records.append(GeneratedImage(name, row, prompt, seed, str(file.relative_to(out)), judged))
     return records, seconds, used
 
 
-def add_clip_scores(records: Sequence[Record], out: Path, model_dir: str) -> None:
+def add_clip_scores(records: Sequence[GeneratedImage], out: Path, model_dir: str) -> None:
     """CLIP score of every record (100 x cosine similarity, floored at 0)."""
     import torch
     from transformers import CLIPModel, CLIPProcessor
@@ -204,7 +204,7 @@ def _features(output):
 # --- scores and the grid ---------------------------------------------------------------------
 
 
-def scores(records: Sequence[Record], variants: Sequence[str]) -> dict[str, dict]:
+def scores(records: Sequence[GeneratedImage], variants: Sequence[str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name in variants:
         mine = [r for r in records if r.variant == name]
@@ -242,7 +242,7 @@ class Layout:
         return left, top, left + self.cell, top + self.cell
 
 
-def build_grid(records: Sequence[Record], out: Path, variants: Sequence[str], cell: int) -> tuple[Image.Image, Layout]:
+def build_grid(records: Sequence[GeneratedImage], out: Path, variants: Sequence[str], cell: int) -> tuple[Image.Image, Layout]:
     rows = sorted({(r.row, r.prompt) for r in records})
     seeds_by_variant = {name: sorted({r.seed for r in records if r.variant == name}) for name in variants}
     # Shapes mode gives every row its own seed; columns are then one per variant.
@@ -292,7 +292,7 @@ def build_grid(records: Sequence[Record], out: Path, variants: Sequence[str], ce
 # --- reports ---------------------------------------------------------------------------------
 
 
-def markdown_report(settings: EvaluationConfig, used: dict, by_variant: dict, seconds: dict, records: Sequence[Record]) -> str:
+def markdown_report(settings: EvaluationConfig, used: dict, by_variant: dict, seconds: dict, records: Sequence[GeneratedImage]) -> str:
     lines = ["# Evaluation", ""]
     if settings.shapes:
         lines += [f"{settings.shapes} held-out prompts of the shapes vocabulary, one image each, judged from the "

@@ -14,7 +14,7 @@ from bot.core.request import SCHEDULERS, parse_prompt
 from bot.core.resolve import resolve
 from bot.engine.engine import Engine
 from bot.models.registry import Registry
-from tests.conftest import add_pipeline_variant
+from tests.helpers.models import add_pipeline_variant
 from tests.helpers.tiny import save_tiny_lora, save_tiny_pipeline
 from training.to_single_file import export_single_file
 

@@ -12,7 +12,7 @@ from bot.core.service import Service
 from bot.core.store import Store
 from bot.executors.local import LocalExecutor
 from bot.models.registry import Registry
-from tests.conftest import add_pipeline_variant
+from tests.helpers.models import add_pipeline_variant
 
 ALICE = Origin("telegram", "alice", chat_id="group1")
 BOB = Origin("telegram", "bob", chat_id="group1")

@@ -11,7 +11,7 @@ from bot.models import publish
 from bot.models.publish import publish_variant
 from bot.models.registry import Registry
 from bot.models.toml_writer import to_toml
-from tests.conftest import add_pipeline_variant
+from tests.helpers.models import add_pipeline_variant
 
 
 def copy_of(source: Path, fail: bool = False):

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from bot.cli import main as imagebot
 from bot.engine.single_file import CLIP_TOKENIZER_DIR
-from tests.conftest import add_pipeline_variant
+from tests.helpers.models import add_pipeline_variant
 from training import evaluate as ev
 
 
