@@ -85,24 +85,14 @@ class Admission:
                        models_dir=self.config.storage.models_dir, unavailable=self.catalog.unavailable())
 
     async def _check_quota(self, origin: Origin) -> None:
-        limits = self.config.queue
-        waiting = await self.store.count_unfinished(origin.user_key)
-        if limits.max_queued_per_user and waiting >= limits.max_queued_per_user:
-            raise UserError("queue_full", count=waiting, limit=limits.max_queued_per_user)
-        recent = await self.store.usage_last_hour(origin.user_key)
-        if limits.max_jobs_per_hour and recent >= limits.max_jobs_per_hour:
-            raise UserError("rate_limited", count=recent, limit=limits.max_jobs_per_hour)
+        limits, store = self.config.queue, self.store
+        _within(await store.count_unfinished(origin.user_key), limits.max_queued_per_user, "queue_full")
+        _within(await store.usage_last_hour(origin.user_key), limits.max_jobs_per_hour, "rate_limited")
         if origin.address_key:  # a client can invent user keys, not addresses
-            await self._check_address_quota(origin)
-
-    async def _check_address_quota(self, origin: Origin) -> None:
-        limits = self.config.queue
-        waiting = await self.store.count_unfinished_from(origin.address)
-        if limits.max_queued_per_address and waiting >= limits.max_queued_per_address:
-            raise UserError("address_queue_full", count=waiting, limit=limits.max_queued_per_address)
-        recent = await self.store.usage_last_hour(origin.address_key)
-        if limits.max_jobs_per_hour_per_address and recent >= limits.max_jobs_per_hour_per_address:
-            raise UserError("address_rate_limited", count=recent, limit=limits.max_jobs_per_hour_per_address)
+            _within(await store.count_unfinished_from(origin.address), limits.max_queued_per_address,
+                    "address_queue_full")
+            _within(await store.usage_last_hour(origin.address_key), limits.max_jobs_per_hour_per_address,
+                    "address_rate_limited")
 
     # --- defaults ------------------------------------------------------------------------------------
 
@@ -131,6 +121,12 @@ class Admission:
         own = await self.store.chat_settings(origin.platform, _user_scope(origin))
         chat = await self.store.chat_settings(origin.platform, origin.chat_id) if origin.chat_id else {}
         return {"user": own.get(CHAT_FLAGS_SETTING), "chat": chat.get(CHAT_FLAGS_SETTING)}
+
+
+def _within(count: int, limit: int, refusal: str) -> None:
+    """Refuse with the `refusal` message once `count` reaches `limit` (0: no limit)."""
+    if limit and count >= limit:
+        raise UserError(refusal, count=count, limit=limit)
 
 
 def _with_defaults(user: RequestOptions, defaults: RequestOptions) -> RequestOptions:

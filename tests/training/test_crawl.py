@@ -79,6 +79,22 @@ KEPT = ["/img/a.png", "/img/b.jpg", "/img/flaky-429.png", "/img/flaky-500.png", 
 PAGE_SIZE = 3
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A test server's handler: no request log, and one way to answer."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send(self, status: int, kind: str, body: bytes, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
 class Server:
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
@@ -95,19 +111,7 @@ class Server:
     def _handler(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def send(self, status: int, kind: str, body: bytes, headers: dict | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 parts = urllib.parse.urlsplit(self.path)
                 with server.lock:
@@ -462,10 +466,7 @@ class Neighbour:
         self.hits: Counter[str] = Counter()
         neighbour = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 path = urllib.parse.urlsplit(self.path).path
                 neighbour.hits[path] += 1
@@ -473,9 +474,9 @@ class Neighbour:
                 if path == "/search":
                     results = [{"url": "https://example.org", "img_src": inside},
                                {"url": "https://example.org", "img_src": f"{neighbour.base}/img/moved.png"}]
-                    self.answer(200, "application/json", json.dumps({"results": results}).encode())
+                    self.send(200, "application/json", json.dumps({"results": results}).encode())
                 elif path == "/img/moved.png":
-                    self.answer(302, "text/plain", b"", {"Location": inside})
+                    self.send(302, "text/plain", b"", {"Location": inside})
                 elif path == "/drip":
                     self.send_response(200)
                     self.send_header("Content-Length", "100")
@@ -485,18 +486,9 @@ class Neighbour:
                         self.wfile.flush()
                         threading.Event().wait(0.3)
                 elif path == "/robots.txt":
-                    self.answer(404, "text/plain", b"")
+                    self.send(404, "text/plain", b"")
                 else:
-                    self.answer(200, *IMAGES["/img/a.png"])
-
-            def answer(self, status: int, kind: str, body: bytes, headers: dict | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
+                    self.send(200, *IMAGES["/img/a.png"])
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
