@@ -85,7 +85,8 @@ from bot.models.variant import MODEL_NAME, VariantDefaults
 from training.common.data import Batches, Dataset, grid, load_image
 from training.common.loop import Progress, StepTimer
 from training.common.networks import adamw, encode_all, quietly_to, sample_latents, tokenize_once
-from training.common.run import Run, hide_progress_bars, load_checkpoint, log, run_script, torch_threads
+from training.common.run import (Interrupted, Run, hide_progress_bars, load_checkpoint, log, run_script,
+                                 stop_requested, torch_threads)
 from training.manifest import IMAGE_SUFFIXES, training_pairs
 from training.settings import Settings, SettingsError
 
@@ -667,6 +668,8 @@ def dreambooth_loss(c: FinetuneConfig, t: Training, inputs: Inputs, accelerator)
 
 
 def stop_reason(c: FinetuneConfig, run: Run, t: Training) -> str | None:
+    if stop_requested():
+        return "interrupted (Ctrl+C)"
     if t.progress.step >= c.max_train_steps:
         return f"max_train_steps {c.max_train_steps} reached"
     if run.budget_left() <= 0:
@@ -716,6 +719,8 @@ def train_loop(c: FinetuneConfig, run: Run, t: Training, inputs: Inputs, pipe, d
             validated = step
     log(f"stopping at step {t.progress.step}: {reason}")
     run.save_checkpoint(t.state(c.method))
+    if stop_requested():  # not finished: no validation, no export; the checkpoint resumes it
+        raise Interrupted(run.dir / "checkpoint.pt", t.progress.step)
     if validated != t.progress.step and c.num_validation_images:
         validate(c, run, pipe, defaults, accelerator, t.progress.step)
 

@@ -64,7 +64,8 @@ from training import shapes
 from training.common.data import Batches, Dataset, grid, load_image, to_pil, to_unit_range
 from training.common.loop import Progress, StepTimer
 from training.common.networks import adamw, encode_all, quietly_to, sample_latents, tokenize_once
-from training.common.run import Run, hide_progress_bars, load_checkpoint, log, torch_threads
+from training.common.run import (Interrupted, Run, hide_progress_bars, load_checkpoint, log, run_script,
+                                 stop_requested, torch_threads)
 from training.manifest import training_pairs
 from training.settings import Settings, SettingsError
 
@@ -347,7 +348,7 @@ def train_vae(c: TrainingConfig, run: Run, data: Dataset, accelerator, checkpoin
     deadline = c.time_budget * 60 * c.vae_time_fraction if c.time_budget else math.inf
     vae.train()
     losses, timer = [], StepTimer(progress.step)
-    while progress.step < c.vae_steps and run.elapsed() < deadline:
+    while progress.step < c.vae_steps and run.elapsed() < deadline and not stop_requested():
         x = to_unit_range(data.images[batches.next()]).to(accelerator.device)
         losses.append(vae_loss(c, vae, x, generator, accelerator))
         progress.optimizer_step(accelerator, vae.parameters(), c.max_grad_norm)
@@ -361,9 +362,11 @@ def train_vae(c: TrainingConfig, run: Run, data: Dataset, accelerator, checkpoin
             losses = []
         if c.save_every and step % c.save_every == 0:
             run.save_checkpoint(state())
+    run.save_checkpoint(state())
+    if stop_requested():
+        raise Interrupted(run.dir / "checkpoint.pt", progress.step)
     if progress.step < c.vae_steps:
         log(f"vae: stopped at step {progress.step} (its share of the time budget is spent)")
-    run.save_checkpoint(state())
 
     # 3. What it makes of the first images, to look at.
     vae = accelerator.unwrap_model(vae)
@@ -563,6 +566,8 @@ def unet_loss(c: TrainingConfig, b: StageB, inputs: Inputs, index: torch.Tensor,
 
 
 def stop_reason(c: TrainingConfig, run: Run, b: StageB) -> str | None:
+    if stop_requested():
+        return "interrupted (Ctrl+C)"
     if c.max_steps and b.progress.step >= c.max_steps:
         return f"max_steps {c.max_steps} reached"
     if c.num_epochs and b.batches.epochs_done() >= c.num_epochs:
@@ -641,6 +646,8 @@ def train_unet(c: TrainingConfig, run: Run, data: Dataset, vae, latents: tuple[t
     # 3. The last checkpoint, and samples of the last step.
     log(f"unet: stopping at step {b.progress.step}: {reason}")
     run.save_checkpoint(b.state(accelerator))
+    if stop_requested():  # not finished: no samples, no export; the checkpoint resumes it
+        raise Interrupted(run.dir / "checkpoint.pt", b.progress.step)
     if sampled != b.progress.step:
         samples(c, run, ema_pipeline(c, b, vae, tokenizer), data, b.progress.step)
     return ema_pipeline(c, b, vae, tokenizer), b.progress.step
@@ -750,9 +757,7 @@ def _train(c: TrainingConfig, resume: Path | None) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, resume = parse_args(argv)
-    train(config, resume)
-    return 0
+    return run_script("train_scratch", SettingsError, lambda: train(*parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -178,3 +178,32 @@ def test_bad_settings_are_refused(trained, tmp_path, capsys):
                                  "--output-dir", str(tmp_path / "new")])
     assert config.unet_channels == (32, 64) and config.vae_path == "some/vae" and config.time_budget == 3.0
     assert resume is None
+
+
+def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "training.train_scratch", *TINY, "--max-steps", "100000",
+                                "--output-dir", str(run), "--eval-prompts", "0"],
+                               cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "log.jsonl").exists() or '"unet"' not in (run / "log.jsonl").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=120)
+        err = process.stderr.read()
+    finally:
+        process.kill()
+    assert code == 130, err
+    assert "stopping after this step" in err
+    assert f"checkpoint saved. Resume with: python -m training.train_scratch --resume {run / 'checkpoint.pt'}" in err
+    assert "Traceback" not in err
+    step = max(row["step"] for row in read_log(run) if row.get("stage") == "unet")
+    assert main(["--resume", str(run / "checkpoint.pt"), "--max-steps", str(step + 1), "--eval-prompts", "0"]) == 0
+    assert max(row["step"] for row in read_log(run) if row.get("stage") == "unet") == step + 1

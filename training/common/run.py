@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -110,11 +112,57 @@ def hide_progress_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def run_script(prog: str, errors: type[Exception], work: Callable[[], object]) -> int:
-    """A script's main(): run `work`; bad input (`errors`) is one line on stderr and exit status 2."""
+class Interrupted(Exception):
+    """Ctrl+C: the run stopped at a step boundary, after saving `checkpoint`."""
+
+    def __init__(self, checkpoint: Path, step: int) -> None:
+        super().__init__(f"stopped at step {step}")
+        self.checkpoint = checkpoint
+        self.step = step
+
+
+_STOP = threading.Event()
+
+
+def stop_requested() -> bool:
+    """Whether Ctrl+C asked the run to stop (training loops ask between steps)."""
+    return _STOP.is_set()
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(prog: str) -> Iterator[None]:
+    """The first Ctrl+C lets the step in progress finish, so the checkpoint is consistent and a
+    resumed run is bit-identical; a second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first(signum: int, frame: object) -> None:
+        if _STOP.is_set():
+            raise KeyboardInterrupt
+        _STOP.set()
+        print(f"{prog}: stopping after this step to save a checkpoint (Ctrl+C again stops at once)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, first)
     try:
-        work()
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _STOP.clear()
+
+
+def run_script(prog: str, errors: type[Exception], work: Callable[[], object]) -> int:
+    """A script's main(): run `work`; bad input (`errors`) is one line on stderr and exit status 2;
+    Ctrl+C saves a checkpoint and says how to resume (exit status 130)."""
+    try:
+        with stop_on_ctrl_c(prog):
+            work()
     except errors as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"{prog}: {stop}; checkpoint saved. Resume with: python -m training.{prog} --resume "
+              f"{stop.checkpoint}", file=sys.stderr)
+        return 130
     return 0
