@@ -218,14 +218,17 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
                       config.limits, models_dir=config.storage.models_dir, unavailable=registry.unavailable())
     registry.get(request.model)  # a broken variant says why before torch is even imported
 
+    from tqdm import tqdm
+
     from bot.engine.engine import Engine
     from bot.outputs import save_result
 
     engine = Engine(registry, config.engine, allow_download=config.models.allow_download)
-    bar = _ProgressBar(request.count, enabled=sys.stderr.isatty())
     started = time.perf_counter()
-    [result] = engine.generate([request], on_progress=bar.update)
-    bar.close()
+    # A bar on a terminal, once the run has taken two seconds (quick runs stay quiet).
+    with tqdm(total=request.steps, desc=f"{request.count} image{'s' if request.count > 1 else ''}", unit="step",
+              delay=2, disable=not sys.stderr.isatty()) as bar:
+        [result] = engine.generate([request], on_progress=lambda p: bar.update(p.step - bar.n))
     out_dir = args.output or config.storage.outputs_path()
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{request.seed}-{secrets.token_hex(2)}"
     saved = save_result(result, f"imagebot {__version__}", out_dir, stem)
@@ -235,27 +238,6 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
         print(saved.grid)
     log.info("made %d image(s) in %.1f s", len(saved.images), time.perf_counter() - started)
     return 0
-
-
-class _ProgressBar:
-    """One line on stderr, redrawn per denoising step (only on a terminal)."""
-
-    def __init__(self, images: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.images = images
-
-    def update(self, progress) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * progress.step / max(1, progress.total))
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] step {progress.step}/{progress.total}"
-                         f" ({self.images} image{'s' if self.images > 1 else ''})")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 # --- models --------------------------------------------------------------------------------

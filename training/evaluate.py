@@ -155,7 +155,7 @@ def generate_all(settings: EvaluationConfig, rows, log=print) -> tuple[list[Gene
                                       scheduler=d.scheduler)
                     for _, prompt, _, seeds in rows for seed in seeds]
         started = time.perf_counter()
-        results = engine.generate(requests)
+        results = generate_with_progress(engine, requests, name)
         seconds[name] = round(time.perf_counter() - started, 2)
         log(f"{name}: {len(results)} images in {seconds[name]:.1f} s")
         folder = out / "images" / name
@@ -167,6 +167,20 @@ def generate_all(settings: EvaluationConfig, rows, log=print) -> tuple[list[Gene
             judged = shapes.judge(result.images[0], spec) if spec is not None else None
             records.append(GeneratedImage(name, row, prompt, seed, str(file.relative_to(out)), judged))
     return records, seconds, used
+
+
+def generate_with_progress(engine, requests: list, name: str) -> list:
+    """engine.generate in the engine's batches, with a progress bar on a terminal once it takes
+    more than two seconds (the images are the same in any batching: one seed per image)."""
+    from tqdm import tqdm
+
+    results: list = []
+    size = engine.config.max_batch
+    with tqdm(total=len(requests), desc=name, unit="image", delay=2, disable=not sys.stderr.isatty()) as bar:
+        for start in range(0, len(requests), size):
+            results += engine.generate(requests[start:start + size])
+            bar.update(len(requests[start:start + size]))
+    return results
 
 
 def add_clip_scores(records: Sequence[GeneratedImage], out: Path, model_dir: str) -> None:
