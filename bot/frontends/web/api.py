@@ -199,7 +199,8 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
     @app.get("/api/models")
     async def models(request: Request) -> dict[str, Any]:
         return {"models": await service.list_variants(_origin(request, secrets)),
-                "default": await service.default_model()}
+                "default": await service.default_model(),
+                "admin": {"enabled": bool(secrets.admin_token), "unlocked": _is_admin(request, secrets)}}
 
     @app.put("/api/models/default")
     async def set_default(body: DefaultModelIn, request: Request) -> dict[str, Any]:
