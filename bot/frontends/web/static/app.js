@@ -5,6 +5,7 @@ const $ = (selector, root = document) => root.querySelector(selector);
 const $$ = (selector, root = document) => [...root.querySelectorAll(selector)];
 const FINISHED = ["done", "failed", "cancelled"];
 const ACTIVE = ["queued", "running"];
+const FINE_POINTER = matchMedia("(pointer: fine)").matches; // not on phones: focusing the prompt opens the keyboard
 const state = {
   user: localStorage.getItem("imagebot.user") || newUserId(),
   texts: {},
@@ -482,7 +483,7 @@ function showLightboxImage() {
   }));
   const run = (action) => () => {
     closeLightbox();
-    derive(job.id, action, index).then(() => $("#prompt").focus({ preventScroll: true }));
+    derive(job.id, action, index).then(() => FINE_POINTER && $("#prompt").focus({ preventScroll: true }));
   };
   $("#lb-actions").replaceChildren(
     downloadLink(job, index, t("ui_download")),
@@ -640,7 +641,7 @@ async function onSubmit(event) {
     showError(error.message);
   } finally {
     $("#send").disabled = false;
-    if (!$("#lightbox").open) input.focus({ preventScroll: true });
+    if (FINE_POINTER && !$("#lightbox").open) input.focus({ preventScroll: true });
   }
 }
 
@@ -731,6 +732,14 @@ async function loadModels() {
   state.models = data.models;
   state.defaultModel = data.default;
   state.admin = data.admin || { enabled: true, unlocked: Boolean(state.adminToken) };
+  if (state.adminToken && !state.admin.unlocked) {
+    // a wrong token (or one the server no longer has) is not kept
+    state.adminToken = "";
+    sessionStorage.removeItem("imagebot.admin");
+    state.adminProblem = state.admin.enabled ? "wrong" : "";
+  } else if (state.adminToken) {
+    sessionStorage.setItem("imagebot.admin", state.adminToken);
+  }
   const select = $("#model");
   const current = select.value;
   select.replaceChildren(new Option(t("ui_model_default", { name: data.default }), ""),
@@ -815,7 +824,8 @@ function renderAdmin() {
   stateLine.textContent = t(key);
   stateLine.dataset.state = look;
   $("#admin-token").disabled = !enabled;
-  $("#admin-token").toggleAttribute("aria-invalid", look === "wrong");
+  if (look === "wrong") $("#admin-token").setAttribute("aria-invalid", "true");
+  else $("#admin-token").removeAttribute("aria-invalid");
   $("#admin-unlock").disabled = !enabled;
   $("#admin-unlock").hidden = unlocked;
   $("#admin-lock").hidden = !unlocked;
@@ -859,20 +869,12 @@ async function unlock(event) {
   }
   state.adminToken = token;
   try {
-    await loadModels();
+    await loadModels(); // it says whether the token works
   } catch (error) {
     adminMessage(error.message);
     return;
   }
-  if (state.admin.unlocked) {
-    sessionStorage.setItem("imagebot.admin", token);
-  } else {
-    state.adminToken = "";
-    sessionStorage.removeItem("imagebot.admin");
-    state.adminProblem = state.admin.enabled ? "wrong" : "";
-    renderAdmin();
-    $("#admin-token").select();
-  }
+  if (!state.admin.unlocked) $("#admin-token").select();
 }
 
 function lock() {
@@ -1010,7 +1012,7 @@ async function main() {
   document.body.dataset.ready = "true";
   updateWelcome();
   scrollToNewest();
-  if (matchMedia("(pointer: fine)").matches) $("#prompt").focus({ preventScroll: true });
+  if (FINE_POINTER) $("#prompt").focus({ preventScroll: true });
 }
 
 main();
