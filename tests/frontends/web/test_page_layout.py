@@ -12,15 +12,13 @@ random-weight variants `demo` and `other` whose variant.toml lists example promp
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
 from tests.frontends.web.test_page import (  # noqa: F401 (browser and server are fixtures)
-    DESCRIPTION, EXAMPLES, WAIT_MS, browser, card_by_id, cards, job_id, load, new_card, new_context, open_page,
-    scroll_width, seeds, server,
+    ADMIN_TOKEN, DESCRIPTION, EXAMPLES, WAIT_MS, browser, card_by_id, cards, job_id, load, new_card, new_context,
+    open_page, scroll_width, seeds, server,
 )
 
 VIEWS = {
@@ -28,6 +26,7 @@ VIEWS = {
     "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 2},
 }
 LOCALES = {"en": "en-US", "vi": "vi-VN"}
+BOTH = [("desktop", "en"), ("phone", "vi"), ("phone", "en"), ("desktop", "vi")]  # every screen in every language
 SLOW = "a slow one --steps 50 --n 4 --size 128x128"  # keeps the single worker busy until cancelled
 
 # Where an element is and whether a user can see it (see the module's docstring).
@@ -138,7 +137,7 @@ def figure_count(page) -> int:
 # --- the main path, in each language and on each screen ------------------------------------------------
 
 
-@pytest.mark.parametrize("view, lang", [("desktop", "en"), ("phone", "vi"), ("phone", "en"), ("desktop", "vi")])
+@pytest.mark.parametrize("view, lang", BOTH)
 def test_main_path(browser, server, view, lang):
     context, page, t = open_view(browser, server, view, lang)
     width, height = VIEWS[view]["viewport"].values()
@@ -307,12 +306,13 @@ def test_main_path(browser, server, view, lang):
 # --- the newest job in view: after results, a reload, an upscale; not while the user reads ------------
 
 
-@pytest.mark.parametrize("view", ["desktop", "phone"])
-def test_newest_job_in_view_unless_the_user_scrolled_up(browser, server, view):
-    context, page, t = open_view(browser, server, view, "en")
+@pytest.mark.parametrize("view, lang", BOTH)
+def test_newest_job_in_view_unless_the_user_scrolled_up(browser, server, view, lang):
+    context, page, t = open_view(browser, server, view, lang)
+    done = t("ui_done")
     try:
         for prompt in ("some history --n 4", "more history --n 2"):
-            wait_done(page, submit(page, prompt), 4 if "--n 4" in prompt else 2, "Done")
+            wait_done(page, submit(page, prompt), 4 if "--n 4" in prompt else 2, done)
         slow = submit(page, SLOW)
         wait_running(slow)
         waiting = submit(page, "waiting behind it --n 2")
@@ -324,7 +324,7 @@ def test_newest_job_in_view_unless_the_user_scrolled_up(browser, server, view):
         in_view(page, "#jump")
         expect(page.locator("#jump")).to_have_text(t("ui_jump_newest"))
         cancel_by_api(page, server, slow)
-        wait_done(page, waiting, 2, "Done")
+        wait_done(page, waiting, 2, done)
         assert page.evaluate("scrollY") == 0
         assert not geometry(page, card_selector(waiting))["ok"]
         in_view(page, "#jump")
@@ -341,13 +341,13 @@ def test_newest_job_in_view_unless_the_user_scrolled_up(browser, server, view):
         expect(waiting.locator(".images img")).to_have_count(0)
         in_view(page, card_selector(waiting), corners=True)
         cancel_by_api(page, server, slow)
-        wait_done(page, waiting, 2, "Done")
+        wait_done(page, waiting, 2, done)
         in_view(page, card_selector(waiting), corners=True)
 
         # Upscale: the new job lands in view, and so does its result.
         upscale = new_card(page, lambda: press(page, waiting.locator('[data-action="upscale"]').first))
         in_view(page, card_selector(upscale), corners=True)
-        wait_done(page, upscale, 1, "Done")
+        wait_done(page, upscale, 1, done)
         in_view(page, card_selector(upscale), corners=True)
         assert scroll_width(page) <= VIEWS[view]["viewport"]["width"]
         assert page.errors.page == []
@@ -358,10 +358,8 @@ def test_newest_job_in_view_unless_the_user_scrolled_up(browser, server, view):
 # --- admin states, in each language -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("view, lang", [("desktop", "vi"), ("phone", "en"), ("phone", "vi")])
+@pytest.mark.parametrize("view, lang", BOTH)
 def test_admin_says_what_is_locked_and_why(browser, server, view, lang):
-    from tests.frontends.web.test_page import ADMIN_TOKEN
-
     context, page, t = open_view(browser, server, view, lang)
     state = page.locator("#admin-state")
     try:
