@@ -826,6 +826,20 @@ def _call(server: Server, method: str, path: str, user: str, body: str | None = 
         return json.loads(response.read())
 
 
+def test_models_api_offers_examples_and_the_callers_admin_state(server):
+    def models(headers: dict[str, str]) -> dict:
+        request = urllib.request.Request(server.url + "/api/models", headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    data = models({})
+    demo = next(model for model in data["models"] if model["name"] == "demo")
+    assert (demo["description"], demo["examples"]) == (DESCRIPTION, EXAMPLES)
+    assert data["admin"] == {"enabled": True, "unlocked": False}
+    assert models({"Authorization": "Bearer wrong"})["admin"] == {"enabled": True, "unlocked": False}
+    assert models({"Authorization": f"Bearer {ADMIN_TOKEN}"})["admin"] == {"enabled": True, "unlocked": True}
+
+
 def test_event_stream_outlives_a_keep_alive(server):
     user = "sse-tester"
     ahead = _call(server, "POST", "/api/jobs", user, '{"prompt": "a long one ahead --steps 50 --n 2 --size 256x256"}')

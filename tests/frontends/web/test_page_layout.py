@@ -23,7 +23,8 @@ from tests.frontends.web.test_page import (  # noqa: F401 (browser and server ar
 
 VIEWS = {
     "desktop": {"viewport": {"width": 1280, "height": 800}},
-    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 2},
+    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True,
+              "device_scale_factor": 2},
 }
 LOCALES = {"en": "en-US", "vi": "vi-VN"}
 BOTH = [("desktop", "en"), ("phone", "vi"), ("phone", "en"), ("desktop", "vi")]  # every screen in every language

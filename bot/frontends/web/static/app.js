@@ -234,8 +234,9 @@ function renderActions(job, card) {
     const upscale = group("upscale");
     const vary = group("variations");
     job.images.forEach((_, index) => {
-      const u = button(`U${index + 1}`, () => derive(job.id, "upscale", index), "upscale", t("ui_upscale_image", { index: index + 1 }));
-      const v = button(`V${index + 1}`, () => derive(job.id, "variation", index), "variation", t("ui_variation_image", { index: index + 1 }));
+      const n = { index: index + 1 };
+      const u = button(`U${n.index}`, () => derive(job.id, "upscale", index), "upscale", t("ui_upscale_image", n));
+      const v = button(`V${n.index}`, () => derive(job.id, "variation", index), "variation", t("ui_variation_image", n));
       u.dataset.index = v.dataset.index = String(index);
       upscale.append(u);
       vary.append(v);
@@ -311,7 +312,7 @@ function moreMenu(job) {
   for (const item of items) {
     item.setAttribute("role", "menuitem");
     item.tabIndex = -1;
-    if (item.tagName === "A" && item.dataset.action === "download") item.addEventListener("click", () => closeMenu(wrapper));
+    if (item.dataset.action === "download") item.addEventListener("click", () => closeMenu(wrapper));
   }
   list.append(...items);
   list.addEventListener("keydown", (event) => menuKeys(event, wrapper));
@@ -489,7 +490,8 @@ function showLightboxImage() {
     downloadLink(job, index, t("ui_download")),
     button(t("ui_upscale"), run("upscale"), "upscale"),
     button(t("ui_variation"), run("variation"), "variation"),
-    button(t("ui_copy_seed", { seed: image.seed }), (event) => copy(String(image.seed), event.currentTarget), "copy-seed"),
+    button(t("ui_copy_seed", { seed: image.seed }), (event) => copy(String(image.seed), event.currentTarget),
+           "copy-seed"),
     button(t("ui_reuse"), () => reuse(request), "reuse"),
   );
   const single = items.length < 2;
@@ -675,7 +677,8 @@ function updateModelInfo() {
     return item;
   }));
   $("#welcome-examples-label").hidden = $("#examples").hidden = !examples.length;
-  $("#prompt").placeholder = examples.length ? t("ui_placeholder_example", { example: examples[0] }) : t("ui_placeholder_plain");
+  $("#prompt").placeholder = examples.length ? t("ui_placeholder_example", { example: examples[0] })
+    : t("ui_placeholder_plain");
   const defaults = model?.defaults;
   if (!defaults) return;
   $("#negative").placeholder = defaults.negative_prompt || t("ui_none");
@@ -760,7 +763,8 @@ async function loadHistory() {
 
 function renderGallery() {
   const gallery = $("#gallery");
-  const done = [...state.jobs.values()].map((e) => e.data).filter((j) => j.status === "done").sort((a, b) => b.id - a.id);
+  const done = [...state.jobs.values()].map((e) => e.data).filter((j) => j.status === "done")
+    .sort((a, b) => b.id - a.id);
   const images = done.flatMap((job) => job.images.map((image, index) => ({ job, image, index })));
   $("#gallery-empty").hidden = images.length > 0;
   if (gallery.childElementCount !== images.length) {
@@ -777,7 +781,8 @@ function renderGallery() {
       prompt.title = job.request.prompt;
       const meta = document.createElement("span");
       meta.className = "meta";
-      meta.textContent = `${t("ui_seed_label", { seed: image.seed })} · ${job.request.model} · ${job.request.width}x${job.request.height}`;
+      const { model, width, height } = job.request;
+      meta.textContent = `${t("ui_seed_label", { seed: image.seed })} · ${model} · ${width}x${height}`;
       caption.append(prompt, meta);
       figure.append(thumb, caption);
       figure.galleryItem = { job, index };
@@ -798,7 +803,8 @@ function filterGallery() {
   const figures = $$("#gallery > figure");
   let shown = 0;
   for (const figure of figures) {
-    const match = (!model || figure.dataset.model === model) && words.every((word) => figure.dataset.prompt.includes(word));
+    const match = (!model || figure.dataset.model === model)
+      && words.every((word) => figure.dataset.prompt.includes(word));
     figure.hidden = !match;
     if (match) shown += 1;
   }
