@@ -975,7 +975,7 @@ async function main() {
   });
   $("#jump").addEventListener("click", () => {
     scrollToNewest();
-    $("#prompt").focus({ preventScroll: true });
+    if (FINE_POINTER) $("#prompt").focus({ preventScroll: true });
   });
   for (const tab of TABS) {
     $(`#tab-${tab}`).addEventListener("click", () => showTab(tab));
