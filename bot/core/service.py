@@ -297,6 +297,7 @@ class Service:
                 "kind": spec.kind if spec else None,
                 "base": spec.base if spec else None,
                 "description": spec.description if spec else "",
+                "examples": list(spec.examples) if spec else [],
                 "status": "disabled" if entry.disabled else "broken" if entry.error else "ready",
                 "error": entry.error,
                 "loaded": entry.name in loaded or entry.name in attached,

@@ -7,6 +7,7 @@ variant.toml:
 
     kind = "pipeline"            # pipeline | single_file | lora | hub (inferred when left out)
     description = "..."
+    examples = ["a red circle on a blue background", "..."]   # prompts it draws well (the web page offers them)
     file = "model.safetensors"   # single_file: the checkpoint; lora: the weights (optional)
     arch = "auto"                # single_file: auto | sd15 | sd21 | sd21-v | sdxl
     config = "arch"              # single_file: own architecture configs (folder in this variant)
@@ -48,7 +49,7 @@ SINGLE_FILE_ARCHS = ("auto", "sd15", "sd21", "sd21-v", "sdxl")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ARCH_NATIVE_SIZE = {"sd15": 512, "sd21": 512, "sd21-v": 768, "sdxl": 1024}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_TOP_KEYS = {"kind", "description", "file", "arch", "config", "base", "scale", "repo", "revision",
+_TOP_KEYS = {"kind", "description", "examples", "file", "arch", "config", "base", "scale", "repo", "revision",
              "allow_pickle", "defaults"}
 # The types variant.toml may use for each default (a whole number is a fine guidance).
 _DEFAULT_KEYS = {name: (int, float) if kind is float else kind for name, kind in DEFAULT_TYPES.items()}
@@ -67,6 +68,7 @@ class VariantSpec:
     fingerprint: str  # changes whenever a file of the variant changes
     own_defaults: tuple[tuple[str, Any], ...] = ()  # what variant.toml itself set in [defaults]
     description: str = ""
+    examples: tuple[str, ...] = ()  # prompts this variant draws well
     file: Path | None = None
     arch: str = "auto"
     config_dir: Path | None = None
@@ -94,7 +96,7 @@ def read_variant(folder: Path) -> VariantSpec:
     if kind not in KINDS:
         raise VariantError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
-    spec_fields: dict[str, Any] = {"description": _get(data, "description", str, "")}
+    spec_fields: dict[str, Any] = {"description": _get(data, "description", str, ""), "examples": _examples(data)}
     native = 512
     if kind == "pipeline":
         if not (folder / "model_index.json").is_file():
@@ -164,6 +166,13 @@ def _get(data: Mapping[str, Any], key: str, types: Any, default: Any) -> Any:
     if isinstance(value, bool) and types is not bool or not isinstance(value, types):
         raise VariantError(f"{key} has the wrong type: {value!r}")
     return value
+
+
+def _examples(data: Mapping[str, Any]) -> tuple[str, ...]:
+    examples = _get(data, "examples", list, [])
+    if not all(isinstance(e, str) and e.strip() for e in examples):
+        raise VariantError("examples must be a list of prompts, e.g. examples = [\"a red circle\"]")
+    return tuple(e.strip() for e in examples)
 
 
 def _inside(folder: Path, value: str | None, key: str, required: bool) -> Path:

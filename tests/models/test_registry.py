@@ -610,3 +610,24 @@ def test_entries_unavailable_and_ready_defaults(good_store):
     assert list(registry.unavailable()) == ["a-broken"]
     assert set(registry.ready_defaults()) == {"good", "style"}
     assert registry.entry("nothere") is None
+
+
+# --- example prompts (the web page offers them) ---------------------------------------------------
+
+
+def test_examples_are_read_and_checked(store):
+    write_variant(store, "shapes", 'examples = ["a red circle", "  a blue square --n 4 "]\n', fake_pipeline_files())
+    write_variant(store, "none", 'kind = "pipeline"\n', fake_pipeline_files())
+    write_variant(store, "text", 'examples = "a red circle"\n', fake_pipeline_files())
+    write_variant(store, "blank", 'examples = ["a red circle", " "]\n', fake_pipeline_files())
+    registry = scanned(store)
+    assert registry.get("shapes").examples == ("a red circle", "a blue square --n 4")
+    assert registry.get("none").examples == ()
+    assert "examples has the wrong type" in only_entry(registry, "text").error
+    assert "examples must be a list of prompts" in only_entry(registry, "blank").error
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-finetuned"])
+def test_shipped_models_offer_three_or_four_examples(name):
+    examples = registry_module.read_variant(REPO_ROOT / "models" / name).examples
+    assert 3 <= len(examples) <= 4 and len(set(examples)) == len(examples)

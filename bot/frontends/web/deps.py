@@ -75,6 +75,7 @@ def _is_admin_token(token: str, secrets: Secrets) -> bool:
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 ConfigDep = Annotated[Config, Depends(get_config)]
+SecretsDep = Annotated[Secrets, Depends(get_secrets)]
 Locale = Annotated[str | None, Depends(get_locale)]
 Caller = Annotated[Origin, Depends(get_caller)]
 Admin = Annotated[Origin, Depends(get_admin)]

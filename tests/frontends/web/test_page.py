@@ -39,7 +39,11 @@ WAIT_MS = 60_000  # one wait: generous, the CPU is shared
 START_SECONDS = 90
 DESKTOP = {"width": 1280, "height": 800}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-VARIANT_TOML = 'kind = "pipeline"\n[defaults]\nsteps = 3\n'
+EXAMPLES = ["a red circle on a blue background", "a yellow triangle on a purple background --n 2",
+            "a green square on a white background"]
+DESCRIPTION = "A tiny random-weight model for the tests"
+VARIANT_TOML = (f'kind = "pipeline"\ndescription = "{DESCRIPTION}"\nexamples = {json.dumps(EXAMPLES)}\n'
+                '[defaults]\nsteps = 3\n')
 
 if not Path(CHROMIUM).is_file():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
@@ -270,8 +274,22 @@ def natural_sizes(images) -> list[tuple[int, int]]:
 
 
 def seeds(card) -> list[int]:
-    return [int(re.search(r"(\d+)\s*$", text).group(1))
-            for text in card.locator('[data-action="copy-seed"]').all_text_contents()]
+    """The seeds of a card's images (each image's alt text ends with "(seed N)")."""
+    return [int(re.search(r"\(seed (\d+)\)$", alt).group(1))
+            for alt in card.locator(".images img").evaluate_all("imgs => imgs.map(i => i.alt)")]
+
+
+def open_menu(card):
+    """Open the card's "more" menu (downloads, seed, settings, parameters, grid); the menu."""
+    card.locator('[data-action="more"]').click()
+    menu = card.locator('[role="menu"]')
+    expect(menu).to_be_visible()
+    return menu
+
+
+def open_advanced(page):
+    page.click("#advanced-toggle")
+    expect(page.locator("#advanced")).to_be_visible()
 
 
 def seen(page, card) -> dict:
@@ -305,7 +323,7 @@ def test_page_loads_without_errors(page):
     expect(page.locator("#form-error")).to_be_hidden()
     # options and models arrived
     expect(page.locator("#model option")).to_have_text(["default (demo)", "demo", "other"])
-    expect(page.locator("#scheduler option").first).to_have_text("auto")
+    expect(page.locator("#scheduler option").first).to_have_text("default (dpm++)")  # the model's own
     assert page.locator("#scheduler option").count() > 5
     assert page.evaluate("localStorage.getItem('imagebot.user')").startswith("browser-")
     page.wait_for_timeout(300)  # let late errors surface
@@ -327,13 +345,19 @@ def test_submit_with_enter_shows_progress_then_images(page):
         assert response.status == 200
         assert response.headers["content-type"] == "image/png"
         assert png_size(response.body()) == (64, 64)
-    downloads = card.locator(".images a.button[download]")
-    expect(downloads).to_have_count(2)
-    expect(downloads.first).to_have_text("Download PNG")
     expect(card.locator(".bar")).to_be_hidden()
     expect(card.locator('[data-action="cancel"]')).to_have_count(0)
-    for action in ("reroll", "reuse", "copy-params"):
-        expect(card.locator(f'.actions [data-action="{action}"]')).to_be_visible()
+    # one compact row: U1 U2 V1 V2 Reroll and a menu for the rest
+    expect(card.locator('.actions [data-action="upscale"]')).to_have_text(["U1", "U2"])
+    expect(card.locator('.actions [data-action="variation"]')).to_have_text(["V1", "V2"])
+    expect(card.locator('.actions [data-action="reroll"]')).to_be_visible()
+    menu = open_menu(card)
+    downloads = menu.locator("a[download]")
+    expect(downloads).to_have_text(["Download image 1", "Download image 2"])
+    assert downloads.evaluate_all("links => links.map(a => a.getAttribute('href'))") == \
+        card.locator(".images img").evaluate_all("imgs => imgs.map(i => i.getAttribute('src'))")
+    for action in ("copy-seed", "reuse", "copy-params"):
+        expect(menu.locator(f'[data-action="{action}"]')).to_be_visible()
     expect(page.locator("#prompt")).to_have_value("")
     assert page.errors.page == []
 
@@ -356,12 +380,13 @@ def test_reroll_and_copy_buttons(page, context):
     first = submit(page, "a red fox --seed 3 --steps 3")
     wait_done(page, first, images=1)
     assert seeds(first) == [3]
-    copy_seed = first.locator('[data-action="copy-seed"]')
+    menu = open_menu(first)
+    copy_seed = menu.locator('[data-action="copy-seed"]')
     copy_seed.click()
     expect(copy_seed).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == "3"
     expect(copy_seed).to_have_text("Copy seed 3")
-    first.locator('[data-action="copy-params"]').click()
+    menu.locator('[data-action="copy-params"]').click()
     expect(first.locator('[data-action="copy-params"]')).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == (
         "a red fox\nSteps: 3, Sampler: dpm++, CFG scale: 7, Seed: 3, Size: 64x64, Model: demo")
@@ -412,14 +437,20 @@ def test_bad_input(page):
     page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
     log = page.locator("#log > li")
     error = page.locator("#form-error")
-    # an empty prompt (or only spaces) does nothing
+    # an empty prompt (or only spaces) sends nothing and says what to do; typing clears the message
     for text in ("", "   "):
         page.fill("#prompt", text)
         page.press("#prompt", "Enter")
+        expect(error).to_have_text(f"The prompt is empty: describe the picture first, e.g. “{EXAMPLES[0]}”.")
+        page.fill("#prompt", "a")
+        expect(error).to_be_hidden()
+        page.fill("#prompt", text)
         page.click("#send")
-    page.wait_for_timeout(300)
+        expect(error).to_be_visible()
+    page.fill("#prompt", "/imagine   ")
+    page.press("#prompt", "Enter")
+    expect(error).to_contain_text("The prompt is empty")
     expect(log).to_have_count(0)
-    expect(error).to_be_hidden()
     assert posts == []
     # out of range: the server's message, no card, the prompt kept for fixing
     page.fill("#prompt", "a cat --steps 500")
@@ -459,8 +490,7 @@ def test_slash_commands(page):
 
 
 def test_advanced_panel_and_use_these_settings(page):
-    page.click("#advanced summary")
-    expect(page.locator("#advanced")).to_have_attribute("open", "")
+    open_advanced(page)
     page.fill("#steps", "3")
     page.fill("#seed", "7")
     page.fill("#size", "48x32")
@@ -473,9 +503,10 @@ def test_advanced_panel_and_use_these_settings(page):
     # empty the form, then fill it back from the job
     for field in ("#steps", "#seed", "#size", "#count"):
         page.fill(field, "")
-    page.evaluate("document.querySelector('#advanced').open = false")
-    card.locator('[data-action="reuse"]').click()
-    expect(page.locator("#advanced")).to_have_attribute("open", "")
+    page.click("#advanced-close")
+    expect(page.locator("#advanced")).to_be_hidden()
+    open_menu(card).locator('[data-action="reuse"]').click()
+    expect(page.locator("#advanced")).to_be_visible()
     expect(page.locator("#prompt")).to_have_value("a small tree")
     expect(page.locator("#size")).to_have_value("48x32")
     expect(page.locator("#steps")).to_have_value("3")
@@ -522,9 +553,14 @@ def test_history_survives_reload_and_restart(browser, server):
         context.close()
 
 
+LOCKED = "Locked: reloading models and changing the default model need the admin token (IMAGEBOT_ADMIN_TOKEN)."
+
+
 def test_admin_default_model_and_reload(page, server, tiny_pipeline_dir):
     models = page.locator("#admin-models > li")
     message = page.locator("#admin-message")
+    state = page.locator("#admin-state")
+    token = page.locator("#admin-token")
 
     def model(name):
         return models.filter(has=page.locator("strong", has_text=re.compile(f"^{name}$")))
@@ -535,17 +571,29 @@ def test_admin_default_model_and_reload(page, server, tiny_pipeline_dir):
     expect(model("demo").locator(".tag")).to_contain_text("default")
     expect(model("demo").locator('[data-action="set-default"]')).to_have_count(0)
     try:
-        # without a token, then with a wrong one: refused, nothing changes
-        model("other").locator('[data-action="set-default"]').click()
-        expect(message).to_have_text("This needs the admin token: send Authorization: Bearer <IMAGEBOT_ADMIN_TOKEN>.")
+        # locked: it says so and why, and the actions cannot be pressed
+        expect(state).to_have_text(LOCKED)
+        expect(model("other").locator('[data-action="set-default"]')).to_be_disabled()
+        expect(page.locator("#admin-reload")).to_be_disabled()
+        # no token, then a wrong one: said so, still locked; typing again clears the complaint
+        page.click("#admin-unlock")
+        expect(state).to_have_text("Type the admin token first.")
         page.fill("#admin-token", "not-the-token")
-        page.click("#admin-login button[type=submit]")
-        model("other").locator('[data-action="set-default"]').click()
-        expect(message).to_have_text("Only admins can do that.")
-        expect(model("demo").locator(".tag")).to_contain_text("default")
-        # the right token
+        expect(state).to_have_text(LOCKED)
+        page.click("#admin-unlock")
+        expect(state).to_have_text("That token is wrong, so everything stays locked. "
+                                   "Use the IMAGEBOT_ADMIN_TOKEN the server was started with.")
+        expect(token).to_have_attribute("aria-invalid", "true")
+        expect(model("other").locator('[data-action="set-default"]')).to_be_disabled()
+        expect(page.locator("#admin-reload")).to_be_disabled()
+        assert page.evaluate("sessionStorage.getItem('imagebot.admin')") is None  # a wrong token is not kept
+        # the right token: unlocked, no complaint left
         page.fill("#admin-token", ADMIN_TOKEN)
-        page.click("#admin-login button[type=submit]")
+        page.click("#admin-unlock")
+        expect(state).to_have_text("Unlocked: you can reload models and change the default model.")
+        expect(token).not_to_have_attribute("aria-invalid", "true")
+        expect(message).to_have_text("")
+        expect(page.locator("#admin-reload")).to_be_enabled()
         model("other").locator('[data-action="set-default"]').click()
         expect(model("other").locator('[data-action="set-default"]')).to_have_count(0)
         expect(model("other").locator(".tag")).to_contain_text("default")
@@ -569,6 +617,12 @@ def test_admin_default_model_and_reload(page, server, tiny_pipeline_dir):
         model("demo").locator('[data-action="set-default"]').click()
         expect(model("demo").locator(".tag")).to_contain_text("default")
         expect(model("other").locator('[data-action="set-default"]')).to_have_count(1)
+        # Lock: locked again, its messages gone
+        page.click("#admin-lock")
+        expect(state).to_have_text(LOCKED)
+        expect(message).to_have_text("")
+        expect(page.locator("#admin-reload")).to_be_disabled()
+        expect(model("other").locator('[data-action="set-default"]')).to_be_disabled()
     finally:
         server.put_default("demo")
     assert page.errors.page == []
@@ -614,7 +668,7 @@ def test_phone_viewport(browser, server):
         card = new_card(page, lambda: page.tap("#send"))
         wait_done(page, card, images=1)
         fits()
-        page.tap("#advanced summary")
+        page.tap("#advanced-toggle")
         expect(page.locator("#steps")).to_be_visible()
         fits()
         page.tap("#tab-admin")
@@ -625,24 +679,90 @@ def test_phone_viewport(browser, server):
         context.close()
 
 
+def focus_by_keys(page, key: str, selector: str, most: int = 30) -> int:
+    """Press `key` until the focused element matches `selector`; how many presses it took."""
+    for presses in range(1, most + 1):
+        page.keyboard.press(key)
+        if page.evaluate("sel => document.activeElement.matches(sel)", selector):
+            return presses
+    pytest.fail(f"{key} never reached {selector}")
+
+
 def test_keyboard_only(page):
-    for presses in range(1, 7):
-        page.keyboard.press("Tab")
-        if page.evaluate("document.activeElement.id") == "prompt":
-            break
-    else:
-        pytest.fail("Tab never reached the prompt")
-    assert presses <= 5
+    prompt = page.locator("#prompt")
+    expect(prompt).to_be_focused()  # ready to type at once
+    # the tabs: one stop in the Tab order, arrows move between them
+    assert focus_by_keys(page, "Shift+Tab", "#tab-chat") == len(EXAMPLES) + 1
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#tab-gallery")).to_be_focused()
+    expect(page.locator("#view-gallery")).to_be_visible()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#view-admin")).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.locator("#admin-token")).to_be_focused()
+    page.keyboard.type(ADMIN_TOKEN)
+    page.keyboard.press("Enter")
+    expect(page.locator("#admin-state")).to_contain_text("Unlocked")
+    focus_by_keys(page, "Shift+Tab", "#tab-admin")
+    page.keyboard.press("Home")
+    expect(page.locator("#view-chat")).to_be_visible()
+    # an example from the welcome screen, run with Enter
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text(EXAMPLES[0])
+    first = new_card(page, lambda: page.keyboard.press("Enter"))
+    wait_done(page, first, images=1)
+    expect(prompt).to_be_focused()
+    # a prompt of one's own, Shift+Enter for a new line
     page.keyboard.type("a keyboard fox")
     page.keyboard.press("Shift+Enter")  # a new line, not a submit
-    page.keyboard.type("--steps 3")
-    expect(page.locator("#prompt")).to_have_value("a keyboard fox\n--steps 3")
-    expect(cards(page)).to_have_count(0)
+    page.keyboard.type("--steps 3 --n 2")
+    expect(prompt).to_have_value("a keyboard fox\n--steps 3 --n 2")
+    expect(cards(page)).to_have_count(1)
     card = new_card(page, lambda: page.keyboard.press("Enter"))
     expect(card.locator(".bubble.user")).to_contain_text("64x64, demo")
-    wait_done(page, card, images=1)
-    expect(page.locator("#prompt")).to_be_focused()  # ready for the next prompt
-    expect(page.locator("#prompt")).to_have_value("")
+    wait_done(page, card, images=2)
+    expect(prompt).to_be_focused()  # ready for the next prompt
+    expect(prompt).to_have_value("")
+    # back to the newest images; Enter opens the lightbox, arrows move, Escape closes
+    selector = f'#log > li[data-job="{job_id(card)}"]'
+    focus_by_keys(page, "Shift+Tab", f"{selector} .thumb:nth-child(2)")
+    page.keyboard.press("Enter")
+    expect(page.locator("#lightbox")).to_be_visible()
+    expect(page.locator("#lb-close")).to_be_focused()
+    expect(page.locator("#lightbox-title")).to_have_text("Image 3 of 3")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#lightbox-title")).to_have_text("Image 1 of 3")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#lightbox-title")).to_have_text("Image 2 of 3")
+    expect(page.locator("#lb-params")).to_contain_text(str(seeds(card)[0]))
+    page.keyboard.press("Escape")
+    expect(page.locator("#lightbox")).to_be_hidden()
+    expect(page.locator(f"{selector} .thumb:nth-child(2)")).to_be_focused()
+    # the "more" menu: Enter opens it on its first item, arrows move, Escape closes it
+    focus_by_keys(page, "Tab", f'{selector} [data-action="more"]')
+    page.keyboard.press("Enter")
+    items = card.locator('[role="menuitem"]')
+    expect(items.first).to_be_focused()
+    expect(items.first).to_have_text("Download image 1")
+    page.keyboard.press("ArrowDown")
+    expect(items.nth(1)).to_be_focused()
+    page.keyboard.press("End")
+    expect(items.last).to_have_text("Open the grid")
+    expect(items.last).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(card.locator('[role="menu"]')).to_be_hidden()
+    expect(card.locator('[data-action="more"]')).to_be_focused()
+    # the settings drawer: Enter opens it, Escape closes it and gives the focus back
+    focus_by_keys(page, "Tab", "#advanced-toggle")
+    page.keyboard.press("Enter")
+    expect(page.locator("#advanced")).to_be_visible()
+    focus_by_keys(page, "Tab", "#steps")
+    page.keyboard.type("2")
+    page.keyboard.press("Escape")
+    expect(page.locator("#advanced")).to_be_hidden()
+    expect(page.locator("#advanced-toggle")).to_be_focused()
+    expect(page.locator("#steps")).to_have_value("2")
 
 
 def test_screenshot(page, tmp_path):
@@ -664,21 +784,21 @@ def test_screenshot(page, tmp_path):
 def test_use_these_settings_then_generate_with_any_guidance(page):
     card = submit(page, "a fox --cfg 7.2 --steps 2")
     wait_done(page, card, images=1)
-    card.locator('[data-action="reuse"]').click()
+    open_menu(card).locator('[data-action="reuse"]').click()
     expect(page.locator("#guidance")).to_have_value("7.2")
     page.click("#send")
     expect(cards(page)).to_have_count(2, timeout=5_000)
 
 
 def test_invalid_value_in_collapsed_advanced_panel_is_reported(page):
-    page.click("#advanced summary")
+    open_advanced(page)
     page.fill("#steps", "60")
-    page.click("#advanced summary")
-    expect(page.locator("#advanced")).not_to_have_attribute("open", "")
+    page.click("#advanced-toggle")
+    expect(page.locator("#advanced")).to_be_hidden()
     page.fill("#prompt", "a fox")
     page.press("#prompt", "Enter")
     page.wait_for_function(
-        "() => document.querySelector('#advanced').open || !document.querySelector('#form-error').hidden",
+        "() => !document.querySelector('#advanced').hidden || !document.querySelector('#form-error').hidden",
         timeout=5_000)
 
 
@@ -686,7 +806,7 @@ def test_copy_seed_clicked_twice_keeps_its_label(page, context):
     context.grant_permissions(["clipboard-read", "clipboard-write"])
     card = submit(page, "a fox --seed 11 --steps 2")
     wait_done(page, card, images=1)
-    button = card.locator('[data-action="copy-seed"]')
+    button = open_menu(card).locator('[data-action="copy-seed"]')
     button.click()
     expect(button).to_have_text("Copied")
     button.click()
@@ -698,6 +818,20 @@ def _call(server: Server, method: str, path: str, user: str, body: str | None = 
                                      headers={"X-Imagebot-User": user, "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+def test_models_api_offers_examples_and_the_callers_admin_state(server):
+    def models(headers: dict[str, str]) -> dict:
+        request = urllib.request.Request(server.url + "/api/models", headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    data = models({})
+    demo = next(model for model in data["models"] if model["name"] == "demo")
+    assert (demo["description"], demo["examples"]) == (DESCRIPTION, EXAMPLES)
+    assert data["admin"] == {"enabled": True, "unlocked": False}
+    assert models({"Authorization": "Bearer wrong"})["admin"] == {"enabled": True, "unlocked": False}
+    assert models({"Authorization": f"Bearer {ADMIN_TOKEN}"})["admin"] == {"enabled": True, "unlocked": True}
 
 
 def test_event_stream_outlives_a_keep_alive(server):

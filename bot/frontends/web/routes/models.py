@@ -6,11 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from bot.frontends.web.deps import Caller, ServiceDep
+from bot.frontends.web.deps import Caller, SecretsDep, ServiceDep
 
 router = APIRouter()
 
 
 @router.get("/api/models")
-async def models(service: ServiceDep, caller: Caller) -> dict[str, Any]:
-    return {"models": await service.list_variants(caller), "default": await service.default_model()}
+async def models(service: ServiceDep, caller: Caller, secrets: SecretsDep) -> dict[str, Any]:
+    # "admin" lets the page tell a locked admin tab from one the server has turned off, without
+    # trying an admin call.
+    return {"models": await service.list_variants(caller), "default": await service.default_model(),
+            "admin": {"enabled": bool(secrets.admin_token), "unlocked": caller.is_admin}}
