@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from bot.core.jobs import Job
-from bot.core.messages import CORE
+from bot.core.errors import UserError
+from bot.core.jobs import Job, is_public_id, short_id
+from bot.core.messages import CORE, Catalogue
+
+
+class ChatCatalogue(Catalogue):
+    """A chat frontend's texts. Its refusals name a job the way its other texts do: by the short
+    form of the public id ("#a3f09c"), where the core's refusal carries the whole id."""
+
+    def explain(self, error: UserError, locale: str | None) -> str:
+        job = error.params.get("job")
+        if isinstance(job, str) and is_public_id(job):
+            return self.render(error.key, locale, **{**error.params, "job": short_id(job)})
+        return super().explain(error, locale)
 
 
 def job_error(job: Job, locale: str | None) -> str | None:
