@@ -9,6 +9,7 @@ bot. The results themselves are sent by delivery.py when the jobs finish.
 from __future__ import annotations
 
 import logging
+import string
 from dataclasses import replace
 from typing import Awaitable, Callable
 
@@ -188,7 +189,7 @@ class Handlers:
         (an admin gives a job's whole public id to stop someone else's)."""
         if args:
             ref = args.lstrip("#").lower()
-            if len(args.split()) != 1:
+            if len(args.split()) != 1 or not all(c in string.hexdigits for c in ref):
                 await reply(message, render("tg_cancel_usage", origin.locale))
                 return
             public_id = ref if is_public_id(ref) else (await self.service.own_job_by_prefix(ref, origin)).public_id
