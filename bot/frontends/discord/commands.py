@@ -25,7 +25,7 @@ from bot.frontends.discord.access import PLATFORM, check_channel, origin_of
 from bot.frontends.discord.delivery import TRANSIENT, Delivery
 from bot.frontends.discord.render import status_text
 from bot.frontends.discord.strings import STRINGS, explain, render
-from bot.frontends.text import clip
+from bot.frontends.text import clip, without_paths
 from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class Commands:
             if variant["loaded"]:
                 tags.append(render("dc_tag_loaded", locale))
             if variant["status"] == "broken":
-                tags.append(render("dc_tag_broken", locale, error=variant["error"]))
+                tags.append(render("dc_tag_broken", locale, error=without_paths(variant["error"] or "")))
             elif variant["status"] == "disabled":
                 tags.append(render("dc_tag_disabled", locale))
             line = f"• **{variant['name']}**" + (f" ({', '.join(tags)})" if tags else "")

@@ -29,7 +29,7 @@ from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.status_message import delete_quietly
 from bot.frontends.telegram.strings import explain, render
 from bot.frontends.telegram.texts import MAX_ALERT, MAX_TEXT, eta
-from bot.frontends.text import clip
+from bot.frontends.text import clip, without_paths
 from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ class Handlers:
                 lines.append(render(key, locale, name=variant["name"], description=variant["description"] or "-"))
             else:
                 lines.append(render("tg_models_item_broken", locale, name=variant["name"],
-                                    error=clip(variant["error"] or variant["status"], 200)))
+                                    error=clip(without_paths(variant["error"] or variant["status"]), 200)))
         if len(lines) == 1:
             lines.append(render("tg_none", locale))
         lines.append("" if origin.is_admin else render("tg_models_hint", locale))
