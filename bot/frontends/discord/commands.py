@@ -174,14 +174,15 @@ class Commands:
             return render("dc_queue_empty", locale)
         lines = []
         for view in views:
+            job = short_id(view.job.public_id)
             if view.job.status == QUEUED:
-                line = render("dc_queue_waiting", locale, job=short_id(view.job.public_id), position=view.position)
+                line = render("dc_queue_waiting", locale, job=job, position=view.position)
                 if view.eta_seconds:
                     line += " " + render("dc_eta", locale, seconds=round(view.eta_seconds))
             elif view.step is not None:
-                line = render("dc_queue_running", locale, job=short_id(view.job.public_id), step=view.step, total=view.total)
+                line = render("dc_queue_running", locale, job=job, step=view.step, total=view.total)
             else:
-                line = render("dc_starting", locale, job=short_id(view.job.public_id))
+                line = render("dc_starting", locale, job=job)
             lines.append(f"{line} {_quote(view.job.request.prompt)}")
         return "\n".join(lines)
 
@@ -190,7 +191,8 @@ class Commands:
         jobs = await self.service.history(origin_of(interaction, self.discord), HISTORY_SIZE)
         if not jobs:
             return render("dc_history_empty", locale)
-        return "\n".join(render("dc_history_item", locale, job=short_id(job.public_id), status=render(f"dc_status_{job.status}", locale),
+        return "\n".join(render("dc_history_item", locale, job=short_id(job.public_id),
+                                status=render(f"dc_status_{job.status}", locale),
                                 prompt=_quote(job.request.prompt)) for job in jobs)
 
     async def cancel(self, interaction: discord.Interaction, job: Optional[str]) -> str:
@@ -408,7 +410,8 @@ class Commands:
 
         @app_commands.command(name="cancel", description=command_text("dc_cmd_cancel"))
         @app_commands.describe(job=command_text("dc_opt_job"))
-        async def cancel(interaction: discord.Interaction, job: Optional[app_commands.Range[str, 1, 30]] = None) -> None:
+        async def cancel(interaction: discord.Interaction,
+                         job: Optional[app_commands.Range[str, 1, 30]] = None) -> None:
             await text_reply(interaction, commands.cancel(interaction, job))
 
         @app_commands.command(name="settings", description=command_text("dc_cmd_settings"))

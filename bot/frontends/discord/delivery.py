@@ -99,7 +99,8 @@ class Delivery:
         """Follow a job just submitted through `interaction`. Call `replied()` once the first reply
         is out; edits (and the result) wait for it."""
         now = self.clock()
-        target = Target(job_id, public_id, interaction, locale, expires=now + TOKEN_LIFETIME - TOKEN_MARGIN, last_edit=now)
+        target = Target(job_id, public_id, interaction, locale, expires=now + TOKEN_LIFETIME - TOKEN_MARGIN,
+                        last_edit=now)
         self._targets[job_id] = target
         return target
 
@@ -133,8 +134,8 @@ class Delivery:
             if data:
                 kwargs["attachments"] = [preview_file(data)]
         try:
-            await target.interaction.edit_original_response(content=status_text(event, short_id(target.public_id), target.locale),
-                                                            **kwargs)
+            text = status_text(event, short_id(target.public_id), target.locale)
+            await target.interaction.edit_original_response(content=text, **kwargs)
         except discord.HTTPException as error:
             if webhook_refused(error):
                 log.info("job %d: the interaction webhook refused a progress edit (%s); the result goes to "

@@ -25,7 +25,8 @@ MAX_INDEXED = 4  # U1-U4 and V1-V4: one button per image of a grid of up to four
 
 
 class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=r"imagebot:(?P<action>reroll|var|up|del):(?P<job>[0-9a-f]{24}|[0-9]{1,19})(?::(?P<index>[0-9]))?"):
+                   template=r"imagebot:(?P<action>reroll|var|up|del):(?P<job>[0-9a-f]{24}|[0-9]{1,19})"
+                            r"(?::(?P<index>[0-9]))?"):
     def __init__(self, action: str, job: JobRef, index: int = 0, label: str = "", row: int | None = None) -> None:
         custom_id = f"imagebot:{action}:{job}" + (f":{index}" if action in ("var", "up") else "")
         style = discord.ButtonStyle.danger if action == "del" else (
@@ -51,11 +52,12 @@ def result_view(job: Job, locale: str | None) -> discord.ui.View:
     """U and V buttons for each image (up to four), then reroll and delete; five per row."""
     view = discord.ui.View(timeout=None)
     images = min(len(job.images), MAX_INDEXED)
+    ref = job.public_id
     for index in range(images):
-        view.add_item(ResultButton("up", job.public_id, index, render("dc_button_upscale", locale, index=index + 1), row=0))
+        view.add_item(ResultButton("up", ref, index, render("dc_button_upscale", locale, index=index + 1), row=0))
     for index in range(images):
-        view.add_item(ResultButton("var", job.public_id, index, render("dc_button_variation", locale, index=index + 1), row=1))
-    view.add_item(ResultButton("reroll", job.public_id, label=render("dc_button_reroll", locale), row=2))
-    view.add_item(ResultButton("del", job.public_id, label=render("dc_button_delete", locale), row=2))
+        view.add_item(ResultButton("var", ref, index, render("dc_button_variation", locale, index=index + 1), row=1))
+    view.add_item(ResultButton("reroll", ref, label=render("dc_button_reroll", locale), row=2))
+    view.add_item(ResultButton("del", ref, label=render("dc_button_delete", locale), row=2))
     return view
 

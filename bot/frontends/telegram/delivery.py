@@ -147,13 +147,13 @@ class _Result:
             text = caption(job, self.locale)
             if len(photos) == 1:
                 message = await self.bot.send_photo(
-                    self.chat_id, photos[0], caption=text, filename=f"job{job.id}.jpg",
+                    self.chat_id, photos[0], caption=text, filename=f"job-{short_id(job.public_id)}.jpg",
                     reply_markup=keyboards.single_result(job.public_id, self.locale), **self._reply(self.reply_to))
                 self._photos, self._keyboard_sent = [message], True
             else:
                 sent: list[Message] = []
                 for start in range(0, len(photos), ALBUM_SIZE):
-                    media = [InputMediaPhoto(data, filename=f"job{job.id}-{start + i}.jpg",
+                    media = [InputMediaPhoto(data, filename=f"job-{short_id(job.public_id)}-{start + i}.jpg",
                                              caption=text if start + i == 0 else None)
                              for i, data in enumerate(photos[start:start + ALBUM_SIZE])]
                     sent += await self.bot.send_media_group(self.chat_id, media, **self._reply(self.reply_to))

@@ -158,13 +158,14 @@ class Handlers:
         lines = [render("tg_queue_title", origin.locale)]
         for view in sorted(views, key=lambda v: v.job.id):
             prompt = clip(view.job.request.prompt, HISTORY_PROMPT_CHARS)
+            job = short_id(view.job.public_id)
             if view.position is not None:
-                line = render("tg_queue_waiting", origin.locale, job=short_id(view.job.public_id), position=view.position, prompt=prompt)
+                line = render("tg_queue_waiting", origin.locale, job=job, position=view.position, prompt=prompt)
             elif view.step is not None and view.total:
-                line = render("tg_queue_running", origin.locale, job=short_id(view.job.public_id), step=view.step, total=view.total,
+                line = render("tg_queue_running", origin.locale, job=job, step=view.step, total=view.total,
                               prompt=prompt)
             else:
-                line = render("tg_queue_starting", origin.locale, job=short_id(view.job.public_id), prompt=prompt)
+                line = render("tg_queue_starting", origin.locale, job=job, prompt=prompt)
             remaining = eta(view.eta_seconds, origin.locale)
             lines.append(f"{line} · {remaining}" if remaining else line)
         await reply(message, "\n".join(lines))
@@ -178,8 +179,8 @@ class Handlers:
         for job in jobs:
             seeds = ", ".join(str(image.seed) for image in job.images) or "-"
             status = render(f"tg_state_{job.status}", origin.locale)
-            lines.append(render("tg_history_item", origin.locale, job=short_id(job.public_id), status=status, model=job.request.model,
-                                seeds=seeds, prompt=clip(job.request.prompt, HISTORY_PROMPT_CHARS)))
+            lines.append(render("tg_history_item", origin.locale, job=short_id(job.public_id), status=status,
+                                model=job.request.model, seeds=seeds, prompt=clip(job.request.prompt, HISTORY_PROMPT_CHARS)))
         await reply(message, "\n".join(lines))
 
     # --- changing things -------------------------------------------------------------------------

@@ -53,12 +53,17 @@ async def test_buttons_keep_working_after_a_restart(make_stack, fake):
     assert (job.request.prompt, job.request.count, job.request.init_image) == ("two foxes", 2, None)
 
 
-async def test_only_the_owner_or_an_admin_deletes_a_result(make_stack, fake):
+async def one_result(make_stack, fake):
+    """(stack, the result message as Discord stored it, the job's public id) of Alice's "a fox"."""
     stack = await make_stack()
     payload = command("imagine", prompt="a fox --steps 1")
     stack.dispatch(payload)
     message = (await fake.wait_for("PATCH", original(payload), has_result)).response
-    job = (await stack.service.job(1)).public_id
+    return stack, message, (await stack.service.job(1)).public_id
+
+
+async def test_only_the_owner_or_an_admin_deletes_a_result(make_stack, fake):
+    stack, message, job = await one_result(make_stack, fake)
 
     refused = click(f"imagebot:del:{job}", message, user=BOB)
     stack.dispatch(refused)
@@ -84,11 +89,7 @@ async def test_only_the_owner_or_an_admin_deletes_a_result(make_stack, fake):
 
 async def test_buttons_from_before_public_ids_keep_working_with_the_same_checks(make_stack, fake):
     """Results sent by older versions carry the internal job number in their buttons."""
-    stack = await make_stack()
-    payload = command("imagine", prompt="a fox --steps 1")
-    stack.dispatch(payload)
-    message = (await fake.wait_for("PATCH", original(payload), has_result)).response
-    job = (await stack.service.job(1)).public_id
+    stack, message, job = await one_result(make_stack, fake)
     old = json.loads(json.dumps(message).replace(job, "1"))  # as an older version sent it
     assert "imagebot:del:1" in custom_ids(old)
 

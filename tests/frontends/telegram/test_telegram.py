@@ -599,3 +599,16 @@ async def test_admins_ban_and_unban_by_id_or_reply_and_the_user_is_told_why(make
     assert [(e["actor"], e["action"], e["detail"]["user"]) for e in log] == [
         (f"telegram:{ROOT['id']}", action, f"telegram:{user['id']}")
         for action, user in (("unban", ALICE), ("unban", BOB), ("ban", BOB), ("ban", ALICE))]
+
+
+async def test_buttons_from_before_public_ids_keep_working_for_their_owner(make_stack, fake_api):
+    """Results sent by older versions carry the internal job number in their callback data."""
+    bot = await make_stack(telegram={"previews": False})
+    asked = bot.send(ALICE, "/imagine a fox --steps 1")
+    photo = (await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == asked))[0]
+    (job,) = await bot.jobs_of(ALICE)
+    assert all(data.split(":")[1] == job.public_id for data in buttons(photo).values())
+    query = bot.press(BOB, photo.result, f"x:{job.id}")
+    assert (await bot.answer(query)).params["text"].startswith(f"Job #{job.id} belongs to someone else")
+    query = bot.press(ALICE, photo.result, f"x:{job.id}")
+    assert (await bot.answer(query)).params["text"] == "Deleted."
