@@ -79,3 +79,15 @@ def test_a_second_handler_without_the_filter_gets_the_masked_traceback(logged):
     finally:
         logger.removeHandler(other)
     assert "bot***/getMe" in plain.getvalue() and TELEGRAM_TOKEN not in plain.getvalue()
+
+
+def test_every_secret_the_environment_gives_is_masked():
+    """`imagebot` hands logs.setup() all of Secrets: the webhook secret and the admin token too."""
+    from dataclasses import astuple
+
+    from bot.config import Secrets
+
+    secrets = Secrets.from_env({"DISCORD_TOKEN": "discord-token-123", "TELEGRAM_TOKEN": TELEGRAM_TOKEN,
+                                "TELEGRAM_WEBHOOK_SECRET": WEBHOOK_SECRET, "IMAGEBOT_ADMIN_TOKEN": ADMIN_TOKEN})
+    masked = SecretFilter(astuple(secrets)).mask(f"{TELEGRAM_TOKEN} {WEBHOOK_SECRET} {ADMIN_TOKEN} discord-token-123")
+    assert masked == "*** *** *** ***"
