@@ -179,8 +179,9 @@ class Handlers:
         for job in jobs:
             seeds = ", ".join(str(image.seed) for image in job.images) or "-"
             status = render(f"tg_state_{job.status}", origin.locale)
+            prompt = clip(job.request.prompt, HISTORY_PROMPT_CHARS)
             lines.append(render("tg_history_item", origin.locale, job=short_id(job.public_id), status=status,
-                                model=job.request.model, seeds=seeds, prompt=clip(job.request.prompt, HISTORY_PROMPT_CHARS)))
+                                model=job.request.model, seeds=seeds, prompt=prompt))
         await reply(message, "\n".join(lines))
 
     # --- changing things -------------------------------------------------------------------------
@@ -382,7 +383,9 @@ def _target_user(message: Message, args: str) -> tuple[int | None, str]:
     """(whom an admin command is about, the rest of its text): the author of the message it
     replies to, else a numeric user id as the first word. (None, ...) when neither is given."""
     replied = message.reply_to_message
-    if replied is not None and replied.from_user is not None and not replied.from_user.is_bot:
+    # In a forum topic every message "replies" to the topic's first message: that is no choice of user.
+    topic_root = replied is not None and message.is_topic_message and replied.message_id == message.message_thread_id
+    if replied is not None and not topic_root and replied.from_user is not None and not replied.from_user.is_bot:
         return replied.from_user.id, args
     first, _, rest = args.partition(" ")
     if first.isdigit():

@@ -612,3 +612,15 @@ async def test_buttons_from_before_public_ids_keep_working_for_their_owner(make_
     assert (await bot.answer(query)).params["text"].startswith(f"Job #{job.id} belongs to someone else")
     query = bot.press(ALICE, photo.result, f"x:{job.id}")
     assert (await bot.answer(query)).params["text"] == "Deleted."
+
+
+async def test_a_ban_in_a_forum_topic_names_the_user_given_not_the_topics_author(make_stack, fake_api):
+    """In a topic every message replies to the topic's first message; that is not whom /ban is about."""
+    bot = await make_stack()
+    forum = {**GROUP, "is_forum": True}
+    root = {"message_id": 77, "date": int(time.time()), "chat": forum, "from": BOB,
+            "forum_topic_created": {"name": "art", "icon_color": 7322096}}
+    banned = bot.send(ROOT, f"/ban {ALICE['id']} spam", chat=forum, message_thread_id=77, is_topic_message=True,
+                      reply_to_message=root)
+    assert (await bot.reply_to(banned)).params["text"] == f"User {ALICE['id']} is banned: spam"
+    assert await bot.store.ban_reason(f"telegram:{BOB['id']}") is None
