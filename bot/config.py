@@ -131,7 +131,6 @@ class DiscordConfig:
     admin_roles: tuple[int, ...] = ()  # role ids whose members are admins
     allowed_channels: tuple[int, ...] = ()  # channel ids the bot answers in; empty = every channel
     test_guild: int = 0  # sync commands to this server only (instant); 0 = globally
-    blocklist: tuple[str, ...] = ()  # words refused in prompts outside age-restricted channels
     edit_interval: float = 1.5  # seconds between progress edits
     previews: bool = True  # show the half-made image while it is generated
 
@@ -176,6 +175,9 @@ class Secrets:
 
 
 _SECRET_WORDS = ("token", "secret", "password")
+# Keys of older versions that live elsewhere now: where to put them instead.
+_MOVED = {("discord", "blocklist"): "put the words in [moderation] blocklist, which every frontend checks "
+                                    "(Discord's age-restricted channels stay exempt)"}
 _PATH_KEYS = {("storage", "state_dir"), ("storage", "database"), ("storage", "outputs"), ("storage", "models_dir")}
 
 
@@ -248,6 +250,8 @@ def _build_section(cls: type, value: Any, prefix: str, base_dir: Path | None) ->
     kwargs = {}
     for key, item in value.items():
         name = f"{prefix}.{key}"
+        if (prefix, key) in _MOVED:
+            raise ConfigError(f"{name} has moved: {_MOVED[prefix, key]}")
         if key not in hints:
             _refuse_secrets(name, item)
             raise ConfigError(f"unknown key {name} (allowed: {', '.join(hints)})")

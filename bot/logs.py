@@ -10,20 +10,40 @@ from typing import Iterable
 
 
 class SecretFilter(logging.Filter):
-    """Replaces any configured secret that slipped into a log message with ***."""
+    """Replaces any configured secret that slipped into a log record with ***: in the message, and
+    in the exception text and stack printed under it (a library's error may quote a token, and a
+    traceback shows the arguments' text, e.g. a request URL with the Telegram token in it)."""
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
         super().__init__()
         self.secrets = [s for s in secrets if s and len(s) >= 6]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            if any(secret in message for secret in self.secrets):
-                for secret in self.secrets:
-                    message = message.replace(secret, "***")
-                record.msg, record.args = message, None
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        if self._has_secret(message):
+            record.msg, record.args = self.mask(message), None
+        if record.exc_info and not record.exc_text:
+            # Formatted once here; every formatter prints exc_text when it is set instead of
+            # formatting exc_info again (ours included), so the unmasked text never gets out.
+            record.exc_text = _PLAIN.formatException(record.exc_info)
+        if record.exc_text and self._has_secret(record.exc_text):
+            record.exc_text = self.mask(record.exc_text)
+        if record.stack_info and self._has_secret(record.stack_info):
+            record.stack_info = self.mask(record.stack_info)
         return True
+
+    def _has_secret(self, text: str) -> bool:
+        return any(secret in text for secret in self.secrets)
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+_PLAIN = logging.Formatter()
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -31,8 +51,12 @@ class LogfmtFormatter(logging.Formatter):
         message = record.getMessage().replace('"', "'")
         line = (f"time={time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(record.created))} "
                 f"level={record.levelname.lower()} logger={record.name} msg=\"{message}\"")
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # already masked when the SecretFilter saw the record first
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
         return line
 
 

@@ -429,12 +429,18 @@ def test_repository_config_loads():
 
 def test_frontend_sections_take_lists_of_ids_and_check_each_item():
     config = config_from_dict({"telegram": {"admins": [1, 2], "allowed_chats": [-1001]},
-                               "discord": {"admin_roles": [5], "blocklist": ["gore"]}})
+                               "discord": {"admin_roles": [5]}, "moderation": {"blocklist": ["gore"]}})
     assert config.telegram.admins == (1, 2) and config.telegram.allowed_chats == (-1001,)
-    assert config.discord.admin_roles == (5,) and config.discord.blocklist == ("gore",)
+    assert config.discord.admin_roles == (5,) and config.moderation.blocklist == ("gore",)
     with pytest.raises(ConfigError, match=r"telegram.admins must be a list"):
         config_from_dict({"telegram": {"admins": 12}})
     with pytest.raises(ConfigError, match=r"discord.admin_users\[1\] must be a whole number"):
         config_from_dict({"discord": {"admin_users": [1, "two"]}})
     with pytest.raises(ConfigError, match="webhook_url"):
         config_from_dict({"telegram": {"mode": "webhook"}})
+
+
+def test_the_old_discord_blocklist_is_refused_with_where_it_moved():
+    """One blocklist in the core now; a config that still has Discord's own must not silently lose it."""
+    with pytest.raises(ConfigError, match=r"discord.blocklist has moved: put the words in \[moderation\] blocklist"):
+        config_from_dict({"discord": {"blocklist": ["gore"]}})

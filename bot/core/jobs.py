@@ -71,6 +71,14 @@ def is_public_id(text: str) -> bool:
     return len(text) == 24 and all(c in "0123456789abcdef" for c in text)
 
 
+SHORT_ID_CHARS = 6  # enough to tell a user's own jobs apart; chats show it as "#a3f09c"
+
+
+def short_id(public_id: str) -> str:
+    """What chat texts call a job: the start of its public id (never the guessable internal one)."""
+    return public_id[:SHORT_ID_CHARS]
+
+
 @dataclass(frozen=True)
 class QueuedJob:
     """What the scheduler knows of a waiting job: its row's columns, no request decoded."""

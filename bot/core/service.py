@@ -216,6 +216,19 @@ class Service:
             raise UserError("not_your_job", job=ref)
         return job
 
+    async def own_job_by_prefix(self, prefix: str, by: Origin) -> Job:
+        """The caller's unfinished job whose public id starts with `prefix` (the short id chats
+        show, e.g. "a3f09c"). Only their own unfinished jobs are searched: a few, so a short prefix
+        names one, and it tells nothing about anyone else's jobs."""
+        prefix = prefix.strip().lstrip("#").lower()
+        if len(prefix) < 4 or not all(c in "0123456789abcdef" for c in prefix):
+            raise UserError("job_not_found", job=prefix[:24])
+        found = [job for job in await self.store.jobs_of(by.user_key, (QUEUED, RUNNING))
+                 if job.public_id.startswith(prefix)]
+        if len(found) != 1:
+            raise UserError("job_ambiguous" if found else "job_not_found", job=prefix[:24])
+        return found[0]
+
     async def cancel(self, ref: JobRef, by: Origin) -> str:
         """Cancel a queued job at once or stop a running one at its next step (owner or admin)."""
         job = await self.owned_job(ref, by)

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from bot.core.errors import UserError
-from bot.core.jobs import Origin
+from bot.core.jobs import Origin, short_id
 from bot.core.service import Service
 from bot.stack import open_stack
 from tests.helpers.service import service_config
@@ -273,3 +273,39 @@ async def test_bans_say_why_unbans_restore_and_admin_actions_are_audited(make_se
         await service.audit_log(ALICE)
     actions = [(entry["action"], entry["detail"].get("user")) for entry in await service.audit_log(ADMIN)]
     assert actions == [("cancel", BOB.user_key), ("unban", BOB.user_key), ("ban", BOB.user_key)]
+
+
+async def test_own_unfinished_jobs_are_found_by_the_short_id_chats_show(make_service):
+    service = await make_service()
+    service.executor.gate.clear()
+    await service.submit("holds the worker", Origin("web", "carol", chat_id="web"))
+    mine = await service.submit("one", ALICE)  # waits, so cancelling it finishes it at once
+    theirs = await service.submit("two", BOB)
+    short = short_id(mine.public_id)
+    assert len(short) == 6 and mine.public_id.startswith(short)
+    for said in (short, "#" + short, short.upper(), mine.public_id):
+        assert (await service.own_job_by_prefix(said, ALICE)).id == mine.job_id
+    for said, by in ((short_id(theirs.public_id), ALICE),  # someone else's job is not found, even by admins
+                     (short, ADMIN), ("abc", ALICE), ("zzzzzz", ALICE), ("", ALICE), (str(mine.job_id), ALICE)):
+        with pytest.raises(UserError) as refused:
+            await service.own_job_by_prefix(said, by)
+        assert refused.value.key == "job_not_found"
+    await service.cancel(mine.public_id, ALICE)
+    with pytest.raises(UserError):  # finished jobs are not searched
+        await service.own_job_by_prefix(short, ALICE)
+
+
+async def test_a_short_id_that_names_two_own_jobs_asks_for_more(make_service):
+    service = await make_service()
+    service.executor.gate.clear()
+    first = await service.submit("one", ALICE)
+    second = await service.submit("two", ALICE)
+    common = next(n for n in range(24) if first.public_id[n] != second.public_id[n])
+    if common < 4:  # make the two ids share a long prefix, as the check needs
+        await service.store.db.execute("UPDATE jobs SET public_id = ? WHERE id = ?",
+                                       (first.public_id[:6] + second.public_id[6:], second.job_id))
+        await service.store.db.commit()
+    with pytest.raises(UserError) as refused:
+        await service.own_job_by_prefix(first.public_id[:4], ALICE)
+    assert refused.value.key == "job_ambiguous"
+    assert (await service.own_job_by_prefix(first.public_id, ALICE)).id == first.job_id

@@ -5,7 +5,7 @@
 never this package.
 
 Modules: client (lifecycle), commands (slash commands and clicks), views (persistent buttons),
-delivery (progress and results), render (texts, embeds, files), access (admins, channels, blocklist).
+delivery (progress and results), render (texts, embeds, files), access (admins, channels, age-restricted channels).
 """
 
 from __future__ import annotations

@@ -1,19 +1,18 @@
-"""Who is asking and where: the Origin of an interaction, admin rights, allowed channels, the blocklist.
+"""Who is asking and where: the Origin of an interaction, admin rights, allowed channels.
 
 Admin rights come from the configuration only (user ids, role ids). Discord's `default_permissions`
-merely hide commands in the client; every admin action is checked here, on our side, again.
+merely hide commands in the client; every admin action is checked here, on our side, again. The
+blocklist is the core's (bot/core/moderation.py); the Origin says whether the channel is
+age-restricted, where it does not apply.
 """
 
 from __future__ import annotations
-
-import re
 
 import discord
 
 from bot.config import DiscordConfig
 from bot.core.errors import UserError
 from bot.core.jobs import Origin
-from bot.core.request import parse_prompt
 
 PLATFORM = "discord"
 
@@ -40,6 +39,7 @@ def origin_of(interaction: discord.Interaction, config: DiscordConfig) -> Origin
         is_admin=is_admin(user, config),
         guild_id=interaction.guild_id,
         upload_limit=interaction.filesize_limit,  # boosted servers take larger files
+        adult_content=is_age_restricted(interaction),  # the core's blocklist does not apply there
     )
 
 
@@ -61,26 +61,3 @@ def is_age_restricted(interaction: discord.Interaction) -> bool:
         return bool(is_nsfw()) if callable(is_nsfw) else False
     except AttributeError:  # a thread whose parent channel is not cached
         return False
-
-
-def check_prompt(text: str, interaction: discord.Interaction, config: DiscordConfig) -> None:
-    """Refuse blocked words in the prompt itself (not in --no ...) outside age-restricted channels."""
-    if not config.blocklist or is_age_restricted(interaction):
-        return
-    try:
-        prompt = parse_prompt(text).prompt
-    except UserError:
-        return  # malformed flags: the service refuses them with its own message
-    word = blocked_word(prompt, config.blocklist)
-    if word is not None:
-        raise UserError("dc_blocked_word", word=word)
-
-
-def blocked_word(text: str, blocklist: tuple[str, ...]) -> str | None:
-    """The first blocklist entry found as a whole word (or phrase) in `text`, case-insensitively."""
-    folded = text.casefold()
-    for entry in blocklist:
-        word = entry.strip().casefold()
-        if word and re.search(rf"(?<!\w){re.escape(word)}(?!\w)", folded):
-            return entry.strip()
-    return None

@@ -17,14 +17,15 @@ from discord import app_commands
 
 from bot.config import Config
 from bot.core.errors import UserError
-from bot.core.jobs import QUEUED, Origin
+from bot.core.jobs import QUEUED, Origin, is_public_id, short_id
 from bot.core.messages import FALLBACK_LOCALE
 from bot.core.request import MAX_SEED, SCHEDULERS, parse_prompt
-from bot.frontends.discord.access import check_channel, check_prompt, origin_of
+from bot.core.service import JobRef
+from bot.frontends.discord.access import PLATFORM, check_channel, origin_of
 from bot.frontends.discord.delivery import TRANSIENT, Delivery
 from bot.frontends.discord.render import status_text
 from bot.frontends.discord.strings import STRINGS, explain, render
-from bot.frontends.text import clip
+from bot.frontends.text import clip, without_paths
 from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
@@ -105,30 +106,28 @@ class Commands:
     async def imagine(self, interaction: discord.Interaction, prompt: str, **fields: Any) -> None:
         def submit() -> Awaitable[Any]:
             check_channel(interaction, self.discord)
-            check_prompt(prompt, interaction, self.discord)
             values = {name: value for name, value in fields.items() if value is not None}
             return self.service.submit(prompt, origin_of(interaction, self.discord), **values)
 
         await self._queue_job(interaction, submit)
 
-    async def on_button(self, interaction: discord.Interaction, action: str, job_id: int, index: int) -> None:
+    async def on_button(self, interaction: discord.Interaction, action: str, job: JobRef, index: int) -> None:
+        """A result's button; `job` is the job's public id (an int from buttons made before public ids)."""
         locale = str(interaction.locale)
         try:
             if action == "delete":
-                await self._delete(interaction, job_id)
+                await self._delete(interaction, job)
                 return
 
             async def submit() -> Any:
                 check_channel(interaction, self.discord)
-                job = await self.service.job(job_id)
-                check_prompt(job.request.prompt, interaction, self.discord)
-                return await self.service.submit_derived(job_id, action, origin_of(interaction, self.discord), index)
+                return await self.service.submit_derived(job, action, origin_of(interaction, self.discord), index)
 
             await self._queue_job(interaction, submit)
         except UserError as error:
             await answer(interaction, explain(error, locale), ephemeral=True, quiet=True)
         except Exception:
-            log.exception("button %s on job %d failed", action, job_id)
+            log.exception("button %s on job %s failed", action, job)
             await answer(interaction, render("dc_error", locale), ephemeral=True, quiet=True)
 
     async def _queue_job(self, interaction: discord.Interaction, submit: Callable[[], Awaitable[Any]]) -> None:
@@ -136,9 +135,11 @@ class Commands:
         locale = str(interaction.locale)
 
         async def work() -> Any:
-            submitted = await submit()
+            # The core's blocklist (age-restricted channels exempt), in Discord's words.
+            with reworded(blocked_word="dc_blocked_word"):
+                submitted = await submit()
             # Followed before the first await after submitting, so no event of this job is missed.
-            return submitted, self.delivery.track(submitted.job_id, interaction, locale)
+            return submitted, self.delivery.track(submitted.job_id, submitted.public_id, interaction, locale)
 
         try:
             submitted, target = await acknowledged(interaction, work(), ephemeral=False)
@@ -148,15 +149,16 @@ class Commands:
         event = {"type": "queued", "position": submitted.position, "eta": submitted.eta_seconds}
         message_id, usable = None, False
         try:
-            message_id = await answer(interaction, status_text(event, submitted.job_id, locale), ephemeral=False)
+            message_id = await answer(interaction, status_text(event, short_id(submitted.public_id), locale),
+                                      ephemeral=False)
             usable = True
         except (discord.HTTPException, *TRANSIENT) as error:
             log.warning("job %d: the queued reply failed (%s); the result goes to the channel", submitted.job_id, error)
         finally:  # whatever happened, the result must not wait for a reply that never comes
             self.delivery.replied(target, message_id, usable)
 
-    async def _delete(self, interaction: discord.Interaction, job_id: int) -> None:
-        await self.service.owned_job(job_id, origin_of(interaction, self.discord))  # the owner's or an admin's
+    async def _delete(self, interaction: discord.Interaction, ref: JobRef) -> None:
+        job_id = (await self.service.owned_job(ref, origin_of(interaction, self.discord))).id  # owner's or admin's
         await interaction.response.defer()  # a component's deferred update: the message stays ours to delete
         try:
             await interaction.delete_original_response()
@@ -172,14 +174,15 @@ class Commands:
             return render("dc_queue_empty", locale)
         lines = []
         for view in views:
+            job = short_id(view.job.public_id)
             if view.job.status == QUEUED:
-                line = render("dc_queue_waiting", locale, job=view.job.id, position=view.position)
+                line = render("dc_queue_waiting", locale, job=job, position=view.position)
                 if view.eta_seconds:
                     line += " " + render("dc_eta", locale, seconds=round(view.eta_seconds))
             elif view.step is not None:
-                line = render("dc_queue_running", locale, job=view.job.id, step=view.step, total=view.total)
+                line = render("dc_queue_running", locale, job=job, step=view.step, total=view.total)
             else:
-                line = render("dc_starting", locale, job=view.job.id)
+                line = render("dc_starting", locale, job=job)
             lines.append(f"{line} {_quote(view.job.request.prompt)}")
         return "\n".join(lines)
 
@@ -188,18 +191,25 @@ class Commands:
         jobs = await self.service.history(origin_of(interaction, self.discord), HISTORY_SIZE)
         if not jobs:
             return render("dc_history_empty", locale)
-        return "\n".join(render("dc_history_item", locale, job=job.id, status=render(f"dc_status_{job.status}", locale),
+        return "\n".join(render("dc_history_item", locale, job=short_id(job.public_id),
+                                status=render(f"dc_status_{job.status}", locale),
                                 prompt=_quote(job.request.prompt)) for job in jobs)
 
-    async def cancel(self, interaction: discord.Interaction, job: Optional[int]) -> str:
+    async def cancel(self, interaction: discord.Interaction, job: Optional[str]) -> str:
+        """/cancel: the caller's latest unfinished job; /cancel job:a3f09c: theirs by its short id
+        (an admin gives a whole public id to stop someone else's)."""
         locale = str(interaction.locale)
         origin = origin_of(interaction, self.discord)
         if job is None:  # the user's latest unfinished job
             with reworded(nothing_to_cancel="dc_nothing_to_cancel"):
-                job, status = await self.service.cancel_latest(origin)
+                job_id, status = await self.service.cancel_latest(origin)
+            public_id = (await self.service.job(job_id)).public_id
         else:
-            status = await self.service.cancel(job, origin)
-        return render("dc_cancel_done" if status == "cancelled" else "dc_cancel_stopping", locale, job=job)
+            ref = job.strip().lstrip("#").lower()
+            public_id = ref if is_public_id(ref) else (await self.service.own_job_by_prefix(ref, origin)).public_id
+            status = await self.service.cancel(public_id, origin)
+        return render("dc_cancel_done" if status == "cancelled" else "dc_cancel_stopping", locale,
+                      job=short_id(public_id))
 
     async def model(self, interaction: discord.Interaction, default: Optional[str], scope: str, reload: bool) -> str:
         """/model: the list for everyone; its `default` and `reload` options do what /admin does."""
@@ -231,6 +241,15 @@ class Commands:
         return render("dc_models_reloaded", locale, added=", ".join(summary["added"]) or none,
                       changed=", ".join(summary["changed"]) or none, removed=", ".join(summary["removed"]) or none)
 
+    async def ban(self, interaction: discord.Interaction, user: discord.abc.User, reason: str) -> str:
+        """Refuse every later request of `user` with `reason`; the core writes the audit log."""
+        await self.service.ban(f"{PLATFORM}:{user.id}", reason, self._admin_origin(interaction))
+        return render("dc_banned", str(interaction.locale), user=user.mention, reason=reason.strip())
+
+    async def unban(self, interaction: discord.Interaction, user: discord.abc.User) -> str:
+        await self.service.unban(f"{PLATFORM}:{user.id}", self._admin_origin(interaction))
+        return render("dc_unbanned", str(interaction.locale), user=user.mention)
+
     def _admin_origin(self, interaction: discord.Interaction) -> Origin:
         """The caller's Origin if they are a configured admin (user or role id); refused otherwise.
 
@@ -254,7 +273,7 @@ class Commands:
             if variant["loaded"]:
                 tags.append(render("dc_tag_loaded", locale))
             if variant["status"] == "broken":
-                tags.append(render("dc_tag_broken", locale, error=variant["error"]))
+                tags.append(render("dc_tag_broken", locale, error=without_paths(variant["error"] or "")))
             elif variant["status"] == "disabled":
                 tags.append(render("dc_tag_disabled", locale))
             line = f"• **{variant['name']}**" + (f" ({', '.join(tags)})" if tags else "")
@@ -374,13 +393,25 @@ class Commands:
         async def admin_reload(interaction: discord.Interaction) -> None:
             await text_reply(interaction, commands.reload(interaction))
 
+        @admin.command(name="ban", description=command_text("dc_cmd_admin_ban"))
+        @app_commands.describe(user=command_text("dc_opt_admin_user"), reason=command_text("dc_opt_admin_reason"))
+        async def admin_ban(interaction: discord.Interaction, user: discord.User,
+                            reason: app_commands.Range[str, 1, 300]) -> None:
+            await text_reply(interaction, commands.ban(interaction, user, reason))
+
+        @admin.command(name="unban", description=command_text("dc_cmd_admin_unban"))
+        @app_commands.describe(user=command_text("dc_opt_admin_user"))
+        async def admin_unban(interaction: discord.Interaction, user: discord.User) -> None:
+            await text_reply(interaction, commands.unban(interaction, user))
+
         @app_commands.command(name="queue", description=command_text("dc_cmd_queue"))
         async def queue(interaction: discord.Interaction) -> None:
             await text_reply(interaction, commands.queue(interaction))
 
         @app_commands.command(name="cancel", description=command_text("dc_cmd_cancel"))
         @app_commands.describe(job=command_text("dc_opt_job"))
-        async def cancel(interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
+        async def cancel(interaction: discord.Interaction,
+                         job: Optional[app_commands.Range[str, 1, 30]] = None) -> None:
             await text_reply(interaction, commands.cancel(interaction, job))
 
         @app_commands.command(name="settings", description=command_text("dc_cmd_settings"))

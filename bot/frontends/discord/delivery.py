@@ -25,7 +25,7 @@ import aiohttp
 import discord
 
 from bot.config import Config
-from bot.core.jobs import Job
+from bot.core.jobs import Job, short_id
 from bot.frontends.delivery import DeliveryLoop, RetryLater, Undeliverable
 from bot.frontends.discord.access import PLATFORM
 from bot.frontends.discord.render import failure_text, preview_file, result_embed, result_upload, status_text
@@ -55,6 +55,7 @@ class Target:
     """A job whose interaction response we may still edit."""
 
     job_id: int
+    public_id: str  # what the texts show of the job (its start: short_id)
     interaction: discord.Interaction
     locale: str | None
     expires: float  # clock time from which the token is no longer used
@@ -94,11 +95,12 @@ class Delivery:
 
     # --- following interactions ------------------------------------------------------------------
 
-    def track(self, job_id: int, interaction: discord.Interaction, locale: str | None) -> Target:
+    def track(self, job_id: int, public_id: str, interaction: discord.Interaction, locale: str | None) -> Target:
         """Follow a job just submitted through `interaction`. Call `replied()` once the first reply
         is out; edits (and the result) wait for it."""
         now = self.clock()
-        target = Target(job_id, interaction, locale, expires=now + TOKEN_LIFETIME - TOKEN_MARGIN, last_edit=now)
+        target = Target(job_id, public_id, interaction, locale, expires=now + TOKEN_LIFETIME - TOKEN_MARGIN,
+                        last_edit=now)
         self._targets[job_id] = target
         return target
 
@@ -132,8 +134,8 @@ class Delivery:
             if data:
                 kwargs["attachments"] = [preview_file(data)]
         try:
-            await target.interaction.edit_original_response(content=status_text(event, target.job_id, target.locale),
-                                                            **kwargs)
+            text = status_text(event, short_id(target.public_id), target.locale)
+            await target.interaction.edit_original_response(content=text, **kwargs)
         except discord.HTTPException as error:
             if webhook_refused(error):
                 log.info("job %d: the interaction webhook refused a progress edit (%s); the result goes to "
@@ -228,5 +230,5 @@ class Delivery:
         elif upload.compressed:
             note = render("dc_compressed", locale)
         embed = result_embed(job, locale, upload.file.filename if upload.file else None, note)
-        content = render("dc_done", locale, mention=f"<@{job.origin.user_id}>", job=job.id)
+        content = render("dc_done", locale, mention=f"<@{job.origin.user_id}>", job=short_id(job.public_id))
         return content, embed, [upload.file] if upload.file else [], result_view(job, locale)

@@ -9,7 +9,7 @@ from pathlib import Path
 import discord
 from PIL import Image
 
-from bot.core.jobs import Job
+from bot.core.jobs import Job, short_id
 from bot.frontends.text import clip, job_error
 from bot.frontends.discord.strings import render
 
@@ -26,23 +26,24 @@ class Upload:
     compressed: bool
 
 
-def status_text(event: dict, job_id: int, locale: str | None) -> str:
+def status_text(event: dict, job: str, locale: str | None) -> str:
+    """A progress line of the job whose short id is `job`."""
     kind = event["type"]
     if kind in ("queued", "position"):
         eta = event.get("eta")
-        text = render("dc_queued", locale, job=job_id, position=event["position"])
+        text = render("dc_queued", locale, job=job, position=event["position"])
         return text + (" " + render("dc_eta", locale, seconds=round(eta)) if eta else "")
     if kind == "started":
-        return render("dc_starting", locale, job=job_id)
+        return render("dc_starting", locale, job=job)
     if kind == "progress":
-        return render("dc_progress", locale, job=job_id, step=event["step"], total=event["total"])
+        return render("dc_progress", locale, job=job, step=event["step"], total=event["total"])
     raise ValueError(f"not a progress event: {kind}")
 
 
 def failure_text(job: Job, locale: str | None) -> str:
     if job.status == "cancelled":
-        return render("dc_cancelled", locale, job=job.id)
-    return render("dc_failed", locale, job=job.id, error=job_error(job, locale) or "?")
+        return render("dc_cancelled", locale, job=short_id(job.public_id))
+    return render("dc_failed", locale, job=short_id(job.public_id), error=job_error(job, locale) or "?")
 
 
 def result_embed(job: Job, locale: str | None, filename: str | None, note: str | None = None) -> discord.Embed:
@@ -66,7 +67,7 @@ def result_embed(job: Job, locale: str | None, filename: str | None, note: str |
         embed.add_field(name="\u200b", value=note, inline=False)
     if filename:
         embed.set_image(url=f"attachment://{filename}")
-    embed.set_footer(text=render("dc_footer", locale, job=job.id))
+    embed.set_footer(text=render("dc_footer", locale, job=short_id(job.public_id)))
     return embed
 
 

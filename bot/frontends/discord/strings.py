@@ -3,7 +3,8 @@ descriptions (translated when the commands are synced), replies, result embeds a
 
 from __future__ import annotations
 
-from bot.core.messages import CORE, Catalogue, Strings
+from bot.core.messages import CORE, Strings
+from bot.frontends.text import ChatCatalogue
 
 STRINGS: Strings = {
     "en": {
@@ -14,7 +15,13 @@ STRINGS: Strings = {
         "dc_cmd_settings": "Show or set default options for you or for this channel",
         "dc_cmd_history": "Your recent jobs",
         "dc_cmd_help": "How to use the bot",
-        "dc_cmd_admin": "Admin tools: the default model, reloading the models (configured admins only)",
+        "dc_cmd_admin": "Admin tools: the default model, reloading the models, bans (configured admins only)",
+        "dc_cmd_admin_ban": "Stop a user from using the bot; they are shown the reason",
+        "dc_cmd_admin_unban": "Let a banned user use the bot again",
+        "dc_opt_admin_user": "The user",
+        "dc_opt_admin_reason": "Why (the user is shown this)",
+        "dc_banned": "{user} is banned: {reason}",
+        "dc_unbanned": "{user} may use the bot again.",
         "dc_cmd_admin_model": "Set the default model of this channel or of every chat",
         "dc_cmd_admin_reload": "Look for new, changed or removed models now",
         "dc_opt_admin_model_name": "The model to make the default",
@@ -31,7 +38,7 @@ STRINGS: Strings = {
         "dc_opt_model_default": "Admins: make this model the default",
         "dc_opt_model_scope": "Where the new default applies",
         "dc_opt_model_reload": "Admins: look for new, changed or removed models now",
-        "dc_opt_job": "The job number",
+        "dc_opt_job": "The job's id as the bot shows it, e.g. a3f09c",
         "dc_opt_flags": "Default options, e.g. --ar 3:2 --steps 30 --no blurry",
         "dc_opt_settings_scope": "Your own defaults, or this channel's (admins)",
         "dc_opt_clear": "Remove the defaults",
@@ -93,7 +100,7 @@ STRINGS: Strings = {
         "dc_settings_saved_channel": "This channel's defaults are now: {flags}",
         "dc_settings_cleared_user": "Your defaults are removed.",
         "dc_settings_cleared_channel": "This channel's defaults are removed.",
-        "dc_help": "**/imagine** `prompt` makes images. Options can be chosen in the command or typed after the prompt: --ar 16:9, --size 768x512, --seed 42, --no blurry, text, --steps 30, --cfg 7, --n 4 (up to {max_images}), --model NAME, --scheduler NAME ({schedulers}). Steps go up to {max_steps}.\nUnder each result: U1-U4 upscale an image 2x, V1-V4 make variations of it, Reroll runs the same settings with a new seed, Delete removes the message (yours, or an admin's).\n**/queue** your waiting jobs, **/cancel** stops one, **/history** your recent jobs, **/settings** default options for you or the channel, **/model** the models. Admins: **/admin model** sets the default model, **/admin reload** looks for new models.",
+        "dc_help": "**/imagine** `prompt` makes images. Options can be chosen in the command or typed after the prompt: --ar 16:9, --size 768x512, --seed 42, --no blurry, text, --steps 30, --cfg 7, --n 4 (up to {max_images}), --model NAME, --scheduler NAME ({schedulers}). Steps go up to {max_steps}.\nUnder each result: U1-U4 upscale an image 2x, V1-V4 make variations of it, Reroll runs the same settings with a new seed, Delete removes the message (yours, or an admin's).\n**/queue** your waiting jobs, **/cancel** stops one, **/history** your recent jobs, **/settings** default options for you or the channel, **/model** the models. Admins: **/admin model** sets the default model, **/admin reload** looks for new models, **/admin ban** and **/admin unban** stop a user or let them back.",
     },
     "vi": {
         "dc_cmd_imagine": "Tạo ảnh từ một câu mô tả",
@@ -103,7 +110,13 @@ STRINGS: Strings = {
         "dc_cmd_settings": "Xem hoặc đặt tùy chọn mặc định cho bạn hoặc cho kênh này",
         "dc_cmd_history": "Các yêu cầu gần đây của bạn",
         "dc_cmd_help": "Cách dùng bot",
-        "dc_cmd_admin": "Công cụ quản trị: mô hình mặc định, tải lại mô hình (chỉ quản trị viên đã cấu hình)",
+        "dc_cmd_admin": "Công cụ quản trị: mô hình mặc định, tải lại mô hình, chặn người dùng (chỉ quản trị viên đã cấu hình)",
+        "dc_cmd_admin_ban": "Chặn một người dùng bot; họ sẽ thấy lý do",
+        "dc_cmd_admin_unban": "Cho người dùng bị chặn dùng bot trở lại",
+        "dc_opt_admin_user": "Người dùng",
+        "dc_opt_admin_reason": "Lý do (người dùng sẽ thấy)",
+        "dc_banned": "Đã chặn {user}: {reason}",
+        "dc_unbanned": "{user} đã được dùng bot trở lại.",
         "dc_cmd_admin_model": "Đặt mô hình mặc định của kênh này hoặc của mọi nơi",
         "dc_cmd_admin_reload": "Tìm ngay mô hình mới, đã đổi hoặc đã xóa",
         "dc_opt_admin_model_name": "Mô hình sẽ làm mặc định",
@@ -120,7 +133,7 @@ STRINGS: Strings = {
         "dc_opt_model_default": "Quản trị viên: đặt mô hình này làm mặc định",
         "dc_opt_model_scope": "Mặc định mới áp dụng ở đâu",
         "dc_opt_model_reload": "Quản trị viên: tìm ngay mô hình mới, đã đổi hoặc đã xóa",
-        "dc_opt_job": "Số của yêu cầu",
+        "dc_opt_job": "Mã yêu cầu như bot hiển thị, ví dụ a3f09c",
         "dc_opt_flags": "Tùy chọn mặc định, ví dụ --ar 3:2 --steps 30 --no blurry",
         "dc_opt_settings_scope": "Mặc định của riêng bạn, hoặc của kênh này (quản trị viên)",
         "dc_opt_clear": "Xóa các mặc định",
@@ -182,11 +195,12 @@ STRINGS: Strings = {
         "dc_settings_saved_channel": "Mặc định của kênh này giờ là: {flags}",
         "dc_settings_cleared_user": "Đã xóa mặc định của bạn.",
         "dc_settings_cleared_channel": "Đã xóa mặc định của kênh này.",
-        "dc_help": "**/imagine** `mô tả` để tạo ảnh. Tùy chọn có thể chọn trong lệnh hoặc gõ sau mô tả: --ar 16:9, --size 768x512, --seed 42, --no blurry, text, --steps 30, --cfg 7, --n 4 (tối đa {max_images}), --model TÊN, --scheduler TÊN ({schedulers}). Số bước tối đa {max_steps}.\nDưới mỗi kết quả: Phóng 1-4 phóng to ảnh 2x, Biến 1-4 tạo biến thể, Tạo lại chạy cùng cài đặt với seed mới, Xóa gỡ tin nhắn (của bạn, hoặc quản trị viên).\n**/queue** yêu cầu đang chờ, **/cancel** hủy một yêu cầu, **/history** yêu cầu gần đây, **/settings** tùy chọn mặc định cho bạn hoặc kênh, **/model** các mô hình. Quản trị viên: **/admin model** đặt mô hình mặc định, **/admin reload** tìm mô hình mới.",
+        "dc_help": "**/imagine** `mô tả` để tạo ảnh. Tùy chọn có thể chọn trong lệnh hoặc gõ sau mô tả: --ar 16:9, --size 768x512, --seed 42, --no blurry, text, --steps 30, --cfg 7, --n 4 (tối đa {max_images}), --model TÊN, --scheduler TÊN ({schedulers}). Số bước tối đa {max_steps}.\nDưới mỗi kết quả: Phóng 1-4 phóng to ảnh 2x, Biến 1-4 tạo biến thể, Tạo lại chạy cùng cài đặt với seed mới, Xóa gỡ tin nhắn (của bạn, hoặc quản trị viên).\n**/queue** yêu cầu đang chờ, **/cancel** hủy một yêu cầu, **/history** yêu cầu gần đây, **/settings** tùy chọn mặc định cho bạn hoặc kênh, **/model** các mô hình. Quản trị viên: **/admin model** đặt mô hình mặc định, **/admin reload** tìm mô hình mới, **/admin ban** và **/admin unban** chặn hoặc bỏ chặn người dùng.",
     },
 }
 
-# Over the core's catalogue: its refusals and job errors read the same on every frontend.
-TEXTS = Catalogue(STRINGS, base=CORE)
+# Over the core's catalogue: its refusals and job errors read the same on every frontend
+# (a job they name shown by its short id, as in this frontend's own texts).
+TEXTS = ChatCatalogue(STRINGS, base=CORE)
 render = TEXTS.render
 explain = TEXTS.explain

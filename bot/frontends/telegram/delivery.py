@@ -18,7 +18,7 @@ from telegram.error import (BadRequest, ChatMigrated, Forbidden, InvalidToken, N
                             TelegramError)
 
 from bot.config import Config
-from bot.core.jobs import DONE, Job
+from bot.core.jobs import DONE, Job, short_id
 from bot.core.service import Service
 from bot.frontends.delivery import DeliveryLoop, RetryLater, Undeliverable
 from bot.frontends.telegram import keyboards
@@ -147,13 +147,13 @@ class _Result:
             text = caption(job, self.locale)
             if len(photos) == 1:
                 message = await self.bot.send_photo(
-                    self.chat_id, photos[0], caption=text, filename=f"job{job.id}.jpg",
-                    reply_markup=keyboards.single_result(job.id, self.locale), **self._reply(self.reply_to))
+                    self.chat_id, photos[0], caption=text, filename=f"job-{short_id(job.public_id)}.jpg",
+                    reply_markup=keyboards.single_result(job.public_id, self.locale), **self._reply(self.reply_to))
                 self._photos, self._keyboard_sent = [message], True
             else:
                 sent: list[Message] = []
                 for start in range(0, len(photos), ALBUM_SIZE):
-                    media = [InputMediaPhoto(data, filename=f"job{job.id}-{start + i}.jpg",
+                    media = [InputMediaPhoto(data, filename=f"job-{short_id(job.public_id)}-{start + i}.jpg",
                                              caption=text if start + i == 0 else None)
                              for i, data in enumerate(photos[start:start + ALBUM_SIZE])]
                     sent += await self.bot.send_media_group(self.chat_id, media, **self._reply(self.reply_to))
@@ -161,8 +161,8 @@ class _Result:
         if not self._keyboard_sent:  # albums cannot carry buttons: they go in a message below
             ids = [message.message_id for message in self._photos]
             await self.bot.send_message(
-                self.chat_id, render("tg_album_actions", self.locale, job=job.id, count=len(ids)),
-                reply_markup=keyboards.album_result(job.id, len(job.images), ids, self.locale),
+                self.chat_id, render("tg_album_actions", self.locale, job=short_id(job.public_id), count=len(ids)),
+                reply_markup=keyboards.album_result(job.public_id, len(job.images), ids, self.locale),
                 **self._reply(ids[0]))
             self._keyboard_sent = True
 

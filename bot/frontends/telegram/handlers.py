@@ -9,6 +9,7 @@ bot. The results themselves are sent by delivery.py when the jobs finish.
 from __future__ import annotations
 
 import logging
+import string
 from dataclasses import replace
 from typing import Awaitable, Callable
 
@@ -19,7 +20,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 
 from bot.config import Config
 from bot.core.errors import UserError
-from bot.core.jobs import Origin
+from bot.core.jobs import Origin, is_public_id, short_id
 from bot.core.request import parse_prompt
 from bot.core.service import Service, Submitted
 from bot.frontends.telegram import keyboards
@@ -28,7 +29,7 @@ from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.status_message import delete_quietly
 from bot.frontends.telegram.strings import explain, render
 from bot.frontends.telegram.texts import MAX_ALERT, MAX_TEXT, eta
-from bot.frontends.text import clip
+from bot.frontends.text import clip, without_paths
 from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class Handlers:
         commands: dict[str, Handler] = {
             "imagine": self.imagine, "model": self.model, "queue": self.queue, "cancel": self.cancel,
             "settings": self.settings, "history": self.history, "help": self.help, "start": self.start,
+            # Admins only, so not in COMMANDS (the menu every user sees); /help lists them to admins.
+            "ban": self.ban, "unban": self.unban,
         }
         for name, handler in commands.items():
             # CommandHandler takes "/cmd" and "/cmd@thisbot" and leaves "/cmd@otherbot" alone.
@@ -155,13 +158,14 @@ class Handlers:
         lines = [render("tg_queue_title", origin.locale)]
         for view in sorted(views, key=lambda v: v.job.id):
             prompt = clip(view.job.request.prompt, HISTORY_PROMPT_CHARS)
+            job = short_id(view.job.public_id)
             if view.position is not None:
-                line = render("tg_queue_waiting", origin.locale, job=view.job.id, position=view.position, prompt=prompt)
+                line = render("tg_queue_waiting", origin.locale, job=job, position=view.position, prompt=prompt)
             elif view.step is not None and view.total:
-                line = render("tg_queue_running", origin.locale, job=view.job.id, step=view.step, total=view.total,
+                line = render("tg_queue_running", origin.locale, job=job, step=view.step, total=view.total,
                               prompt=prompt)
             else:
-                line = render("tg_queue_starting", origin.locale, job=view.job.id, prompt=prompt)
+                line = render("tg_queue_starting", origin.locale, job=job, prompt=prompt)
             remaining = eta(view.eta_seconds, origin.locale)
             lines.append(f"{line} · {remaining}" if remaining else line)
         await reply(message, "\n".join(lines))
@@ -175,26 +179,55 @@ class Handlers:
         for job in jobs:
             seeds = ", ".join(str(image.seed) for image in job.images) or "-"
             status = render(f"tg_state_{job.status}", origin.locale)
-            lines.append(render("tg_history_item", origin.locale, job=job.id, status=status, model=job.request.model,
-                                seeds=seeds, prompt=clip(job.request.prompt, HISTORY_PROMPT_CHARS)))
+            prompt = clip(job.request.prompt, HISTORY_PROMPT_CHARS)
+            lines.append(render("tg_history_item", origin.locale, job=short_id(job.public_id), status=status,
+                                model=job.request.model, seeds=seeds, prompt=prompt))
         await reply(message, "\n".join(lines))
 
     # --- changing things -------------------------------------------------------------------------
 
     async def cancel(self, message: Message, origin: Origin, args: str, context) -> None:
-        """/cancel: your latest unfinished job; /cancel N: job N (yours, or any for admins)."""
+        """/cancel: your latest unfinished job; /cancel a3f09c: yours by the short id the bot showed
+        (an admin gives a job's whole public id to stop someone else's)."""
         if args:
-            number = args.lstrip("#")
-            if not number.isdigit():
+            ref = args.lstrip("#").lower()
+            if len(args.split()) != 1 or not all(c in string.hexdigits for c in ref):
                 await reply(message, render("tg_cancel_usage", origin.locale))
                 return
-            job_id = int(number)
-            status = await self.service.cancel(job_id, origin)
+            public_id = ref if is_public_id(ref) else (await self.service.own_job_by_prefix(ref, origin)).public_id
+            status = await self.service.cancel(public_id, origin)
         else:
             with reworded(nothing_to_cancel="tg_cancel_nothing"):
                 job_id, status = await self.service.cancel_latest(origin)
+            public_id = (await self.service.job(job_id)).public_id
         key = "tg_cancel_done" if status == "cancelled" else "tg_cancel_stopping"
-        await reply(message, render(key, origin.locale, job=job_id))
+        await reply(message, render(key, origin.locale, job=short_id(public_id)))
+
+    # --- administration ------------------------------------------------------------------------------
+
+    async def ban(self, message: Message, origin: Origin, args: str, context) -> None:
+        """/ban USER_ID REASON, or /ban REASON in reply to the user's message (admins only). The
+        core refuses non-admins too and writes the audit log; the check here keeps the usage text
+        (and whose message it was) from non-admins."""
+        if not origin.is_admin:
+            raise UserError("not_admin")
+        user_id, reason = _target_user(message, args)
+        if user_id is None:
+            await reply(message, render("tg_ban_usage", origin.locale))
+            return
+        await self.service.ban(f"telegram:{user_id}", reason, origin)
+        await reply(message, render("tg_banned", origin.locale, user=user_id, reason=reason.strip()))
+
+    async def unban(self, message: Message, origin: Origin, args: str, context) -> None:
+        """/unban USER_ID, or /unban in reply to the user's message (admins only)."""
+        if not origin.is_admin:
+            raise UserError("not_admin")
+        user_id, rest = _target_user(message, args)
+        if user_id is None or rest:
+            await reply(message, render("tg_unban_usage", origin.locale))
+            return
+        await self.service.unban(f"telegram:{user_id}", origin)
+        await reply(message, render("tg_unbanned", origin.locale, user=user_id))
 
     async def model(self, message: Message, origin: Origin, args: str, context) -> None:
         """/model lists; admins: /model NAME (this chat), /model default NAME (every chat), /model reload."""
@@ -228,7 +261,7 @@ class Handlers:
                 lines.append(render(key, locale, name=variant["name"], description=variant["description"] or "-"))
             else:
                 lines.append(render("tg_models_item_broken", locale, name=variant["name"],
-                                    error=clip(variant["error"] or variant["status"], 200)))
+                                    error=clip(without_paths(variant["error"] or variant["status"]), 200)))
         if len(lines) == 1:
             lines.append(render("tg_none", locale))
         lines.append("" if origin.is_admin else render("tg_models_hint", locale))
@@ -299,21 +332,22 @@ class Handlers:
                 await query.answer(render("tg_button_queueing", locale))
                 answered = True  # a refusal goes into the status message, like /imagine's
                 await self._queue(context.bot, chat.id, message.message_id, thread, origin,
-                                  lambda o: self.service.submit_derived(button.job_id, button.action, o, button.index))
+                                  lambda o: self.service.submit_derived(button.job, button.action, o, button.index))
             elif button.action == "png":
-                job = await self.service.job(button.job_id)
+                job = await self.service.job(button.job)
                 await query.answer(render("tg_png_sending", locale))
                 answered = True
                 await send_png(context.bot, job, self.outputs, chat.id, message.message_id, thread)
             elif button.action == "delete":
-                await self.service.owned_job(button.job_id, origin)  # the owner's or an admin's
+                await self.service.owned_job(button.job, origin)  # the owner's or an admin's
                 for message_id in sorted({message.message_id, *button.message_ids}):
                     await delete_quietly(context.bot, chat.id, message_id)
                 await query.answer(render("tg_deleted", locale))
             elif button.action == "cancel":
-                status = await self.service.cancel(button.job_id, origin)
+                job = await self.service.job(button.job)
+                status = await self.service.cancel(job.public_id, origin)
                 key = "tg_cancel_done" if status == "cancelled" else "tg_cancel_stopping"
-                await query.answer(render(key, locale, job=button.job_id))
+                await query.answer(render(key, locale, job=short_id(job.public_id)))
         except UserError as error:
             if not answered:
                 await query.answer(clip(explain(error, locale), MAX_ALERT), show_alert=True)
@@ -343,6 +377,20 @@ def command_args(message: Message) -> str:
         return text.strip()
     parts = text.split(maxsplit=1)
     return parts[1].strip() if len(parts) > 1 else ""
+
+
+def _target_user(message: Message, args: str) -> tuple[int | None, str]:
+    """(whom an admin command is about, the rest of its text): the author of the message it
+    replies to, else a numeric user id as the first word. (None, ...) when neither is given."""
+    replied = message.reply_to_message
+    # In a forum topic every message "replies" to the topic's first message: that is no choice of user.
+    topic_root = replied is not None and message.is_topic_message and replied.message_id == message.message_thread_id
+    if replied is not None and not topic_root and replied.from_user is not None and not replied.from_user.is_bot:
+        return replied.from_user.id, args
+    first, _, rest = args.partition(" ")
+    if first.isdigit():
+        return int(first), rest.strip()
+    return None, args
 
 
 def _addressed_to_me(message: Message, chat: Chat, username: str) -> bool:

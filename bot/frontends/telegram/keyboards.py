@@ -1,8 +1,10 @@
 """Inline keyboards and the callback data behind their buttons.
 
-Callback data names an action and a job id (plus an image index), nothing else: it carries no
-secret, fits Telegram's 64 bytes, and everything else is read from the store when the button is
-pressed, so buttons keep working after a restart.
+Callback data names an action and a job's public id (plus an image index), nothing else: it
+carries no secret, fits Telegram's 64 bytes (24 characters of id, and an album's message ids, leave
+room), and everything else is read from the store when the button is pressed, so buttons keep
+working after a restart. Buttons made before jobs had public ids name the internal (integer) id;
+they keep working for whoever may use them (delete and cancel: the owner or an admin, as ever).
 
     r:<job>                 reroll (same settings, new seed)
     v:<job>:<index>         variation of image <index> (counted from 0)
@@ -17,6 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.core.jobs import is_public_id
+from bot.core.service import JobRef
+
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.frontends.telegram.strings import render
@@ -29,14 +34,14 @@ BUTTONS_PER_ROW = 5
 @dataclass(frozen=True)
 class Button:
     action: str  # a value of ACTIONS
-    job_id: int
+    job: JobRef  # the public id; an int on buttons of older versions
     index: int = 0
     message_ids: tuple[int, ...] = ()  # delete: the album messages besides the one pressed
 
 
-def encode(action: str, job_id: int, *rest: object) -> str:
+def encode(action: str, job: str, *rest: object) -> str:
     code = next(code for code, name in ACTIONS.items() if name == action)
-    data = ":".join(str(part) for part in (code, job_id, *rest))
+    data = ":".join(str(part) for part in (code, job, *rest))
     if len(data.encode()) > MAX_CALLBACK_BYTES:
         raise ValueError(f"callback data over {MAX_CALLBACK_BYTES} bytes: {data!r}")
     return data
@@ -47,59 +52,65 @@ def decode(data: str | None) -> Button | None:
     if not data or len(data.encode()) > MAX_CALLBACK_BYTES:
         return None
     parts = data.split(":")
-    if parts[0] not in ACTIONS or len(parts) < 2 or not all(p.isdigit() for p in parts[1:2]):
+    if parts[0] not in ACTIONS or len(parts) < 2:
         return None
-    action, job_id = ACTIONS[parts[0]], int(parts[1])
+    if is_public_id(parts[1]):
+        job: JobRef = parts[1]
+    elif parts[1].isdigit():  # a button from before public ids
+        job = int(parts[1])
+    else:
+        return None
+    action = ACTIONS[parts[0]]
     try:
         if action in ("variation", "upscale") and len(parts) == 3:
-            return Button(action, job_id, index=int(parts[2]))
+            return Button(action, job, index=int(parts[2]))
         if action == "delete" and len(parts) == 4:
             ids = [int(parts[2])]
             for step in parts[3].split("."):
                 ids.append(ids[-1] + int(step))
-            return Button(action, job_id, message_ids=tuple(ids))
+            return Button(action, job, message_ids=tuple(ids))
     except ValueError:
         return None
     if len(parts) == 2 and action not in ("variation", "upscale"):
-        return Button(action, job_id)
+        return Button(action, job)
     return None
 
 
-def album_delete_data(job_id: int, message_ids: list[int]) -> str:
+def album_delete_data(job: str, message_ids: list[int]) -> str:
     """Delete data that also names the album's messages; without them when they do not fit."""
     first, rest = message_ids[0], message_ids[1:]
     steps = ".".join(str(b - a) for a, b in zip(message_ids, rest))
     try:
-        return encode("delete", job_id, first, steps) if rest else encode("delete", job_id, first, "0")
+        return encode("delete", job, first, steps) if rest else encode("delete", job, first, "0")
     except ValueError:  # ids far apart: only the keyboard message can be deleted
-        return encode("delete", job_id)
+        return encode("delete", job)
 
 
-def single_result(job_id: int, locale: str | None) -> InlineKeyboardMarkup:
+def single_result(job: str, locale: str | None) -> InlineKeyboardMarkup:
     """Under one photo: reroll, variations, upscale; PNG and delete."""
     return InlineKeyboardMarkup([
-        [InlineKeyboardButton(render("tg_button_reroll", locale), callback_data=encode("reroll", job_id)),
-         InlineKeyboardButton(render("tg_button_variation", locale), callback_data=encode("variation", job_id, 0)),
-         InlineKeyboardButton(render("tg_button_upscale", locale), callback_data=encode("upscale", job_id, 0))],
-        [InlineKeyboardButton(render("tg_button_png", locale), callback_data=encode("png", job_id)),
-         InlineKeyboardButton(render("tg_button_delete", locale), callback_data=encode("delete", job_id))],
+        [InlineKeyboardButton(render("tg_button_reroll", locale), callback_data=encode("reroll", job)),
+         InlineKeyboardButton(render("tg_button_variation", locale), callback_data=encode("variation", job, 0)),
+         InlineKeyboardButton(render("tg_button_upscale", locale), callback_data=encode("upscale", job, 0))],
+        [InlineKeyboardButton(render("tg_button_png", locale), callback_data=encode("png", job)),
+         InlineKeyboardButton(render("tg_button_delete", locale), callback_data=encode("delete", job))],
     ])
 
 
-def album_result(job_id: int, count: int, album_ids: list[int], locale: str | None) -> InlineKeyboardMarkup:
+def album_result(job: str, count: int, album_ids: list[int], locale: str | None) -> InlineKeyboardMarkup:
     """Under an album (albums cannot carry buttons themselves): V1..Vn, U1..Un, then the rest."""
     rows: list[list[InlineKeyboardButton]] = []
     for action, key in (("variation", "tg_button_variation_n"), ("upscale", "tg_button_upscale_n")):
-        buttons = [InlineKeyboardButton(render(key, locale, n=i + 1), callback_data=encode(action, job_id, i))
+        buttons = [InlineKeyboardButton(render(key, locale, n=i + 1), callback_data=encode(action, job, i))
                    for i in range(count)]
         rows += [buttons[i:i + BUTTONS_PER_ROW] for i in range(0, len(buttons), BUTTONS_PER_ROW)]
-    rows.append([InlineKeyboardButton(render("tg_button_reroll", locale), callback_data=encode("reroll", job_id)),
-                 InlineKeyboardButton(render("tg_button_png", locale), callback_data=encode("png", job_id)),
+    rows.append([InlineKeyboardButton(render("tg_button_reroll", locale), callback_data=encode("reroll", job)),
+                 InlineKeyboardButton(render("tg_button_png", locale), callback_data=encode("png", job)),
                  InlineKeyboardButton(render("tg_button_delete", locale),
-                                      callback_data=album_delete_data(job_id, album_ids))])
+                                      callback_data=album_delete_data(job, album_ids))])
     return InlineKeyboardMarkup(rows)
 
 
-def progress(job_id: int, locale: str | None) -> InlineKeyboardMarkup:
+def progress(job: str, locale: str | None) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup([[InlineKeyboardButton(render("tg_button_cancel", locale),
-                                                       callback_data=encode("cancel", job_id))]])
+                                                       callback_data=encode("cancel", job))]])

@@ -28,6 +28,7 @@ class StatusMessage:
         self.bot = bot
         self.service = service
         self.job_id = job.id
+        self.public_id = job.public_id  # for its cancel button
         self.chat_id = int(job.origin.chat_id)
         self.locale = job.origin.locale
         reply = job.origin.reply
@@ -90,7 +91,7 @@ class StatusMessage:
         if text == self._text and not new_preview:
             return  # Telegram refuses identical edits, and they would waste the rate limit
         self._last_edit = asyncio.get_running_loop().time()  # an attempt counts against the throttle too
-        markup = keyboards.progress(self.job_id, self.locale)
+        markup = keyboards.progress(self.public_id, self.locale)
         if new_preview and not self.is_photo:
             # A text message cannot become a photo: post the preview and remove the text.
             message = await self.bot.send_photo(

@@ -3,21 +3,26 @@ status lines, captions and buttons."""
 
 from __future__ import annotations
 
-from bot.core.messages import CORE, Catalogue, Strings
+from bot.core.messages import CORE, Strings
+from bot.frontends.text import ChatCatalogue
 
 STRINGS: Strings = {
     "en": {
         "tg_cmd_imagine": "Make images: /imagine a red fox --ar 16:9",
         "tg_cmd_model": "List the models; admins switch them",
         "tg_cmd_queue": "Your waiting and running jobs",
-        "tg_cmd_cancel": "Cancel your latest job (or /cancel N)",
+        "tg_cmd_cancel": "Cancel your latest job (or /cancel ID)",
         "tg_cmd_settings": "Default options of this chat",
         "tg_cmd_history": "Your recent jobs",
         "tg_cmd_help": "How to use the bot, with examples",
         "tg_cmd_start": "Start here",
         "tg_start": "Hello! I turn descriptions into pictures with Stable Diffusion.",
         "tg_help": "Describe a picture after /imagine (in a private chat, just send the text). Options go inside the prompt:\n--ar 16:9 (aspect ratio), --size 768x512, --seed 42, --no blurry, text (negative prompt), --steps 30, --cfg 7, --n 4 (images), --model NAME, --scheduler euler_a\n\nExamples:\n/imagine a lighthouse at dusk --ar 16:9\n/imagine a bowl of pho, studio photo --n 4 --seed 42\n/imagine a Vietnamese woman in ao dai --no blurry, text --steps 30\n\nButtons under a result: Reroll (new seed), Variations, Upscale 2x, PNG (the lossless file), Delete.\nCommands: /model, /queue, /cancel, /settings, /history, /help.",
-        "tg_help_admin": "Admin: /model NAME sets this chat's model, /model default NAME the model of every chat, /model reload rescans the model folder.",
+        "tg_help_admin": "Admin: /model NAME sets this chat's model, /model default NAME the model of every chat, /model reload rescans the model folder. /ban USER_ID REASON (or /ban REASON in reply to their message) stops a user; /unban USER_ID lets them back.",
+        "tg_ban_usage": "Use /ban USER_ID REASON, or reply to the user's message with /ban REASON. The user is shown the reason.",
+        "tg_unban_usage": "Use /unban USER_ID, or reply to the user's message with /unban.",
+        "tg_banned": "User {user} is banned: {reason}",
+        "tg_unbanned": "User {user} may use the bot again.",
         "tg_chat_not_allowed": "This bot does not work in this chat. An admin can allow it by adding {chat} to [telegram] allowed_chats in config.toml.",
         "tg_unsupported": "I understand text only: send a description of a picture, or /help.",
         "tg_unknown_command": "Unknown command {command}. Try /help.",
@@ -59,7 +64,7 @@ STRINGS: Strings = {
         "tg_history_empty": "You have no jobs yet. Try /imagine a red fox in the snow",
         "tg_history_title": "Your recent jobs:",
         "tg_history_item": "#{job} {status} · {model} · seed {seeds}: {prompt}",
-        "tg_cancel_usage": "Use /cancel for your latest job, or /cancel N for job #N.",
+        "tg_cancel_usage": "Use /cancel for your latest job, or /cancel ID for job #ID (e.g. /cancel a3f09c).",
         "tg_cancel_nothing": "You have no job waiting or running.",
         "tg_cancel_done": "#{job} cancelled.",
         "tg_cancel_stopping": "#{job} stops at its next step.",
@@ -84,14 +89,18 @@ STRINGS: Strings = {
         "tg_cmd_imagine": "Tạo ảnh: /imagine một con cáo đỏ --ar 16:9",
         "tg_cmd_model": "Danh sách mô hình; quản trị viên đổi mô hình",
         "tg_cmd_queue": "Các yêu cầu đang chờ và đang chạy của bạn",
-        "tg_cmd_cancel": "Hủy yêu cầu mới nhất (hoặc /cancel N)",
+        "tg_cmd_cancel": "Hủy yêu cầu mới nhất (hoặc /cancel MÃ)",
         "tg_cmd_settings": "Tùy chọn mặc định của cuộc trò chuyện này",
         "tg_cmd_history": "Các yêu cầu gần đây của bạn",
         "tg_cmd_help": "Cách dùng bot, kèm ví dụ",
         "tg_cmd_start": "Bắt đầu tại đây",
         "tg_start": "Xin chào! Tôi biến câu mô tả thành bức ảnh bằng Stable Diffusion.",
         "tg_help": "Mô tả bức ảnh sau /imagine (trong trò chuyện riêng, chỉ cần gửi câu mô tả). Tùy chọn đặt ngay trong mô tả:\n--ar 16:9 (tỉ lệ khung hình), --size 768x512, --seed 42, --no blurry, text (mô tả loại trừ), --steps 30, --cfg 7, --n 4 (số ảnh), --model TÊN, --scheduler euler_a\n\nVí dụ:\n/imagine ngọn hải đăng lúc hoàng hôn --ar 16:9\n/imagine một tô phở, ảnh studio --n 4 --seed 42\n/imagine cô gái Việt Nam mặc áo dài --no blurry, text --steps 30\n\nNút dưới kết quả: Tạo lại (seed mới), Biến thể, Phóng to 2x, PNG (tệp không nén), Xóa.\nLệnh: /model, /queue, /cancel, /settings, /history, /help.",
-        "tg_help_admin": "Quản trị: /model TÊN đặt mô hình cho cuộc trò chuyện này, /model default TÊN cho mọi cuộc trò chuyện, /model reload quét lại thư mục mô hình.",
+        "tg_help_admin": "Quản trị: /model TÊN đặt mô hình cho cuộc trò chuyện này, /model default TÊN cho mọi cuộc trò chuyện, /model reload quét lại thư mục mô hình. /ban MÃ_NGƯỜI_DÙNG LÝ_DO (hoặc /ban LÝ_DO khi trả lời tin nhắn của họ) chặn một người dùng; /unban MÃ_NGƯỜI_DÙNG bỏ chặn.",
+        "tg_ban_usage": "Dùng /ban MÃ_NGƯỜI_DÙNG LÝ_DO, hoặc trả lời tin nhắn của người đó bằng /ban LÝ_DO. Người bị chặn sẽ thấy lý do.",
+        "tg_unban_usage": "Dùng /unban MÃ_NGƯỜI_DÙNG, hoặc trả lời tin nhắn của người đó bằng /unban.",
+        "tg_banned": "Đã chặn người dùng {user}: {reason}",
+        "tg_unbanned": "Người dùng {user} đã được dùng bot trở lại.",
         "tg_chat_not_allowed": "Bot không hoạt động trong cuộc trò chuyện này. Quản trị viên có thể cho phép bằng cách thêm {chat} vào [telegram] allowed_chats trong config.toml.",
         "tg_unsupported": "Tôi chỉ hiểu văn bản: hãy gửi câu mô tả bức ảnh, hoặc /help.",
         "tg_unknown_command": "Không có lệnh {command}. Thử /help.",
@@ -133,7 +142,7 @@ STRINGS: Strings = {
         "tg_history_empty": "Bạn chưa có yêu cầu nào. Thử /imagine một con cáo đỏ trên tuyết",
         "tg_history_title": "Các yêu cầu gần đây của bạn:",
         "tg_history_item": "#{job} {status} · {model} · mã seed {seeds}: {prompt}",
-        "tg_cancel_usage": "Dùng /cancel để hủy yêu cầu mới nhất, hoặc /cancel N để hủy yêu cầu #N.",
+        "tg_cancel_usage": "Dùng /cancel để hủy yêu cầu mới nhất, hoặc /cancel MÃ để hủy yêu cầu #MÃ (ví dụ /cancel a3f09c).",
         "tg_cancel_nothing": "Bạn không có yêu cầu nào đang chờ hoặc đang chạy.",
         "tg_cancel_done": "Đã hủy #{job}.",
         "tg_cancel_stopping": "#{job} sẽ dừng ở bước tiếp theo.",
@@ -156,7 +165,8 @@ STRINGS: Strings = {
     },
 }
 
-# Over the core's catalogue: its refusals and job errors read the same on every frontend.
-TEXTS = Catalogue(STRINGS, base=CORE)
+# Over the core's catalogue: its refusals and job errors read the same on every frontend
+# (a job they name shown by its short id, as in this frontend's own texts).
+TEXTS = ChatCatalogue(STRINGS, base=CORE)
 render = TEXTS.render
 explain = TEXTS.explain

@@ -3,7 +3,7 @@ waiting times, captions and failures, within Telegram's sizes."""
 
 from __future__ import annotations
 
-from bot.core.jobs import CANCELLED, Job
+from bot.core.jobs import CANCELLED, Job, short_id
 from bot.core.service import JobView
 from bot.frontends.telegram.strings import render
 from bot.frontends.text import clip, job_error
@@ -24,15 +24,15 @@ def eta(seconds: float | None, locale: str | None) -> str:
 
 def status_line(view: JobView, locale: str | None) -> str:
     """The progress message of a job that has not finished: queued, starting or step n of m."""
-    job_id = view.job.id
+    job = short_id(view.job.public_id)
     if view.position:  # 0: just taken by the worker
-        line = render("tg_status_queued", locale, job=job_id, position=view.position)
+        line = render("tg_status_queued", locale, job=job, position=view.position)
     elif view.step is None or not view.total:
-        line = render("tg_status_starting", locale, job=job_id)
+        line = render("tg_status_starting", locale, job=job)
     else:
         filled = round(PROGRESS_BAR * view.step / view.total)
         bar = "▓" * filled + "░" * (PROGRESS_BAR - filled)
-        line = render("tg_status_progress", locale, job=job_id, step=view.step, total=view.total, bar=bar)
+        line = render("tg_status_progress", locale, job=job, step=view.step, total=view.total, bar=bar)
     remaining = eta(view.eta_seconds, locale)
     return f"{line} · {remaining}" if remaining else line
 
@@ -40,15 +40,15 @@ def status_line(view: JobView, locale: str | None) -> str:
 def failure_text(job: Job, locale: str | None) -> str:
     """Why a job did not produce images: cancelled, or its error in the user's language."""
     if job.status == CANCELLED:
-        return render("tg_cancelled", locale, job=job.id)
-    return clip(render("tg_failed", locale, job=job.id, error=job_error(job, locale) or "?"), MAX_TEXT)
+        return render("tg_cancelled", locale, job=short_id(job.public_id))
+    return clip(render("tg_failed", locale, job=short_id(job.public_id), error=job_error(job, locale) or "?"), MAX_TEXT)
 
 
 def caption(job: Job, locale: str | None) -> str:
     """The parameters of a result, prompt first; the prompt is shortened to fit 1024 characters."""
     request = job.request
     seeds = ", ".join(str(image.seed) for image in job.images) or str(request.seed)
-    tail = [render("tg_caption_params", locale, job=job.id, model=request.model, width=request.width,
+    tail = [render("tg_caption_params", locale, job=short_id(job.public_id), model=request.model, width=request.width,
                    height=request.height, steps=request.steps, guidance=f"{request.guidance:g}",
                    scheduler=request.scheduler),
             render("tg_caption_seeds", locale, seeds=seeds)]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from bot.core.jobs import Origin
+from bot.core.jobs import Origin, short_id
 from bot.frontends.discord.strings import render
 from tests.helpers.discord import EPHEMERAL, callback
-from tests.helpers.fake_discord import (ADMIN, ADMIN_ROLE, BOB, CHANNEL, GUILD, MODERATOR, OTHER_CHANNEL,
+from tests.helpers.fake_discord import (ADMIN, ADMIN_ROLE, ALICE, BOB, CHANNEL, GUILD, MODERATOR, OTHER_CHANNEL,
                                                   autocomplete, command, subcommand, subcommand_autocomplete)
 from tests.helpers.models import add_pipeline_variant
 
@@ -96,19 +96,22 @@ async def test_settings_queue_cancel_and_history(make_stack, fake):
     assert "is queued" in bob_job_reply["data"]["content"]
     assert (await stack.service.job(2)).request.steps == 4
 
-    await stack.wait_job(1)
-    assert "#1 done: “a fox”" in (await ask(stack, fake, command("history")))["data"]["content"]
+    first = short_id((await stack.wait_job(1)).public_id)  # chats name jobs by the start of their public id
+    assert f"#{first} done: “a fox”" in (await ask(stack, fake, command("history")))["data"]["content"]
     cleared = await ask(stack, fake, command("settings", clear=True))
     assert cleared["data"]["content"] == "Your defaults are removed."
 
     waiting = await ask(stack, fake, command("imagine", prompt="a hare --steps 50"))
-    assert "Job #3 is queued" in waiting["data"]["content"]
+    third = short_id((await stack.service.job(3)).public_id)
+    assert f"Job #{third} is queued" in waiting["data"]["content"]
     queue = (await ask(stack, fake, command("queue")))["data"]["content"]
-    assert "#3" in queue and "“a hare”" in queue
+    assert f"#{third}" in queue and "“a hare”" in queue
     cancelled = (await ask(stack, fake, command("cancel")))["data"]["content"]
-    assert cancelled in ("Job #3 is cancelled.", "Job #3 stops at its next step.")
+    assert cancelled in (f"Job #{third} is cancelled.", f"Job #{third} stops at its next step.")
     assert (await stack.wait_job(3)).status == "cancelled"
-    assert (await ask(stack, fake, command("cancel", job=3)))["data"]["content"].startswith("Job #3 has already finished")
+    # Finished jobs are not among the caller's unfinished ones the short id is looked up in.
+    assert (await ask(stack, fake, command("cancel", job=third)))["data"]["content"] == f"There is no job #{third}."
+    assert (await ask(stack, fake, command("cancel", job="3")))["data"]["content"] == "There is no job #3."
     assert (await ask(stack, fake, command("queue")))["data"]["content"] == "You have no jobs waiting or running."
     help_text = (await ask(stack, fake, command("help", locale="vi")))["data"]["content"]
     assert help_text.startswith("**/imagine** `mô tả` để tạo ảnh.")
@@ -128,7 +131,9 @@ async def test_only_admin_is_hidden_by_default_and_guild_only(make_stack, fake, 
         assert other.get("default_member_permissions") is None, name
 
     subcommands = {o["name"]: o for o in admin["options"]}
-    assert {name: o["type"] for name, o in subcommands.items()} == {"model": 1, "reload": 1}
+    assert {name: o["type"] for name, o in subcommands.items()} == {"model": 1, "reload": 1, "ban": 1, "unban": 1}
+    ban = {o["name"]: o for o in subcommands["ban"]["options"]}
+    assert (ban["user"]["type"], ban["user"]["required"], ban["reason"]["required"]) == (6, True, True)
     options = {o["name"]: o for o in subcommands["model"]["options"]}
     assert options["name"]["required"] is True and options["name"]["autocomplete"] is True
     assert [c["value"] for c in options["scope"]["choices"]] == ["channel", "everywhere"]
@@ -176,3 +181,32 @@ async def test_admin_subcommands_check_the_configured_admins(make_stack, fake, m
     answer = await ask(stack, fake, subcommand("admin", "reload", user=MODERATOR, roles=(ADMIN_ROLE,)))
     assert answer["data"]["content"] == "Models reloaded. Added: fresh. Changed: none. Removed: none."
     assert "fresh" in {v["name"] for v in await stack.service.list_variants()}
+
+
+def _with_user(payload: dict, user: int) -> dict:
+    """`payload` (an /admin subcommand) with a `user` option naming `user`, resolved as Discord sends it."""
+    payload["data"]["options"][0]["options"].insert(0, {"name": "user", "type": 6, "value": str(user)})
+    payload["data"]["resolved"] = {"users": {str(user): {"id": str(user), "username": f"user{user % 100}",
+                                                         "discriminator": "0", "avatar": None, "global_name": None}}}
+    return payload
+
+
+async def test_admins_ban_and_unban_and_the_banned_user_is_told_why(make_stack, fake):
+    stack = await make_stack()
+    refused = await ask(stack, fake, _with_user(subcommand("admin", "ban", user=BOB, reason="spam"), ALICE))
+    assert refused["data"]["content"] == "Only admins can do that." and refused["data"]["flags"] & EPHEMERAL
+
+    banned = await ask(stack, fake, _with_user(subcommand("admin", "ban", user=ADMIN, reason="  spam  "), BOB))
+    assert banned["data"]["content"] == f"<@{BOB}> is banned: spam" and banned["data"]["flags"] & EPHEMERAL
+    told = await ask(stack, fake, command("imagine", prompt="a fox", user=BOB))
+    assert told["data"]["content"] == "You cannot use this bot: spam" and told["data"]["flags"] & EPHEMERAL
+    assert (await ask(stack, fake, _with_user(subcommand("admin", "unban", user=BOB), BOB)))["data"]["content"] == (
+        "Only admins can do that.")
+
+    unbanned = await ask(stack, fake, _with_user(subcommand("admin", "unban", user=ADMIN, locale="vi"), BOB))
+    assert unbanned["data"]["content"] == f"<@{BOB}> đã được dùng bot trở lại."
+    assert "is queued" in (await ask(stack, fake, command("imagine", prompt="a fox --steps 1", user=BOB)))["data"]["content"]
+
+    admin = Origin("discord", str(ADMIN), is_admin=True)
+    log = [(entry["actor"], entry["action"], entry["detail"]["user"]) for entry in await stack.service.audit_log(admin)]
+    assert log == [(f"discord:{ADMIN}", "unban", f"discord:{BOB}"), (f"discord:{ADMIN}", "ban", f"discord:{BOB}")]

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from bot.core.jobs import Origin
+from bot.core.jobs import Origin, short_id
 from tests.helpers.discord import EPHEMERAL, TEARDOWN_ADMIN, Clock, callback, has_result, original
 from tests.helpers.fake_discord import ALICE, CHANNEL, NSFW_CHANNEL, OTHER_CHANNEL, command
 
@@ -21,8 +21,9 @@ async def test_imagine_queues_shows_progress_and_uploads_a_png(make_stack, fake)
     payload = command("imagine", prompt="a lighthouse at dusk --steps 3", seed=42, negative="blurry", aspect="1:1")
     stack.dispatch(payload)
     reply = await fake.wait_for("POST", callback(payload))
+    job = (await stack.service.job(2)).public_id
     assert reply.json["type"] == 4  # answered at once, with the message itself
-    assert reply.json["data"]["content"] == "Job #2 is queued, #1 in line."
+    assert reply.json["data"]["content"] == f"Job #{short_id(job)} is queued, #1 in line."
     assert not reply.json["data"].get("flags", 0) & EPHEMERAL  # progress and result are public
 
     await stack.service.cancel(holder.job_id, TEARDOWN_ADMIN)
@@ -35,7 +36,8 @@ async def test_imagine_queues_shows_progress_and_uploads_a_png(make_stack, fake)
     image = Image.open(io.BytesIO(result.files[0].data))
     assert image.format == "PNG" and image.size == (64, 64)
     assert "a lighthouse at dusk" in image.info["parameters"]
-    assert result.json["content"] == f"<@{ALICE}> job #2 is done."
+    assert result.json["content"] == f"<@{ALICE}> job #{short_id(job)} is done."
+    assert result.json["embeds"][0]["footer"]["text"] == f"Job #{short_id(job)}"
     embed = result.json["embeds"][0]
     fields = {field["name"]: field["value"] for field in embed["fields"]}
     assert embed["title"] == "a lighthouse at dusk"
@@ -43,15 +45,15 @@ async def test_imagine_queues_shows_progress_and_uploads_a_png(make_stack, fake)
     assert fields["Negative prompt"] == "blurry"
     assert embed["image"]["url"] == "attachment://job2-0.png"
     buttons = [c for row in result.json["components"] for c in row["components"]]
-    assert {b["custom_id"] for b in buttons} == {"imagebot:up:2:0", "imagebot:var:2:0", "imagebot:reroll:2",
-                                                 "imagebot:del:2"}
+    assert {b["custom_id"] for b in buttons} == {f"imagebot:up:{job}:0", f"imagebot:var:{job}:0",
+                                                 f"imagebot:reroll:{job}", f"imagebot:del:{job}"}
     assert [b["label"] for b in buttons] == ["U1", "V1", "Reroll", "Delete"]
     assert (await stack.wait_delivery(2)).delivery == "delivered"
 
 
 async def test_bad_input_gets_a_clear_ephemeral_answer(make_stack, fake):
     stack = await make_stack(limits={"max_prompt_chars": 100},
-                             discord={"blocklist": ["gore"], "allowed_channels": [CHANNEL, NSFW_CHANNEL]})
+                             moderation={"blocklist": ["gore"]}, discord={"allowed_channels": [CHANNEL, NSFW_CHANNEL]})
     cases = [
         (command("imagine", prompt="   "), "The prompt is empty. Describe the picture"),
         (command("imagine", prompt="x" * 101), "The prompt is 101 characters long; the limit is 100."),
@@ -72,7 +74,8 @@ async def test_bad_input_gets_a_clear_ephemeral_answer(make_stack, fake):
         assert answer["data"]["content"].startswith(expected), answer["data"]["content"]
     assert await stack.store.counts_by_status() == {}  # nothing was queued
 
-    # The blocklist covers the prompt, not what to leave out, and not age-restricted channels.
+    # The core's blocklist (in Discord's words) covers the prompt, not what to leave out, and not
+    # age-restricted channels: Discord tells the core which those are.
     for payload in (command("imagine", prompt="a fox --no gore --steps 1"),
                     command("imagine", prompt="a GORE scene --steps 1", channel=NSFW_CHANNEL)):
         stack.dispatch(payload)
@@ -120,7 +123,7 @@ async def test_a_job_finishing_after_the_token_expired_is_sent_to_the_channel(ma
 
     sent = await fake.wait_for("POST", rf"/channels/{CHANNEL}/messages")
     reply = fake.find("POST", callback(payload))[0]
-    assert sent.json["content"] == f"<@{ALICE}> job #1 is done."
+    assert sent.json["content"] == f"<@{ALICE}> job #{short_id((await stack.service.job(1)).public_id)} is done."
     assert [int(u) for u in sent.json["allowed_mentions"]["users"]] == [ALICE]
     assert int(sent.json["message_reference"]["message_id"]) == int(reply.response["interaction"]["response_message_id"])
     assert Image.open(io.BytesIO(sent.files[0].data)).format == "PNG"

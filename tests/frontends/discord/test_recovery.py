@@ -8,7 +8,7 @@ import logging
 
 from PIL import Image
 
-from bot.core.jobs import Origin
+from bot.core.jobs import Origin, short_id
 from tests.helpers.discord import start_frontend
 from tests.helpers.fake_discord import ALICE, BOB, CHANNEL, GONE_CHANNEL, GUILD
 
@@ -27,17 +27,18 @@ async def test_undelivered_results_are_sent_at_start(make_stack, fake, caplog):
 
     await start_frontend(stack)
     sent = await fake.wait_for("POST", rf"/channels/{CHANNEL}/messages")
-    assert sent.json["content"] == f"<@{ALICE}> yêu cầu #1 đã xong."
+    assert sent.json["content"] == f"<@{ALICE}> yêu cầu #{short_id(kept.public_id)} đã xong."
     assert Image.open(io.BytesIO(sent.files[0].data)).format == "PNG"
-    assert "imagebot:reroll:1" in str(sent.json["components"])
+    assert f"imagebot:reroll:{kept.public_id}" in str(sent.json["components"])
     assert (await stack.wait_delivery(kept.job_id)).delivery == "delivered"
     assert (await stack.wait_delivery(lost.job_id)).delivery == "failed"
     assert any(f"job {lost.job_id}: result not delivered" in r.getMessage() for r in caplog.records)
 
     # A job nobody follows (queued before the restart) is delivered when it finishes.
     later = await stack.service.submit("a hare --steps 2", discord_origin(ALICE, CHANNEL))
-    sent = await fake.wait_for("POST", rf"/channels/{CHANNEL}/messages", lambda c: "#3" in c.json["content"])
-    assert sent.json["content"] == f"<@{ALICE}> job #3 is done."
+    later_id = short_id(later.public_id)
+    sent = await fake.wait_for("POST", rf"/channels/{CHANNEL}/messages", lambda c: later_id in c.json["content"])
+    assert sent.json["content"] == f"<@{ALICE}> job #{later_id} is done."
     assert (await stack.wait_delivery(later.job_id)).delivery == "delivered"
     assert len(fake.find("POST", rf"/channels/{CHANNEL}/messages")) == 2  # each result once
 

@@ -9,7 +9,7 @@ import io
 import pytest
 from PIL import Image
 
-from bot.core.jobs import Origin
+from bot.core.jobs import Origin, short_id
 from tests.helpers.discord import TEARDOWN_ADMIN, Clock, callback, original
 from tests.helpers.fake_discord import ALICE, CHANNEL, command
 
@@ -47,7 +47,7 @@ async def test_a_refused_interaction_webhook_sends_the_result_to_the_channel(mak
         payload, job_id = await imagine_with_progress(stack, fake)
 
     sent = await fake.wait_for("POST", rf"/channels/{CHANNEL}/messages")
-    assert sent.json["content"] == f"<@{ALICE}> job #{job_id} is done."
+    assert sent.json["content"] == f"<@{ALICE}> job #{short_id((await stack.service.job(job_id)).public_id)} is done."
     assert [int(u) for u in sent.json["allowed_mentions"]["users"]] == [ALICE]
     reply = fake.find("POST", callback(payload))[0]
     assert int(sent.json["message_reference"]["message_id"]) == int(reply.response["interaction"]["response_message_id"])

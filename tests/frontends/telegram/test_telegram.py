@@ -22,7 +22,7 @@ from PIL import Image
 
 from bot.config import Config, Secrets
 from bot.core.errors import UserError
-from bot.core.jobs import Job, Origin
+from bot.core.jobs import Job, Origin, short_id
 from bot.core.service import Service
 from bot.core.store import Store
 from bot.frontends import telegram
@@ -218,11 +218,11 @@ async def test_imagine_in_a_private_chat_ends_in_a_photo_with_buttons(make_stack
     image = open_image(photo.file("photo"))
     assert image.format == "JPEG" and image.size == (64, 64)
     caption = photo.params["caption"]
-    assert caption.startswith("a red fox in the snow\n") and "Seed: 7" in caption and f"#{job.id}" in caption
+    assert caption.startswith("a red fox in the snow\n") and "Seed: 7" in caption and f"#{short_id(job.public_id)}" in caption
     assert "2 steps" in caption and "demo" in caption and len(caption) <= 1024
     data = buttons(photo)
     assert sorted(d.split(":")[0] for d in data.values()) == ["p", "r", "u", "v", "x"]
-    assert all(len(d.encode()) <= 64 and d.split(":")[1] == str(job.id) for d in data.values())
+    assert all(len(d.encode()) <= 64 and d.split(":")[1] == job.public_id for d in data.values())
 
     delivered = await bot.wait_delivery(job.id)
     assert delivered.status == "done" and delivered.images[0].seed == 7
@@ -339,7 +339,7 @@ async def test_bad_input_gets_a_clear_reply_and_queues_nothing(make_stack):
     assert (await bot.reply_to(cancel)).params["text"].startswith("Use /cancel for your latest job")
     cancel = bot.send(ALICE, "/cancel")
     assert (await bot.reply_to(cancel)).params["text"] == "You have no job waiting or running."
-    cancel = bot.send(ALICE, "/cancel 99999")
+    cancel = bot.send(ALICE, "/cancel 99999")  # a short id of none of Alice's unfinished jobs
     assert (await bot.reply_to(cancel)).params["text"] == "There is no job #99999."
     assert await bot.jobs_of(ALICE) == [] and await bot.jobs_of(LAN) == []
 
@@ -415,27 +415,27 @@ async def test_queue_progress_cancel_and_history(make_stack, fake_api):
     waiting = bot.send(ALICE, "/imagine a quick cat --steps 2")
     waiting_status = (await bot.reply_to(waiting)).result["message_id"]
     (_, waiting_job) = await bot.wait_job(ALICE, 2)
-    await bot.status_text(waiting_status, f"#{waiting_job.id} queued: position 1")
+    await bot.status_text(waiting_status, f"#{short_id(waiting_job.public_id)} queued: position 1")
 
     # The running job's status message shows its steps (as text, or as the caption of its preview).
     def progress_of_slow(call: Call) -> bool:
         shown = call.params.get("text") or call.params.get("caption") or ""
         media = call.params.get("media")
         shown += media.get("caption", "") if isinstance(media, dict) else ""
-        return f"#{slow_job.id}" in shown and "step" in shown
+        return f"#{short_id(slow_job.public_id)}" in shown and "step" in shown
     preview = (await fake_api.wait_for("sendPhoto", progress_of_slow))[0]
 
     queue = bot.send(ALICE, "/queue")
     text = (await bot.reply_to(queue)).params["text"]
-    assert f"#{slow_job.id} running" in text and f"#{waiting_job.id} waiting, position 1" in text
+    assert f"#{short_id(slow_job.public_id)} running" in text and f"#{short_id(waiting_job.public_id)} waiting, position 1" in text
 
-    cancel = bot.send(ALICE, "/cancel")  # the latest: the waiting one
-    assert (await bot.reply_to(cancel)).params["text"] == f"#{waiting_job.id} cancelled."
-    await bot.status_text(waiting_status, f"#{waiting_job.id} was cancelled.")
+    cancel = bot.send(ALICE, f"/cancel {short_id(waiting_job.public_id)}")  # as the status message names it
+    assert (await bot.reply_to(cancel)).params["text"] == f"#{short_id(waiting_job.public_id)} cancelled."
+    await bot.status_text(waiting_status, f"#{short_id(waiting_job.public_id)} was cancelled.")
 
     # The Cancel button under the running job's progress stops it.
     query = bot.press(ALICE, preview.result, buttons(preview)["✖ Cancel"])
-    assert (await bot.answer(query)).params["text"] == f"#{slow_job.id} stops at its next step."
+    assert (await bot.answer(query)).params["text"] == f"#{short_id(slow_job.public_id)} stops at its next step."
     await fake_api.wait_for("sendMessage", lambda c: replied_to(c) == slow and "was cancelled" in c.params["text"])
     await bot.wait_delivery(slow_job.id)
     assert (await bot.service.job(slow_job.id)).status == "cancelled"
@@ -447,7 +447,7 @@ async def test_queue_progress_cancel_and_history(make_stack, fake_api):
 
     history = bot.send(ALICE, "/history")
     text = (await bot.reply_to(history)).params["text"]
-    assert f"#{slow_job.id} cancelled" in text and f"#{waiting_job.id} cancelled" in text
+    assert f"#{short_id(slow_job.public_id)} cancelled" in text and f"#{short_id(waiting_job.public_id)} cancelled" in text
 
 
 # --- delivery that has to try harder -----------------------------------------------------------------
@@ -492,7 +492,7 @@ async def test_a_result_that_could_not_be_sent_is_delivered_after_a_restart(make
 
     second = await make_stack(telegram={"previews": False})
     photo = (await fake_api.wait_for("sendPhoto", lambda c: c.ok and replied_to(c) == asked))[0]
-    assert f"#{job.id}" in photo.params["caption"]
+    assert f"#{short_id(job.public_id)}" in photo.params["caption"]
     await second.wait_delivery(job.id)
     await fake_api.wait_for("deleteMessage", lambda c: int(c.params["message_id"]) == status)
 
@@ -553,3 +553,74 @@ async def test_webhook_mode_takes_updates_only_with_the_secret_token(make_stack,
     assert "/imagine" in (await bot.reply_to(real["message"]["message_id"])).params["text"]
     assert not [c for c in fake_api.calls if replied_to(c) == forged["message"]["message_id"]]
     assert await bot.jobs_of(ROOT) == []
+
+
+# --- trust and safety ----------------------------------------------------------------------------------
+
+
+async def test_a_blocked_word_in_a_telegram_prompt_is_refused_with_the_reason(make_stack, fake_api):
+    bot = await make_stack(moderation={"blocklist": ["gore"]})
+    asked = bot.send(ALICE, "/imagine a GORE scene --steps 1")
+    status = await bot.reply_to(asked)
+    await bot.status_text(status.result["message_id"], "The prompt contains 'gore', which is not allowed here.")
+    lan = bot.send(LAN, "a gore scene")  # a plain prompt in a private chat, in Vietnamese
+    status = await bot.reply_to(lan)
+    await bot.status_text(status.result["message_id"], "Câu mô tả có 'gore'")
+    assert await bot.jobs_of(ALICE) == [] and await bot.jobs_of(LAN) == []
+
+
+async def test_admins_ban_and_unban_by_id_or_reply_and_the_user_is_told_why(make_stack, fake_api):
+    bot = await make_stack()
+    refused = bot.send(BOB, f"/ban {ALICE['id']} spam")
+    assert (await bot.reply_to(refused)).params["text"] == "Only admins can do that."
+    no_reason = bot.send(ROOT, f"/ban {ALICE['id']}")
+    assert (await bot.reply_to(no_reason)).params["text"] == "Say why: the banned user is shown the reason."
+    usage = bot.send(ROOT, "/ban spam")
+    assert (await bot.reply_to(usage)).params["text"].startswith("Use /ban USER_ID REASON")
+
+    banned = bot.send(ROOT, f"/ban {ALICE['id']} posting spam")
+    assert (await bot.reply_to(banned)).params["text"] == f"User {ALICE['id']} is banned: posting spam"
+    asked = bot.send(ALICE, "/imagine a fox --steps 1")
+    status = await bot.reply_to(asked)
+    await bot.status_text(status.result["message_id"], "You cannot use this bot: posting spam")
+
+    # In a group, as a reply to the user's message.
+    said = message_update(fake_api, BOB, "hello", GROUP)["message"]
+    banned = bot.send(ROOT, "/ban rude", chat=GROUP, reply_to_message=said)
+    assert (await bot.reply_to(banned)).params["text"] == f"User {BOB['id']} is banned: rude"
+    unbanned = bot.send(ROOT, "/unban", chat=GROUP, reply_to_message=said)
+    assert (await bot.reply_to(unbanned)).params["text"] == f"User {BOB['id']} may use the bot again."
+    unbanned = bot.send({**ROOT, "language_code": "vi"}, f"/unban {ALICE['id']}")
+    assert (await bot.reply_to(unbanned)).params["text"] == f"Người dùng {ALICE['id']} đã được dùng bot trở lại."
+    asked = bot.send(ALICE, "/imagine a fox --steps 1")
+    await bot.wait_job(ALICE)
+
+    log = await bot.service.audit_log(Origin("telegram", str(ROOT["id"]), is_admin=True))
+    assert [(e["actor"], e["action"], e["detail"]["user"]) for e in log] == [
+        (f"telegram:{ROOT['id']}", action, f"telegram:{user['id']}")
+        for action, user in (("unban", ALICE), ("unban", BOB), ("ban", BOB), ("ban", ALICE))]
+
+
+async def test_buttons_from_before_public_ids_keep_working_for_their_owner(make_stack, fake_api):
+    """Results sent by older versions carry the internal job number in their callback data."""
+    bot = await make_stack(telegram={"previews": False})
+    asked = bot.send(ALICE, "/imagine a fox --steps 1")
+    photo = (await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == asked))[0]
+    (job,) = await bot.jobs_of(ALICE)
+    assert all(data.split(":")[1] == job.public_id for data in buttons(photo).values())
+    query = bot.press(BOB, photo.result, f"x:{job.id}")
+    assert (await bot.answer(query)).params["text"].startswith(f"Job #{job.id} belongs to someone else")
+    query = bot.press(ALICE, photo.result, f"x:{job.id}")
+    assert (await bot.answer(query)).params["text"] == "Deleted."
+
+
+async def test_a_ban_in_a_forum_topic_names_the_user_given_not_the_topics_author(make_stack, fake_api):
+    """In a topic every message replies to the topic's first message; that is not whom /ban is about."""
+    bot = await make_stack()
+    forum = {**GROUP, "is_forum": True}
+    root = {"message_id": 77, "date": int(time.time()), "chat": forum, "from": BOB,
+            "forum_topic_created": {"name": "art", "icon_color": 7322096}}
+    banned = bot.send(ROOT, f"/ban {ALICE['id']} spam", chat=forum, message_thread_id=77, is_topic_message=True,
+                      reply_to_message=root)
+    assert (await bot.reply_to(banned)).params["text"] == f"User {ALICE['id']} is banned: spam"
+    assert await bot.store.ban_reason(f"telegram:{BOB['id']}") is None
