@@ -16,9 +16,9 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
-from tests.frontends.web.test_page import (  # noqa: F401 (browser and server are fixtures)
-    ADMIN_TOKEN, DESCRIPTION, EXAMPLES, WAIT_MS, browser, card_by_id, cards, job_id, load, new_card, new_context,
-    open_page, scroll_width, seeds, server,
+from tests.helpers.page import (
+    ADMIN_TOKEN, DESCRIPTION, EXAMPLES, WAIT_MS, card_by_id, cards, job_id, load, new_card, new_context,
+    open_page, scroll_width, seeds,
 )
 
 VIEWS = {
