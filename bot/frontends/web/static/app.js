@@ -22,7 +22,7 @@ const state = {
 localStorage.setItem("imagebot.user", state.user);
 
 function newUserId() {
-  const bytes = new Uint8Array(12);
+  const bytes = new Uint8Array(16); // a 128-bit random key: no one can guess it or claim it
   crypto.getRandomValues(bytes);
   return "browser-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
