@@ -103,7 +103,7 @@ def request_json(request: GenerationRequest) -> dict[str, Any]:
 def without_paths(text: str | None) -> str | None:
     """An error text with any absolute path cut to its last part: the server's layout is not the
     caller's business (an exception message from the generator may carry one)."""
-    return ABSOLUTE_PATH.sub(lambda match: PurePath(match.group()).name, text) if text else text
+    return ABSOLUTE_PATH.sub(lambda match: re.split(r"[/\\]", match.group())[-1], text) if text else text
 
 
 def view_json(view: JobView, locale: str | None) -> dict[str, Any]:
