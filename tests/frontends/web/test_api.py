@@ -423,7 +423,7 @@ async def test_events_do_not_miss_a_job_that_ends_while_the_stream_opens(make_ap
 
     async def slow_status(job_id):  # the job finishes between the status read and the subscription
         view = await original(job_id)
-        while not (await api.store.get(job_id)).finished:
+        while not (await api.service.job(job_id)).finished:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
         return view
