@@ -15,6 +15,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+import ipaddress
 import os
 import types
 import typing
@@ -104,6 +105,15 @@ class WebConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 7860
+    # Host names the page may be reached by (a request naming another Host is refused: DNS
+    # rebinding). Empty = localhost, 127.0.0.1, [::1] and `host` when it names one; "*" = any.
+    allowed_hosts: tuple[str, ...] = ()
+    # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed; empty = none.
+    trusted_proxies: tuple[str, ...] = ()
+    max_streams_per_client: int = 8  # open event streams (GET /api/jobs/ID/events) per client key or address
+    max_streams: int = 512  # ... and in all
+    limit_concurrency: int = 1024  # connections uvicorn serves at once; more are answered 503
+    timeout_keep_alive: int = 5  # seconds an idle keep-alive connection is held open
 
 
 @dataclass(frozen=True)
@@ -295,6 +305,12 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
             raise ConfigError(f"{prefix}.{key} must not be negative, got {value}")
     if prefix == "telegram" and values.get("mode") == "webhook" and not values.get("webhook_url"):
         raise ConfigError("telegram.mode = \"webhook\" needs telegram.webhook_url (the public HTTPS URL)")
+    if prefix == "web":
+        for entry in values.get("trusted_proxies", ()):
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"web.trusted_proxies: {entry!r} is not an address or a CIDR network") from None
     if prefix == "engine" and values.get("max_batch", 1) < 1:
         raise ConfigError("engine.max_batch must be at least 1")
     if prefix.startswith("variants."):

@@ -55,7 +55,7 @@ async def serve(config: Config, secrets: Secrets, ready: asyncio.Event | None = 
     frontends = []
     try:
         if listeners:
-            server, web = _start_web(create_app(stack.service, config, secrets), listeners)
+            server, web = _start_web(create_app(stack.service, config, secrets), listeners, config.web)
         # Chat frontends: each package's start() connects, registers its handlers and returns an object
         # whose stop() disconnects. They share this event loop and the one service.
         for frontend in chat_frontends:
@@ -132,8 +132,12 @@ def _bind_problem(error: OSError) -> str:
     return (error.strerror or str(error)).lower()
 
 
-def _start_web(app, listeners: list[socket.socket]) -> tuple[uvicorn.Server, asyncio.Task]:
+def _start_web(app, listeners: list[socket.socket], web: WebConfig) -> tuple[uvicorn.Server, asyncio.Task]:
+    # limit_concurrency: past it uvicorn answers 503 at once instead of taking on every connection
+    # a client opens; timeout_keep_alive: idle connections do not hold a slot for long.
     server = _WebServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                                       limit_concurrency=web.limit_concurrency or None,
+                                       timeout_keep_alive=web.timeout_keep_alive,
                                        timeout_graceful_shutdown=WEB_CLOSE_SECONDS + 1))
     return server, asyncio.create_task(server.serve(sockets=listeners), name="web")
 

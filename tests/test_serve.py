@@ -33,8 +33,8 @@ TELEGRAM_TOKEN = "123456789:TELEGRAM-token-that-must-never-be-logged"
 # Telegram): its token must stay out of the logs while it retries. The Discord bot has no such
 # address to point at, so it stays off here; tests/frontends/discord drives it against a fake API.
 SECRETS = {"IMAGEBOT_ADMIN_TOKEN": ADMIN_TOKEN, "TELEGRAM_TOKEN": TELEGRAM_TOKEN}
-U1 = {"X-Imagebot-User": "u1"}
-U2 = {"X-Imagebot-User": "u2"}
+U1 = {"X-Imagebot-User": "test-user-one-0001"}
+U2 = {"X-Imagebot-User": "test-user-two-0002"}
 
 
 def write_config(folder: Path, models: Path, **queue: Any) -> tuple[Path, int]:
@@ -125,17 +125,17 @@ class Serve:
         return "".join((self.folder / f"serve{run}.{kind}").read_text(errors="replace")
                        for run in range(1, self.runs + 1) for kind in ("out", "err"))
 
-    def submit(self, prompt: str, headers: dict[str, str]) -> int:
+    def submit(self, prompt: str, headers: dict[str, str]) -> str:
         response = self.client.post("/api/jobs", json={"prompt": prompt}, headers=headers)
         assert response.status_code == 202, response.text
         return response.json()["id"]
 
-    def job(self, job_id: int) -> dict[str, Any]:
+    def job(self, job_id: str) -> dict[str, Any]:
         response = self.client.get(f"/api/jobs/{job_id}")
         assert response.status_code == 200, response.text
         return response.json()
 
-    def wait_mid_run(self, job_ids: list[int], timeout: float = 120.0) -> int:
+    def wait_mid_run(self, job_ids: list[str], timeout: float = 120.0) -> str:
         """Poll until one of the jobs runs with at least one step done and steps left; its id."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -147,7 +147,7 @@ class Serve:
             time.sleep(0.05)
         pytest.fail(f"none of jobs {job_ids} was seen running mid-way")
 
-    def wait_finished(self, job_ids: list[int], timeout: float = 240.0) -> dict[int, dict[str, Any]]:
+    def wait_finished(self, job_ids: list[str], timeout: float = 240.0) -> dict[str, dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             jobs = {job_id: self.job(job_id) for job_id in job_ids}
@@ -156,12 +156,12 @@ class Serve:
             time.sleep(0.2)
         pytest.fail(f"jobs did not finish: { {i: j['status'] for i, j in jobs.items()} }")
 
-    def rows(self) -> dict[int, sqlite3.Row]:
-        """The jobs table as the next start will find it (read straight from the file)."""
+    def rows(self) -> dict[str, sqlite3.Row]:
+        """The jobs table as the next start will find it (read straight from the file), by public id."""
         connection = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
         connection.row_factory = sqlite3.Row
         try:
-            return {row["id"]: row for row in connection.execute("SELECT * FROM jobs ORDER BY id")}
+            return {row["public_id"]: row for row in connection.execute("SELECT * FROM jobs ORDER BY id")}
         finally:
             connection.close()
 
@@ -207,9 +207,9 @@ def test_a_killed_server_finishes_every_job_exactly_once_after_a_restart(tmp_pat
         row, job = after[job_id], jobs[job_id]
         assert (row["status"], job["status"]) == ("done", "done"), (job_id, job)
         assert row["attempts"] == (2 if job_id in killed else 1), (job_id, row["attempts"], killed)
-        expected = [f"job{job_id}-{i}.png" for i in range(counts[job_id])]
+        expected = [f"{job_id}-{i}.png" for i in range(counts[job_id])]
         assert [image["url"] for image in job["images"]] == [f"/api/images/{name}" for name in expected]
-        assert sorted(p.name for p in server.outputs.glob(f"job{job_id}-*.png") if "grid" not in p.name) == expected
+        assert sorted(p.name for p in server.outputs.glob(f"{job_id}-*.png") if "grid" not in p.name) == expected
         for name in expected:
             response = server.client.get(f"/api/images/{name}")
             assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
@@ -228,7 +228,7 @@ def test_sigterm_stops_cleanly_and_no_token_is_logged(tmp_path, models_dir, serv
     server = Serve(tmp_path, config, port, verbose=True)
     servers.append(server)
     server.start()
-    admin = {"X-Imagebot-User": "root", "Authorization": f"Bearer {ADMIN_TOKEN}"}
+    admin = {"X-Imagebot-User": "test-admin-root-01", "Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert server.client.put("/api/models/default", json={"name": "demo"}, headers=admin).status_code == 200
     assert server.client.post("/api/models/reload", headers=admin).status_code == 200
     wrong = {"Authorization": f"Bearer {TELEGRAM_TOKEN}"}
@@ -277,9 +277,9 @@ def test_a_job_the_worker_keeps_dying_on_is_failed_not_retried_forever(tmp_path,
     rows = server.rows()
     assert (rows[crasher]["status"], rows[crasher]["attempts"], rows[crasher]["error_key"]) == (
         "failed", 1, "worker_crashed")  # never started again
-    assert not list(server.outputs.glob(f"job{crasher}-*"))
+    assert not list(server.outputs.glob(f"{crasher}-*"))
     assert (jobs[bystander]["status"], rows[bystander]["attempts"]) == ("done", 1)
-    assert f"failed=[{crasher}]" in server.logs()
+    assert f"failed=[{rows[crasher]['id']}]" in server.logs()  # the logs name internal ids
     server.assert_clean_logs()
 
 
@@ -320,7 +320,7 @@ def test_one_sigterm_ends_serve_despite_event_streams_and_a_hung_generation(tmp_
     rows = server.rows()
     assert (rows[stuck]["status"], rows[waiting]["status"]) == ("queued", "queued")  # run again at the next start
     logs = server.logs()
-    assert f"job {stuck} requeued" in logs
+    assert f"job {rows[stuck]['id']} requeued" in logs
     assert "exiting without waiting for busy thread(s): gpu-worker" in logs
     assert "Traceback" not in logs
     server.assert_clean_logs()

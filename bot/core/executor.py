@@ -18,6 +18,13 @@ from bot.core.request import GenerationRequest
 class BatchItem:
     job_id: int
     request: GenerationRequest
+    public_id: str = ""
+
+    @property
+    def file_stem(self) -> str:
+        """What the job's image files are named after: its public id, so that a file's URL cannot
+        be guessed from another's (internal ids count up). `job<id>` only for items built without one."""
+        return self.public_id or f"job{self.job_id}"
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ class Service:
                                      init_image=request.init_image, strength=request.strength)
         elif action in ("variation", "upscale"):
             if source.status != "done" or not 0 <= index < len(source.images):
-                raise UserError("no_such_image", job=job_id, index=index + 1)
+                raise UserError("no_such_image", job=ref, index=index + 1)
             image = str(self.config.storage.outputs_path() / source.images[index].file)
             scale = 2 if action == "upscale" else 1
             options = RequestOptions(**same, width=request.width * scale, height=request.height * scale,
@@ -247,7 +247,7 @@ class Service:
             self.worker.request_cancel(job_id)
             return "cancelling"
         latest = await self.job(job_id)
-        raise UserError("already_finished", job=job_id, status=latest.status)
+        raise UserError("already_finished", job=ref, status=latest.status)
 
     async def cancel_latest(self, by: Origin) -> tuple[int, str]:
         """Cancel the caller's most recent unfinished job; returns (job id, status as `cancel`)."""

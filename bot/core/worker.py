@@ -173,7 +173,7 @@ class Worker:
                                      "preview": job_id in update.previews}, by_id[job_id].origin.platform)
 
         try:
-            outcomes = await self.executor.run([BatchItem(job.id, job.request) for job in jobs], on_progress,
+            outcomes = await self.executor.run([BatchItem(job.id, job.request, job.public_id) for job in jobs], on_progress,
                                                self._cancel_requested.__contains__, self.settings.job_timeout)
         except Exception as error:  # the executor itself broke: fail these jobs with the reason, keep serving
             log.exception("executor failed on jobs %s", ids)

@@ -176,7 +176,7 @@ class LocalExecutor:
             if is_cancelled(item.job_id):
                 outcomes.append(Outcome(item.job_id, cancelled=True))
                 continue
-            saved = save_result(result, self.version, self.outputs, f"job{item.job_id}")
+            saved = save_result(result, self.version, self.outputs, item.file_stem)
             outcomes.append(Outcome(
                 item.job_id,
                 images=tuple(ImageResult(path.name, seed) for path, seed in zip(saved.images, result.seeds)),

@@ -70,7 +70,7 @@ async def test_events_arrive_in_order_and_the_job_is_done(make_service):
     assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "done"
     assert [e["step"] for e in events if e["type"] == "progress"] == [1, 2, 3]
     job = await service.job(submitted.job_id)
-    assert job.status == "done" and [i.file for i in job.images] == [f"job{job.id}-0.png"]
+    assert job.status == "done" and [i.file for i in job.images] == [f"{job.public_id}-0.png"]
     assert (service.config.storage.outputs_path() / job.images[0].file).is_file()
 
 

@@ -60,7 +60,7 @@ class FakeExecutor:
         if cancelled:
             return Outcome(item.job_id, cancelled=True)
         seed = item.request.seed if item.request.seed is not None else 0
-        images = tuple(ImageResult(f"job{item.job_id}-{n}.png", seed + n) for n in range(item.request.count))
+        images = tuple(ImageResult(f"{item.file_stem}-{n}.png", seed + n) for n in range(item.request.count))
         return Outcome(item.job_id, images=images)
 
     def loaded_model(self) -> str | None:

@@ -3,7 +3,8 @@
 A thin adapter: JSON in -> `service.submit()` and friends -> JSON out. The routes live in
 bot/frontends/web/routes/, one module per concern; this module only wires them up with what they
 share: the service, the configuration and the secrets (read by bot/frontends/web/deps.py), the
-error answers, the body size limit and the page's static files.
+error answers, the security checks and headers, the body size limit, the per-client limits and the
+page's static files.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from bot import __version__
 from bot.config import Config, Secrets
 from bot.core.service import Service
 from bot.frontends.web.body_limit import BodyLimit
+from bot.frontends.web.clients import trusted_networks
 from bot.frontends.web.errors import add_error_handlers
+from bot.frontends.web.limits import FailureLimit, StreamSlots
 from bot.frontends.web.routes import ROUTERS
+from bot.frontends.web.security import Security
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -30,7 +34,11 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
     app.state.service = service
     app.state.config = config
     app.state.secrets = secrets
+    app.state.trusted_proxies = trusted_networks(config.web)
+    app.state.streams = StreamSlots(config.web.max_streams_per_client, config.web.max_streams)
+    app.state.admin_failures = FailureLimit()
     app.add_middleware(BodyLimit)
+    app.add_middleware(Security, web=config.web)  # added last: outermost, so every answer has its headers
     add_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -26,7 +26,9 @@ STATUS_BY_KEY = {
     "rate_limited": 429,
     "shutting_down": 503,
     "storage_unavailable": 503,
-    "storage_full": 507,  # Insufficient Storage: the disk (or the database's size limit) is full
+    "storage_full": 507,
+    "api_too_many_streams": 429,
+    "api_too_many_admin_failures": 429,  # Insufficient Storage: the disk (or the database's size limit) is full
 }
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from bot.core.jobs import Job
+from bot.core.request import GenerationRequest
 from bot.core.service import JobView, Submitted
 from bot.frontends.text import job_error
 
 # Strict: JSON true/false must not pass as 1/0; strings go through the same parser as chat flags.
+ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])+[^\s'\",;:)/\\]*")  # two or more parts
 Scalar = StrictInt | StrictFloat | StrictStr | None
-JobId = int  # any integer; ids that cannot exist are simply not found
+# A job's public id: random, so holding it is what lets one read the job (a capability). Any
+# other text, an internal (integer) id included, is simply not found.
+JobId = str
 
 
 class JobIn(BaseModel):
@@ -47,27 +53,57 @@ class DefaultModelIn(BaseModel):
     scope: Literal["global"] = "global"  # per-chat defaults are set from the chat frontends
 
 
+class BanIn(BaseModel):
+    """Whom to ban: "web:<client key>" (or "web:anon-<address>"), "telegram:<user id>" or "discord:<user id>"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str = Field(pattern=r"^(web|telegram|discord):[A-Za-z0-9_.:-]{1,64}$")
+    reason: str = Field(min_length=1, max_length=300)
+
+
+class UnbanIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: str = Field(pattern=r"^(web|telegram|discord):[A-Za-z0-9_.:-]{1,64}$")
+
+
 def submitted_json(submitted: Submitted) -> dict[str, Any]:
     """A job just queued: its id, its place in line and the request as it will run."""
-    return {"id": submitted.job_id, "position": submitted.position, "eta": submitted.eta_seconds,
-            "request": submitted.request.to_dict()}
+    return {"id": submitted.public_id, "position": submitted.position, "eta": submitted.eta_seconds,
+            "request": request_json(submitted.request)}
 
 
 def job_json(job: Job, locale: str | None, *, position: int | None = None, eta: float | None = None,
              step: int | None = None, total: int | None = None) -> dict[str, Any]:
     return {
-        "id": job.id,
+        "id": job.public_id,
         "status": job.status,
         "position": position,
         "eta": eta,
         "progress": {"step": step, "total": total} if step is not None else None,
-        "error": job_error(job, locale),
-        "request": job.request.to_dict(),
+        "error": without_paths(job_error(job, locale)),
+        "request": request_json(job.request),
         "images": [{"url": f"/api/images/{image.file}", "seed": image.seed} for image in job.images],
         "grid": f"/api/images/{job.grid}" if job.grid else None,
         "created_at": job.created_at,
         "finished_at": job.finished_at,
     }
+
+
+def request_json(request: GenerationRequest) -> dict[str, Any]:
+    """The request as it runs, less the server's file system: a source image shows as its file
+    name (which is also its URL under /api/images/), never the folder it lies in."""
+    data = request.to_dict()
+    if data.get("init_image"):
+        data["init_image"] = PurePath(data["init_image"]).name
+    return data
+
+
+def without_paths(text: str | None) -> str | None:
+    """An error text with any absolute path cut to its last part: the server's layout is not the
+    caller's business (an exception message from the generator may carry one)."""
+    return ABSOLUTE_PATH.sub(lambda match: re.split(r"[/\\]", match.group())[-1], text) if text else text
 
 
 def view_json(view: JobView, locale: str | None) -> dict[str, Any]:

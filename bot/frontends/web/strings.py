@@ -113,6 +113,12 @@ STRINGS: Strings = {
         "ui_admin_token_empty": "Type the admin token first.",
         "ui_admin_unlocked": "Unlocked: you can reload models and change the default model.",
         "ui_admin_lock": "Lock",
+        "bad_client_key": "X-Imagebot-User must be 16 to 64 letters, digits, '_' or '-' (a random key), or left out.",
+        "api_wrong_host": "This server does not answer to that host name ({host}); see [web] allowed_hosts.",
+        "api_wrong_origin": "Requests from {origin} are not accepted here.",
+        "api_json_only": "Send the body as application/json.",
+        "api_too_many_streams": "Too many open event streams; close some and try again.",
+        "api_too_many_admin_failures": "Too many wrong admin tokens from your address; try again in a minute.",
     },
     "vi": {
         # the page
@@ -218,6 +224,12 @@ STRINGS: Strings = {
         "ui_admin_token_empty": "Hãy nhập mã quản trị trước.",
         "ui_admin_unlocked": "Đã mở khóa: bạn có thể tải lại mô hình và đổi mô hình mặc định.",
         "ui_admin_lock": "Khóa lại",
+        "bad_client_key": "X-Imagebot-User phải gồm 16 đến 64 chữ cái, chữ số, '_' hoặc '-' (một khóa ngẫu nhiên), hoặc bỏ trống.",
+        "api_wrong_host": "Máy chủ này không trả lời tên máy {host}; xem [web] allowed_hosts.",
+        "api_wrong_origin": "Không nhận yêu cầu từ {origin}.",
+        "api_json_only": "Hãy gửi nội dung dạng application/json.",
+        "api_too_many_streams": "Quá nhiều luồng sự kiện đang mở; hãy đóng bớt rồi thử lại.",
+        "api_too_many_admin_failures": "Quá nhiều mã quản trị sai từ địa chỉ của bạn; hãy thử lại sau một phút.",
     },
 }
 

@@ -32,7 +32,8 @@ async def test_imagine_queues_shows_progress_and_uploads_a_png(make_stack, fake)
     progress = [edit.json["content"] for edit in edits[: edits.index(result)]]
     assert any("step" in text or "starting" in text for text in progress), progress
 
-    assert [f.filename for f in result.files] == ["job2-0.png"]
+    file = f"{(await stack.service.job(2)).public_id}-0.png"  # image files are named by the job's public id
+    assert [f.filename for f in result.files] == [file]
     image = Image.open(io.BytesIO(result.files[0].data))
     assert image.format == "PNG" and image.size == (64, 64)
     assert "a lighthouse at dusk" in image.info["parameters"]
@@ -43,7 +44,7 @@ async def test_imagine_queues_shows_progress_and_uploads_a_png(make_stack, fake)
     assert embed["title"] == "a lighthouse at dusk"
     assert (fields["Model"], fields["Seed"], fields["Steps"], fields["Size"]) == ("demo", "42", "3", "64x64")
     assert fields["Negative prompt"] == "blurry"
-    assert embed["image"]["url"] == "attachment://job2-0.png"
+    assert embed["image"]["url"] == f"attachment://{file}"
     buttons = [c for row in result.json["components"] for c in row["components"]]
     assert {b["custom_id"] for b in buttons} == {f"imagebot:up:{job}:0", f"imagebot:var:{job}:0",
                                                  f"imagebot:reroll:{job}", f"imagebot:del:{job}"}
@@ -102,10 +103,10 @@ async def test_a_result_too_large_for_the_channel_is_sent_compressed(make_stack,
     stack.dispatch(payload)
     result = await fake.wait_for("PATCH", original(payload), has_result)
     upload = result.files[0]
-    assert upload.filename == "job1-0.jpg" and len(upload.data) <= 2000
+    assert upload.filename == f"{(await stack.service.job(1)).public_id}-0.jpg" and len(upload.data) <= 2000
     assert Image.open(io.BytesIO(upload.data)).format == "JPEG"
     assert "JPEG" in result.json["embeds"][0]["fields"][-1]["value"]
-    assert result.json["embeds"][0]["image"]["url"] == "attachment://job1-0.jpg"
+    assert result.json["embeds"][0]["image"]["url"] == f"attachment://{upload.filename}"
     assert (await stack.wait_delivery(1)).delivery == "delivered"
 
 

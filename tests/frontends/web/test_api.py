@@ -29,10 +29,10 @@ from tests.helpers.models import add_pipeline_variant
 from tests.helpers.service import start_service, stop_service
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
-ALICE = {"X-Imagebot-User": "alice"}
-BOB = {"X-Imagebot-User": "bob"}
-CAROL = {"X-Imagebot-User": "carol"}
-ADMIN = {"X-Imagebot-User": "root", "Authorization": f"Bearer {ADMIN_TOKEN}"}
+ALICE = {"X-Imagebot-User": "alice-0123456789abcdef"}
+BOB = {"X-Imagebot-User": "bob-0123456789abcdef"}
+CAROL = {"X-Imagebot-User": "carol-0123456789abcdef"}
+ADMIN = {"X-Imagebot-User": "root-0123456789abcdef", "Authorization": f"Bearer {ADMIN_TOKEN}"}
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -44,14 +44,14 @@ class Api:
     store: Store
     config: Config
 
-    async def hold_worker(self) -> int:
+    async def hold_worker(self) -> str:
         """Keep the worker busy with a long job until `release()`: no timing guesses needed.
         Needs limits.max_steps >= 500."""
-        job_id = (await self.submit("holding the worker --steps 500", {"X-Imagebot-User": "holder"}))["id"]
+        job_id = (await self.submit("holding the worker --steps 500", {"X-Imagebot-User": "holder-0123456789abcdef"}))["id"]
         await self.wait_running(job_id)
         return job_id
 
-    async def release(self, job_id: int) -> None:
+    async def release(self, job_id: str) -> None:
         response = await self.client.delete(f"/api/jobs/{job_id}", headers=ADMIN)
         assert response.status_code == 200, response.text
         assert (await self.wait(job_id))["status"] == "cancelled"
@@ -66,12 +66,12 @@ class Api:
         assert response.status_code == 202, response.text
         return response.json()
 
-    async def job(self, job_id: int, headers: dict[str, str] = ALICE) -> dict[str, Any]:
+    async def job(self, job_id: str, headers: dict[str, str] = ALICE) -> dict[str, Any]:
         response = await self.client.get(f"/api/jobs/{job_id}", headers=headers)
         assert response.status_code == 200, response.text
         return response.json()
 
-    async def wait(self, job_id: int, timeout: float = 180.0) -> dict[str, Any]:
+    async def wait(self, job_id: str, timeout: float = 180.0) -> dict[str, Any]:
         """Poll GET /api/jobs/{id} until the job has finished."""
         async def poll() -> dict[str, Any]:
             while (job := await self.job(job_id))["status"] not in FINISHED:
@@ -79,7 +79,7 @@ class Api:
             return job
         return await asyncio.wait_for(poll(), timeout)
 
-    async def wait_running(self, job_id: int, timeout: float = 180.0) -> dict[str, Any]:
+    async def wait_running(self, job_id: str, timeout: float = 180.0) -> dict[str, Any]:
         """Poll until the job runs and has made at least one step."""
         async def poll() -> dict[str, Any]:
             while True:
@@ -100,7 +100,7 @@ async def make_api(tmp_path, models_dir):
         config, store, executor, service = await start_service(tmp_path / "state", models_dir, **sections)
         app = create_app(service, config, Secrets(admin_token=admin_token))
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-                                   base_url="http://test", timeout=60.0)
+                                   base_url="http://localhost", timeout=60.0)
         stack = Api(client, service, executor, store, config)
         stacks.append(stack)
         return stack
@@ -137,7 +137,7 @@ def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-async def read_events(client: httpx.AsyncClient, job_id: int, headers: dict[str, str] = ALICE,
+async def read_events(client: httpx.AsyncClient, job_id: str, headers: dict[str, str] = ALICE,
                       timeout: float = 180.0) -> list[tuple[str, dict[str, Any]]]:
     async def read() -> list[tuple[str, dict[str, Any]]]:
         async with client.stream("GET", f"/api/jobs/{job_id}/events", headers=headers) as response:
@@ -152,13 +152,13 @@ async def read_events(client: httpx.AsyncClient, job_id: int, headers: dict[str,
 
 async def test_submit_poll_and_fetch_the_png(api):
     submitted = await api.submit({"prompt": "a lighthouse at dusk --steps 2 --seed 11"})
-    assert isinstance(submitted["id"], int) and submitted["position"] == 1
+    assert re.fullmatch(r"[0-9a-f]{24}", submitted["id"]) and submitted["position"] == 1
     assert submitted["request"]["prompt"] == "a lighthouse at dusk"
     assert (submitted["request"]["steps"], submitted["request"]["seed"]) == (2, 11)
 
     job = await api.wait(submitted["id"])
     assert job["status"] == "done" and job["error"] is None
-    assert job["images"] == [{"url": f"/api/images/job{submitted['id']}-0.png", "seed": 11}]
+    assert job["images"] == [{"url": f"/api/images/{submitted['id']}-0.png", "seed": 11}]
     assert job["grid"] is None and job["finished_at"] >= job["created_at"]
 
     response = await api.client.get(job["images"][0]["url"])
@@ -184,13 +184,13 @@ async def test_inline_flags_and_separate_fields_give_the_same_request(api):
         job = await api.wait(submitted["id"])
         assert job["status"] == "done"
         assert [(i["url"], i["seed"]) for i in job["images"]] == [
-            (f"/api/images/job{job['id']}-0.png", 5), (f"/api/images/job{job['id']}-1.png", 6)]
-        assert job["grid"] == f"/api/images/job{job['id']}-grid.png"
+            (f"/api/images/{job['id']}-0.png", 5), (f"/api/images/{job['id']}-1.png", 6)]
+        assert job["grid"] == f"/api/images/{job['id']}-grid.png"
         for image in job["images"]:
             assert (await api.client.get(image["url"])).status_code == 200
     # Same seeds and settings, alone in their jobs: the same pixels.
-    first = (await api.client.get(f"/api/images/job{inline['id']}-0.png")).content
-    second = (await api.client.get(f"/api/images/job{fields['id']}-0.png")).content
+    first = (await api.client.get(f"/api/images/{inline['id']}-0.png")).content
+    second = (await api.client.get(f"/api/images/{fields['id']}-0.png")).content
     assert Image.open(io.BytesIO(first)).tobytes() == Image.open(io.BytesIO(second)).tobytes()
 
 
@@ -309,11 +309,11 @@ async def test_unknown_job_ids_are_404_everywhere(api):
         assert response.json()["key"] == "job_not_found"
 
 
-async def test_non_numeric_job_ids_are_422(api):
+async def test_job_ids_that_are_not_public_ids_are_404(api):
     for method, path in [("GET", "/api/jobs/abc"), ("DELETE", "/api/jobs/abc"), ("GET", "/api/jobs/1.5/events"),
-                         ("GET", "/api/jobs/x/preview"), ("GET", "/api/jobs/%20")]:
+                         ("GET", "/api/jobs/x/preview"), ("GET", "/api/jobs/%20"), ("GET", "/api/jobs/" + "0" * 24)]:
         response = await api.client.request(method, path, headers=ALICE)
-        assert_error(response, 422, "job_id")
+        assert_error(response, 404, "There is no job")
 
 
 async def test_a_job_id_beyond_64_bits_is_404_not_500(api):
@@ -366,7 +366,7 @@ async def test_events_stream_state_first_then_progress_then_done(make_api):
     submitted = await api.submit("a cat --steps 3 --seed 2")
     reader = asyncio.create_task(read_events(api.client, submitted["id"]))
     async def subscribed() -> None:
-        while not api.service.events.watching(submitted["id"]):
+        while not api.service.events.watching((await api.service.job(submitted["id"])).id):
             await asyncio.sleep(0.01)
     await asyncio.wait_for(subscribed(), 60)
     await api.release(holder)
@@ -381,7 +381,7 @@ async def test_events_stream_state_first_then_progress_then_done(make_api):
     assert all(p["job"] == submitted["id"] for p in progress)
     done = events[-1][1]
     assert done["status"] == "done"
-    assert done["images"] == [{"url": f"/api/images/job{submitted['id']}-0.png", "seed": 2}]
+    assert done["images"] == [{"url": f"/api/images/{submitted['id']}-0.png", "seed": 2}]
     assert (await api.client.get(done["images"][0]["url"])).status_code == 200
 
 
@@ -398,7 +398,7 @@ async def test_events_keep_flowing_after_keep_alives(make_api, monkeypatch):
             return (await response.aread()).decode("utf-8")
 
     reader = asyncio.create_task(asyncio.wait_for(read(), 180))
-    while not api.service.events.watching(submitted["id"]):
+    while not api.service.events.watching((await api.service.job(submitted["id"])).id):
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.5)  # several keep-alive periods with nothing to say
     await api.release(holder)
@@ -423,7 +423,7 @@ async def test_events_do_not_miss_a_job_that_ends_while_the_stream_opens(make_ap
 
     async def slow_status(job_id):  # the job finishes between the status read and the subscription
         view = await original(job_id)
-        while not (await api.store.get(job_id)).finished:
+        while not (await api.service.job(job_id)).finished:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
         return view
@@ -453,9 +453,9 @@ async def test_cancel_a_queued_job_and_it_never_runs(make_api):
     await api.release(holder)
     later = await api.submit("a dog --steps 1", BOB)  # the worker is free and runs what is queued
     assert (await api.wait(later["id"]))["status"] == "done"
-    row = await api.store.get(queued["id"])
+    row = await api.service.job(queued["id"])
     assert (row.status, row.started_at, row.attempts, row.images) == ("cancelled", None, 0, ())
-    assert not list(api.outputs.glob(f"job{queued['id']}-*"))
+    assert not list(api.outputs.glob(f"{queued['id']}-*"))
     assert api.executor.metrics()["images"] == 1  # only `later` was ever generated
 
 
@@ -473,7 +473,7 @@ async def test_cancel_a_running_job(make_api):
     assert response.status_code == 200 and response.json() == {"id": running["id"], "status": "cancelling"}
     job = await api.wait(running["id"])
     assert job["status"] == "cancelled" and job["images"] == []
-    assert not list(api.outputs.glob(f"job{running['id']}-*"))
+    assert not list(api.outputs.glob(f"{running['id']}-*"))
     assert (await api.wait(after["id"]))["status"] == "done"  # the queue moves on
     assert_error(await api.client.get(f"/api/jobs/{running['id']}/preview"), 404, "No preview")
 
@@ -558,7 +558,7 @@ async def test_a_full_disk_is_507_and_healthz_says_503_until_space_is_back(api):
     accepted = []
     for n in range(1000):
         response = await api.client.post("/api/jobs", json={"prompt": f"a cat {n} {'x' * 400} --steps 30"},
-                                         headers={"X-Imagebot-User": f"user{n}"})
+                                         headers={"X-Imagebot-User": f"user-{n}-0123456789abcdef"})
         if response.status_code != 202:
             break
         accepted.append(response.json()["id"])
@@ -653,13 +653,13 @@ async def test_fair_turns_and_batches_through_the_api(make_api):
     holder = await api.hold_worker()
     a_jobs = [(await api.submit(f"alice {i} --steps 2"))["id"] for i in range(6)]
     b_job = (await api.submit("bob's only one --steps 2", BOB))["id"]
-    d_jobs = [(await api.submit(f"dave {i} --steps 3", {"X-Imagebot-User": "dave"}))["id"] for i in range(2)]
+    d_jobs = [(await api.submit(f"dave {i} --steps 3", {"X-Imagebot-User": "dave-0123456789abcdef"}))["id"] for i in range(2)]
     await api.release(holder)  # everything was queued before the worker freed
     for job_id in [*a_jobs, b_job, *d_jobs]:
         assert (await api.wait(job_id))["status"] == "done"
-    rows = {job_id: await api.store.get(job_id) for job_id in [*a_jobs, b_job, *d_jobs]}
+    rows = {job_id: await api.service.job(job_id) for job_id in [*a_jobs, b_job, *d_jobs]}
     # Jobs of one pipeline call are claimed together: same started_at.
-    batches: dict[float, list[int]] = {}
+    batches: dict[float, list[str]] = {}
     for job_id, row in rows.items():
         batches.setdefault(row.started_at, []).append(job_id)
     order = [sorted(batches[at]) for at in sorted(batches)]

@@ -16,7 +16,7 @@ from bot.frontends.web.api import create_app
 async def client():
     service = MagicMock(job=AsyncMock(), preview=MagicMock(return_value=None))  # a job without a preview yet
     app = create_app(service, config_from_dict({}), Secrets())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         yield client
 
 

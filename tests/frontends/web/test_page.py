@@ -552,7 +552,7 @@ def test_models_api_offers_examples_and_the_callers_admin_state(server):
 
 
 def test_event_stream_outlives_a_keep_alive(server):
-    user = "sse-tester"
+    user = "sse-tester-0123456789"
     ahead = _call(server, "POST", "/api/jobs", user, '{"prompt": "a long one ahead --steps 50 --n 2 --size 256x256"}')
     waiting = None
     try:
@@ -597,7 +597,7 @@ def test_event_stream_outlives_a_keep_alive(server):
 def test_grid_link_and_model_command_for_admins(page, server):
     card = submit(page, "a fox --n 2 --steps 2")
     wait_done(page, card, images=2)
-    expect(card.locator(".grid-link")).to_have_attribute("href", re.compile(r"^/api/images/job\d+-grid\.png$"))
+    expect(card.locator(".grid-link")).to_have_attribute("href", re.compile(r"^/api/images/[0-9a-f]{24}-grid\.png$"))
     single = submit(page, "a fox --steps 2")
     wait_done(page, single, images=1)
     expect(single.locator(".grid-link")).to_have_count(0)

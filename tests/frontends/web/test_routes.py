@@ -10,7 +10,8 @@ URLS = {
     ("DELETE", "/api/jobs/{job_id}"), ("GET", "/api/jobs/{job_id}/preview"), ("GET", "/api/jobs/{job_id}/events"),
     ("GET", "/api/history"), ("GET", "/api/models"), ("PUT", "/api/models/default"), ("POST", "/api/models/reload"),
     ("GET", "/api/images/{file}"), ("GET", "/"), ("GET", "/api/messages"), ("GET", "/api/options"),
-    ("GET", "/healthz"), ("GET", "/metrics"),
+    ("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/api/admin/ban"), ("POST", "/api/admin/unban"),
+    ("GET", "/api/audit"),
 }
 
 

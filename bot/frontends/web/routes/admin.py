@@ -1,4 +1,5 @@
-"""Admin calls (`Authorization: Bearer $IMAGEBOT_ADMIN_TOKEN`): the default model, rescanning the models."""
+"""Admin calls (`Authorization: Bearer $IMAGEBOT_ADMIN_TOKEN`): the default model, rescanning the
+models, banning and unbanning users, the audit log of admin actions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from bot.frontends.web.deps import Admin, ServiceDep
-from bot.frontends.web.schemas import DefaultModelIn
+from bot.frontends.web.schemas import BanIn, DefaultModelIn, UnbanIn
 
 router = APIRouter()
 
@@ -21,3 +22,22 @@ async def set_default(body: DefaultModelIn, service: ServiceDep, admin: Admin) -
 @router.post("/api/models/reload")
 async def reload_models(service: ServiceDep, admin: Admin) -> dict[str, Any]:
     return await service.reload_models(admin)
+
+
+@router.post("/api/admin/ban")
+async def ban(body: BanIn, service: ServiceDep, admin: Admin) -> dict[str, Any]:
+    """Refuse the user's every later request; they are shown `reason`."""
+    await service.ban(body.user, body.reason, admin)
+    return {"banned": body.user}
+
+
+@router.post("/api/admin/unban")
+async def unban(body: UnbanIn, service: ServiceDep, admin: Admin) -> dict[str, Any]:
+    await service.unban(body.user, admin)
+    return {"unbanned": body.user}
+
+
+@router.get("/api/audit")
+async def audit(service: ServiceDep, admin: Admin, limit: int = 50) -> dict[str, Any]:
+    """The latest admin actions, newest first."""
+    return {"entries": await service.audit_log(admin, max(1, min(limit, 500)))}

@@ -6,11 +6,11 @@ import asyncio
 import json
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from bot.core.jobs import FINISHED
-from bot.frontends.web.deps import Locale, ServiceDep
+from bot.frontends.web.deps import Caller, Locale, ServiceDep
 from bot.frontends.web.schemas import JobId, job_json, view_json
 
 router = APIRouter()
@@ -19,13 +19,19 @@ ENDINGS = ("done", "failed", "cancelled")
 
 
 @router.get("/api/jobs/{job_id}/events")
-async def events(job_id: JobId, service: ServiceDep, locale: Locale) -> StreamingResponse:
-    await service.job(job_id)  # 404 before the stream starts
-    updates = service.subscribe(job_id)  # before reading the state: nothing falls in between
+async def events(job_id: JobId, request: Request, service: ServiceDep, caller: Caller,
+                 locale: Locale) -> StreamingResponse:
+    """Anyone holding the job's id may follow it. Each stream holds a slot of the caller's
+    (their key, or their address: EventSource sends no headers of ours) until it ends; 429 beyond."""
+    job = await service.job(job_id)  # 404 before the stream starts
+    slots = request.app.state.streams
+    slots.acquire(caller.user_id)  # 429 when the caller has too many open
+    updates = service.subscribe(job.id)  # before reading the state: nothing falls in between
     try:
-        view = await service.status(job_id)
+        view = await service.status(job.id)
     except BaseException:
         updates.close()
+        slots.release(caller.user_id)
         raise
 
     async def stream():
@@ -40,13 +46,16 @@ async def events(job_id: JobId, service: ServiceDep, locale: Locale) -> Streamin
                     yield ": keep-alive\n\n"
                     continue
                 if event["type"] in ENDINGS:
-                    yield sse(event["type"], job_json(await service.job(job_id), locale))
+                    yield sse(event["type"], job_json(await service.job(job.id), locale))
                     return
+                event = {**event, "job": job_id}  # the core's events name internal ids; callers know the public one
+                event.pop("batch", None)  # the other jobs of the batch: their ids are not the caller's to know
                 if event["type"] == "progress" and event.get("preview"):
                     event = {**event, "preview_url": f"/api/jobs/{job_id}/preview?step={event['step']}"}
                 yield sse(event["type"], event)
         finally:
             updates.close()
+            slots.release(caller.user_id)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

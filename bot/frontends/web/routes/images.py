@@ -1,4 +1,5 @@
-"""Finished images, by file name: public to whoever has the URL, cached for good (names never repeat)."""
+"""Finished images, by file name: to whoever has the URL (the names carry the job's random public
+id, so they cannot be guessed), cached for good by that browser only (names never repeat)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ async def image(file: str, config: ConfigDep, locale: Locale) -> Response:
     path = image_path(config.storage.outputs_path(), file)
     if path is None:
         return error_response(404, render("api_no_image", locale), "not_found")
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
 
 def image_path(outputs: Path, file: str) -> Path | None:

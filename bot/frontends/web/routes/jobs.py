@@ -26,9 +26,11 @@ async def submit(job: JobIn, service: ServiceDep, caller: Caller) -> dict[str, A
 @router.post("/api/jobs/{job_id}/{action}", status_code=202)
 async def derive(job_id: JobId, action: str, service: ServiceDep, caller: Caller,
                  body: DeriveIn | None = None) -> dict[str, Any]:
-    """reroll (same settings, new seed), variation or upscale (of image `index`, counted from 0)."""
+    """reroll (same settings, new seed), variation or upscale (of image `index`, counted from 0) of
+    one of the caller's own jobs: a job id someone shared lets one look, not take it over."""
     if action not in DERIVED:
         return error_response(404, render("api_unknown_action", caller.locale), "not_found")
+    await service.owned_job(job_id, caller)
     index = body.index if body is not None else 0
     return submitted_json(await service.submit_derived(job_id, action, caller, index))
 
@@ -46,8 +48,8 @@ async def cancel(job_id: JobId, service: ServiceDep, caller: Caller) -> dict[str
 
 @router.get("/api/jobs/{job_id}/preview")
 async def preview(job_id: JobId, service: ServiceDep, locale: Locale) -> Response:
-    await service.job(job_id)  # 404 for a job that does not exist
-    data = service.preview(job_id)
+    job = await service.job(job_id)  # 404 for a job that does not exist
+    data = service.preview(job.id)
     if data is None:
         return error_response(404, render("api_no_preview", locale), "no_preview")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})

@@ -764,7 +764,7 @@ async function loadHistory() {
 function renderGallery() {
   const gallery = $("#gallery");
   const done = [...state.jobs.values()].map((e) => e.data).filter((j) => j.status === "done")
-    .sort((a, b) => b.id - a.id);
+    .sort((a, b) => b.created_at - a.created_at); // newest first (ids are opaque)
   const images = done.flatMap((job) => job.images.map((image, index) => ({ job, image, index })));
   $("#gallery-empty").hidden = images.length > 0;
   if (gallery.childElementCount !== images.length) {
