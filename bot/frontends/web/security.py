@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from urllib.parse import urlsplit
 
 from bot.config import WebConfig
@@ -47,12 +49,23 @@ def host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 class Security:
     """The checks and headers above, as ASGI middleware (plain ASGI: event streams pass through)."""
 
     def __init__(self, app, web: WebConfig) -> None:
         self.app = app
         self.hosts = allowed_hosts(web)
+        # Without a list of its own, any address typed as digits is fine too (friends on a LAN open
+        # http://192.168.1.5:7860): DNS rebinding needs a name the attacker controls, never a literal.
+        self.any_address = not web.allowed_hosts
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -72,7 +85,8 @@ class Security:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", [])}
         locale = headers.get("accept-language")
         host = headers.get("host", "")
-        if "*" not in self.hosts and host_name(host) not in self.hosts:
+        if "*" not in self.hosts and host_name(host) not in self.hosts and not (
+                self.any_address and _is_address(host_name(host))):
             # 421 Misdirected Request: this server is not the one that name should reach.
             return error_response(421, render("api_wrong_host", locale, host=host_name(host)[:100]), "wrong_host")
         if scope["method"] not in CHANGING:

@@ -119,12 +119,16 @@ async def test_a_foreign_host_is_refused(api):
         assert_error(response, 421, "allowed_hosts")
     for host in ("localhost:7860", "127.0.0.1", "[::1]:7860"):
         assert (await api.client.get("/api/options", headers={"Host": host})).status_code == 200
+    # An address typed as digits cannot be a rebinding attacker's name: friends on a LAN get in.
+    for host in ("192.168.1.5:7860", "10.0.0.7", "[fe80::1]:7860"):
+        assert (await api.client.get("/api/options", headers={"Host": host})).status_code == 200
 
 
 async def test_allowed_hosts_are_configurable_and_star_allows_any(make_api):
     named = await make_api(web={"allowed_hosts": ["images.example.org"]})
     assert (await named.client.get("/api/options", headers={"Host": "images.example.org"})).status_code == 200
     assert (await named.client.get("/api/options")).status_code == 421  # localhost no longer listed
+    assert (await named.client.get("/api/options", headers={"Host": "192.168.1.5"})).status_code == 421
     anything = await make_api(web={"allowed_hosts": ["*"]})
     assert (await anything.client.get("/api/options", headers={"Host": "whatever.example"})).status_code == 200
 
