@@ -159,6 +159,7 @@ class FinetuneConfig:
     # --- export ---
     name: str = ""  # publish as models_dir/<name>; empty: only the run folder
     description: str = ""  # empty: one naming the base and the instance prompt
+    examples: tuple[str, ...] = ()  # prompts the result draws well; the web page offers them
     export_half: bool = True  # store the published weights as float16
     lora_scale: float = 1.0  # lora: the variant's scale (strength of the adapter)
 
@@ -857,7 +858,7 @@ def export(c: FinetuneConfig, base: BaseModel, defaults: VariantDefaults, pipe, 
                                      lambda staging: shutil.copytree(file.parent, staging, dirs_exist_ok=True),
                                      {"width": c.resolution, "height": c.resolution}, description,
                                      fields={"kind": "lora", "base": base.label, "file": LORA_FILE,
-                                             "scale": c.lora_scale})
+                                             "scale": c.lora_scale, **_examples(c)})
     else:
         pipe.unet, pipe.text_encoder = unet, text_encoder
         if c.export_half:
@@ -871,9 +872,13 @@ def export(c: FinetuneConfig, base: BaseModel, defaults: VariantDefaults, pipe, 
             return None
         published = publish_variant(c.models_dir, c.name,
                                      lambda staging: pipe.save_pretrained(staging, safe_serialization=True),
-                                     variant_defaults, description)
+                                     variant_defaults, description, fields=_examples(c))
     log(f"published model '{c.name}' at {published}")
     return published
+
+
+def _examples(c: FinetuneConfig) -> dict:
+    return {"examples": list(c.examples)} if c.examples else {}
 
 
 # =============================================================================================

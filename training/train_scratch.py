@@ -135,6 +135,7 @@ class TrainingConfig:
     name: str = ""  # publish the result as models_dir/<name>; empty: only output_dir/pipeline
     models_dir: str = "models"
     description: str = ""
+    examples: tuple[str, ...] = ()  # prompts the model draws well; the web page offers them
     negative_prompt: str = ""
 
 
@@ -678,8 +679,10 @@ def evaluate(pipe, c: TrainingConfig, run: Run) -> dict:
 
 
 def variant_defaults(c: TrainingConfig) -> dict:
+    # Far above the size it learned a model draws garbage, slowly: four times its size is the limit.
     return {"steps": c.sample_steps, "guidance": c.sample_guidance, "width": c.image_size,
-            "height": c.image_size, "scheduler": "dpm++", "negative_prompt": c.negative_prompt or None}
+            "height": c.image_size, "scheduler": "dpm++", "negative_prompt": c.negative_prompt or None,
+            "max_side": 4 * c.image_size}
 
 
 def describe(c: TrainingConfig, steps: int) -> str:
@@ -703,7 +706,8 @@ def export(pipe, c: TrainingConfig, run: Run, steps: int) -> Path | None:
         return None
     published = publish_variant(c.models_dir, c.name,
                                 lambda staging: pipe.save_pretrained(staging, safe_serialization=True),
-                                variant_defaults(c), describe(c, steps))
+                                variant_defaults(c), describe(c, steps),
+                                fields={"examples": list(c.examples)} if c.examples else None)
     log(f"published model '{c.name}' at {published}")
     return published
 

@@ -207,3 +207,11 @@ def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_says_how_to_resume(tmp_
     step = max(row["step"] for row in read_log(run) if row.get("stage") == "unet")
     assert main(["--resume", str(run / "checkpoint.pt"), "--max-steps", str(step + 1), "--eval-prompts", "0"]) == 0
     assert max(row["step"] for row in read_log(run) if row.get("stage") == "unet") == step + 1
+
+
+def test_the_published_model_refuses_sizes_far_above_what_it_learned(trained):
+    from bot.models.spec import read_variant
+
+    _, models = trained
+    spec = read_variant(models / "scratch")
+    assert spec.defaults.max_side == 4 * spec.defaults.width
