@@ -218,7 +218,7 @@ function thumbnail(job, index, list) {
 
 function chatImages() {
   return $$("#log > li[data-job]").flatMap((card) => {
-    const job = state.jobs.get(Number(card.dataset.job))?.data;
+    const job = state.jobs.get(card.dataset.job)?.data;
     return job && job.status === "done" ? job.images.map((_, index) => ({ job, index })) : [];
   });
 }
