@@ -60,6 +60,7 @@ class Limits:
     max_side: int = 1024
     max_pixels: int = 1024 * 1024
     max_images: int = 4  # images per request
+    max_loras: int = 3  # LoRAs one request may apply at once (<lora:NAME:W> tags and --lora)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,14 @@ class QueueConfig:
     max_attempts: int = 3  # a job the worker crashed on this often is failed, not retried
     shutdown_grace: float = 30.0  # seconds to finish the running batch on shutdown before requeueing it
     batch_window: float = 0.1  # seconds an idle worker waits for more jobs to batch with the first
+
+
+@dataclass(frozen=True)
+class VariationsConfig:
+    """How far variations move from their source image (img2img strength, 0.05-1)."""
+
+    subtle: float = 0.35  # Vary (Subtle): the same picture, details redrawn
+    strong: float = 0.7  # Vary (Strong), V1-V4 and Remix: the composition may change
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    variations: VariationsConfig = field(default_factory=VariationsConfig)
     web: WebConfig = field(default_factory=WebConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
@@ -311,6 +321,10 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
                 ipaddress.ip_network(entry.strip(), strict=False)
             except ValueError:
                 raise ConfigError(f"web.trusted_proxies: {entry!r} is not an address or a CIDR network") from None
+    if prefix == "variations":
+        for key, value in values.items():
+            if not 0.05 <= value <= 1:
+                raise ConfigError(f"variations.{key} must be from 0.05 to 1, got {value}")
     if prefix == "engine" and values.get("max_batch", 1) < 1:
         raise ConfigError("engine.max_batch must be at least 1")
     if prefix.startswith("variants."):

@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from bot.core.prompt_syntax import prompt_with_lora_tags
 from bot.models.atomic import write_atomic, write_text_atomic
 
 A1111_CHUNK = "parameters"
@@ -47,6 +48,7 @@ class ImageParameters:
     model_hash: str | None = None
     strength: float | None = None  # img2img denoising strength
     version: str | None = None  # e.g. "imagebot 0.1.0"
+    lora_hashes: str | None = None  # A1111's "Lora hashes": "name: hash, name: hash"
 
 
 # Our short sampler name -> (A1111 "Sampler", A1111 "Schedule type"). Every
@@ -131,6 +133,7 @@ def a1111_parameters(p: ImageParameters) -> str:
         "Model hash": p.model_hash,
         "Model": p.model,
         "Denoising strength": None if p.strength is None else _number(p.strength),
+        "Lora hashes": p.lora_hashes,
         "Version": p.version,
     }
     settings_line = ", ".join(f"{k}: {_quote(v)}" for k, v in settings.items() if v is not None)
@@ -220,6 +223,7 @@ def parameters_from_a1111(text: str) -> ImageParameters:
         model_hash=raw.get("Model hash"),
         strength=get("Denoising strength", float) if "Denoising strength" in raw else None,
         version=raw.get("Version"),
+        lora_hashes=raw.get("Lora hashes"),
     )
 
 
@@ -357,13 +361,17 @@ def save_result(result: Any, version: str, out_dir: Path, stem: str) -> SavedIma
     """Write the images of an engine `GenerationResult` as a batch (see save_images), each with
     everything needed to make it again; `version` is e.g. "imagebot 0.1.0"."""
     request = result.request
+    loras = getattr(result, "lora_fingerprints", ())
+    prompt = prompt_with_lora_tags(request.prompt, getattr(request, "loras", ()))
     params = [
         ImageParameters(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+            prompt=prompt, negative_prompt=request.negative_prompt, steps=request.steps,
             sampler=request.scheduler, guidance=request.guidance, seed=seed, width=request.width,
             height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
             strength=request.strength, version=version or None,
+            lora_hashes=", ".join(f"{name}: {fingerprint[:12]}" for name, fingerprint in loras) or None,
         )
         for seed in result.seeds
     ]
     return save_images(result.images, params, out_dir, stem)
+

@@ -12,8 +12,9 @@ from typing import Mapping
 
 from bot.config import Limits
 from bot.core.errors import UserError
+from bot.core.prompt_syntax import check_prompt_syntax, lora_tags
 from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions, shorten
-from bot.models.variant import VariantDefaults
+from bot.models.variant import MODEL_NAME, VariantDefaults
 
 
 def snap8(value: float) -> int:
@@ -52,11 +53,13 @@ def resolve(
     limits: Limits,
     models_dir: str = "models",
     unavailable: Mapping[str, str] | None = None,
+    lora_bases: Mapping[str, str] | None = None,
 ) -> GenerationRequest:
     """Fill in defaults from the model and check every value against the limits.
 
     `variants` are the usable models; `unavailable` maps models that exist but cannot be used
-    (broken files, a missing base) to the reason, so the user learns why.
+    (broken files, a missing base) to the reason, so the user learns why. `lora_bases` maps each
+    usable LoRA variant to the model it was made for.
     """
     if not options.prompt:
         raise UserError("prompt_empty")
@@ -75,6 +78,9 @@ def resolve(
     negative = defaults.negative_prompt if options.negative_prompt is None else options.negative_prompt
     if len(negative) > limits.max_prompt_chars:
         raise UserError("negative_too_long", got=len(negative), limit=limits.max_prompt_chars)
+    check_prompt_syntax(options.prompt)
+    check_prompt_syntax(negative)
+    loras = resolve_loras(options, model, variants, lora_bases or {}, limits.max_loras)
 
     if options.aspect is not None:
         native = (defaults.width, defaults.height)
@@ -109,7 +115,35 @@ def resolve(
         scheduler=options.scheduler or defaults.scheduler,
         init_image=options.init_image,
         strength=options.strength if options.init_image else None,
+        loras=loras,
     )
+
+
+def resolve_loras(options: RequestOptions, model: str, variants: Mapping[str, VariantDefaults],
+                  lora_bases: Mapping[str, str], limit: int) -> tuple[tuple[str, float], ...]:
+    """The LoRAs of a request: `<lora:NAME:W>` tags in its prompt, then its --lora flags; each
+    must be a LoRA variant made for the chosen model's base. A LoRA named twice with one weight is
+    one; with two weights, the request is refused (which one was meant?)."""
+    chosen: dict[str, float] = {}
+    for name, weight in [*lora_tags(options.prompt), *(options.loras or ())]:
+        if chosen.get(name, weight) != weight:
+            raise UserError("flag_twice", flag=f"lora {name}")
+        chosen[name] = weight
+    if len(chosen) > limit:
+        raise UserError("too_many_loras", count=len(chosen), limit=limit)
+    base = lora_bases.get(model, model)  # a LoRA variant as the model: its base takes more LoRAs
+    mine = sorted(name for name, of in lora_bases.items() if of == base)
+    for name in chosen:
+        if name not in lora_bases:
+            if not MODEL_NAME.fullmatch(name):
+                raise UserError("bad_model_name", got=shorten(name))
+            if name in variants:
+                raise UserError("lora_not_a_lora", got=name)
+            raise UserError("lora_unknown", got=shorten(name), model=model, available=", ".join(mine) or "none")
+        if lora_bases[name] != base:
+            raise UserError("lora_wrong_base", got=name, base=lora_bases[name], model=model,
+                            available=", ".join(mine) or "none")
+    return tuple(chosen.items())
 
 
 def model_limits(limits: Limits, defaults: VariantDefaults) -> Limits:

@@ -23,11 +23,13 @@ from PIL import Image
 
 from bot.config import EngineConfig
 from bot.core.errors import Cancelled, UserError
+from bot.core.prompt_syntax import strip_lora_tags
 from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
 from bot.engine.devices import EngineSetupError, memory_budget_bytes, pick_device, pick_dtype
 from bot.engine.interrupt import stoppable
-from bot.engine.loader import load_base_pipeline, load_lora, model_bytes
+from bot.engine.loader import load_base_pipeline, load_lora, lora_bytes, model_bytes
+from bot.engine.prompts import needs_embeddings, prompt_embeddings
 from bot.models.registry import Registry
 from bot.models.spec import VariantSpec
 from bot.engine.schedulers import make_scheduler
@@ -48,6 +50,7 @@ class GenerationResult:
     images: list[Image.Image]
     seeds: list[int]
     model_fingerprint: str
+    lora_fingerprints: tuple[tuple[str, str], ...] = ()  # (LoRA variant, fingerprint) applied, in order
 
 
 @dataclass
@@ -71,8 +74,12 @@ class _Resident:
     pipe: DiffusionPipeline
     scheduler_config: dict
     nbytes: int
-    adapters: dict[str, str] = field(default_factory=dict)  # LoRA variant name -> its fingerprint
+    # LoRA variant name -> its fingerprint and size, least recently used first
+    adapters: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
     img2img: DiffusionPipeline | None = None
+
+    def total_bytes(self) -> int:
+        return self.nbytes + sum(size for _, size in self.adapters.values())
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,7 @@ class Engine:
         first = requests[0]
         self.refresh()
         spec = self.registry.get(first.model)
-        pipe, resident = self._activate(spec)
+        pipe, resident, loras = self._activate(spec, first.loras)
         if first.init_image is not None:
             pipe = self._img2img(resident)
         pipe.scheduler = make_scheduler(first.scheduler, resident.scheduler_config)
@@ -163,31 +170,55 @@ class Engine:
         results = []
         for index, request in enumerate(requests):
             mine = [image for item, image in zip(items, images) if item.request_index == index]
-            results.append(GenerationResult(request, mine, request.seeds(), spec.fingerprint))
+            results.append(GenerationResult(request, mine, request.seeds(), spec.fingerprint, loras))
         return results
 
     # --- models ------------------------------------------------------------------------------
 
-    def _activate(self, spec: VariantSpec) -> tuple[DiffusionPipeline, _Resident]:
-        """Make `spec` the model the next pipeline call uses; load what is missing."""
+    def _activate(self, spec: VariantSpec, loras: Sequence[tuple[str, float]] = ()
+                  ) -> tuple[DiffusionPipeline, _Resident, tuple[tuple[str, str], ...]]:
+        """Make `spec`, with the request's LoRAs on top, what the next pipeline call uses; load
+        what is missing. Returns the pipeline, its resident model and the LoRAs applied with their
+        fingerprints."""
+        base_spec = self.registry.get(spec.base or "") if spec.kind == "lora" else spec
+        wanted: dict[str, tuple[VariantSpec, float]] = {}
         if spec.kind == "lora":
-            base_spec = self.registry.get(spec.base or "")
-            resident = self._resident_for(base_spec)
-            if resident.adapters.get(spec.name) != spec.fingerprint:
-                if spec.name in resident.adapters:
-                    resident.pipe.delete_adapters(spec.name)
-                    del resident.adapters[spec.name]
-                started = time.perf_counter()
-                load_lora(resident.pipe, spec)
-                resident.adapters[spec.name] = spec.fingerprint
-                self._count_load(time.perf_counter() - started)
+            wanted[spec.name] = (spec, spec.scale)
+        for name, weight in loras:  # a weight in the request wins over the variant's own scale
+            lora = spec if name == spec.name else self.registry.get(name)
+            if lora.kind != "lora" or lora.base != base_spec.name:  # the store changed since admission
+                raise UserError("lora_wrong_base", got=name, base=lora.base or name, model=spec.name,
+                                available=", ".join(n for n, b in self.registry.lora_bases().items()
+                                                    if b == base_spec.name) or "none")
+            wanted[name] = (lora, weight)
+        resident = self._resident_for(base_spec)
+        for lora, _ in wanted.values():
+            self._load_adapter(resident, lora)
+        if wanted:
             resident.pipe.enable_lora()
-            resident.pipe.set_adapters([spec.name], adapter_weights=[spec.scale])
-        else:
-            resident = self._resident_for(spec)
-            if resident.adapters:
-                resident.pipe.disable_lora()
-        return resident.pipe, resident
+            resident.pipe.set_adapters(list(wanted), adapter_weights=[weight for _, weight in wanted.values()])
+        elif resident.adapters:
+            resident.pipe.disable_lora()
+        with self._lock:
+            self._enforce_budget(keep=base_spec.name, keep_adapters=set(wanted))
+        return resident.pipe, resident, tuple((name, lora.fingerprint) for name, (lora, _) in wanted.items())
+
+    def _load_adapter(self, resident: _Resident, lora: VariantSpec) -> None:
+        """Attach a LoRA variant as a named adapter, once: later requests only switch to it."""
+        loaded = resident.adapters.get(lora.name)
+        if loaded is not None and loaded[0] == lora.fingerprint:
+            resident.adapters.move_to_end(lora.name)
+            return
+        if loaded is not None:
+            self._drop_adapter(resident, lora.name)
+        started = time.perf_counter()
+        load_lora(resident.pipe, lora)
+        resident.adapters[lora.name] = (lora.fingerprint, lora_bytes(lora))
+        self._count_load(time.perf_counter() - started)
+
+    def _drop_adapter(self, resident: _Resident, name: str) -> None:
+        resident.pipe.delete_adapters(name)
+        del resident.adapters[name]
 
     def _resident_for(self, spec: VariantSpec) -> _Resident:
         with self._lock:
@@ -244,13 +275,23 @@ class Engine:
             resident.img2img.set_progress_bar_config(disable=True)
         return resident.img2img
 
-    def _enforce_budget(self, keep: str) -> None:
-        total = sum(r.nbytes for r in self._resident.values())
+    def _enforce_budget(self, keep: str, keep_adapters: set[str] = frozenset()) -> None:
+        """Unload least recently used LoRA adapters, then models, until the budget holds; never
+        what the next call uses."""
+        total = sum(r.total_bytes() for r in self._resident.values())
+        for resident in self._resident.values():
+            for adapter in list(resident.adapters):
+                if total <= self.budget:
+                    return
+                if adapter not in keep_adapters:
+                    total -= resident.adapters[adapter][1]
+                    log.info("unloading LoRA %s to stay within the memory budget", adapter)
+                    self._drop_adapter(resident, adapter)
         for name in list(self._resident):
             if total <= self.budget:
                 break
             if name != keep:
-                total -= self._resident[name].nbytes
+                total -= self._resident[name].total_bytes()
                 log.info("unloading model %s to stay within the memory budget", name)
                 self._evict(name)
 
@@ -300,9 +341,15 @@ class Engine:
         # One CPU generator per image: the same seed gives the same starting noise on any device
         # and in any batch.
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
-        negatives = [item.negative_prompt for item in items]
-        if not any(negatives) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            negatives = None  # SDXL's own convention for "no negative prompt"
+        prompts = [strip_lora_tags(item.prompt) for item in items]
+        negatives = [strip_lora_tags(item.negative_prompt) for item in items]
+        if needs_embeddings(pipe, prompts + negatives):
+            # Weights or a prompt over the text encoder's window: compel encodes them.
+            text: dict[str, Any] = prompt_embeddings(pipe, prompts, negatives)
+        elif not any(negatives) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            text = dict(prompt=prompts, negative_prompt=None)  # SDXL's own convention for "no negative prompt"
+        else:
+            text = dict(prompt=prompts, negative_prompt=negatives)
 
         def on_step_end(pipeline, step, timestep, tensors):
             if should_cancel is not None and should_cancel():
@@ -313,8 +360,7 @@ class Engine:
             return {}
 
         kwargs: dict[str, Any] = dict(
-            prompt=[item.prompt for item in items],
-            negative_prompt=negatives,
+            **text,
             num_inference_steps=request.steps,
             guidance_scale=request.guidance,
             generator=generators,

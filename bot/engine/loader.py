@@ -88,6 +88,12 @@ def _load_lora(pipe: DiffusionPipeline, spec: VariantSpec) -> None:
         pipe.load_lora_weights(str(spec.folder), adapter_name=spec.name)
 
 
+def lora_bytes(spec: VariantSpec) -> int:
+    """Memory a LoRA adapter takes, as the size of its weights on disk."""
+    files = [spec.file] if spec.file is not None else list(spec.folder.glob("*.safetensors"))
+    return sum(file.stat().st_size for file in files if file.is_file())
+
+
 def model_bytes(pipe: DiffusionPipeline) -> int:
     """Memory held by a pipeline's weights (what the resident-model budget counts)."""
     total = 0

@@ -103,6 +103,11 @@ class Registry:
     def ready_defaults(self) -> dict[str, VariantDefaults]:
         return {e.name: e.spec.defaults for e in self.entries() if e.ready and e.spec}
 
+    def lora_bases(self) -> dict[str, str]:
+        """Usable LoRA variants and the model each was made for (what a request may add to it)."""
+        return {e.name: e.spec.base for e in self.entries()
+                if e.ready and e.spec and e.spec.kind == "lora" and e.spec.base}
+
     def unavailable(self) -> dict[str, str]:
         """Variants that exist but cannot be used, with the reason."""
         return {e.name: e.error for e in self.entries() if e.error and not e.disabled}

@@ -38,12 +38,14 @@ class JobIn(BaseModel):
     aspect: str | None = None
     count: Scalar = None
     scheduler: str | None = None
+    loras: str | list[str | list[str | float]] | None = None  # "name:0.8, other" or ["name:0.8"] or [["name", 0.8]]
 
 
 class DeriveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     index: int = Field(default=0, ge=0, le=63)
+    prompt: str | None = Field(default=None, max_length=20_000)  # remix: the edited prompt
 
 
 class DefaultModelIn(BaseModel):
