@@ -58,7 +58,9 @@ def fake_pipeline_files(sample_size: int | None = 8) -> dict[str, bytes | str]:
 def fake_safetensors(path: Path, keys: list[str]) -> Path:
     """A small but valid .safetensors file whose header holds `keys` (what arch = "auto" peeks at)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: np.zeros((2,), dtype=np.float32) for key in keys}, str(path))
+    # The UNet's first convolution says how many channels go in (4; 9 for inpainting).
+    save_file({key: np.zeros((1, 4, 1, 1) if key.endswith("input_blocks.0.0.weight") else (2,), dtype=np.float32)
+               for key in keys}, str(path))
     return path
 
 
@@ -229,9 +231,10 @@ def test_single_file_native_size_from_arch(store, arch, native):
 
 
 @pytest.mark.parametrize("keys, native", [
-    (["conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.out.0.weight"], 1024),
-    (["cond_stage_model.model.ln_final.weight", "model.diffusion_model.out.0.weight"], 768),
-    (["cond_stage_model.transformer.text_model.final_layer_norm.weight", "model.diffusion_model.out.0.weight"], 512),
+    (["conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.input_blocks.0.0.weight"], 1024),
+    (["cond_stage_model.model.ln_final.weight", "model.diffusion_model.input_blocks.0.0.weight"], 768),
+    (["cond_stage_model.transformer.text_model.final_layer_norm.weight",
+      "model.diffusion_model.input_blocks.0.0.weight"], 512),
 ])
 def test_single_file_auto_arch_peeks_at_the_safetensors_header(store, keys, native):
     fake_safetensors(store / "v" / "model.safetensors", keys)

@@ -1,6 +1,5 @@
 """training.to_single_file: diffusers pipeline -> single-file LDM checkpoint, and back through the bot's loader."""
 
-import json
 import os
 import shutil
 
@@ -18,7 +17,7 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from bot.engine.single_file import ARCHS_DIR, detect_arch, load_single_file, read_checkpoint_header  # noqa: E402
-from tests.helpers.tiny import save_tiny_pipeline, tiny_text_encoder  # noqa: E402
+from tests.helpers.tiny import save_tiny_pipeline  # noqa: E402
 from training.to_single_file import export_single_file, ldm_state_dict, main, unet_to_ldm  # noqa: E402
 
 
@@ -89,9 +88,8 @@ def test_export_layout(tiny):
     assert tensors["first_stage_model.decoder.up.3.block.0.conv1.weight"].shape[0] == 32
     assert tensors["cond_stage_model.transformer.text_model.embeddings.position_ids"].tolist() == [list(range(77))]
     assert all(v.dtype == torch.float32 for k, v in tensors.items() if not k.endswith("position_ids"))
-    # Small enough not to be mistaken for a real SD 1.5 (no output_blocks.11): detection refuses it.
-    with pytest.raises(ValueError):
-        detect_arch(read_checkpoint_header(exported))
+    # Detection goes by structure, not by size: the tiny model is an SD 1.x one too.
+    assert detect_arch(read_checkpoint_header(exported)) == "sd15"
 
 
 def test_export_half_and_cli(tiny, tmp_path, capsys):
@@ -114,23 +112,15 @@ def test_export_half_and_cli(tiny, tmp_path, capsys):
     reference.write_bytes(b"")
     assert out.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
     with safe_open(str(out), framework="pt") as f:
-        assert f.metadata() == {"format": "pt"}
+        assert f.metadata() == {"format": "pt", "modelspec.architecture": "stable-diffusion-v1",
+                                "modelspec.prediction_type": "epsilon"}
 
 
-def test_export_refuses_sd2_and_sdxl_text_encoders(tiny, tmp_path):
+def test_export_refuses_what_is_no_stable_diffusion_family(tiny):
     pipe_dir, _, _ = tiny
     pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, safety_checker=None, requires_safety_checker=False)
-    open_clip_like = CLIPTextModel(CLIPTextConfig(**{**tiny_text_encoder().config.to_dict(), "hidden_act": "gelu"}))
-    with pytest.raises(NotImplementedError, match="SD 1.x"):
-        ldm_state_dict(pipe.unet, pipe.vae, open_clip_like)
-
-    index = json.loads((pipe_dir / "model_index.json").read_text())
-    xl_dir = tmp_path / "xl"
-    shutil.copytree(pipe_dir, xl_dir)
-    (xl_dir / "model_index.json").write_text(json.dumps({**index, "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}))
-    with pytest.raises(NotImplementedError, match="two text encoders"):
-        export_single_file(xl_dir, tmp_path / "xl.safetensors")
-    assert not (tmp_path / "xl.safetensors").exists()
+    with pytest.raises(NotImplementedError, match="no text encoder"):
+        ldm_state_dict(pipe.unet, pipe.vae, None)
 
 
 def _meta_models(arch):
