@@ -179,8 +179,8 @@ class Service:
             entry = self.waiting.get(job.id)
             if entry is not None:
                 return JobView(job, *self._waiting_view(entry))
-        running = self.worker.running
-        if job.status == RUNNING and running and job.id in running.job_ids:
+        running = self.worker.batch_of(job.id)
+        if job.status == RUNNING and running:
             return JobView(job, None, self.eta.running(job.request.model, job.request.count, running),
                            running.step, running.total)
         return JobView(job, None, None)
@@ -193,8 +193,8 @@ class Service:
         return position, self.eta.waiting(position, own, mean, self.worker.running)
 
     def preview(self, job_id: int) -> bytes | None:
-        running = self.worker.running
-        return running.previews.get(job_id) if running and job_id in running.job_ids else None
+        running = self.worker.batch_of(job_id)
+        return running.previews.get(job_id) if running else None
 
     async def history(self, origin: Origin, limit: int = 20) -> list[Job]:
         return await self.store.history(origin.user_key, limit)
