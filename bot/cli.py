@@ -289,6 +289,10 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
         if spec.kind == "lora":
             print(f"scale:       {spec.scale}")
         print(f"defaults:    {_defaults_text(spec.defaults)}")
+        if spec.defaults.role != "text2image":
+            print(f"role:        {spec.defaults.role} (does not draw from a prompt alone)")
+        if spec.defaults.refiner:
+            print(f"refiner:     {spec.defaults.refiner}, switch {spec.defaults.refiner_switch}")
         if spec.defaults.negative_prompt:
             print(f"negative:    {spec.defaults.negative_prompt}")
     return 0

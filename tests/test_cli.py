@@ -203,6 +203,16 @@ def test_a_refiner_or_inpainting_model_asked_to_draw_exits_2_saying_what_it_is(w
     code, out, err = run_main(["imagine", "a fox", "--model", "inpaint"], capsys)
     assert code == 2 and out == ""
     assert_one_line_error(err, "'inpaint' is an inpainting model", "demo")
+    code, out, _ = run_main(["models", "show", "refiner"], capsys)
+    assert code == 0 and "role:        refiner (does not draw from a prompt alone)" in out
+
+
+def test_models_show_names_the_refiner_and_where_it_takes_over(work, capsys, tiny_sdxl_dir, tiny_sdxl_refiner_dir):
+    add_pipeline_variant(work.models, "refiner", tiny_sdxl_refiner_dir)
+    add_pipeline_variant(work.models, "demo-refined", tiny_sdxl_dir,
+                         'kind = "pipeline"\nrefiner = "refiner"\nrefiner_switch = 0.7\n')
+    code, out, _ = run_main(["models", "show", "demo-refined"], capsys)
+    assert code == 0 and "refiner:     refiner, switch 0.7" in out and "role:" not in out
 
 
 def test_missing_init_image_exits_2(work, capsys):

@@ -634,3 +634,29 @@ def test_examples_are_read_and_checked(store):
 def test_shipped_models_offer_three_or_four_examples(name):
     examples = registry_module.read_variant(REPO_ROOT / "models" / name).examples
     assert 3 <= len(examples) <= 4 and len(set(examples)) == len(examples)
+
+
+@pytest.mark.parametrize("repo, role", [
+    ("stabilityai/stable-diffusion-xl-refiner-1.0", "refiner"),
+    ("diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "inpainting"),
+    ("stabilityai/stable-diffusion-xl-base-1.0", "text2image"),
+])
+def test_hub_variant_role_from_its_repo_name(store, repo, role):
+    write_variant(store, "v", f'repo = "{repo}"\n')
+    assert scanned(store).get("v").defaults.role == role
+
+
+@pytest.mark.parametrize("channels, role", [(4, "text2image"), (9, "inpainting")])
+def test_single_file_role_from_the_unet_input_channels(store, channels, role):
+    path = store / "v" / "model.safetensors"
+    path.parent.mkdir(parents=True)
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((1, channels, 1, 1), dtype=np.float32),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": np.zeros((2,), dtype=np.float32)},
+              str(path))
+    write_variant(store, "v", 'file = "model.safetensors"\n')
+    assert scanned(store).get("v").defaults.role == role
+
+
+def test_refiner_settings_belong_to_the_top_level_not_to_defaults(store):
+    write_variant(store, "v", 'repo = "a/b"\n[defaults]\nrefiner = "x"\n')
+    assert "unknown key(s) in [defaults]: refiner" in scanned(store).unavailable()["v"]
