@@ -35,6 +35,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "model": ("model", "--model finetuned"),
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
+    "refiner": ("refiner", "--refiner 0.7"),
 }
 
 # A flag starts at the beginning or after whitespace. Phones turn "--" into an em or en dash,
@@ -61,6 +62,7 @@ class RequestOptions:
     scheduler: str | None = None
     init_image: str | None = None
     strength: float | None = None
+    refiner: float | None = None  # where the model's refiner takes over (0.7), or 0 for no refiner
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class GenerationRequest:
     scheduler: str = "dpm++"
     init_image: str | None = None  # path of the source image for img2img (variations, upscale)
     strength: float | None = None
+    refiner: str | None = None  # the refiner variant that runs the last steps (SDXL), if any
+    refiner_switch: float | None = None  # the fraction of the steps the model runs before the refiner
 
     def seeds(self) -> list[int]:
         """One seed per image, as AUTOMATIC1111 does: seed, seed+1, ..."""
@@ -86,8 +90,11 @@ class GenerationRequest:
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one pipeline call."""
-        return (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
-                self.init_image is not None, self.strength)
+        key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
+               self.init_image is not None, self.strength)
+        # Only requests with the same refiner setting run together; a request without a refiner
+        # keeps the key it always had (jobs queued before refiners existed still batch with it).
+        return key + (self.refiner, self.refiner_switch) if self.refiner else key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,6 +157,7 @@ def options_from_fields(
     scheduler: object = None,
     init_image: str | None = None,
     strength: object = None,
+    refiner: object = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
 
@@ -179,6 +187,7 @@ def options_from_fields(
         scheduler=None if scheduler is None else parse_scheduler(scheduler),
         init_image=init_image,
         strength=None if strength is None else to_float("strength", strength),
+        refiner=None if refiner is None else parse_refiner(refiner),
     )
 
 
@@ -263,6 +272,17 @@ def parse_aspect(value: object) -> tuple[int, int]:
     if not 0.25 <= w / h <= 4:
         raise UserError("aspect_out_of_range", got=f"{w}:{h}")
     return w, h
+
+
+def parse_refiner(value: object) -> float:
+    """Where the refiner takes over, as a fraction of the steps: 0 (no refiner) up to below 1.
+    "off" is 0 too."""
+    if isinstance(value, str) and value.strip().lower() in ("off", "no", "none"):
+        return 0.0
+    switch = to_float("refiner", value)
+    if not 0 <= switch < 1:
+        raise UserError("refiner_out_of_range", got=switch)
+    return switch
 
 
 def parse_model_name(value: object) -> str:

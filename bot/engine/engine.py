@@ -152,6 +152,7 @@ class Engine:
             pipe = self._img2img(resident)
         pipe.scheduler = make_scheduler(first.scheduler, resident.scheduler_config)
         self._configure_vae(pipe, first.width * first.height)
+        refiner = self._refiner(first, keep=resident.spec.name)
 
         items = [
             _Item(index, request.prompt, request.negative_prompt, seed, self._init_image(request))
@@ -162,7 +163,7 @@ class Engine:
         started = time.perf_counter()
         for start in range(0, len(items), self.config.max_batch):
             chunk = items[start: start + self.config.max_batch]
-            images += self._run_with_oom_retry(pipe, first, chunk, on_progress, should_cancel)
+            images += self._run_with_oom_retry(pipe, first, chunk, on_progress, should_cancel, refiner)
         self._record_speed(spec.name, first, time.perf_counter() - started, len(items))
 
         results = []
@@ -194,7 +195,19 @@ class Engine:
                 resident.pipe.disable_lora()
         return resident.pipe, resident
 
-    def _resident_for(self, spec: VariantSpec) -> _Resident:
+    def _refiner(self, request: GenerationRequest, keep: str) -> DiffusionPipeline | None:
+        """The refiner pipeline that finishes `request`, loaded next to its base (both resident)."""
+        if not request.refiner:
+            return None
+        spec = self.registry.get(request.refiner)
+        resident = self._resident_for(spec, also_keep=keep)
+        if resident.adapters:
+            resident.pipe.disable_lora()
+        resident.pipe.scheduler = make_scheduler(request.scheduler, resident.scheduler_config)
+        self._configure_vae(resident.pipe, request.width * request.height)
+        return resident.pipe
+
+    def _resident_for(self, spec: VariantSpec, also_keep: str | None = None) -> _Resident:
         with self._lock:
             resident = self._resident.get(spec.name)
             if resident is not None and resident.spec.fingerprint == spec.fingerprint:
@@ -210,7 +223,7 @@ class Engine:
         self._count_load(time.perf_counter() - started)
         with self._lock:
             self._resident[spec.name] = resident
-            self._enforce_budget(keep=spec.name)
+            self._enforce_budget(keep={spec.name, also_keep})
         return resident
 
     def _place(self, pipe: DiffusionPipeline) -> None:
@@ -249,12 +262,12 @@ class Engine:
             resident.img2img.set_progress_bar_config(disable=True)
         return resident.img2img
 
-    def _enforce_budget(self, keep: str) -> None:
+    def _enforce_budget(self, keep: set[str | None]) -> None:
         total = sum(r.nbytes for r in self._resident.values())
         for name in list(self._resident):
             if total <= self.budget:
                 break
-            if name != keep:
+            if name not in keep:
                 total -= self._resident[name].nbytes
                 log.info("unloading model %s to stay within the memory budget", name)
                 self._evict(name)
@@ -285,9 +298,9 @@ class Engine:
         with Image.open(request.init_image) as source:
             return source.convert("RGB").resize((request.width, request.height), Image.Resampling.LANCZOS)
 
-    def _run_with_oom_retry(self, pipe, request, items, on_progress, should_cancel) -> list[Image.Image]:
+    def _run_with_oom_retry(self, pipe, request, items, on_progress, should_cancel, refiner=None) -> list[Image.Image]:
         try:
-            return self._call(pipe, request, items, on_progress, should_cancel)
+            return self._call(pipe, request, items, on_progress, should_cancel, refiner)
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -296,10 +309,10 @@ class Engine:
             self.stats.oom_retries += 1
             half = len(items) // 2
             log.warning("out of memory with %d images; retrying as %d + %d", len(items), half, len(items) - half)
-            return (self._run_with_oom_retry(pipe, request, items[:half], on_progress, should_cancel)
-                    + self._run_with_oom_retry(pipe, request, items[half:], on_progress, should_cancel))
+            return (self._run_with_oom_retry(pipe, request, items[:half], on_progress, should_cancel, refiner)
+                    + self._run_with_oom_retry(pipe, request, items[half:], on_progress, should_cancel, refiner))
 
-    def _call(self, pipe, request: GenerationRequest, items: list[_Item], on_progress, should_cancel):
+    def _call(self, pipe, request: GenerationRequest, items: list[_Item], on_progress, should_cancel, refiner=None):
         if should_cancel is not None and should_cancel():
             raise Cancelled()
         # One CPU generator per image: the same seed gives the same starting noise on any device
@@ -309,12 +322,17 @@ class Engine:
         if not any(negatives) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
             negatives = None  # SDXL's own convention for "no negative prompt"
 
+        done = 0  # steps of earlier pipelines (the base, when a refiner finishes)
+
         def on_step_end(pipeline, step, timestep, tensors):
             if should_cancel is not None and should_cancel():
                 raise Cancelled()  # leaves the denoising loop at once, skipping the decode
             if on_progress is not None:
-                total = getattr(pipeline, "num_timesteps", None) or request.steps
-                on_progress(Progress(step + 1, total, tensors.get("latents") if self.want_latents else None))
+                if refiner is None:
+                    total = getattr(pipeline, "num_timesteps", None) or request.steps
+                else:  # base and refiner share the request's steps between them
+                    total = max(request.steps, done + step + 1)
+                on_progress(Progress(done + step + 1, total, tensors.get("latents") if self.want_latents else None))
             return {}
 
         kwargs: dict[str, Any] = dict(
@@ -334,8 +352,21 @@ class Engine:
                           num_inference_steps=max(request.steps, math.ceil(1 / strength)))
         else:
             kwargs.update(width=request.width, height=request.height)
+        if refiner is not None:
+            # The ensemble of experts: the base denoises the first part of the schedule and hands
+            # its latents over; the refiner, specialised in the last, low-noise steps, finishes.
+            kwargs.update(denoising_end=request.refiner_switch, output_type="latent")
         with torch.inference_mode(), stoppable(pipe, should_cancel):
             output = pipe(**kwargs)
+        if refiner is not None:
+            done = pipe.num_timesteps
+            for key in ("width", "height", "denoising_end"):
+                kwargs.pop(key, None)
+            kwargs.update(image=output.images, denoising_start=request.refiner_switch, output_type="pil")
+            if kwargs["negative_prompt"] is None and not getattr(refiner.config, "force_zeros_for_empty_prompt", False):
+                kwargs["negative_prompt"] = [""] * len(items)
+            with torch.inference_mode(), stoppable(refiner, should_cancel):
+                output = refiner(**kwargs)
         self.stats.batches += 1
         self.stats.images += len(items)
         return list(output.images)
