@@ -132,6 +132,11 @@ class Engine:
                     log.info("model %s changed or removed in the store; unloading it", name)
                     self._evict(name)
 
+    def unload(self, name: str) -> None:
+        """Free a resident model now (a Ray replica's least recently used variant)."""
+        with self._lock:
+            self._evict(name)
+
     def generate(
         self,
         requests: Sequence[GenerationRequest],
