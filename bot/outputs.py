@@ -49,6 +49,8 @@ class ImageParameters:
     strength: float | None = None  # img2img denoising strength
     version: str | None = None  # e.g. "imagebot 0.1.0"
     lora_hashes: str | None = None  # A1111's "Lora hashes": "name: hash, name: hash"
+    refiner: str | None = None  # the refiner variant that ran the last steps (SDXL)
+    refiner_switch: float | None = None  # the fraction of the steps before the refiner took over
 
 
 # Our short sampler name -> (A1111 "Sampler", A1111 "Schedule type"). Every
@@ -134,6 +136,9 @@ def a1111_parameters(p: ImageParameters) -> str:
         "Model": p.model,
         "Denoising strength": None if p.strength is None else _number(p.strength),
         "Lora hashes": p.lora_hashes,
+        # A1111's own names for the refiner (since 1.6), so its readers fill them in too.
+        "Refiner": p.refiner,
+        "Refiner switch at": None if p.refiner is None or p.refiner_switch is None else _number(p.refiner_switch),
         "Version": p.version,
     }
     settings_line = ", ".join(f"{k}: {_quote(v)}" for k, v in settings.items() if v is not None)
@@ -224,6 +229,8 @@ def parameters_from_a1111(text: str) -> ImageParameters:
         strength=get("Denoising strength", float) if "Denoising strength" in raw else None,
         version=raw.get("Version"),
         lora_hashes=raw.get("Lora hashes"),
+        refiner=raw.get("Refiner"),
+        refiner_switch=get("Refiner switch at", float) if "Refiner switch at" in raw else None,
     )
 
 
@@ -370,6 +377,7 @@ def save_result(result: Any, version: str, out_dir: Path, stem: str) -> SavedIma
             height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
             strength=request.strength, version=version or None,
             lora_hashes=", ".join(f"{name}: {fingerprint[:12]}" for name, fingerprint in loras) or None,
+            refiner=request.refiner, refiner_switch=request.refiner_switch,
         )
         for seed in result.seeds
     ]

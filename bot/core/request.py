@@ -37,6 +37,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
     "lora": ("loras", "--lora demo-finetuned:0.8"),
+    "refiner": ("refiner", "--refiner 0.7"),
 }
 # Flags that may be given more than once; their values add up (--lora a:1 --lora b:0.5).
 REPEATABLE = {"loras"}
@@ -66,6 +67,7 @@ class RequestOptions:
     init_image: str | None = None
     strength: float | None = None
     loras: tuple[tuple[str, float], ...] | None = None  # --lora flags (tags in the prompt are read later)
+    refiner: float | None = None  # where the model's refiner takes over (0.7), or 0 for no refiner
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class GenerationRequest:
     # LoRA variants applied on top of the model, as (name, weight): from <lora:NAME:W> tags in the
     # prompt and --lora flags. The prompt keeps its tags, as AUTOMATIC1111's does.
     loras: tuple[tuple[str, float], ...] = ()
+    refiner: str | None = None  # the refiner variant that runs the last steps (SDXL), if any
+    refiner_switch: float | None = None  # the fraction of the steps the model runs before the refiner
 
     def seeds(self) -> list[int]:
         """One seed per image, as AUTOMATIC1111 does: seed, seed+1, ..."""
@@ -96,8 +100,9 @@ class GenerationRequest:
         """Requests with equal keys can share one pipeline call."""
         key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
                self.init_image is not None, self.strength)
-        # Only jobs with the same LoRA set share a call; without LoRAs the key is what jobs stored
-        # before LoRAs existed, so those still batch with new ones.
+        # Only requests with the same refiner setting and the same LoRA set run together; a request
+        # with neither keeps the key it always had (jobs queued before them still batch with it).
+        key = key + (self.refiner, self.refiner_switch) if self.refiner else key
         return key + (self.loras,) if self.loras else key
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +172,7 @@ def options_from_fields(
     init_image: str | None = None,
     strength: object = None,
     loras: object = None,
+    refiner: object = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
 
@@ -197,6 +203,7 @@ def options_from_fields(
         init_image=init_image,
         strength=None if strength is None else to_float("strength", strength),
         loras=None if loras is None else parse_loras(loras),
+        refiner=None if refiner is None else parse_refiner(refiner),
     )
 
 
@@ -304,6 +311,17 @@ def parse_loras(value: object) -> tuple[tuple[str, float], ...] | None:
         name = parse_model_name(name)
         loras.append((name, parse_lora_weight(name, str(weight))))
     return tuple(loras) or None
+
+
+def parse_refiner(value: object) -> float:
+    """Where the refiner takes over, as a fraction of the steps: 0 (no refiner) up to below 1.
+    "off" is 0 too."""
+    if isinstance(value, str) and value.strip().lower() in ("off", "no", "none"):
+        return 0.0
+    switch = to_float("refiner", value)
+    if not 0 <= switch < 1:
+        raise UserError("refiner_out_of_range", got=switch)
+    return switch
 
 
 def parse_model_name(value: object) -> str:

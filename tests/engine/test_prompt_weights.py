@@ -71,3 +71,41 @@ def test_the_png_keeps_the_prompt_as_typed(engine, tmp_path):
     [result] = engine.generate([request])
     saved = save_result(result, "imagebot test", tmp_path, "weights")
     assert read_png_parameters(saved.images[0]).prompt == typed
+
+
+# --- the other families: SD 2.x (one OpenCLIP encoder), SDXL (two encoders and a pooled embedding),
+# SDXL with its refiner (only the second encoder). Tiny random-weight models.
+
+
+@pytest.fixture(scope="module")
+def family_engine(tmp_path_factory, tiny_sd2_dir, tiny_sdxl_dir, tiny_sdxl_refiner_dir) -> Engine:
+    from tests.helpers.models import add_pipeline_variant
+
+    store = tmp_path_factory.mktemp("families") / "models"
+    store.mkdir()
+    steps = '[defaults]\nsteps = 3\nwidth = 64\nheight = 64\n'
+    add_pipeline_variant(store, "sd2", tiny_sd2_dir, 'kind = "pipeline"\n' + steps)
+    add_pipeline_variant(store, "xl", tiny_sdxl_dir, 'kind = "pipeline"\n' + steps)
+    add_pipeline_variant(store, "xl-refined", tiny_sdxl_dir,
+                         'kind = "pipeline"\nrefiner = "refiner"\nrefiner_switch = 0.6\n' + steps)
+    add_pipeline_variant(store, "refiner", tiny_sdxl_refiner_dir, 'kind = "pipeline"\n' + steps)
+    registry = Registry(store, rescan_seconds=0)
+    registry.scan()
+    return Engine(registry, EngineConfig(device="cpu"), allow_download=False)
+
+
+def family_draw(engine: Engine, text: str, model: str) -> np.ndarray:
+    registry = engine.registry
+    request = resolve(parse_prompt(f"{text} --seed 2"), registry.ready_defaults(), model, Limits())
+    [result] = engine.generate([request])
+    return np.asarray(result.images[0]).astype(np.float64)
+
+
+@pytest.mark.parametrize("model", ["sd2", "xl", "xl-refined"])
+def test_weights_and_long_prompts_on_sd2_and_sdxl(family_engine, model):
+    plain = family_draw(family_engine, "a red circle --no (blur:1.0)", model)
+    assert differ(plain, family_draw(family_engine, "a (red:1) circle --no blur", model)) < 0.5
+    assert differ(plain, family_draw(family_engine, "a (red:1.8) circle --no blur", model)) > 0
+    assert differ(plain, family_draw(family_engine, "a red circle --no (blur:1.8)", model)) > 0
+    long = "a red circle" + ", and so on" * 30
+    assert differ(family_draw(family_engine, long, model), family_draw(family_engine, long + ", green", model)) > 0

@@ -39,6 +39,7 @@ class JobIn(BaseModel):
     count: Scalar = None
     scheduler: str | None = None
     loras: str | list[str | list[str | float]] | None = None  # "name:0.8, other" or ["name:0.8"] or [["name", 0.8]]
+    refiner: Scalar = None  # where the model's refiner takes over (0.7), 0 or "off" for none
 
 
 class DeriveIn(BaseModel):

@@ -221,7 +221,7 @@ async def test_imagine_in_a_private_chat_ends_in_a_photo_with_buttons(make_stack
     assert caption.startswith("a red fox in the snow\n") and "Seed: 7" in caption and f"#{short_id(job.public_id)}" in caption
     assert "2 steps" in caption and "demo" in caption and len(caption) <= 1024
     data = buttons(photo)
-    assert sorted(d.split(":")[0] for d in data.values()) == ["p", "r", "u", "v", "x"]
+    assert sorted(d.split(":")[0] for d in data.values()) == ["m", "p", "r", "s", "u", "v", "x"]
     assert all(len(d.encode()) <= 64 and d.split(":")[1] == job.public_id for d in data.values())
 
     delivered = await bot.wait_delivery(job.id)
@@ -251,7 +251,7 @@ async def test_several_images_come_as_an_album_and_buttons_work_after_a_restart(
     album_ids = [m["message_id"] for m in album.result]
     actions = await first.reply_to(album_ids[0])
     data = buttons(actions)
-    assert {"V1", "V2", "U1", "U2", "🔄 Reroll", "📄 PNG", "🗑 Delete"} == set(data)
+    assert {"V1", "V2", "S1", "S2", "R1", "R2", "U1", "U2", "🔄 Reroll", "📄 PNG", "🗑 Delete"} == set(data)
     (source,) = await first.jobs_of(ALICE)
     await first.wait_delivery(source.id)
     await first.stop()
@@ -318,6 +318,15 @@ async def test_groups_answer_only_commands_for_this_bot_and_allowed_chats(make_s
     assert [job.request.prompt for job in jobs] == ["a cat in a group"]
 
 
+async def test_a_refiner_model_asked_to_draw_says_what_it_is_for(make_stack, models_dir, tiny_sdxl_refiner_dir):
+    add_pipeline_variant(models_dir, "refiner", tiny_sdxl_refiner_dir)
+    bot = await make_stack()
+    asked = bot.send(ALICE, "/imagine a cat --model refiner")
+    status = await bot.reply_to(asked)
+    await bot.status_text(status.result["message_id"], "'refiner' is a refiner: it finishes the images of a base model")
+    assert await bot.jobs_of(ALICE) == []
+
+
 async def test_bad_input_gets_a_clear_reply_and_queues_nothing(make_stack):
     bot = await make_stack()
     cases = {
@@ -326,6 +335,7 @@ async def test_bad_input_gets_a_clear_reply_and_queues_nothing(make_stack):
         "/imagine a cat --model nosuch": "There is no model 'nosuch'. Available: demo",
         "/imagine a cat --steps 100000": "steps must be 1-50, got 100000",
         "/imagine a cat --flavour spicy": "Unknown option --flavour",
+        "/imagine a cat --refiner 0.7": "Model 'demo' has no refiner",
     }
     asked = {bot.send(ALICE, text): expected for text, expected in cases.items()}
     for message_id, expected in asked.items():
