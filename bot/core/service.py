@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bot.config import Config
+from bot.core.accounts import Accounts
 from bot.core.admission import DEFAULT_MODEL_SETTING, CHAT_MODEL_SETTING, Admission, Catalog
 from bot.core.errors import UserError
 from bot.core.eta import EtaEstimator
@@ -81,6 +82,7 @@ class Service:
         self.waiting = WaitingIndex()
         self.eta = EtaEstimator(executor.seconds_per_step)
         self.admission = Admission(config, store, catalog)
+        self.accounts = Accounts(store, config.web.session_days * 86400)  # [web] auth = "password"
         scheduler = Scheduler(max_batch=config.engine.max_batch, max_switch_wait=config.queue.max_switch_wait)
         self.worker = Worker(config.queue, store, self.waiting, scheduler, executor, self.events,
                              idle_wait=config.models.rescan_seconds or 2.0)
