@@ -125,7 +125,8 @@ class Service:
                     steps=request.steps, guidance=request.guidance, scheduler=request.scheduler)
         if action == "reroll":
             options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
-                                     init_image=request.init_image, strength=request.strength)
+                                     init_image=request.init_image, strength=request.strength,
+                                     refiner=self._same_refiner(request))
         elif action in ("variation", "upscale"):
             if source.status != "done" or not 0 <= index < len(source.images):
                 raise UserError("no_such_image", job=ref, index=index + 1)
@@ -137,6 +138,14 @@ class Service:
         else:
             raise ValueError(f"unknown action {action!r}")
         return await self._queue(options, origin)
+
+    def _same_refiner(self, request: GenerationRequest) -> float | None:
+        """The refiner setting that remakes `request`: its switch, or off (0) where the model has a
+        refiner that did not run."""
+        if request.refiner:
+            return request.refiner_switch
+        defaults = self.catalog.ready_defaults().get(request.model)
+        return 0.0 if request.init_image is None and defaults is not None and defaults.refiner else None
 
     async def _queue(self, options: RequestOptions, origin: Origin) -> Submitted:
         if not self._accepting:

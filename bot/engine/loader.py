@@ -98,3 +98,15 @@ def model_bytes(pipe: DiffusionPipeline) -> int:
             total += sum(t.numel() * t.element_size() for t in component.parameters())
             total += sum(t.numel() * t.element_size() for t in component.buffers())
     return total
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+def weight_file_bytes(spec: VariantSpec) -> int:
+    """The size of a variant's weight files on disk: what loading it will roughly take in memory
+    (0 for a hub model, whose files are elsewhere)."""
+    if spec.kind == "hub":
+        return 0
+    files = [spec.file] if spec.kind == "single_file" and spec.file is not None else spec.folder.rglob("*")
+    return sum(path.stat().st_size for path in files if path.suffix.lower() in WEIGHT_SUFFIXES and path.is_file())

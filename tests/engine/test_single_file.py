@@ -357,3 +357,21 @@ def test_sdxl_loader_arguments(tmp_path, monkeypatch):
     assert "safety_checker" not in kwargs
     assert kwargs["tokenizer"].pad_token == "<|endoftext|>" and kwargs["tokenizer_2"].pad_token == "!"
     assert kwargs["tokenizer"].model_max_length == kwargs["tokenizer_2"].model_max_length == 77
+
+
+@pytest.mark.parametrize("arch, time_ids", [("sdxl", 6), ("sdxl-inpaint", 6), ("sdxl-refiner", 5)])
+def test_sdxl_micro_conditioning_fits_the_shipped_unet(arch, time_ids):
+    """The base conditions on (original size, crop, target size), the refiner on (original size,
+    crop, aesthetic score): the pipeline checks its time ids against the UNet's embedding width."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    folder = ARCHS_DIR / arch
+    index = _json(folder / "model_index.json")
+    unet = _json(folder / "unet" / "config.json")
+    encoder = _json(folder / "text_encoder_2" / "config.json")
+    assert unet["projection_class_embeddings_input_dim"] == unet["addition_time_embed_dim"] * time_ids + encoder["projection_dim"]
+    assert index.get("requires_aesthetics_score", False) == (time_ids == 5)
+    if arch == "sdxl-refiner":
+        assert index["_class_name"] == StableDiffusionXLImg2ImgPipeline.__name__
+        assert index["text_encoder"] == index["tokenizer"] == [None, None]
+        assert unet["cross_attention_dim"] == encoder["hidden_size"]  # the bigG encoder alone

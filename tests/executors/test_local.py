@@ -173,6 +173,22 @@ async def test_reroll_variation_and_upscale_derive_new_jobs(make_service):
         await service.submit_derived(first.job_id, "upscale", BOB, index=2)
 
 
+async def test_a_reroll_keeps_the_refiner_setting_of_its_source(make_service, models_dir, tiny_sdxl_dir,
+                                                                 tiny_sdxl_refiner_dir):
+    add_pipeline_variant(models_dir, "xl", tiny_sdxl_dir, 'kind = "pipeline"\nrefiner = "refiner"\n'
+                                                           '[defaults]\nsteps = 2\n')
+    add_pipeline_variant(models_dir, "refiner", tiny_sdxl_refiner_dir)
+    service = await make_service()
+    settings = {}
+    for flags in ("", " --refiner 0.5", " --refiner 0"):
+        first = await service.submit(f"a cat --model xl{flags}", ALICE)
+        assert (await wait_finished(service, first.job_id)).status == "done"
+        reroll = await service.submit_derived(first.job_id, "reroll", BOB)
+        settings[flags] = (reroll.request.refiner, reroll.request.refiner_switch)
+        assert (await wait_finished(service, reroll.job_id)).status == "done"
+    assert settings == {"": ("refiner", 0.8), " --refiner 0.5": ("refiner", 0.5), " --refiner 0": (None, None)}
+
+
 async def test_a_hung_generation_is_abandoned_and_a_fresh_worker_takes_over(make_service, monkeypatch):
     """A generation stuck inside a library call (no step callbacks at all) cannot be interrupted;
     the executor gives up on its thread after the timeout and starts a new one."""
