@@ -91,10 +91,13 @@ async def test_jobs_run_through_ray_with_the_local_executors_images_and_paramete
         assert [i.seed for i in ray_job.images] == [i.seed for i in local_job.images]
         # Byte for byte: the pixels and the parameters chunk (prompt, seed, steps, model, version).
         assert files_of(remote, ray_job) == files_of(local, local_job)
-    kinds = []
+    seen = []
     while not events.queue.empty():
-        kinds.append(events.queue.get_nowait()["type"])
-    assert kinds.count("progress") >= 6 and kinds.count("done") == 2  # steps streamed back from the replica
+        seen.append(events.queue.get_nowait())
+    assert [e["type"] for e in seen].count("done") == 2
+    for job in over_ray:  # steps streamed back from the replica, up to the last
+        steps = [(e["step"], e["total"]) for e in seen if e["type"] == "progress" and e["job"] == job.id]
+        assert steps and steps[-1] == (3, 3) and steps == sorted(steps)
     metrics = remote.executor.metrics()
     assert metrics["ray_calls"] == 2 and metrics["ray_lost_calls"] == 0 and metrics["ray_replicas"] == 1
     text = prometheus_text(await remote.service.metrics())
