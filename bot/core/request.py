@@ -35,6 +35,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "model": ("model", "--model finetuned"),
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
+    "strength": ("strength", "--strength 0.6"),
+    "iw": ("image_weight", "--iw 1"),
 }
 
 # A flag starts at the beginning or after whitespace. Phones turn "--" into an em or en dash,
@@ -61,6 +63,8 @@ class RequestOptions:
     scheduler: str | None = None
     init_image: str | None = None
     strength: float | None = None
+    mask_image: str | None = None  # inpainting: white where the image is redrawn
+    image_weight: float | None = None  # Midjourney's --iw: how much the image prompt counts (0-2)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class GenerationRequest:
     scheduler: str = "dpm++"
     init_image: str | None = None  # path of the source image for img2img (variations, upscale)
     strength: float | None = None
+    mask_image: str | None = None  # path of the inpainting mask (white = redraw), with init_image
 
     def seeds(self) -> list[int]:
         """One seed per image, as AUTOMATIC1111 does: seed, seed+1, ..."""
@@ -86,8 +91,10 @@ class GenerationRequest:
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one pipeline call."""
-        return (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
-                self.init_image is not None, self.strength)
+        key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
+               self.init_image is not None, self.strength)
+        # Inpainting runs another pipeline; other keys stay as stored rows of earlier versions hold them.
+        return key + ("inpaint",) if self.mask_image is not None else key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,6 +157,8 @@ def options_from_fields(
     scheduler: object = None,
     init_image: str | None = None,
     strength: object = None,
+    mask_image: str | None = None,
+    image_weight: object = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
 
@@ -179,6 +188,8 @@ def options_from_fields(
         scheduler=None if scheduler is None else parse_scheduler(scheduler),
         init_image=init_image,
         strength=None if strength is None else to_float("strength", strength),
+        mask_image=mask_image,
+        image_weight=None if image_weight is None else to_float("iw", image_weight),
     )
 
 
@@ -204,7 +215,7 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
 
 # How a RequestOptions field is called in messages (the flag a user would type).
 _FIELD_FLAG = {"negative_prompt": "no", "width": "size", "height": "size", "guidance": "cfg",
-               "count": "n", "aspect": "ar"}
+               "count": "n", "aspect": "ar", "image_weight": "iw"}
 
 
 def _seed(value: object) -> int | None:

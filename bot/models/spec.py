@@ -16,6 +16,7 @@ variant.toml:
     repo = "stabilityai/stable-diffusion-2-1"   # hub
     revision = "main"            # hub
     allow_pickle = false         # single_file: permit pickled .ckpt files (they can run code)
+    inpaint = "sd15-inpainting"  # the variant that repaints masked regions for this one (else this one does)
 
     [defaults]                   # all optional
     steps = 25
@@ -50,7 +51,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ARCH_NATIVE_SIZE = {"sd15": 512, "sd21": 512, "sd21-v": 768, "sdxl": 1024}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOP_KEYS = {"kind", "description", "examples", "file", "arch", "config", "base", "scale", "repo", "revision",
-             "allow_pickle", "defaults"}
+             "allow_pickle", "defaults", "inpaint"}
 # The types variant.toml may use for each default (a whole number is a fine guidance).
 _DEFAULT_KEYS = {name: (int, float) if kind is float else kind for name, kind in DEFAULT_TYPES.items()}
 
@@ -77,6 +78,7 @@ class VariantSpec:
     repo: str | None = None
     revision: str | None = None
     allow_pickle: bool = False
+    inpaint: str | None = None  # the variant that repaints masked regions for this one
 
 
 def read_variant(folder: Path) -> VariantSpec:
@@ -142,6 +144,10 @@ def read_variant(folder: Path) -> VariantSpec:
         spec_fields.update(repo=repo, revision=_get(data, "revision", str, None))
         native = 768 if repo.rstrip("/").endswith("stable-diffusion-2-1") else 512
 
+    inpaint = _get(data, "inpaint", str, None)
+    if inpaint is not None and not MODEL_NAME.fullmatch(inpaint):
+        raise VariantError(f"inpaint must name another variant, got {inpaint!r}")
+    spec_fields["inpaint"] = inpaint
     own_defaults = _read_defaults(data.get("defaults", {}))
     defaults = VariantDefaults(**{"width": native, "height": native, **own_defaults})
     return VariantSpec(name=folder.name, kind=kind, folder=folder, defaults=defaults,
