@@ -37,6 +37,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "sampler": ("scheduler", "--sampler euler_a"),
     "strength": ("strength", "--strength 0.6"),
     "iw": ("image_weight", "--iw 1"),
+    "refiner": ("refiner", "--refiner 0.7"),
 }
 
 # A flag starts at the beginning or after whitespace. Phones turn "--" into an em or en dash,
@@ -65,6 +66,7 @@ class RequestOptions:
     strength: float | None = None
     mask_image: str | None = None  # inpainting: white where the image is redrawn
     image_weight: float | None = None  # Midjourney's --iw: how much the image prompt counts (0-2)
+    refiner: float | None = None  # where the model's refiner takes over (0.7), or 0 for no refiner
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class GenerationRequest:
     init_image: str | None = None  # path of the source image for img2img (variations, upscale)
     strength: float | None = None
     mask_image: str | None = None  # path of the inpainting mask (white = redraw), with init_image
+    refiner: str | None = None  # the refiner variant that runs the last steps (SDXL), if any
+    refiner_switch: float | None = None  # the fraction of the steps the model runs before the refiner
 
     def seeds(self) -> list[int]:
         """One seed per image, as AUTOMATIC1111 does: seed, seed+1, ..."""
@@ -93,8 +97,11 @@ class GenerationRequest:
         """Requests with equal keys can share one pipeline call."""
         key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
                self.init_image is not None, self.strength)
-        # Inpainting runs another pipeline; other keys stay as stored rows of earlier versions hold them.
-        return key + ("inpaint",) if self.mask_image is not None else key
+        # Other requests keep the key they always had (jobs queued by earlier versions still batch with them):
+        # inpainting runs another pipeline, and only requests with the same refiner setting run together.
+        if self.mask_image is not None:
+            key += ("inpaint",)
+        return key + (self.refiner, self.refiner_switch) if self.refiner else key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +166,7 @@ def options_from_fields(
     strength: object = None,
     mask_image: str | None = None,
     image_weight: object = None,
+    refiner: object = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
 
@@ -190,6 +198,7 @@ def options_from_fields(
         strength=None if strength is None else to_float("strength", strength),
         mask_image=mask_image,
         image_weight=None if image_weight is None else to_float("iw", image_weight),
+        refiner=None if refiner is None else parse_refiner(refiner),
     )
 
 
@@ -274,6 +283,17 @@ def parse_aspect(value: object) -> tuple[int, int]:
     if not 0.25 <= w / h <= 4:
         raise UserError("aspect_out_of_range", got=f"{w}:{h}")
     return w, h
+
+
+def parse_refiner(value: object) -> float:
+    """Where the refiner takes over, as a fraction of the steps: 0 (no refiner) up to below 1.
+    "off" is 0 too."""
+    if isinstance(value, str) and value.strip().lower() in ("off", "no", "none"):
+        return 0.0
+    switch = to_float("refiner", value)
+    if not 0 <= switch < 1:
+        raise UserError("refiner_out_of_range", got=switch)
+    return switch
 
 
 def parse_model_name(value: object) -> str:

@@ -73,6 +73,7 @@ def resolve(
             raise UserError("no_models", got=model, models_dir=str(models_dir).rstrip("/\\"))
         raise UserError("unknown_model", got=model, available=", ".join(sorted(variants)))
     defaults = variants[model]
+    _check_role(model, defaults, variants, options)
 
     negative = defaults.negative_prompt if options.negative_prompt is None else options.negative_prompt
     if len(negative) > limits.max_prompt_chars:
@@ -98,6 +99,7 @@ def resolve(
     strength = image_strength(options, defaults.strength)
     if options.mask_image is not None and options.init_image is None:
         raise UserError("mask_needs_image")
+    refiner, switch = _refiner(model, defaults, options)
 
     return GenerationRequest(
         prompt=options.prompt,
@@ -113,6 +115,8 @@ def resolve(
         init_image=options.init_image,
         strength=strength if options.init_image else None,
         mask_image=options.mask_image if options.init_image else None,
+        refiner=refiner,
+        refiner_switch=switch,
     )
 
 
@@ -130,6 +134,31 @@ def image_strength(options: RequestOptions, default: float) -> float:
             raise UserError("strength_out_of_range", got=_num(options.strength))
         return options.strength
     return default
+
+
+def _check_role(model: str, defaults: VariantDefaults, variants: Mapping[str, VariantDefaults],
+                options: RequestOptions) -> None:
+    """Refiner and inpainting models do not draw from a prompt alone; say what they are for."""
+    if defaults.role == "refiner":
+        bases = sorted(name for name, other in variants.items() if other.refiner == model)
+        if bases:
+            raise UserError("model_is_refiner_of", name=model, bases=", ".join(bases))
+        raise UserError("model_is_refiner", name=model)
+    if defaults.role == "inpainting" and options.mask_image is None:  # with a mask it does its job
+        others = sorted(name for name, other in variants.items() if other.role == "text2image")
+        raise UserError("model_is_inpainting", name=model, available=", ".join(others) or "none")
+
+
+def _refiner(model: str, defaults: VariantDefaults, options: RequestOptions) -> tuple[str | None, float | None]:
+    """The refiner that finishes this request and where it takes over, or (None, None).
+
+    Image-to-image requests (variations, upscales) start from a finished image: no refiner."""
+    if options.refiner and not defaults.refiner:
+        raise UserError("no_refiner", model=model)
+    if not defaults.refiner or options.init_image is not None:
+        return None, None
+    switch = defaults.refiner_switch if options.refiner is None else options.refiner
+    return (defaults.refiner, switch) if switch > 0 else (None, None)
 
 
 def model_limits(limits: Limits, defaults: VariantDefaults) -> Limits:

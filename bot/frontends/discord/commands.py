@@ -328,6 +328,7 @@ class Commands:
         Prompt = app_commands.Range[str, 1, prompt_limit]
         Steps = app_commands.Range[int, 1, limits.max_steps]
         Guidance = app_commands.Range[float, 0.0, limits.max_guidance]
+        Refiner = app_commands.Range[float, 0.0, 0.99]  # where a model's refiner takes over; 0 = off
         Count = app_commands.Range[int, 1, limits.max_images]
         Seed = app_commands.Range[int, -1, MAX_SEED]
         Strength = app_commands.Range[float, MIN_STRENGTH, 1.0]
@@ -346,17 +347,18 @@ class Commands:
                                size=command_text("dc_opt_size"), steps=command_text("dc_opt_steps"),
                                guidance=command_text("dc_opt_guidance"), seed=command_text("dc_opt_seed"),
                                count=command_text("dc_opt_count"), scheduler=command_text("dc_opt_scheduler"),
-                               image=command_text("dc_opt_image"), strength=command_text("dc_opt_strength"))
+                               image=command_text("dc_opt_image"), strength=command_text("dc_opt_strength"),
+                               refiner=command_text("dc_opt_refiner"))
         @app_commands.choices(scheduler=[app_commands.Choice(name=name, value=name) for name in SCHEDULERS])
         async def imagine(interaction: discord.Interaction, prompt: Prompt, negative: Optional[str] = None,
                           model: Optional[str] = None, aspect: Optional[str] = None, size: Optional[str] = None,
                           steps: Optional[Steps] = None, guidance: Optional[Guidance] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None,
-                          scheduler: Optional[str] = None, image: Optional[discord.Attachment] = None,
-                          strength: Optional[Strength] = None) -> None:
+                          scheduler: Optional[str] = None, refiner: Optional[Refiner] = None,
+                          image: Optional[discord.Attachment] = None, strength: Optional[Strength] = None) -> None:
             await commands.imagine(interaction, prompt, image, negative_prompt=negative, model=model, aspect=aspect,
                                    size=size, steps=steps, guidance=guidance, seed=seed, count=count,
-                                   scheduler=scheduler, strength=strength)
+                                   scheduler=scheduler, refiner=refiner, strength=strength)
 
         @imagine.autocomplete("model")
         async def imagine_model(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

@@ -38,6 +38,7 @@ class JobIn(BaseModel):
     aspect: str | None = None
     count: Scalar = None
     scheduler: str | None = None
+    refiner: Scalar = None  # where the model's refiner takes over (0.7), 0 or "off" for none
     image: str | None = Field(default=None, max_length=64)  # a handle from POST /api/uploads: an image prompt
     mask: str | None = Field(default=None, max_length=64)  # ... and a mask for it (white is redrawn)
     strength: Scalar = None  # with an image: how far it may change, 0.1-1
