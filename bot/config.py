@@ -61,6 +61,8 @@ class Limits:
     max_side: int = 1024
     max_pixels: int = 1024 * 1024
     max_images: int = 4  # images per request
+    max_upload_bytes: int = 10 * 1024 * 1024  # an image prompt or mask, as sent
+    max_upload_pixels: int = 4096 * 4096  # checked from its header, before decoding
 
 
 @dataclass(frozen=True)

@@ -79,11 +79,14 @@ class FakeDiscord:
         self.identified: list[list[int]] = []  # [shard id, shard count] of each IDENTIFY
         self.sockets: dict[int, web.WebSocketResponse] = {}  # shard id -> its gateway connection
         self._sequence = itertools.count(1)
+        self.cdn: dict[str, bytes] = {}  # attachment path -> bytes users attached
+        self.cdn_downloads: list[str] = []
 
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._handle)
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{tail:.*}", self._cdn)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -132,6 +135,22 @@ class FakeDiscord:
         except asyncio.TimeoutError:
             seen = "\n".join(f"  {c.method} {c.path} -> {c.status}" for c in self.calls)
             raise AssertionError(f"no {method} {pattern} within {timeout} s; calls were:\n{seen}") from None
+
+    def attach(self, filename: str, data: bytes, content_type: str = "image/png") -> dict:
+        """A file a user attached, served by this fake's CDN; returns the attachment object."""
+        attachment_id = str(next(self._ids))
+        path = f"{attachment_id}/{filename}"
+        self.cdn[path] = data
+        url = self.base.replace("/api/v10", "/attachments/") + path
+        return {"id": attachment_id, "filename": filename, "size": len(data), "url": url, "proxy_url": url,
+                "content_type": content_type}
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        path = request.match_info["tail"]
+        if path not in self.cdn:
+            return web.Response(status=404)
+        self.cdn_downloads.append(path)
+        return web.Response(body=self.cdn[path], content_type="application/octet-stream")
 
     # --- answering ------------------------------------------------------------------------------
 
@@ -314,6 +333,13 @@ def command(name: str, *, user: int = ALICE, channel: int = CHANNEL, roles: tupl
 
 def _options(options: dict[str, Any]) -> list[dict]:
     return [{"name": key, "type": OPTION_TYPES[type(value)], "value": value} for key, value in options.items()]
+
+
+def with_attachment(payload: dict, option: str, attachment: dict) -> dict:
+    """`payload` (a slash command) with an attachment option, resolved as Discord sends it."""
+    payload["data"]["options"].append({"name": option, "type": 11, "value": attachment["id"]})
+    payload["data"].setdefault("resolved", {}).setdefault("attachments", {})[attachment["id"]] = attachment
+    return payload
 
 
 def subcommand(group: str, sub: str, /, *, user: int = ALICE, channel: int = CHANNEL, roles: tuple[int, ...] = (),
