@@ -47,6 +47,8 @@ class ImageParameters:
     model_hash: str | None = None
     strength: float | None = None  # img2img denoising strength
     version: str | None = None  # e.g. "imagebot 0.1.0"
+    refiner: str | None = None  # the refiner variant that ran the last steps (SDXL)
+    refiner_switch: float | None = None  # the fraction of the steps before the refiner took over
 
 
 # Our short sampler name -> (A1111 "Sampler", A1111 "Schedule type"). Every
@@ -131,6 +133,9 @@ def a1111_parameters(p: ImageParameters) -> str:
         "Model hash": p.model_hash,
         "Model": p.model,
         "Denoising strength": None if p.strength is None else _number(p.strength),
+        # A1111's own names for the refiner (since 1.6), so its readers fill them in too.
+        "Refiner": p.refiner,
+        "Refiner switch at": None if p.refiner is None or p.refiner_switch is None else _number(p.refiner_switch),
         "Version": p.version,
     }
     settings_line = ", ".join(f"{k}: {_quote(v)}" for k, v in settings.items() if v is not None)
@@ -220,6 +225,8 @@ def parameters_from_a1111(text: str) -> ImageParameters:
         model_hash=raw.get("Model hash"),
         strength=get("Denoising strength", float) if "Denoising strength" in raw else None,
         version=raw.get("Version"),
+        refiner=raw.get("Refiner"),
+        refiner_switch=get("Refiner switch at", float) if "Refiner switch at" in raw else None,
     )
 
 
@@ -363,6 +370,7 @@ def save_result(result: Any, version: str, out_dir: Path, stem: str) -> SavedIma
             sampler=request.scheduler, guidance=request.guidance, seed=seed, width=request.width,
             height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
             strength=request.strength, version=version or None,
+            refiner=request.refiner, refiner_switch=request.refiner_switch,
         )
         for seed in result.seeds
     ]

@@ -35,6 +35,9 @@ FLAGS: dict[str, tuple[str, str]] = {
     "model": ("model", "--model finetuned"),
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
+    "strength": ("strength", "--strength 0.6"),
+    "iw": ("image_weight", "--iw 1"),
+    "refiner": ("refiner", "--refiner 0.7"),
 }
 
 # A flag starts at the beginning or after whitespace. Phones turn "--" into an em or en dash,
@@ -61,6 +64,9 @@ class RequestOptions:
     scheduler: str | None = None
     init_image: str | None = None
     strength: float | None = None
+    mask_image: str | None = None  # inpainting: white where the image is redrawn
+    image_weight: float | None = None  # Midjourney's --iw: how much the image prompt counts (0-2)
+    refiner: float | None = None  # where the model's refiner takes over (0.7), or 0 for no refiner
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,9 @@ class GenerationRequest:
     scheduler: str = "dpm++"
     init_image: str | None = None  # path of the source image for img2img (variations, upscale)
     strength: float | None = None
+    mask_image: str | None = None  # path of the inpainting mask (white = redraw), with init_image
+    refiner: str | None = None  # the refiner variant that runs the last steps (SDXL), if any
+    refiner_switch: float | None = None  # the fraction of the steps the model runs before the refiner
 
     def seeds(self) -> list[int]:
         """One seed per image, as AUTOMATIC1111 does: seed, seed+1, ..."""
@@ -86,8 +95,13 @@ class GenerationRequest:
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one pipeline call."""
-        return (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
-                self.init_image is not None, self.strength)
+        key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
+               self.init_image is not None, self.strength)
+        # Other requests keep the key they always had (jobs queued by earlier versions still batch with them):
+        # inpainting runs another pipeline, and only requests with the same refiner setting run together.
+        if self.mask_image is not None:
+            key += ("inpaint",)
+        return key + (self.refiner, self.refiner_switch) if self.refiner else key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,6 +164,9 @@ def options_from_fields(
     scheduler: object = None,
     init_image: str | None = None,
     strength: object = None,
+    mask_image: str | None = None,
+    image_weight: object = None,
+    refiner: object = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
 
@@ -179,6 +196,9 @@ def options_from_fields(
         scheduler=None if scheduler is None else parse_scheduler(scheduler),
         init_image=init_image,
         strength=None if strength is None else to_float("strength", strength),
+        mask_image=mask_image,
+        image_weight=None if image_weight is None else to_float("iw", image_weight),
+        refiner=None if refiner is None else parse_refiner(refiner),
     )
 
 
@@ -204,7 +224,7 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
 
 # How a RequestOptions field is called in messages (the flag a user would type).
 _FIELD_FLAG = {"negative_prompt": "no", "width": "size", "height": "size", "guidance": "cfg",
-               "count": "n", "aspect": "ar"}
+               "count": "n", "aspect": "ar", "image_weight": "iw"}
 
 
 def _seed(value: object) -> int | None:
@@ -263,6 +283,17 @@ def parse_aspect(value: object) -> tuple[int, int]:
     if not 0.25 <= w / h <= 4:
         raise UserError("aspect_out_of_range", got=f"{w}:{h}")
     return w, h
+
+
+def parse_refiner(value: object) -> float:
+    """Where the refiner takes over, as a fraction of the steps: 0 (no refiner) up to below 1.
+    "off" is 0 too."""
+    if isinstance(value, str) and value.strip().lower() in ("off", "no", "none"):
+        return 0.0
+    switch = to_float("refiner", value)
+    if not 0 <= switch < 1:
+        raise UserError("refiner_out_of_range", got=switch)
+    return switch
 
 
 def parse_model_name(value: object) -> str:

@@ -38,6 +38,10 @@ class JobIn(BaseModel):
     aspect: str | None = None
     count: Scalar = None
     scheduler: str | None = None
+    refiner: Scalar = None  # where the model's refiner takes over (0.7), 0 or "off" for none
+    image: str | None = Field(default=None, max_length=64)  # a handle from POST /api/uploads: an image prompt
+    mask: str | None = Field(default=None, max_length=64)  # ... and a mask for it (white is redrawn)
+    strength: Scalar = None  # with an image: how far it may change, 0.1-1
 
 
 class DeriveIn(BaseModel):
@@ -103,8 +107,9 @@ def request_json(request: GenerationRequest) -> dict[str, Any]:
     """The request as it runs, less the server's file system: a source image shows as its file
     name (which is also its URL under /api/images/), never the folder it lies in."""
     data = request.to_dict()
-    if data.get("init_image"):
-        data["init_image"] = PurePath(data["init_image"]).name
+    for key in ("init_image", "mask_image"):
+        if data.get(key):
+            data[key] = PurePath(data[key]).name
     return data
 
 
