@@ -37,6 +37,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
     "lora": ("loras", "--lora demo-finetuned:0.8"),
+    "strength": ("strength", "--strength 0.6"),
+    "iw": ("image_weight", "--iw 1"),
     "refiner": ("refiner", "--refiner 0.7"),
 }
 # Flags that may be given more than once; their values add up (--lora a:1 --lora b:0.5).
@@ -67,6 +69,8 @@ class RequestOptions:
     init_image: str | None = None
     strength: float | None = None
     loras: tuple[tuple[str, float], ...] | None = None  # --lora flags (tags in the prompt are read later)
+    mask_image: str | None = None  # inpainting: white where the image is redrawn
+    image_weight: float | None = None  # Midjourney's --iw: how much the image prompt counts (0-2)
     refiner: float | None = None  # where the model's refiner takes over (0.7), or 0 for no refiner
 
 
@@ -89,6 +93,7 @@ class GenerationRequest:
     # LoRA variants applied on top of the model, as (name, weight): from <lora:NAME:W> tags in the
     # prompt and --lora flags. The prompt keeps its tags, as AUTOMATIC1111's does.
     loras: tuple[tuple[str, float], ...] = ()
+    mask_image: str | None = None  # path of the inpainting mask (white = redraw), with init_image
     refiner: str | None = None  # the refiner variant that runs the last steps (SDXL), if any
     refiner_switch: float | None = None  # the fraction of the steps the model runs before the refiner
 
@@ -100,8 +105,11 @@ class GenerationRequest:
         """Requests with equal keys can share one pipeline call."""
         key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
                self.init_image is not None, self.strength)
-        # Only requests with the same refiner setting and the same LoRA set run together; a request
-        # with neither keeps the key it always had (jobs queued before them still batch with it).
+        # Other requests keep the key they always had (jobs queued by earlier versions still batch with them):
+        # inpainting runs another pipeline, only requests with the same refiner setting run together, and
+        # only those with the same LoRA set.
+        if self.mask_image is not None:
+            key += ("inpaint",)
         key = key + (self.refiner, self.refiner_switch) if self.refiner else key
         return key + (self.loras,) if self.loras else key
 
@@ -172,6 +180,8 @@ def options_from_fields(
     init_image: str | None = None,
     strength: object = None,
     loras: object = None,
+    mask_image: str | None = None,
+    image_weight: object = None,
     refiner: object = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
@@ -203,6 +213,8 @@ def options_from_fields(
         init_image=init_image,
         strength=None if strength is None else to_float("strength", strength),
         loras=None if loras is None else parse_loras(loras),
+        mask_image=mask_image,
+        image_weight=None if image_weight is None else to_float("iw", image_weight),
         refiner=None if refiner is None else parse_refiner(refiner),
     )
 
@@ -229,7 +241,7 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
 
 # How a RequestOptions field is called in messages (the flag a user would type).
 _FIELD_FLAG = {"negative_prompt": "no", "width": "size", "height": "size", "guidance": "cfg",
-               "count": "n", "aspect": "ar", "loras": "lora"}
+               "count": "n", "aspect": "ar", "image_weight": "iw", "loras": "lora"}
 
 
 def _seed(value: object) -> int | None:

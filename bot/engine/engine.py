@@ -28,6 +28,7 @@ from bot.core.prompt_syntax import strip_lora_tags
 from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
 from bot.engine.devices import EngineSetupError, memory_budget_bytes, pick_device, pick_dtype
+from bot.engine.inpaint import inpainting_pipeline, load_mask, paste_unmasked
 from bot.engine.interrupt import stoppable
 from bot.engine.loader import load_base_pipeline, load_lora, model_bytes, weight_file_bytes
 from bot.engine.prompts import needs_embeddings, prompt_embeddings
@@ -78,6 +79,7 @@ class _Resident:
     # LoRA variant name -> its fingerprint and size, least recently used first
     adapters: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
     img2img: DiffusionPipeline | None = None
+    inpaint: DiffusionPipeline | None = None
 
     def total_bytes(self) -> int:
         return self.nbytes + sum(size for _, size in self.adapters.values())
@@ -92,6 +94,7 @@ class _Item:
     negative_prompt: str
     seed: int
     init_image: Image.Image | None
+    mask: Image.Image | None = None
     # Handed from an SDXL base to its refiner: the partly denoised latents of this image and its
     # random generator's state, so the refiner goes on with the same random stream.
     latents: Any = None
@@ -159,15 +162,24 @@ class Engine:
         first = requests[0]
         self.refresh()
         spec = self.registry.get(first.model)
-        pipe, resident, loras = self._activate(spec, first.loras)
-        if first.init_image is not None:
+        wanted_loras = first.loras
+        if first.mask_image is not None and spec.inpaint:
+            spec = self.registry.get(spec.inpaint)  # the model's own inpainting model
+            wanted_loras = ()  # LoRAs are made for the model, not for its inpainting model
+        pipe, resident, loras = self._activate(spec, wanted_loras)
+        if first.mask_image is not None:
+            if resident.inpaint is None:
+                resident.inpaint = inpainting_pipeline(resident.pipe)
+            pipe = resident.inpaint
+        elif first.init_image is not None:
             pipe = self._img2img(resident)
         pipe.scheduler = make_scheduler(first.scheduler, resident.scheduler_config)
         self._configure_vae(pipe, first.width * first.height)
 
         items = [
-            _Item(index, request.prompt, request.negative_prompt, seed, self._init_image(request))
+            _Item(index, request.prompt, request.negative_prompt, seed, init, mask=mask)
             for index, request in enumerate(requests)
+            for init, mask in [(self._init_image(request), self._mask(request))]
             for seed in request.seeds()
         ]
         started = time.perf_counter()
@@ -352,6 +364,11 @@ class Engine:
         with Image.open(request.init_image) as source:
             return source.convert("RGB").resize((request.width, request.height), Image.Resampling.LANCZOS)
 
+    def _mask(self, request: GenerationRequest) -> Image.Image | None:
+        if request.mask_image is None:
+            return None
+        return load_mask(request.mask_image, (request.width, request.height))
+
     def _run_chunks(self, pipe, request, items, on_progress, should_cancel, stage: str) -> list:
         out: list = []
         for start in range(0, len(items), self.config.max_batch):
@@ -425,6 +442,8 @@ class Engine:
             # img2img runs int(steps * strength) steps; make that at least one.
             kwargs.update(image=[item.init_image for item in items], strength=strength,
                           num_inference_steps=max(request.steps, math.ceil(1 / strength)))
+            if request.mask_image is not None:
+                kwargs.update(mask_image=[item.mask for item in items], width=request.width, height=request.height)
         else:
             kwargs.update(width=request.width, height=request.height)
         if stage == "base":
@@ -436,6 +455,8 @@ class Engine:
             return [replace(item, latents=output.images[i: i + 1], rng_state=generators[i].get_state())
                     for i, item in enumerate(items)]
         self.stats.images += len(items)
+        if request.mask_image is not None:
+            return [paste_unmasked(image, item.init_image, item.mask) for image, item in zip(output.images, items)]
         return list(output.images)
 
     def _record_speed(self, model: str, request: GenerationRequest, seconds: float, images: int) -> None:
