@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from bot.models.variant import VariantOverride, check_defaults
+from bot.models.variant import MODEL_NAME, VariantOverride, check_defaults
 
 
 class ConfigError(ValueError):
@@ -60,6 +60,7 @@ class Limits:
     max_side: int = 1024
     max_pixels: int = 1024 * 1024
     max_images: int = 4  # images per request
+    max_upscaled_side: int = 2048  # the Upscale button's results (drawn in tiles, so larger than max_side)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,14 @@ class EngineConfig:
     batch_invariant: Literal["auto", "on", "off"] = "auto"
     memory_budget_gb: float = 0.0  # resident models; 0 = 80% of GPU memory, or 50% of RAM on CPU
     threads: int = 0  # CPU threads for torch; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class UpscaleConfig:
+    """The Upscale button: an upscaler network (if one is named), then img2img in tiles for detail."""
+
+    model: str = ""  # an upscaler variant (kind = "upscaler") in the model store; "" = resizing only
+    strength: float = 0.2  # img2img over the upscaler's result, for detail (0 = none); without one, 0.35
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     limits: Limits = field(default_factory=Limits)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    upscale: UpscaleConfig = field(default_factory=UpscaleConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
     web: WebConfig = field(default_factory=WebConfig)
@@ -311,6 +321,12 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
                 ipaddress.ip_network(entry.strip(), strict=False)
             except ValueError:
                 raise ConfigError(f"web.trusted_proxies: {entry!r} is not an address or a CIDR network") from None
+    if prefix == "upscale":
+        if values.get("strength", 0) > 1:
+            raise ConfigError(f"upscale.strength must be 0 (no img2img pass) to 1, got {values['strength']}")
+        if values.get("model") and not MODEL_NAME.fullmatch(values["model"]):
+            raise ConfigError(f"upscale.model must be the name of an upscaler variant in the model store, "
+                              f"got {values['model']!r}")
     if prefix == "engine" and values.get("max_batch", 1) < 1:
         raise ConfigError("engine.max_batch must be at least 1")
     if prefix.startswith("variants."):

@@ -35,7 +35,10 @@ FLAGS: dict[str, tuple[str, str]] = {
     "model": ("model", "--model finetuned"),
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
+    "fast": ("fast", "--fast"),
 }
+# Flags that are switched on by being there; they take no value.
+SWITCHES = {"fast"}
 
 # A flag starts at the beginning or after whitespace. Phones turn "--" into an em or en dash,
 # so those count too. The name must be followed by whitespace or the end of the text.
@@ -61,6 +64,9 @@ class RequestOptions:
     scheduler: str | None = None
     init_image: str | None = None
     strength: float | None = None
+    fast: bool | None = None  # fast mode (LCM): few steps, low guidance
+    upscale: bool | None = None  # enlarge `init_image` (the Upscale button), with its own size limit
+    upscaler: str | None = None  # the upscaler variant it runs first (from the configuration)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,9 @@ class GenerationRequest:
     scheduler: str = "dpm++"
     init_image: str | None = None  # path of the source image for img2img (variations, upscale)
     strength: float | None = None
+    fast: bool = False  # the variant's fast mode: its LCM-LoRA (if it names one), few steps, low guidance
+    upscale: bool = False  # init_image enlarged to width x height (upscaler, then tiled img2img)
+    upscaler: str | None = None  # the upscaler variant an upscale runs first (None: resizing only)
 
     def seeds(self) -> list[int]:
         """One seed per image, as AUTOMATIC1111 does: seed, seed+1, ..."""
@@ -86,8 +95,14 @@ class GenerationRequest:
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one pipeline call."""
-        return (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
-                self.init_image is not None, self.strength)
+        key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
+               self.init_image is not None, self.strength)
+        # Only where set, so the keys of plain requests stay those already stored with queued jobs.
+        if self.fast:
+            key += ("fast",)
+        if self.upscale:
+            key += ("upscale", self.upscaler)
+        return key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +137,11 @@ def parse_prompt(text: str) -> RequestOptions:
         if flag not in FLAGS:
             raise UserError("flag_unknown", flag=shorten(flag), allowed=allowed_flags())
         field, example = FLAGS[flag]
-        if not value:
+        if flag in SWITCHES:
+            if value:
+                raise UserError("flag_takes_no_value", flag=flag, got=shorten(value))
+            value = "on"
+        elif not value:
             raise UserError("flag_needs_value", flag=flag, example=example)
         if field in raw:
             raise UserError("flag_twice", flag=flag)
@@ -150,6 +169,9 @@ def options_from_fields(
     scheduler: object = None,
     init_image: str | None = None,
     strength: object = None,
+    fast: object = None,
+    upscale: bool | None = None,
+    upscaler: str | None = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
 
@@ -179,6 +201,9 @@ def options_from_fields(
         scheduler=None if scheduler is None else parse_scheduler(scheduler),
         init_image=init_image,
         strength=None if strength is None else to_float("strength", strength),
+        fast=None if fast is None else to_bool("fast", fast),
+        upscale=upscale,
+        upscaler=upscaler,
     )
 
 
@@ -226,6 +251,18 @@ def to_int(name: str, value: object) -> int:
     if re.fullmatch(r"[+-]?\d{1,40}", text):
         return int(text)
     raise UserError("not_integer", name=name, got=shorten(text))
+
+
+def to_bool(name: str, value: object) -> bool:
+    """A switch: JSON true/false, or on/off, yes/no, true/false, 1/0 as typed."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "yes", "true", "1"):
+        return True
+    if text in ("off", "no", "false", "0"):
+        return False
+    raise UserError("not_switch", name=name, got=shorten(text))
 
 
 def to_float(name: str, value: object) -> float:
