@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     imagine.add_argument("--scheduler")
     imagine.add_argument("--init-image", type=Path, help="start from this image (img2img)")
     imagine.add_argument("--strength", help="img2img: how much to change the image, 0.05-1")
+    imagine.add_argument("--refiner", help="where the model's refiner takes over, 0-0.99 of the steps (0: off)")
     imagine.add_argument("-o", "--output", type=Path, help="folder for the PNGs (default: the configured outputs)")
 
     commands.add_parser("data", help="dataset tools: manifests, image folders, crawling, captions (imagebot data --help)")
@@ -208,7 +209,7 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
     explicit = options_from_fields(
         negative_prompt=args.negative_prompt, model=args.model, seed=args.seed, steps=args.steps,
         guidance=args.guidance, size=args.size, aspect=args.aspect, count=args.count,
-        scheduler=args.scheduler, strength=args.strength,
+        scheduler=args.scheduler, strength=args.strength, refiner=args.refiner,
         init_image=str(args.init_image) if args.init_image else None,
     )
     if args.init_image is not None and not args.init_image.is_file():
@@ -288,6 +289,10 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
         if spec.kind == "lora":
             print(f"scale:       {spec.scale}")
         print(f"defaults:    {_defaults_text(spec.defaults)}")
+        if spec.defaults.role != "text2image":
+            print(f"role:        {spec.defaults.role} (does not draw from a prompt alone)")
+        if spec.defaults.refiner:
+            print(f"refiner:     {spec.defaults.refiner}, switch {spec.defaults.refiner_switch}")
         if spec.defaults.negative_prompt:
             print(f"negative:    {spec.defaults.negative_prompt}")
     return 0

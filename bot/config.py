@@ -17,6 +17,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 import ipaddress
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -78,6 +79,27 @@ class EngineConfig:
     batch_invariant: Literal["auto", "on", "off"] = "auto"
     memory_budget_gb: float = 0.0  # resident models; 0 = 80% of GPU memory, or 50% of RAM on CPU
     threads: int = 0  # CPU threads for torch; 0 = torch's default
+    # Several GPUs on this machine: one engine and one batch at a time per device, e.g.
+    # ["cuda:0", "cuda:1"]; empty = the one `device`. (Several machines: [executor] kind = "ray".)
+    devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where batches run: "local" (this machine's `[engine] device`/`devices`) or "ray" (Ray Serve
+    replicas on a cluster; `pip install -e ".[ray]"`)."""
+
+    kind: Literal["local", "ray"] = "local"
+    # "local": start a Ray instance inside `imagebot serve` (one machine, several GPUs);
+    # "auto": the cluster started on this machine with `ray start`; "HOST:6379": that cluster's head.
+    address: str = "local"
+    replicas_min: int = 1  # replicas kept running; autoscaling on queued batches between min and max
+    replicas_max: int = 1
+    gpus_per_replica: float = 1.0  # 0 = CPU replicas
+    cpus_per_replica: float = 1.0
+    max_models_per_replica: int = 2  # variants a replica keeps loaded (least recently used goes first)
+    max_ongoing_requests: int = 1  # batches sent to a replica at once (one runs, the rest wait there)
+    models_dir: str = ""  # where replicas find models/ (a folder every node sees); "" = [storage] models_dir
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     upscale: UpscaleConfig = field(default_factory=UpscaleConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
     web: WebConfig = field(default_factory=WebConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
@@ -198,7 +221,8 @@ _SECRET_WORDS = ("token", "secret", "password")
 # Keys of older versions that live elsewhere now: where to put them instead.
 _MOVED = {("discord", "blocklist"): "put the words in [moderation] blocklist, which every frontend checks "
                                     "(Discord's age-restricted channels stay exempt)"}
-_PATH_KEYS = {("storage", "state_dir"), ("storage", "database"), ("storage", "outputs"), ("storage", "models_dir")}
+_PATH_KEYS = {("storage", "state_dir"), ("storage", "database"), ("storage", "outputs"), ("storage", "models_dir"),
+              ("executor", "models_dir")}
 
 
 def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -329,8 +353,33 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
                               f"got {values['model']!r}")
     if prefix == "engine" and values.get("max_batch", 1) < 1:
         raise ConfigError("engine.max_batch must be at least 1")
+    if prefix == "engine":
+        _check_devices(values.get("devices", ()))
+    if prefix == "executor":
+        _check_executor(values)
     if prefix.startswith("variants."):
         try:
             check_defaults(values, prefix)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+
+
+def _check_devices(devices: tuple[str, ...]) -> None:
+    for device in devices:
+        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+            raise ConfigError(f"engine.devices: {device!r} is not a device; use \"cuda:0\", \"cuda:1\", ... "
+                              "(or \"cpu\", \"mps\")")
+    gpus = [device for device in devices if device.startswith("cuda")]
+    if len(set(gpus)) != len(gpus):
+        raise ConfigError(f"engine.devices lists a GPU twice: {list(devices)}; one engine per GPU")
+
+
+def _check_executor(values: Mapping[str, Any]) -> None:
+    low, high = values.get("replicas_min", 1), values.get("replicas_max", 1)
+    if high < 1 or low > high:
+        raise ConfigError(f"executor.replicas_min ({low}) and replicas_max ({high}) need 0 <= min <= max and max >= 1")
+    for key in ("max_models_per_replica", "max_ongoing_requests"):
+        if values.get(key, 1) < 1:
+            raise ConfigError(f"executor.{key} must be at least 1")
+    if not values.get("address", "local").strip():
+        raise ConfigError('executor.address must be "local", "auto" or a cluster address such as "head:6379"')

@@ -49,6 +49,8 @@ class ImageParameters:
     version: str | None = None  # e.g. "imagebot 0.1.0"
     fast: str | None = None  # fast mode: the LCM-LoRA it used, or "on" for an LCM / Turbo model
     upscaler: str | None = None  # an upscale: the upscaler variant, or "Lanczos" (resized, then redrawn)
+    refiner: str | None = None  # the refiner variant that ran the last steps (SDXL)
+    refiner_switch: float | None = None  # the fraction of the steps before the refiner took over
 
 
 # Our short sampler name -> (A1111 "Sampler", A1111 "Schedule type"). Every
@@ -135,6 +137,9 @@ def a1111_parameters(p: ImageParameters) -> str:
         "Denoising strength": None if p.strength is None else _number(p.strength),
         "Fast mode": p.fast,
         "Postprocess upscaler": p.upscaler,
+        # A1111's own names for the refiner (since 1.6), so its readers fill them in too.
+        "Refiner": p.refiner,
+        "Refiner switch at": None if p.refiner is None or p.refiner_switch is None else _number(p.refiner_switch),
         "Version": p.version,
     }
     settings_line = ", ".join(f"{k}: {_quote(v)}" for k, v in settings.items() if v is not None)
@@ -226,6 +231,8 @@ def parameters_from_a1111(text: str) -> ImageParameters:
         version=raw.get("Version"),
         fast=raw.get("Fast mode"),
         upscaler=raw.get("Postprocess upscaler"),
+        refiner=raw.get("Refiner"),
+        refiner_switch=get("Refiner switch at", float) if "Refiner switch at" in raw else None,
     )
 
 
@@ -371,6 +378,7 @@ def save_result(result: Any, version: str, out_dir: Path, stem: str) -> SavedIma
             strength=request.strength, version=version or None,
             fast=(getattr(result, "fast_lora", None) or "on") if getattr(request, "fast", False) else None,
             upscaler=(request.upscaler or "Lanczos") if getattr(request, "upscale", False) else None,
+            refiner=request.refiner, refiner_switch=request.refiner_switch,
         )
         for seed in result.seeds
     ]

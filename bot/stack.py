@@ -51,8 +51,7 @@ async def open_stack(config: Config, executor: Executor | None = None) -> Stack:
     check_storage(config.storage)
     registry = Registry(Path(config.storage.models_dir), config.variants, config.models.rescan_seconds)
     if executor is None:
-        executor = LocalExecutor(registry, config.engine, config.storage.outputs_path(),
-                                 allow_download=config.models.allow_download, version=f"imagebot {__version__}")
+        executor = make_executor(config, registry)
     store = await _open_store(config.storage.database_path())
     service = Service(config, store, executor, registry)
     try:
@@ -63,6 +62,17 @@ async def open_stack(config: Config, executor: Executor | None = None) -> Stack:
         await store.close()
         raise
     return Stack(config, store, registry, executor, service)
+
+
+def make_executor(config: Config, registry: Registry) -> Executor:
+    """The executor `[executor] kind` names: this machine's devices, or Ray Serve replicas."""
+    version = f"imagebot {__version__}"
+    if config.executor.kind == "ray":
+        from bot.executors.ray_serve import RayExecutor  # needs the [ray] extra; checked at start
+
+        return RayExecutor(config, registry, version=version)
+    return LocalExecutor(registry, config.engine, config.storage.outputs_path(),
+                         allow_download=config.models.allow_download, version=version)
 
 
 async def _open_store(path: Path) -> Store:

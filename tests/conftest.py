@@ -35,3 +35,35 @@ def models_dir(tmp_path, tiny_pipeline_dir) -> Path:
     models.mkdir()
     add_pipeline_variant(models, "demo", tiny_pipeline_dir, 'kind = "pipeline"\n[defaults]\nsteps = 3\n')
     return models
+
+
+# The other model families, each a tiny random-weight pipeline folder built once per run when a test
+# asks for it: SD 2.x-v, SDXL base, SDXL refiner, SD 1.x inpainting.
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_dir(tmp_path_factory) -> Path:
+    from tests.helpers.tiny import save_pipeline, tiny_sd2_pipeline
+
+    return save_pipeline(tiny_sd2_pipeline(), tmp_path_factory.mktemp("tiny") / "sd2-v")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    from tests.helpers.tiny import save_pipeline, tiny_sdxl_pipeline
+
+    return save_pipeline(tiny_sdxl_pipeline(), tmp_path_factory.mktemp("tiny") / "sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner_dir(tmp_path_factory) -> Path:
+    from tests.helpers.tiny import save_pipeline, tiny_sdxl_refiner_pipeline
+
+    return save_pipeline(tiny_sdxl_refiner_pipeline(seed=1), tmp_path_factory.mktemp("tiny") / "sdxl-refiner")
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_dir(tmp_path_factory) -> Path:
+    from tests.helpers.tiny import save_pipeline, tiny_sd15_inpaint_pipeline
+
+    return save_pipeline(tiny_sd15_inpaint_pipeline(), tmp_path_factory.mktemp("tiny") / "inpaint")

@@ -179,6 +179,8 @@ BAD_INPUT = {
     "unknown_scheduler": (["a fox", "--scheduler", "fastest"], ["Unknown scheduler 'fastest'", "euler_a"]),
     "flag_twice": (["a fox --seed 1", "--seed", "2"], ["--seed was given twice"]),
     "unknown_cli_option": (["a fox", "--colour", "red"], ["unrecognized arguments: --colour red"]),
+    "refiner_out_of_range": (["a fox", "--refiner", "1"], ["0 (no refiner) up to 0.99"]),
+    "refiner_without_one": (["a fox", "--refiner", "0.7"], ["Model 'demo' has no refiner"]),
 }
 
 
@@ -189,6 +191,28 @@ def test_bad_input_exits_2_with_one_line(work, capsys, case):
     assert code == 2
     assert out == ""
     assert_one_line_error(err, *expected)
+
+
+def test_a_refiner_or_inpainting_model_asked_to_draw_exits_2_saying_what_it_is(work, capsys, tiny_sdxl_refiner_dir,
+                                                                             tiny_inpaint_dir):
+    add_pipeline_variant(work.models, "refiner", tiny_sdxl_refiner_dir)
+    add_pipeline_variant(work.models, "inpaint", tiny_inpaint_dir)
+    code, out, err = run_main(["imagine", "a fox", "--model", "refiner"], capsys)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "'refiner' is a refiner", 'refiner = "refiner"')
+    code, out, err = run_main(["imagine", "a fox", "--model", "inpaint"], capsys)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "'inpaint' is an inpainting model", "demo")
+    code, out, _ = run_main(["models", "show", "refiner"], capsys)
+    assert code == 0 and "role:        refiner (does not draw from a prompt alone)" in out
+
+
+def test_models_show_names_the_refiner_and_where_it_takes_over(work, capsys, tiny_sdxl_dir, tiny_sdxl_refiner_dir):
+    add_pipeline_variant(work.models, "refiner", tiny_sdxl_refiner_dir)
+    add_pipeline_variant(work.models, "demo-refined", tiny_sdxl_dir,
+                         'kind = "pipeline"\nrefiner = "refiner"\nrefiner_switch = 0.7\n')
+    code, out, _ = run_main(["models", "show", "demo-refined"], capsys)
+    assert code == 0 and "refiner:     refiner, switch 0.7" in out and "role:" not in out
 
 
 def test_missing_init_image_exits_2(work, capsys):

@@ -1,20 +1,30 @@
-"""Export a diffusers Stable Diffusion 1.x pipeline as one original-layout ``.safetensors`` file.
+"""Export a diffusers Stable Diffusion pipeline as one original-layout ``.safetensors`` file.
 
 AUTOMATIC1111, ComfyUI, Forge and friends load "single-file" checkpoints in the key layout of the
-original CompVis/LDM code (``model.diffusion_model.*``, ``first_stage_model.*``,
-``cond_stage_model.transformer.*``), not diffusers folders. This module renames the keys of a
-diffusers UNet, VAE and CLIP text encoder into that layout; diffusers' own ``from_single_file``
-(and ``bot.engine.single_file.load_single_file``) reads the result back.
+original CompVis/LDM (SD 1.x, 2.x) and Stability "generative-models" (SDXL) code, not diffusers
+folders. This module renames the keys of a diffusers UNet, VAE and text encoder(s) into that
+layout; diffusers' own ``from_single_file`` (and ``bot.engine.single_file.load_single_file``) reads
+the result back.
 
-It follows diffusers' ``scripts/convert_diffusers_to_original_stable_diffusion.py``, with one
-difference: that script hard-codes SD 1.5's shape (4 levels x 2 layers, attention in the first 3
-down levels). Here the LDM block numbers are computed from the model's config and the attention
-layers from the keys that are really there, so smaller models (the tiny test pipelines, 2 levels)
-come out right too. Any key this does not know how to place is an error, not silently dropped.
+It follows diffusers' ``scripts/convert_diffusers_to_original_stable_diffusion.py`` and
+``convert_diffusers_to_original_sdxl.py``, with one difference: those scripts hard-code the
+published models' shapes (SD 1.5: 4 levels x 2 layers, attention in the first 3 down levels).
+Here the LDM block numbers are computed from the model's config and the attention layers from the
+keys that are really there, so smaller models (the tiny test pipelines, 2 levels) come out right
+too. Any key this does not know how to place is an error, not silently dropped.
 
-Only SD 1.x-style pipelines are supported: a CLIP (OpenAI ViT-L style, ``quick_gelu``) text
-encoder stored as ``cond_stage_model.transformer.text_model.*``. SD 2.x keeps an OpenCLIP text
-encoder under a different layout (fused q/k/v), and SDXL has two text encoders; both are refused.
+Where each family keeps its text encoder(s):
+
+* SD 1.x: CLIP (transformers names) under ``cond_stage_model.transformer.text_model.``;
+* SD 2.x: OpenCLIP under ``cond_stage_model.model.`` (q/k/v fused into ``in_proj``; the
+  diffusers encoder already stops at the penultimate layer, which is what is written);
+* SDXL base: CLIP under ``conditioner.embedders.0.transformer.text_model.`` and OpenCLIP-bigG
+  with its projection under ``conditioner.embedders.1.model.``;
+* SDXL refiner: OpenCLIP-bigG alone under ``conditioner.embedders.0.model.``.
+
+The file's metadata says the family and the prediction type in Stability's model-spec keys
+(``modelspec.architecture``, ``modelspec.prediction_type``), which is how SD 2.x base and SD 2.x-v
+(same tensors) are told apart when the file is loaded again.
 
     python -m training.to_single_file PIPELINE_DIR OUT.safetensors [--half]
 """
@@ -36,6 +46,19 @@ from bot.models.atomic import write_file_atomic
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
+OPEN_CLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+REFINER_OPEN_CLIP_PREFIX = "conditioner.embedders.0.model."
+
+# Family -> (Stability model-spec architecture, which text encoders go where).
+FAMILY_ARCHITECTURE = {
+    "sd15": "stable-diffusion-v1",
+    "sd21": "stable-diffusion-v2-512",
+    "sd21-v": "stable-diffusion-v2-768-v",
+    "sdxl": "stable-diffusion-xl-v1-base",
+    "sdxl-refiner": "stable-diffusion-xl-v1-refiner",
+}
 
 # ---------------------------------------------------------------------------------------------
 # UNet
@@ -237,47 +260,124 @@ def text_encoder_to_ldm(state_dict: Mapping[str, torch.Tensor], max_positions: i
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_sd1_text_encoder(text_encoder) -> None:
-    config = text_encoder.config
-    if any(k.endswith("text_projection.weight") for k in text_encoder.state_dict()):
-        raise NotImplementedError("text encoder has a projection (SDXL-style); only SD 1.x pipelines can be exported")
-    if getattr(config, "hidden_act", "quick_gelu") != "quick_gelu":
-        raise NotImplementedError(
-            f"text encoder uses {config.hidden_act!r} (an OpenCLIP / SD 2.x encoder, stored differently in "
-            "LDM checkpoints); only SD 1.x pipelines can be exported"
-        )
+_OPEN_CLIP_TOP = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+_OPEN_CLIP_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
+_OPEN_CLIP_LAYER_PARTS = {
+    "self_attn.out_proj.": "attn.out_proj.",
+    "layer_norm1.": "ln_1.",
+    "layer_norm2.": "ln_2.",
+    "mlp.fc1.": "mlp.c_fc.",
+    "mlp.fc2.": "mlp.c_proj.",
+}
 
 
-def ldm_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
-    """The full single-file state dict (prefixed keys) for an SD 1.x UNet + VAE + CLIP text encoder."""
-    _check_sd1_text_encoder(text_encoder)
+def open_clip_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers CLIPTextModel(WithProjection) keys -> OpenCLIP keys (no prefix).
+
+    OpenCLIP keeps one fused ``in_proj`` for query, key and value (in that order), and the text
+    projection as a matrix applied on the right (the transpose of a Linear weight)."""
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in state_dict.items():
+        key = key.removeprefix("text_model.")
+        if key == "embeddings.position_ids":
+            continue  # a constant buffer, not in OpenCLIP checkpoints
+        if key in _OPEN_CLIP_TOP:
+            out[_OPEN_CLIP_TOP[key]] = tensor
+            continue
+        if key == "text_projection.weight":
+            out["text_projection"] = tensor.T
+            continue
+        m = _OPEN_CLIP_LAYER.match(key)
+        if m is None:
+            raise ValueError(f"don't know where text encoder key {key!r} goes in the OpenCLIP layout")
+        layer, rest = int(m.group(1)), m.group(2)
+        if q := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest):
+            fused.setdefault((layer, q.group(2)), {})[q.group(1)] = tensor
+            continue
+        for old, new in _OPEN_CLIP_LAYER_PARTS.items():
+            if rest.startswith(old):
+                out[f"transformer.resblocks.{layer}.{new}{rest[len(old):]}"] = tensor
+                break
+        else:
+            raise ValueError(f"don't know where text encoder key {key!r} goes in the OpenCLIP layout")
+    for (layer, kind), parts in fused.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"text encoder layer {layer} lacks some of q/k/v {kind}")
+        out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def pipeline_family(text_encoder, text_encoder_2, prediction_type: str = "epsilon") -> str:
+    """sd15 | sd21 | sd21-v | sdxl | sdxl-refiner, from the text encoders a pipeline has."""
+    if text_encoder_2 is not None:
+        return "sdxl" if text_encoder is not None else "sdxl-refiner"
+    if text_encoder is None:
+        raise NotImplementedError("the pipeline has no text encoder; only Stable Diffusion pipelines can be exported")
+    if getattr(text_encoder.config, "hidden_act", "quick_gelu") == "quick_gelu":
+        if any(k.endswith("text_projection.weight") for k in text_encoder.state_dict()):
+            raise NotImplementedError("a CLIP text encoder with a projection and no second encoder is no "
+                                      "Stable Diffusion family this exporter knows")
+        return "sd15"
+    return "sd21-v" if prediction_type == "v_prediction" else "sd21"
+
+
+def ldm_state_dict(unet, vae, text_encoder, text_encoder_2=None,
+                   prediction_type: str = "epsilon") -> dict[str, torch.Tensor]:
+    """The full single-file state dict (prefixed keys) of a UNet, VAE and the family's text encoder(s)."""
+    family = pipeline_family(text_encoder, text_encoder_2, prediction_type)
     tensors: dict[str, torch.Tensor] = {}
     for key, value in unet_to_ldm(unet.state_dict(), unet.config).items():
         tensors[UNET_PREFIX + key] = value
     for key, value in vae_to_ldm(vae.state_dict(), vae.config).items():
         tensors[VAE_PREFIX + key] = value
-    max_positions = int(getattr(text_encoder.config, "max_position_embeddings", 77))
-    for key, value in text_encoder_to_ldm(text_encoder.state_dict(), max_positions).items():
-        tensors[TEXT_PREFIX + key] = value
+    encoders = {
+        "sd15": [(text_encoder, TEXT_PREFIX, "clip")],
+        "sd21": [(text_encoder, OPEN_CLIP_PREFIX, "open_clip")],
+        "sd21-v": [(text_encoder, OPEN_CLIP_PREFIX, "open_clip")],
+        "sdxl": [(text_encoder, SDXL_CLIP_PREFIX, "clip"), (text_encoder_2, SDXL_OPEN_CLIP_PREFIX, "open_clip")],
+        "sdxl-refiner": [(text_encoder_2, REFINER_OPEN_CLIP_PREFIX, "open_clip")],
+    }[family]
+    for encoder, prefix, layout in encoders:
+        if layout == "clip":
+            max_positions = int(getattr(encoder.config, "max_position_embeddings", 77))
+            converted = text_encoder_to_ldm(encoder.state_dict(), max_positions)
+        else:
+            converted = open_clip_to_ldm(encoder.state_dict())
+        for key, value in converted.items():
+            tensors[prefix + key] = value
     return tensors
 
 
 def _load_components(folder: Path):
-    """UNet, VAE and text encoder of a saved diffusers pipeline folder (no tokenizer/scheduler needed)."""
+    """UNet, VAE, text encoders and prediction type of a saved diffusers pipeline folder."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    if index.get("text_encoder_2", [None])[0] is not None:
-        raise NotImplementedError(f"{index.get('_class_name')} has two text encoders; only SD 1.x pipelines can be exported")
+    classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
+
+    def encoder(name: str):
+        entry = index.get(name) or [None, None]
+        if entry[0] is None:
+            return None
+        if entry[1] not in classes:
+            raise NotImplementedError(f"{name} is a {entry[1]}; only CLIP text encoders can be exported")
+        return classes[entry[1]].from_pretrained(folder, subfolder=name)
+
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
-    return unet, vae, text_encoder
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    return unet, vae, encoder("text_encoder"), encoder("text_encoder_2"), scheduler.get("prediction_type", "epsilon")
 
 
 def export_single_file(pipe_or_folder, out_path: Path, *, half: bool = False) -> Path:
-    """Write ``out_path`` (.safetensors, LDM key layout) from a pipeline object or a saved pipeline folder.
+    """Write ``out_path`` (.safetensors, original key layout) from a pipeline object or a saved pipeline folder.
 
     ``half`` stores floating-point weights as float16 (the usual ~2 GB SD 1.5 file instead of ~4 GB).
     The file is written atomically (bot.models.atomic), so a crash never leaves a half-written
@@ -287,29 +387,33 @@ def export_single_file(pipe_or_folder, out_path: Path, *, half: bool = False) ->
 
     out_path = Path(out_path)
     if isinstance(pipe_or_folder, (str, os.PathLike)):
-        unet, vae, text_encoder = _load_components(Path(pipe_or_folder))
+        unet, vae, text_encoder, text_encoder_2, prediction = _load_components(Path(pipe_or_folder))
     else:
         pipe = pipe_or_folder
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            raise NotImplementedError("pipeline has two text encoders; only SD 1.x pipelines can be exported")
-        unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
+        unet, vae = pipe.unet, pipe.vae
+        text_encoder, text_encoder_2 = getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)
+        prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
 
     tensors = {}
-    for key, value in ldm_state_dict(unet, vae, text_encoder).items():
+    for key, value in ldm_state_dict(unet, vae, text_encoder, text_encoder_2, prediction).items():
         value = value.detach().to("cpu")
         if half and value.is_floating_point():
             value = value.to(torch.float16)
         # safetensors refuses non-contiguous tensors (the reshaped VAE attention weights are views).
         tensors[key] = value.contiguous()
+    family = pipeline_family(text_encoder, text_encoder_2, prediction)
+    architecture = FAMILY_ARCHITECTURE[family] + ("-inpainting" if unet.config.in_channels == 9 else "")
+    metadata = {"format": "pt", "modelspec.architecture": architecture,
+                "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon"}
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    return write_file_atomic(out_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    return write_file_atomic(out_path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.to_single_file",
-        description="Export a diffusers SD 1.x pipeline folder as one LDM-layout .safetensors checkpoint "
+        description="Export a diffusers SD 1.x, SD 2.x or SDXL pipeline folder as one original-layout .safetensors checkpoint "
         "(for AUTOMATIC1111, ComfyUI, ... and the bot's single-file loader).",
     )
     parser.add_argument("pipeline_dir", type=Path, help="folder written by pipeline.save_pretrained()")

@@ -1,8 +1,9 @@
 """The seam between the queue and whatever runs generations.
 
-The worker hands a batch to an `Executor` and gets one outcome per job back. Today that is a
-local GPU thread (`bot.executors.local.LocalExecutor`); remote GPU workers can implement the same
-interface later while SQLite stays the source of truth.
+The worker hands a batch to an `Executor` and gets one outcome per job back: a local GPU thread per
+device (`bot.executors.local.LocalExecutor`) or Ray Serve replicas on a cluster
+(`bot.executors.ray_serve.RayExecutor`). `capacity` says how many batches it takes at once; SQLite
+stays the source of truth either way.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ class Outcome:
     error_key: str | None = None
     error_params: dict[str, Any] = field(default_factory=dict)
     cancelled: bool = False
+    # The job was lost with whatever ran it (a replica or node died, a call dropped): the worker
+    # queues it again within its attempts. `error` says what happened, for the log.
+    requeue: bool = False
+
+
+class ExecutorUnavailable(Exception):
+    """The executor cannot run anything now (its cluster is unreachable). Raised by `run` before
+    any work started: the batch's jobs go back to the queue as they were, no attempt counted."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,8 @@ CancelProbe = Callable[[int], bool]
 
 
 class Executor(Protocol):
+    capacity: int  # batches it runs at once (an executor without it is taken to run one)
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...

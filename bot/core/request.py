@@ -36,6 +36,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
     "fast": ("fast", "--fast"),
+    "refiner": ("refiner", "--refiner 0.7"),
 }
 # Flags that are switched on by being there; they take no value.
 SWITCHES = {"fast"}
@@ -67,6 +68,7 @@ class RequestOptions:
     fast: bool | None = None  # fast mode (LCM): few steps, low guidance
     upscale: bool | None = None  # enlarge `init_image` (the Upscale button), with its own size limit
     upscaler: str | None = None  # the upscaler variant it runs first (from the configuration)
+    refiner: float | None = None  # where the model's refiner takes over (0.7), or 0 for no refiner
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class GenerationRequest:
     fast: bool = False  # the variant's fast mode: its LCM-LoRA (if it names one), few steps, low guidance
     upscale: bool = False  # init_image enlarged to width x height (upscaler, then tiled img2img)
     upscaler: str | None = None  # the upscaler variant an upscale runs first (None: resizing only)
+    refiner: str | None = None  # the refiner variant that runs the last steps (SDXL), if any
+    refiner_switch: float | None = None  # the fraction of the steps the model runs before the refiner
 
     def seeds(self) -> list[int]:
         """One seed per image, as AUTOMATIC1111 does: seed, seed+1, ..."""
@@ -97,7 +101,11 @@ class GenerationRequest:
         """Requests with equal keys can share one pipeline call."""
         key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
                self.init_image is not None, self.strength)
-        # Only where set, so the keys of plain requests stay those already stored with queued jobs.
+        # Only requests with the same refiner setting run together; a request without a refiner
+        # keeps the key it always had (jobs queued before refiners existed still batch with it).
+        if self.refiner:
+            key += (self.refiner, self.refiner_switch)
+        # The same for fast mode and upscales: only where set.
         if self.fast:
             key += ("fast",)
         if self.upscale:
@@ -172,6 +180,7 @@ def options_from_fields(
     fast: object = None,
     upscale: bool | None = None,
     upscaler: str | None = None,
+    refiner: object = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
 
@@ -204,6 +213,7 @@ def options_from_fields(
         fast=None if fast is None else to_bool("fast", fast),
         upscale=upscale,
         upscaler=upscaler,
+        refiner=None if refiner is None else parse_refiner(refiner),
     )
 
 
@@ -300,6 +310,17 @@ def parse_aspect(value: object) -> tuple[int, int]:
     if not 0.25 <= w / h <= 4:
         raise UserError("aspect_out_of_range", got=f"{w}:{h}")
     return w, h
+
+
+def parse_refiner(value: object) -> float:
+    """Where the refiner takes over, as a fraction of the steps: 0 (no refiner) up to below 1.
+    "off" is 0 too."""
+    if isinstance(value, str) and value.strip().lower() in ("off", "no", "none"):
+        return 0.0
+    switch = to_float("refiner", value)
+    if not 0 <= switch < 1:
+        raise UserError("refiner_out_of_range", got=switch)
+    return switch
 
 
 def parse_model_name(value: object) -> str:

@@ -71,6 +71,7 @@ def resolve(
             raise UserError("no_models", got=model, models_dir=str(models_dir).rstrip("/\\"))
         raise UserError("unknown_model", got=model, available=", ".join(sorted(variants)))
     defaults = variants[model]
+    _check_role(model, defaults, variants, options)
 
     negative = defaults.negative_prompt if options.negative_prompt is None else options.negative_prompt
     if len(negative) > limits.max_prompt_chars:
@@ -104,6 +105,7 @@ def resolve(
     if options.strength is not None and not 0.05 <= options.strength <= 1 and not (
             options.upscale and options.strength == 0):
         raise UserError("strength_out_of_range", got=options.strength)
+    refiner, switch = _refiner(model, defaults, options)
 
     return GenerationRequest(
         prompt=options.prompt,
@@ -121,7 +123,34 @@ def resolve(
         fast=fast,
         upscale=bool(options.upscale and options.init_image),
         upscaler=options.upscaler if options.upscale and options.init_image else None,
+        refiner=refiner,
+        refiner_switch=switch,
     )
+
+
+def _check_role(model: str, defaults: VariantDefaults, variants: Mapping[str, VariantDefaults],
+                options: RequestOptions) -> None:
+    """Refiner and inpainting models do not draw from a prompt alone; say what they are for."""
+    if defaults.role == "refiner":
+        bases = sorted(name for name, other in variants.items() if other.refiner == model)
+        if bases:
+            raise UserError("model_is_refiner_of", name=model, bases=", ".join(bases))
+        raise UserError("model_is_refiner", name=model)
+    if defaults.role == "inpainting":
+        others = sorted(name for name, other in variants.items() if other.role == "text2image")
+        raise UserError("model_is_inpainting", name=model, available=", ".join(others) or "none")
+
+
+def _refiner(model: str, defaults: VariantDefaults, options: RequestOptions) -> tuple[str | None, float | None]:
+    """The refiner that finishes this request and where it takes over, or (None, None).
+
+    Image-to-image requests (variations, upscales) start from a finished image: no refiner."""
+    if options.refiner and not defaults.refiner:
+        raise UserError("no_refiner", model=model)
+    if not defaults.refiner or options.init_image is not None:
+        return None, None
+    switch = defaults.refiner_switch if options.refiner is None else options.refiner
+    return (defaults.refiner, switch) if switch > 0 else (None, None)
 
 
 def model_limits(limits: Limits, defaults: VariantDefaults) -> Limits:

@@ -127,7 +127,8 @@ class Service:
         if action == "reroll":
             options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
                                      init_image=request.init_image, strength=request.strength,
-                                     upscale=request.upscale or None, upscaler=request.upscaler)
+                                     upscale=request.upscale or None, upscaler=request.upscaler,
+                                     refiner=self._same_refiner(request))
         elif action in ("variation", "upscale"):
             if source.status != "done" or not 0 <= index < len(source.images):
                 raise UserError("no_such_image", job=ref, index=index + 1)
@@ -143,6 +144,14 @@ class Service:
         else:
             raise ValueError(f"unknown action {action!r}")
         return await self._queue(options, origin)
+
+    def _same_refiner(self, request: GenerationRequest) -> float | None:
+        """The refiner setting that remakes `request`: its switch, or off (0) where the model has a
+        refiner that did not run."""
+        if request.refiner:
+            return request.refiner_switch
+        defaults = self.catalog.ready_defaults().get(request.model)
+        return 0.0 if request.init_image is None and defaults is not None and defaults.refiner else None
 
     async def _queue(self, options: RequestOptions, origin: Origin) -> Submitted:
         if not self._accepting:
@@ -185,8 +194,8 @@ class Service:
             entry = self.waiting.get(job.id)
             if entry is not None:
                 return JobView(job, *self._waiting_view(entry))
-        running = self.worker.running
-        if job.status == RUNNING and running and job.id in running.job_ids:
+        running = self.worker.batch_of(job.id)
+        if job.status == RUNNING and running:
             return JobView(job, None, self.eta.running(job.request.model, job.request.count, running),
                            running.step, running.total)
         return JobView(job, None, None)
@@ -199,8 +208,8 @@ class Service:
         return position, self.eta.waiting(position, own, mean, self.worker.running)
 
     def preview(self, job_id: int) -> bytes | None:
-        running = self.worker.running
-        return running.previews.get(job_id) if running and job_id in running.job_ids else None
+        running = self.worker.batch_of(job_id)
+        return running.previews.get(job_id) if running else None
 
     async def history(self, origin: Origin, limit: int = 20) -> list[Job]:
         return await self.store.history(origin.user_key, limit)

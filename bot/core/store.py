@@ -179,6 +179,10 @@ class Store:
         """Give a running job back to the queue (shutdown, a lost worker)."""
         return await self._update_running(job_id, "status = 'queued', started_at = NULL", ())
 
+    async def refund_attempt(self, job_id: int) -> bool:
+        """Take back the attempt a claim counted, for a running job that never reached a worker."""
+        return await self._update_running(job_id, "attempts = max(attempts - 1, 0)", ())
+
     async def cancel(self, job_id: int) -> str | None:
         """Cancel a queued job now, or ask a running one to stop; returns the new status."""
         async with self.db.execute(

@@ -1,13 +1,19 @@
-"""The worker loop: feeds the executor from the queue, one batch at a time, and never dies silently.
+"""The worker loop: feeds the executor from the queue and never dies silently.
 
 Settings come in, nothing is imported from the configuration (as in arq's `Worker`); `start()` and
 `stop()` are its lifecycle; counters are attributes. Each pass picks a batch (`Scheduler`),
-claims it in the store, runs it on the executor and records every outcome.
+claims it in the store, hands it to the executor and records every outcome. Up to
+`executor.capacity` batches are in flight at once (one per GPU, or per Ray replica slot); the rest
+of the backlog stays in the queue, where fairness and positions are decided.
 
 Supervision: any exception in a pass (a database write that failed, a bug) is logged, the jobs the
 pass held go back to the queue, `problem` says what went wrong (so /healthz answers 503), and the
 loop tries again after a back-off that doubles up to `MAX_BACKOFF` seconds. An executor that
-raises fails the batch's jobs with the reason instead; the next batch runs as usual.
+raises fails the batch's jobs with the reason instead; the next batch runs as usual. An executor
+that cannot reach its workers (`ExecutorUnavailable`: a Ray cluster that is down) gives the jobs
+back unchanged, without counting an attempt, and the loop backs off until it is reachable again.
+An outcome marked `requeue` (a replica died under the batch) puts its job back in the queue within
+`max_attempts`; the same seed makes the same image on the next try.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 from bot.config import QueueConfig
 from bot.core.eta import RunningBatch
 from bot.core.events import EventBus
-from bot.core.executor import BatchItem, Executor, Outcome, StepProgress
+from bot.core.executor import BatchItem, Executor, ExecutorUnavailable, Outcome, StepProgress
 from bot.core.jobs import Job
 from bot.core.scheduler import Scheduler
 from bot.core.store import Store
@@ -46,8 +52,10 @@ class Worker:
         self.batches = 0
         self.failed_passes = 0
         self.problem: str | None = None  # why the last pass failed, until one succeeds
-        self.running: RunningBatch | None = None
+        self.requeued = 0  # jobs an executor lost and the queue took back
+        self.in_flight: list[RunningBatch] = []  # batches on the executor now, oldest first
         self._held: set[int] = set()  # claimed by this worker, outcome not recorded yet
+        self._batch_tasks: dict[asyncio.Task, RunningBatch] = {}
         self._cancel_requested: set[int] = set()
         self._announced: dict[int, int] = {}  # waiting job -> the position it was last told
         self._wake = asyncio.Event()
@@ -66,14 +74,35 @@ class Worker:
         whatever is still claimed (a job stopped half-way runs again at the next start)."""
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace)
-            except asyncio.TimeoutError:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [task for task in (self._task, *self._batch_tasks) if task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        self._batch_tasks.clear()
+        self.in_flight.clear()
         await self._give_back_held()
+
+    @property
+    def capacity(self) -> int:
+        """Batches the executor takes at once; an executor that does not say takes one."""
+        return max(1, int(getattr(self.executor, "capacity", 1)))
+
+    @property
+    def running(self) -> RunningBatch | None:
+        """The in-flight batch that frees its slot first, by its progress so far: what a waiting
+        job waits for. None when nothing runs."""
+        if not self.in_flight:
+            return None
+        def left(batch: RunningBatch) -> float:
+            seconds = batch.remaining_seconds()
+            return float("inf") if seconds is None else seconds
+        return min(self.in_flight, key=left)
+
+    def batch_of(self, job_id: int) -> RunningBatch | None:
+        return next((batch for batch in self.in_flight if job_id in batch.job_ids), None)
 
     @property
     def alive(self) -> bool:
@@ -97,25 +126,38 @@ class Worker:
         backoff = FIRST_BACKOFF
         while not self._stopping:
             try:
+                self._reap_batches()
                 await self._give_back_held()
                 await self._pass()
             except asyncio.CancelledError:
                 raise
+            except ExecutorUnavailable as error:  # expected while a cluster is down: no traceback
+                self.failed_passes += 1
+                self.problem = f"{error}; jobs wait in the queue, retrying in {backoff:g} s"
+                log.warning("%s; jobs wait in the queue, retrying in %g s", error, backoff)
+                await self._recover_after_failure(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
             except Exception as error:
                 self.failed_passes += 1
                 self.problem = f"the worker failed ({type(error).__name__}: {error}); retrying in {backoff:g} s"
                 log.exception("worker pass failed; jobs it held go back to the queue, retrying in %g s", backoff)
-                try:
-                    await self._give_back_held()
-                except Exception as again:  # still failing: the next pass tries again
-                    log.warning("could not give jobs %s back yet: %s", sorted(self._held), again)
-                await self._sleep(backoff)
+                await self._recover_after_failure(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             else:
                 self.problem = None
                 backoff = FIRST_BACKOFF
 
+    async def _recover_after_failure(self, backoff: float) -> None:
+        try:
+            await self._give_back_held()
+        except Exception as again:  # still failing: the next pass tries again
+            log.warning("could not give jobs %s back yet: %s", sorted(self._held), again)
+        await self._sleep(backoff)
+
     async def _pass(self) -> None:
+        if len(self._batch_tasks) >= self.capacity:
+            await self._sleep(self.idle_wait)  # a finishing batch (or a stop) wakes it
+            return
         if not len(self.waiting):
             await self._idle()
             return
@@ -134,11 +176,38 @@ class Worker:
                 self.waiting.remove(job.id)
                 self._held.discard(job.id)
         if jobs:
-            await self._run(jobs)
-        await self.announce_positions()
+            self._start_batch(jobs)
+        else:
+            await self.announce_positions()
+        if len(self._batch_tasks) >= self.capacity:
+            # The executor is full: give the batch the slot now, rather than
+            # picking (and claiming) the next one before it has to.
+            await self._sleep(self.idle_wait)
+
+    def _start_batch(self, jobs: list[Job]) -> None:
+        batch = RunningBatch(tuple(job.id for job in jobs), time.monotonic())
+        self.in_flight.append(batch)
+        task = asyncio.create_task(self._run(jobs, batch), name=f"imagebot-batch-{batch.job_ids[0]}")
+        self._batch_tasks[task] = batch
+        task.add_done_callback(lambda _: self._wake.set())
+
+    def _reap_batches(self) -> None:
+        """Forget finished batch tasks; a batch whose outcomes could not be recorded fails the
+        pass (its jobs are still held, so they go back to the queue)."""
+        error: BaseException | None = None
+        for task in [task for task in self._batch_tasks if task.done()]:
+            batch = self._batch_tasks.pop(task)
+            if batch in self.in_flight:
+                self.in_flight.remove(batch)
+            if not task.cancelled() and task.exception() is not None and error is None:
+                error = task.exception()
+        if error is not None:
+            raise error
 
     async def _idle(self) -> None:
         self._wake.clear()
+        if self._batch_tasks and all(task.done() for task in self._batch_tasks):
+            return  # a batch finished meanwhile: reap it first
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=self.idle_wait)
         except asyncio.TimeoutError:
@@ -146,8 +215,10 @@ class Worker:
         self._was_idle = True
 
     async def _sleep(self, seconds: float) -> None:
-        """A back-off that a stop() cuts short."""
+        """A back-off that a stop(), a new job or a finished batch cuts short."""
         self._wake.clear()
+        if self._stopping or any(task.done() for task in self._batch_tasks):
+            return
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
         except asyncio.TimeoutError:
@@ -155,16 +226,15 @@ class Worker:
 
     # --- one batch ----------------------------------------------------------------------------------
 
-    async def _run(self, jobs: list[Job]) -> None:
-        ids = tuple(job.id for job in jobs)
+    async def _run(self, jobs: list[Job], running: RunningBatch) -> None:
+        ids = running.job_ids
         by_id = {job.id: job for job in jobs}
-        self.running = running = RunningBatch(ids, time.monotonic())
         self.batches += 1
         for job in jobs:
             self.events.publish({"type": "started", "job": job.id, "batch": list(ids)}, job.origin.platform)
 
         def on_progress(update: StepProgress) -> None:
-            if self.running is not running:
+            if running not in self.in_flight:
                 return
             running.step, running.total = update.step, update.total
             running.previews.update(update.previews)
@@ -175,18 +245,37 @@ class Worker:
         try:
             outcomes = await self.executor.run([BatchItem(job.id, job.request, job.public_id) for job in jobs], on_progress,
                                                self._cancel_requested.__contains__, self.settings.job_timeout)
+        except ExecutorUnavailable as error:
+            # Nothing ran: the jobs stay as they were (the claim's attempt is given back) and the
+            # pass fails, so the loop backs off and /healthz says why until the executor is back.
+            for job_id in ids:
+                await self.store.refund_attempt(job_id)
+            raise
         except Exception as error:  # the executor itself broke: fail these jobs with the reason, keep serving
             log.exception("executor failed on jobs %s", ids)
             outcomes = [Outcome(job_id, error=f"generation failed: {error}", error_key="generation_failed",
                                 error_params={"error": str(error)}) for job_id in ids]
         finally:
-            self.running = None
+            if running in self.in_flight:
+                self.in_flight.remove(running)
         for outcome in outcomes:
             await self._record(by_id[outcome.job_id], outcome)
+        await self.announce_positions()
 
     async def _record(self, job: Job, outcome: Outcome) -> None:
         platform = job.origin.platform
-        if outcome.cancelled:
+        if outcome.requeue and job.id not in self._cancel_requested and job.attempts < self.settings.max_attempts:
+            # Lost with its worker (a replica or node died): it runs again, same seed, same image.
+            log.warning("job %d was lost on the executor (%s); queued again (attempt %d of %d)", job.id,
+                        outcome.error, job.attempts, self.settings.max_attempts)
+            self.requeued += 1
+            await self._give_back(job.id)
+            self._cancel_requested.discard(job.id)
+            return
+        if outcome.requeue and job.id not in self._cancel_requested:
+            outcome = Outcome(job.id, error=f"The worker stopped while making this ({job.attempts} attempts); giving up.",
+                              error_key="worker_crashed", error_params={"attempts": job.attempts})
+        if outcome.cancelled or outcome.requeue:
             await self.store.mark_cancelled(job.id)
             event: dict[str, Any] = {"type": "cancelled", "job": job.id}
         elif outcome.error is not None:
@@ -202,19 +291,26 @@ class Worker:
         self.events.publish(event, platform)
 
     async def _give_back_held(self) -> None:
-        """Jobs claimed by a pass that failed go back to the queue (or end, if cancelled meanwhile)."""
-        for job_id in sorted(self._held):
+        """Jobs claimed by a pass that failed go back to the queue (or end, if cancelled meanwhile).
+        Jobs of batches still in flight are not touched."""
+        in_flight = {job_id for batch in self.in_flight for job_id in batch.job_ids}
+        for job_id in sorted(self._held - in_flight):
             if job_id in self._cancel_requested:
                 if await self.store.mark_cancelled(job_id):
                     job = await self.store.get(job_id)
                     self.events.publish({"type": "cancelled", "job": job_id}, job.origin.platform if job else "")
                 self._cancel_requested.discard(job_id)
-            elif await self.store.requeue(job_id):
-                entry = await self.store.queued_entry(job_id)
-                if entry is not None:
-                    self.waiting.add(entry)
-                log.info("job %d requeued: it runs again later", job_id)
+            else:
+                await self._give_back(job_id)
             self._held.discard(job_id)
+
+    async def _give_back(self, job_id: int) -> None:
+        if await self.store.requeue(job_id):
+            entry = await self.store.queued_entry(job_id)
+            if entry is not None:
+                self.waiting.add(entry)
+            log.info("job %d requeued: it runs again later", job_id)
+        self._held.discard(job_id)
 
     # --- telling waiting jobs where they are -------------------------------------------------------
 

@@ -26,6 +26,13 @@ def pick_device(config: EngineConfig) -> torch.device:
     if config.device == "mps" and not mps:
         raise EngineSetupError("engine.device is 'mps' but Apple's Metal backend is not available here; "
                                "set engine.device = \"auto\".")
+    if config.device.startswith("cuda:"):  # one of [engine] devices
+        index = int(config.device.split(":", 1)[1])
+        if not cuda or index >= torch.cuda.device_count():
+            seen = torch.cuda.device_count() if cuda else 0
+            raise EngineSetupError(f"engine.devices lists {config.device!r} but torch sees {seen} CUDA GPU(s) "
+                                   f"(cuda:0 to cuda:{seen - 1}); list only those." if seen else
+                                   f"engine.devices lists {config.device!r} but torch sees no CUDA GPU.")
     return torch.device(config.device)
 
 

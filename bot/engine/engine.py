@@ -9,12 +9,13 @@ seed and prompt, never on what else was in the batch.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -27,7 +28,7 @@ from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
 from bot.engine.devices import EngineSetupError, memory_budget_bytes, pick_device, pick_dtype
 from bot.engine.interrupt import stoppable
-from bot.engine.loader import load_base_pipeline, load_lora, model_bytes
+from bot.engine.loader import load_base_pipeline, load_lora, model_bytes, weight_file_bytes
 from bot.models.registry import Registry
 from bot.models.spec import VariantSpec
 from bot.engine.schedulers import make_scheduler
@@ -86,6 +87,10 @@ class _Item:
     negative_prompt: str
     seed: int
     init_image: Image.Image | None
+    # Handed from an SDXL base to its refiner: the partly denoised latents of this image and its
+    # random generator's state, so the refiner goes on with the same random stream.
+    latents: Any = None
+    rng_state: Any = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -130,6 +135,11 @@ class Engine:
                     log.info("model %s changed or removed in the store; unloading it", name)
                     self._evict(name)
 
+    def unload(self, name: str) -> None:
+        """Free a resident model now (a Ray replica's least recently used variant)."""
+        with self._lock:
+            self._evict(name)
+
     def generate(
         self,
         requests: Sequence[GenerationRequest],
@@ -159,11 +169,16 @@ class Engine:
             for index, request in enumerate(requests)
             for seed in request.seeds()
         ]
-        images: list[Image.Image] = []
         started = time.perf_counter()
-        for start in range(0, len(items), self.config.max_batch):
-            chunk = items[start: start + self.config.max_batch]
-            images += self._run_with_oom_retry(pipe, first, chunk, on_progress, should_cancel)
+        if first.refiner:
+            # The ensemble of experts: the base denoises the first part of the schedule for every
+            # image, then the refiner (specialised in the last, low-noise steps) finishes them. The
+            # base's own references go first, so it can make way for the refiner if both do not fit.
+            handed = self._run_chunks(pipe, first, items, on_progress, should_cancel, "base")
+            del pipe, resident
+            images = self._run_chunks(self._refiner(first), first, handed, on_progress, should_cancel, "refiner")
+        else:
+            images = self._run_chunks(pipe, first, items, on_progress, should_cancel, "whole")
         self._record_speed(spec.name, first, time.perf_counter() - started, len(items))
 
         results = []
@@ -214,6 +229,17 @@ class Engine:
         if name is None and spec.kind == "lora":
             name = self.registry.get(spec.base or "").fast_lora
         return self.registry.get(name) if name else None
+    def _refiner(self, request: GenerationRequest) -> DiffusionPipeline:
+        """The refiner pipeline that finishes `request`: next to its base when the memory budget
+        holds both, else in its place (the base loads again for its next batch)."""
+        assert request.refiner
+        spec = self.registry.get(request.refiner)
+        resident = self._resident_for(spec)
+        if resident.adapters:
+            resident.pipe.disable_lora()
+        resident.pipe.scheduler = make_scheduler(request.scheduler, resident.scheduler_config)
+        self._configure_vae(resident.pipe, request.width * request.height)
+        return resident.pipe
 
     def _resident_for(self, spec: VariantSpec) -> _Resident:
         with self._lock:
@@ -223,6 +249,9 @@ class Engine:
                 return resident
             if resident is not None:
                 self._evict(spec.name)
+            # Make room before loading, not after, so two big models are never in memory together
+            # beyond the budget; the size on disk stands in for the size in memory.
+            self._enforce_budget(keep=set(), incoming=weight_file_bytes(spec))
         started = time.perf_counter()
         log.info("loading model %s (%s) on %s as %s", spec.name, spec.kind, self.device, self.dtype)
         pipe = load_base_pipeline(spec, self.dtype, self.allow_download)
@@ -231,7 +260,7 @@ class Engine:
         self._count_load(time.perf_counter() - started)
         with self._lock:
             self._resident[spec.name] = resident
-            self._enforce_budget(keep=spec.name)
+            self._enforce_budget(keep={spec.name})
         return resident
 
     def _place(self, pipe: DiffusionPipeline) -> None:
@@ -270,18 +299,19 @@ class Engine:
             resident.img2img.set_progress_bar_config(disable=True)
         return resident.img2img
 
-    def _enforce_budget(self, keep: str) -> None:
-        total = sum(r.nbytes for r in self._resident.values())
+    def _enforce_budget(self, keep: set[str], incoming: int = 0) -> None:
+        total = incoming + sum(r.nbytes for r in self._resident.values())
         for name in list(self._resident):
             if total <= self.budget:
                 break
-            if name != keep:
+            if name not in keep:
                 total -= self._resident[name].nbytes
                 log.info("unloading model %s to stay within the memory budget", name)
                 self._evict(name)
 
     def _evict(self, name: str) -> None:
-        self._resident.pop(name, None)
+        if self._resident.pop(name, None) is not None:
+            gc.collect()  # pipelines hold reference cycles; free the weights now, not some time later
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -306,9 +336,16 @@ class Engine:
         with Image.open(request.init_image) as source:
             return source.convert("RGB").resize((request.width, request.height), Image.Resampling.LANCZOS)
 
-    def _run_with_oom_retry(self, pipe, request, items, on_progress, should_cancel) -> list[Image.Image]:
+    def _run_chunks(self, pipe, request, items, on_progress, should_cancel, stage: str) -> list:
+        out: list = []
+        for start in range(0, len(items), self.config.max_batch):
+            chunk = items[start: start + self.config.max_batch]
+            out += self._run_with_oom_retry(pipe, request, chunk, on_progress, should_cancel, stage)
+        return out
+
+    def _run_with_oom_retry(self, pipe, request, items, on_progress, should_cancel, stage: str) -> list:
         try:
-            return self._call(pipe, request, items, on_progress, should_cancel)
+            return self._call(pipe, request, items, on_progress, should_cancel, stage)
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -317,15 +354,21 @@ class Engine:
             self.stats.oom_retries += 1
             half = len(items) // 2
             log.warning("out of memory with %d images; retrying as %d + %d", len(items), half, len(items) - half)
-            return (self._run_with_oom_retry(pipe, request, items[:half], on_progress, should_cancel)
-                    + self._run_with_oom_retry(pipe, request, items[half:], on_progress, should_cancel))
+            return (self._run_with_oom_retry(pipe, request, items[:half], on_progress, should_cancel, stage)
+                    + self._run_with_oom_retry(pipe, request, items[half:], on_progress, should_cancel, stage))
 
-    def _call(self, pipe, request: GenerationRequest, items: list[_Item], on_progress, should_cancel):
+    def _call(self, pipe, request: GenerationRequest, items: list[_Item], on_progress, should_cancel, stage: str):
+        """One pipeline call for `items`. `stage` is "whole" (an ordinary call, images out), "base"
+        (the first part of the schedule; the items come back with their latents) or "refiner"
+        (finishes the items' latents; images out)."""
         if should_cancel is not None and should_cancel():
             raise Cancelled()
         # One CPU generator per image: the same seed gives the same starting noise on any device
         # and in any batch.
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
+        for generator, item in zip(generators, items):
+            if item.rng_state is not None:
+                generator.set_state(item.rng_state)
         negatives = [item.negative_prompt for item in items]
         if not any(negatives) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
             negatives = None  # SDXL's own convention for "no negative prompt"
@@ -334,8 +377,13 @@ class Engine:
             if should_cancel is not None and should_cancel():
                 raise Cancelled()  # leaves the denoising loop at once, skipping the decode
             if on_progress is not None:
-                total = getattr(pipeline, "num_timesteps", None) or request.steps
-                on_progress(Progress(step + 1, total, tensors.get("latents") if self.want_latents else None))
+                latents = tensors.get("latents") if self.want_latents else None
+                if stage == "whole":
+                    total = getattr(pipeline, "num_timesteps", None) or request.steps
+                    on_progress(Progress(step + 1, total, latents))
+                else:  # base and refiner share the request's steps; the refiner runs the last ones
+                    done = request.steps - pipeline.num_timesteps if stage == "refiner" else 0
+                    on_progress(Progress(min(request.steps, done + step + 1), request.steps, latents))
             return {}
 
         kwargs: dict[str, Any] = dict(
@@ -348,16 +396,24 @@ class Engine:
             callback_on_step_end_tensor_inputs=["latents"],
             output_type="pil",
         )
-        if request.init_image is not None:
+        if stage == "refiner":
+            kwargs.update(image=torch.cat([item.latents for item in items]),
+                          denoising_start=request.refiner_switch)
+        elif request.init_image is not None:
             strength = request.strength or 0.6
             # img2img runs int(steps * strength) steps; make that at least one.
             kwargs.update(image=[item.init_image for item in items], strength=strength,
                           num_inference_steps=max(request.steps, math.ceil(1 / strength)))
         else:
             kwargs.update(width=request.width, height=request.height)
+        if stage == "base":
+            kwargs.update(denoising_end=request.refiner_switch, output_type="latent")
         with torch.inference_mode(), stoppable(pipe, should_cancel):
             output = pipe(**kwargs)
         self.stats.batches += 1
+        if stage == "base":
+            return [replace(item, latents=output.images[i: i + 1], rng_state=generators[i].get_state())
+                    for i, item in enumerate(items)]
         self.stats.images += len(items)
         return list(output.images)
 
@@ -396,7 +452,7 @@ class Engine:
             drawn: list[Image.Image] = []
             for number, chunk in enumerate(chunks):
                 report = _chunk_progress(on_progress, number, len(chunks))
-                drawn += self._run_with_oom_retry(pipe, first, chunk, report, should_cancel)
+                drawn += self._run_with_oom_retry(pipe, first, chunk, report, should_cancel, "whole")
             for index, boxes in enumerate(layouts):
                 mine = [image for item, image in zip(items, drawn) if item.request_index == index]
                 enlarged[index] = blend_tiles(mine, boxes, (requests[index].width, requests[index].height), overlap)

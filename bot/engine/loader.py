@@ -43,13 +43,15 @@ def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: b
         if spec.kind == "pipeline":
             return DiffusionPipeline.from_pretrained(str(spec.folder), torch_dtype=dtype, local_files_only=True)
         if spec.kind == "single_file":
-            from bot.engine.single_file import detect_arch, load_single_file, read_checkpoint_header
+            from bot.engine.single_file import detect_file_arch, load_single_file
 
             assert spec.file is not None
-            arch = spec.arch
-            if arch == "auto" and spec.config_dir is None:
-                arch = detect_arch(read_checkpoint_header(spec.file))
-            return load_single_file(spec.file, arch if arch != "auto" else "sd15", config_dir=spec.config_dir,
+            if spec.file.suffix.lower() != ".safetensors" and not spec.allow_pickle:
+                raise ValueError(f"{spec.file.name} is a pickle checkpoint; set allow_pickle = true if you trust it")
+            # The family decides the pipeline class and tokenizers even where the variant brings its
+            # own component configs (config = "..."): those only give the sizes.
+            arch = spec.arch if spec.arch != "auto" else detect_file_arch(spec.file)
+            return load_single_file(spec.file, arch, config_dir=spec.config_dir,
                                     torch_dtype=dtype, allow_pickle=spec.allow_pickle)
         if spec.kind == "hub":
             return _load_from_hub(spec, dtype, allow_download)
@@ -96,3 +98,15 @@ def model_bytes(pipe: DiffusionPipeline) -> int:
             total += sum(t.numel() * t.element_size() for t in component.parameters())
             total += sum(t.numel() * t.element_size() for t in component.buffers())
     return total
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+def weight_file_bytes(spec: VariantSpec) -> int:
+    """The size of a variant's weight files on disk: what loading it will roughly take in memory
+    (0 for a hub model, whose files are elsewhere)."""
+    if spec.kind == "hub":
+        return 0
+    files = [spec.file] if spec.kind == "single_file" and spec.file is not None else spec.folder.rglob("*")
+    return sum(path.stat().st_size for path in files if path.suffix.lower() in WEIGHT_SUFFIXES and path.is_file())

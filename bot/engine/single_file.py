@@ -20,38 +20,14 @@ from typing import Any
 
 import torch
 
+from bot.models.families import FAMILIES, detect_family, read_safetensors_header
+
 ARCHS_DIR = Path(__file__).resolve().parent / "archs"
 CLIP_TOKENIZER_DIR = ARCHS_DIR / "clip_tokenizer"
-ARCH_NAMES = ("sd15", "sd21", "sd21-v", "sdxl")
+ARCH_NAMES = tuple(FAMILIES)  # sd15, sd21, sd21-v, sdxl, sdxl-refiner and the three inpainting families
 ARCH_FILE = "imagebot_arch.json"
 
-# diffusers' name for a checkpoint family -> our architecture folder. "v2" is mapped to the 768-v
-# variant because that is what the default SD 2.x checkpoints (v2-1_768-ema-pruned) are; the
-# weights of SD 2.1-base and SD 2.1-v have the same keys and shapes, so they cannot be told apart
-# from the file: a caller who knows better passes arch="sd21" to load_single_file itself.
-_DIFFUSERS_TYPE_TO_ARCH = {"v1": "sd15", "v2": "sd21-v", "xl_base": "sdxl"}
-
-# infer_diffusers_model_type() answers "v1" for anything it does not recognise, so a "v1" answer
-# is only believed when the SD 1.x UNet signature key is really there.
-_V1_SIGNATURE_KEY = "model.diffusion_model.output_blocks.11.0.skip_connection.weight"
-
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-class _ShapeOnly:
-    """Stands in for a tensor where only ``.shape`` is looked at (diffusers' detection code)."""
-
-    __slots__ = ("shape",)
-
-    def __init__(self, shape):
-        self.shape = torch.Size(shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        return f"_ShapeOnly({tuple(self.shape)})"
 
 
 def read_checkpoint_header(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -65,43 +41,27 @@ def read_checkpoint_header(path: str | Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _as_shape_mapping(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """Accept tensors (real or meta) as they are, wrap bare shapes (tuples/lists/Size) in _ShapeOnly."""
-    out: dict[str, Any] = {}
-    for key, value in checkpoint.items():
-        if hasattr(value, "shape"):
-            out[key] = value
-        else:
-            out[key] = _ShapeOnly(value)
-    return out
-
-
-def detect_arch(checkpoint: Mapping[str, Any]) -> str:
-    """Which shipped architecture an LDM-layout state dict belongs to: "sd15", "sd21-v" or "sdxl".
+def detect_arch(checkpoint: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> str:
+    """Which shipped architecture (one of ``ARCH_NAMES``) an LDM-layout state dict belongs to.
 
     ``checkpoint`` maps key -> tensor (any device, meta included) or key -> shape, as returned by
-    :func:`read_checkpoint_header`. Raises ``ValueError`` for anything else (inpainting models,
-    the SDXL refiner, Flux, ...), naming what was found.
+    :func:`read_checkpoint_header`; ``metadata`` is the file's safetensors metadata (it tells SD 2.x
+    base from SD 2.x-v). How it decides: ``bot.models.families``. Raises ``ValueError`` for anything
+    else (Flux, SD3, a LoRA, ...), naming what was found.
     """
-    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+    return detect_family(checkpoint, metadata)
 
-    shapes = _as_shape_mapping(checkpoint)
-    try:
-        model_type = infer_diffusers_model_type(shapes)
-    except Exception as exc:  # its detectors index keys that may be missing in odd files
-        raise ValueError(
-            f"could not identify this checkpoint ({type(exc).__name__}: {exc}); "
-            f"supported architectures: {', '.join(ARCH_NAMES)}"
-        ) from exc
-    if model_type == "v1" and _V1_SIGNATURE_KEY not in shapes:
-        model_type = "unknown (no Stable Diffusion UNet keys)"
-    arch = _DIFFUSERS_TYPE_TO_ARCH.get(model_type)
-    if arch is None:
-        raise ValueError(
-            f"unsupported checkpoint type {model_type!r} ({len(shapes)} tensors); "
-            f"supported architectures: {', '.join(ARCH_NAMES)}"
-        )
-    return arch
+
+def detect_file_arch(path: str | Path) -> str:
+    """The architecture of a checkpoint file: from its header (no weights read) for
+    ``.safetensors``; a pickle, which the caller has already allowed, is read with
+    ``weights_only`` (tensors, no code)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return detect_family(*read_safetensors_header(path))
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    checkpoint = checkpoint.get("state_dict", checkpoint)
+    return detect_arch(checkpoint)
 
 
 def arch_info(arch: str, config_dir: str | Path | None = None) -> dict[str, Any]:

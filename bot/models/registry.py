@@ -68,6 +68,7 @@ class Registry:
         found = {name: self._with_override(entry) for name, entry in found.items()}
         _check_lora_bases(found, self.overrides)
         _check_fast_loras(found)
+        _check_refiners(found)
         with self._lock:
             old = self._entries
             self._entries = found
@@ -180,3 +181,24 @@ def _check_fast_loras(entries: dict[str, VariantEntry]) -> None:
         else:
             continue
         entries[name] = replace(entry, error=problem)
+def _check_refiners(entries: dict[str, VariantEntry]) -> None:
+    """A model that names a refiner needs a usable refiner model; mark it broken otherwise.
+
+    Runs after the LoRA check, so a LoRA over a base with a refiner inherits the same verdict."""
+    for name, entry in entries.items():
+        spec = entry.spec
+        if spec is None or entry.error or not spec.defaults.refiner:
+            continue
+        refiner = entries.get(spec.defaults.refiner)
+        problem = None
+        if refiner is None:
+            problem = f"its refiner '{spec.defaults.refiner}' is not in the model store"
+        elif refiner.disabled:
+            problem = f"its refiner '{spec.defaults.refiner}' is disabled in the configuration"
+        elif refiner.spec is None or refiner.error:
+            problem = f"its refiner '{spec.defaults.refiner}' is broken"
+        elif refiner.spec.defaults.role != "refiner":
+            problem = (f"'{spec.defaults.refiner}' is not a refiner model (it is a {refiner.spec.defaults.role} "
+                       "model); name an SDXL refiner")
+        if problem:
+            entries[name] = replace(entry, error=problem)

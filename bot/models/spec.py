@@ -9,7 +9,7 @@ variant.toml:
     description = "..."
     examples = ["a red circle on a blue background", "..."]   # prompts it draws well (the web page offers them)
     file = "model.safetensors"   # single_file: the checkpoint; lora: the weights (optional)
-    arch = "auto"                # single_file: auto | sd15 | sd21 | sd21-v | sdxl
+    arch = "auto"                # single_file: auto | sd15 | sd21 | sd21-v | sdxl | sdxl-refiner | sd15-inpaint | ...
     config = "arch"              # single_file: own architecture configs (folder in this variant)
     base = "demo"                # lora: the variant it applies to
     scale = 0.8                  # lora: strength of the adapter
@@ -17,6 +17,8 @@ variant.toml:
     revision = "main"            # hub
     allow_pickle = false         # single_file, upscaler: permit pickled .ckpt/.pth files (they can run code)
     fast_lora = "lcm-sd15"       # --fast applies this LoRA variant (an LCM-LoRA); see fast_steps below
+    refiner = "sdxl-refiner"     # a refiner variant that finishes this model's images (SDXL)
+    refiner_switch = 0.8         # the fraction of the steps this model runs before the refiner takes over
 
     [defaults]                   # all optional
     steps = 25
@@ -49,17 +51,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from bot.models.families import FAMILIES, detect_family, read_safetensors_header
 from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, VariantDefaults, check_defaults
 
 VARIANT_FILE = "variant.toml"
 KINDS = ("pipeline", "single_file", "lora", "hub", "upscaler")
 GENERATING_KINDS = ("pipeline", "single_file", "lora", "hub")  # an upscaler only enlarges images
-SINGLE_FILE_ARCHS = ("auto", "sd15", "sd21", "sd21-v", "sdxl")
+SINGLE_FILE_ARCHS = ("auto", *FAMILIES)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-ARCH_NATIVE_SIZE = {"sd15": 512, "sd21": 512, "sd21-v": 768, "sdxl": 1024}
+ARCH_NATIVE_SIZE = {name: size for name, (_, size) in FAMILIES.items()}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOP_KEYS = {"kind", "description", "examples", "file", "arch", "config", "base", "scale", "repo", "revision",
-             "allow_pickle", "defaults", "fast_lora"}
+             "allow_pickle", "defaults", "refiner", "refiner_switch", "fast_lora"}
 # The types variant.toml may use for each default (a whole number is a fine guidance).
 _DEFAULT_KEYS = {name: (int, float) if kind is float else kind for name, kind in DEFAULT_TYPES.items()}
 
@@ -108,11 +111,13 @@ def read_variant(folder: Path) -> VariantSpec:
 
     spec_fields: dict[str, Any] = {"description": _get(data, "description", str, ""), "examples": _examples(data)}
     native = 512
+    role = "text2image"
     if kind == "pipeline":
         if not (folder / "model_index.json").is_file():
             raise VariantError("a pipeline variant needs model_index.json in its folder "
                                "(a diffusers save_pretrained() folder)")
         native = _pipeline_native_size(folder)
+        role = _pipeline_role(folder)
     elif kind == "single_file":
         file = _inside(folder, _get(data, "file", str, None), "file", required=True)
         allow_pickle = _get(data, "allow_pickle", bool, False)
@@ -126,10 +131,12 @@ def read_variant(folder: Path) -> VariantSpec:
             raise VariantError(f"arch must be one of {', '.join(SINGLE_FILE_ARCHS)}, got {arch!r}")
         config_value = _get(data, "config", str, None)
         config_dir = _inside(folder, config_value, "config", required=False) if config_value else None
+        family = arch if arch != "auto" else _guess_arch(file)
+        role = FAMILIES.get(family, ("text2image", 512))[0]
         if config_dir is not None:
             native = _pipeline_native_size(config_dir)
         else:
-            native = ARCH_NATIVE_SIZE.get(arch if arch != "auto" else _guess_arch(file), 512)
+            native = ARCH_NATIVE_SIZE.get(family, 512)
         spec_fields.update(file=file, arch=arch, config_dir=config_dir, allow_pickle=allow_pickle)
     elif kind == "lora":
         base = _get(data, "base", str, None)
@@ -160,6 +167,7 @@ def read_variant(folder: Path) -> VariantSpec:
             raise VariantError("a hub variant needs repo = \"owner/name\", e.g. stabilityai/stable-diffusion-2-1")
         spec_fields.update(repo=repo, revision=_get(data, "revision", str, None))
         native = 768 if repo.rstrip("/").endswith("stable-diffusion-2-1") else 512
+        role = "refiner" if "refiner" in repo.lower() else "inpainting" if "inpaint" in repo.lower() else role
 
     fast_lora = _get(data, "fast_lora", str, None)
     if fast_lora is not None:
@@ -170,7 +178,10 @@ def read_variant(folder: Path) -> VariantSpec:
     own_defaults = _read_defaults(data.get("defaults", {}))
     if fast_lora is not None and "fast_steps" not in own_defaults:
         own_defaults["fast_steps"] = 6
-    defaults = VariantDefaults(**{"width": native, "height": native, **own_defaults})
+    if kind == "lora" and ("refiner" in data or "refiner_switch" in data):
+        raise VariantError("a LoRA uses its base's refiner; set refiner in the base's variant.toml")
+    traits = _read_refiner(data, role)
+    defaults = VariantDefaults(**{"width": native, "height": native, **own_defaults, "role": role, **traits})
     return VariantSpec(name=folder.name, kind=kind, folder=folder, defaults=defaults,
                        own_defaults=tuple(sorted(own_defaults.items())),
                        fingerprint=_fingerprint(folder), **spec_fields)
@@ -239,6 +250,44 @@ def _read_defaults(data: Any) -> dict[str, Any]:
     return values
 
 
+def _read_refiner(data: Mapping[str, Any], role: str) -> dict[str, Any]:
+    """`refiner = "NAME"` and `refiner_switch = 0.8`, checked."""
+    traits: dict[str, Any] = {}
+    refiner = _get(data, "refiner", str, None)
+    if refiner is not None:
+        if not MODEL_NAME.fullmatch(refiner):
+            raise VariantError(f"refiner must be the name of another variant, got {refiner!r}")
+        if role != "text2image":
+            raise VariantError(f"this model is a {role} model; only a text-to-image model can have a refiner")
+        traits["refiner"] = refiner
+    if "refiner_switch" in data:
+        switch = float(_get(data, "refiner_switch", (int, float), None))
+        if not 0 < switch < 1:
+            raise VariantError(f"refiner_switch is the fraction of the steps the base model runs, between 0 and 1 "
+                               f"(e.g. 0.8), got {switch}")
+        traits["refiner_switch"] = switch
+    return traits
+
+
+def _pipeline_role(folder: Path) -> str:
+    """A refiner is an SDXL image-to-image pipeline without the first text encoder; an inpainting
+    model's UNet takes 9 input channels."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "text2image"
+    if not isinstance(index, dict) or not isinstance(unet, dict):
+        return "text2image"
+    if unet.get("in_channels") == 9:
+        return "inpainting"
+    first_encoder = index.get("text_encoder")
+    if index.get("requires_aesthetics_score") or (
+            "text_encoder_2" in index and isinstance(first_encoder, list) and first_encoder[0] is None):
+        return "refiner"
+    return "text2image"
+
+
 def _pipeline_native_size(folder: Path) -> int:
     """The resolution the model was trained at: UNet sample size times the VAE's factor of 8."""
     try:
@@ -249,21 +298,11 @@ def _pipeline_native_size(folder: Path) -> int:
 
 
 def _guess_arch(file: Path) -> str:
-    """A cheap look at a .safetensors header (JSON, no weights) to guess the native size."""
+    """The family of a .safetensors checkpoint from its header (JSON, no weights); "sd15" when unsure."""
     try:
-        with open(file, "rb") as stream:
-            length = int.from_bytes(stream.read(8), "little")
-            keys = json.loads(stream.read(min(length, 64 * 1024 * 1024)))
+        return detect_family(*read_safetensors_header(file))
     except (OSError, ValueError):
         return "sd15"
-    if not isinstance(keys, dict):
-        return "sd15"
-    keys = [k for k in keys if isinstance(k, str)]
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd21-v"
-    return "sd15"
 
 
 def _fingerprint(folder: Path) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import typing
-from dataclasses import dataclass, fields, make_dataclass, replace
+from dataclasses import dataclass, make_dataclass, replace
 from typing import Any, Mapping
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -38,20 +38,32 @@ class VariantDefaults:
     fast_steps: int = 0
     fast_guidance: float = 1.5
     fast_scheduler: str = "lcm"
+    # What the model is and what finishes its images: from variant.toml's top level (`refiner = ...`),
+    # never from [defaults] or config.toml, because they describe the weights, not a taste.
+    role: str = "text2image"  # one of ROLES
+    refiner: str = ""  # the variant that finishes this model's images ("": none)
+    refiner_switch: float = 0.8  # the fraction of the steps this model runs before its refiner takes over
 
 # What a fast mode may use: LCM and Turbo models draw in a few steps at low guidance; more steps or
 # guidance burn their images.
 FAST_MAX_STEPS = 8
 FAST_MAX_GUIDANCE = 2.0
 
-DEFAULT_TYPES: dict[str, type] = typing.get_type_hints(VariantDefaults)
+# text2image: draws from a prompt. refiner: only finishes another model's latents (the SDXL
+# refiner). inpainting: 9 input channels, redraws a masked region of an image.
+ROLES = ("text2image", "refiner", "inpainting")
+# VariantDefaults fields that describe the model itself rather than drawing defaults.
+MODEL_TRAITS = ("role", "refiner", "refiner_switch")
 
-# config.toml's [variants.<name>]: every field of VariantDefaults, None meaning "keep the variant's
+DEFAULT_TYPES: dict[str, type] = {name: kind for name, kind in typing.get_type_hints(VariantDefaults).items()
+                                  if name not in MODEL_TRAITS}
+
+# config.toml's [variants.<name>]: every drawing default of VariantDefaults, None meaning "keep the variant's
 # own value", and whether the variant is offered at all. Built from VariantDefaults so that a new
 # default is configurable without writing it down twice.
 VariantOverride = make_dataclass(
     "VariantOverride",
-    [*((f.name, DEFAULT_TYPES[f.name] | None, None) for f in fields(VariantDefaults)), ("enabled", bool, True)],
+    [*((name, kind | None, None) for name, kind in DEFAULT_TYPES.items()), ("enabled", bool, True)],
     frozen=True,
     namespace={"__module__": __name__,
                "__doc__": "Per-variant defaults from config.toml; they win over the variant's own variant.toml."},
@@ -60,7 +72,7 @@ VariantOverride = make_dataclass(
 
 def overridden(defaults: VariantDefaults, override: VariantOverride) -> VariantDefaults:
     """`defaults` with every value `override` sets."""
-    values = {f.name: getattr(override, f.name) for f in fields(VariantDefaults)}
+    values = {name: getattr(override, name) for name in DEFAULT_TYPES}
     return replace(defaults, **{k: v for k, v in values.items() if v is not None})
 
 

@@ -34,8 +34,22 @@ CLIP_L_TEXT = 123_060_480
 OPENCLIP_H_TEXT = 340_387_840
 OPENCLIP_BIGG_TEXT_WITH_PROJECTION = 694_659_840
 
+# An inpainting UNet differs only in its first convolution: 5 more input channels (mask and masked
+# image latents) x 320 filters x 3x3. The SDXL refiner's UNet: 2.26 billion, the "2.3B" of its card.
+INPAINT_EXTRA = 5 * 320 * 3 * 3
+SDXL_REFINER_UNET = 2_259_526_660
+
 EXPECTED_PARAMS = {
     "sd15": {"unet": SD15_UNET, "vae": SD_VAE, "text_encoder": CLIP_L_TEXT},
+    "sd15-inpaint": {"unet": SD15_UNET + INPAINT_EXTRA, "vae": SD_VAE, "text_encoder": CLIP_L_TEXT},
+    "sd21-inpaint": {"unet": SD2_UNET + INPAINT_EXTRA, "vae": SD_VAE, "text_encoder": OPENCLIP_H_TEXT},
+    "sdxl-inpaint": {
+        "unet": SDXL_UNET + INPAINT_EXTRA,
+        "vae": SD_VAE,
+        "text_encoder": CLIP_L_TEXT,
+        "text_encoder_2": OPENCLIP_BIGG_TEXT_WITH_PROJECTION,
+    },
+    "sdxl-refiner": {"unet": SDXL_REFINER_UNET, "vae": SD_VAE, "text_encoder_2": OPENCLIP_BIGG_TEXT_WITH_PROJECTION},
     "sd21": {"unet": SD2_UNET, "vae": SD_VAE, "text_encoder": OPENCLIP_H_TEXT},
     "sd21-v": {"unet": SD2_UNET, "vae": SD_VAE, "text_encoder": OPENCLIP_H_TEXT},
     "sdxl": {
@@ -199,21 +213,38 @@ def test_detect_arch(make, expected):
     assert detect_arch({k: tuple(v.shape) for k, v in checkpoint.items()}) == expected
 
 
-def test_detect_arch_rejects_other_models():
+def test_detect_arch_inpainting_refiner_and_others():
     inpainting = fake_sd15()
     inpainting[CONV_IN] = _meta(320, 9, 3, 3)
-    with pytest.raises(ValueError, match="inpainting.*sd15, sd21, sd21-v, sdxl"):
-        detect_arch(inpainting)
+    assert detect_arch(inpainting) == "sd15-inpaint"
+    sd2_inpainting = fake_sd2()
+    sd2_inpainting[CONV_IN] = _meta(320, 9, 3, 3)
+    assert detect_arch(sd2_inpainting) == "sd21-inpaint"  # the SD 2 inpainting release is epsilon
+    xl_inpainting = fake_sdxl()
+    xl_inpainting[CONV_IN] = _meta(320, 9, 3, 3)
+    assert detect_arch(xl_inpainting) == "sdxl-inpaint"
 
     refiner = {CONV_IN: _meta(384, 4, 3, 3), XL_REFINER: _meta(1280)}
-    with pytest.raises(ValueError, match="xl_refiner"):
-        detect_arch(refiner)
+    assert detect_arch(refiner) == "sdxl-refiner"
 
-    # infer_diffusers_model_type says "v1" for anything unknown; detect_arch must not.
-    with pytest.raises(ValueError, match="supported architectures"):
+    odd = fake_sd15()
+    odd[CONV_IN] = _meta(320, 8, 3, 3)
+    with pytest.raises(ValueError, match="8 input channels"):
+        detect_arch(odd)
+    with pytest.raises(ValueError, match="supported architectures: sd15, sd21, sd21-v, sdxl, sdxl-refiner"):
         detect_arch({"some.random.weight": (3, 3)})
     with pytest.raises(ValueError, match="supported architectures"):
         detect_arch({})
+    with pytest.raises(ValueError, match="no text encoder"):
+        detect_arch({CONV_IN: (320, 4, 3, 3)})
+
+
+def test_sd2_base_or_v_is_what_the_file_says():
+    """Same tensors; the metadata or ComfyUI's v_pred marker decides, v-prediction when silent."""
+    assert detect_arch(fake_sd2()) == "sd21-v"
+    assert detect_arch(fake_sd2(), {"modelspec.prediction_type": "epsilon"}) == "sd21"
+    assert detect_arch(fake_sd2(), {"modelspec.prediction_type": "v"}) == "sd21-v"
+    assert detect_arch({**fake_sd2(), "v_pred": ()}, {"modelspec.prediction_type": "epsilon"}) == "sd21-v"
 
 
 def test_read_checkpoint_header_reads_shapes_only(tmp_path):
@@ -326,3 +357,21 @@ def test_sdxl_loader_arguments(tmp_path, monkeypatch):
     assert "safety_checker" not in kwargs
     assert kwargs["tokenizer"].pad_token == "<|endoftext|>" and kwargs["tokenizer_2"].pad_token == "!"
     assert kwargs["tokenizer"].model_max_length == kwargs["tokenizer_2"].model_max_length == 77
+
+
+@pytest.mark.parametrize("arch, time_ids", [("sdxl", 6), ("sdxl-inpaint", 6), ("sdxl-refiner", 5)])
+def test_sdxl_micro_conditioning_fits_the_shipped_unet(arch, time_ids):
+    """The base conditions on (original size, crop, target size), the refiner on (original size,
+    crop, aesthetic score): the pipeline checks its time ids against the UNet's embedding width."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    folder = ARCHS_DIR / arch
+    index = _json(folder / "model_index.json")
+    unet = _json(folder / "unet" / "config.json")
+    encoder = _json(folder / "text_encoder_2" / "config.json")
+    assert unet["projection_class_embeddings_input_dim"] == unet["addition_time_embed_dim"] * time_ids + encoder["projection_dim"]
+    assert index.get("requires_aesthetics_score", False) == (time_ids == 5)
+    if arch == "sdxl-refiner":
+        assert index["_class_name"] == StableDiffusionXLImg2ImgPipeline.__name__
+        assert index["text_encoder"] == index["tokenizer"] == [None, None]
+        assert unet["cross_attention_dim"] == encoder["hidden_size"]  # the bigG encoder alone

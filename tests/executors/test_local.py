@@ -24,7 +24,8 @@ async def make_service(tmp_path, models_dir):
     services = []
 
     async def make(**sections):
-        settings = {"storage": {"state_dir": str(tmp_path / "state"), "models_dir": str(models_dir)},
+        state = tmp_path / ("state" if not services else f"state{len(services)}")  # each its own queue
+        settings = {"storage": {"state_dir": str(state), "models_dir": str(models_dir)},
                     "limits": {"min_side": 32}, "models": {"rescan_seconds": 0.0}}
         for name, values in sections.items():
             settings.setdefault(name, {}).update(values)
@@ -172,6 +173,22 @@ async def test_reroll_variation_and_upscale_derive_new_jobs(make_service):
         await service.submit_derived(first.job_id, "upscale", BOB, index=2)
 
 
+async def test_a_reroll_keeps_the_refiner_setting_of_its_source(make_service, models_dir, tiny_sdxl_dir,
+                                                                 tiny_sdxl_refiner_dir):
+    add_pipeline_variant(models_dir, "xl", tiny_sdxl_dir, 'kind = "pipeline"\nrefiner = "refiner"\n'
+                                                           '[defaults]\nsteps = 2\n')
+    add_pipeline_variant(models_dir, "refiner", tiny_sdxl_refiner_dir)
+    service = await make_service()
+    settings = {}
+    for flags in ("", " --refiner 0.5", " --refiner 0"):
+        first = await service.submit(f"a cat --model xl{flags}", ALICE)
+        assert (await wait_finished(service, first.job_id)).status == "done"
+        reroll = await service.submit_derived(first.job_id, "reroll", BOB)
+        settings[flags] = (reroll.request.refiner, reroll.request.refiner_switch)
+        assert (await wait_finished(service, reroll.job_id)).status == "done"
+    assert settings == {"": ("refiner", 0.8), " --refiner 0.5": ("refiner", 0.5), " --refiner 0": (None, None)}
+
+
 async def test_a_hung_generation_is_abandoned_and_a_fresh_worker_takes_over(make_service, monkeypatch):
     """A generation stuck inside a library call (no step callbacks at all) cannot be interrupted;
     the executor gives up on its thread after the timeout and starts a new one."""
@@ -201,3 +218,29 @@ async def test_a_hung_generation_is_abandoned_and_a_fresh_worker_takes_over(make
         assert service.executor.metrics()["hung_generations"] == 1
     finally:
         release.set()
+
+
+async def test_two_devices_run_two_batches_at_once_with_the_same_images_as_one(make_service):
+    """`[engine] devices` on the CPU (two lanes, as two GPUs would be): capacity two, both busy at
+    once, and each image the same as on a single device."""
+    prompts = [f"shape {n} --seed {n} --steps 3" for n in range(4)]
+    one = await make_service(engine={"threads": 1})
+    two = await make_service(engine={"threads": 1, "devices": ["cpu", "cpu"]}, queue={"batch_window": 0.0})
+    assert one.executor.capacity == 1 and two.executor.capacity == 2
+    seen_in_flight = []
+    events = two.subscribe()
+    submitted = {service: [await service.submit(p, ALICE if n % 2 else BOB) for n, p in enumerate(prompts)]
+                 for service in (one, two)}
+    async def watch():
+        async for event in events:
+            seen_in_flight.append(len(two.worker.in_flight))
+    watcher = asyncio.create_task(watch())
+    jobs = {service: [await wait_finished(service, s.job_id) for s in subs] for service, subs in submitted.items()}
+    watcher.cancel()
+    assert max(seen_in_flight) == 2
+    assert two.executor.metrics()["devices"] == 2
+    for single, double in zip(jobs[one], jobs[two]):
+        assert single.status == double.status == "done"
+        a = (one.config.storage.outputs_path() / single.images[0].file).read_bytes()
+        b = (two.config.storage.outputs_path() / double.images[0].file).read_bytes()
+        assert a == b

@@ -17,7 +17,8 @@ from bot.core.jobs import ImageResult
 
 
 class FakeExecutor:
-    def __init__(self, seconds_per_image_step: float = 0.0, measured: bool = True) -> None:
+    def __init__(self, seconds_per_image_step: float = 0.0, measured: bool = True, capacity: int = 1) -> None:
+        self.capacity = capacity
         self.per_step = seconds_per_image_step
         self.measured = measured  # False: no timing known yet (as before a model's first batch)
         self.gate = asyncio.Event()  # cleared: batches wait before their first step
@@ -26,6 +27,9 @@ class FakeExecutor:
         self.batches: list[list[int]] = []
         self.hold_at_step: int | None = None  # after reporting this step, wait for the gate again
         self.started = asyncio.Event()  # set when a batch has begun (after the gate)
+        self.lost = 0  # the next this many batches end with their jobs lost (Outcome.requeue)
+        self.in_flight = 0
+        self.most_in_flight = 0
         self._loaded: str | None = None
 
     async def start(self) -> None:
@@ -36,6 +40,14 @@ class FakeExecutor:
 
     async def run(self, items: Sequence[BatchItem], on_progress: ProgressSink, is_cancelled: CancelProbe,
                   timeout: float) -> list[Outcome]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._run(items, on_progress, is_cancelled)
+        finally:
+            self.in_flight -= 1
+
+    async def _run(self, items: Sequence[BatchItem], on_progress: ProgressSink, is_cancelled: CancelProbe) -> list[Outcome]:
         await self.gate.wait()
         if self.failures:
             raise self.failures.pop(0)
@@ -53,6 +65,9 @@ class FakeExecutor:
             if step == self.hold_at_step:
                 self.gate.clear()
                 await self.gate.wait()
+        if self.lost:
+            self.lost -= 1
+            return [Outcome(item.job_id, error="the replica died", requeue=True) for item in items]
         return [self._outcome(item, is_cancelled(item.job_id)) for item in items]
 
     @staticmethod

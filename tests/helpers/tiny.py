@@ -146,3 +146,124 @@ def save_tiny_upscaler(path: Path, arch: str = "esrgan", scale: int = 2, seed: i
     else:
         torch.save(state, path)
     return path
+# --- the other families: SD 2.x, SDXL base and refiner, inpainting ------------------------------------
+#
+# Each is the real pipeline class with the family's distinguishing parts kept (text encoder kind,
+# prediction type, micro-conditioning, input channels) and everything else shrunk. The two SDXL
+# text encoders get different widths, as the real ones have (768 and 1280): single-file loading
+# tells them apart by width.
+
+SD2_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                     steps_offset=1)
+
+
+def tiny_open_clip_text_encoder(hidden_size: int = 32, with_projection: bool = False):
+    """An OpenCLIP-shaped text encoder as diffusers stores it: gelu, pad token "!" (id 0)."""
+    from transformers import CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
+        projection_dim=hidden_size,
+    )
+    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
+
+
+def tiny_sd2_pipeline(seed: int = 0, v_prediction: bool = True, in_channels: int = 4):
+    """An SD 2.x-shaped pipeline: OpenCLIP text encoder (penultimate layer), linear projections,
+    upcast attention, v-prediction (like 2.1-768) or epsilon (like 2.1-base)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, upcast_attention=True,
+        norm_num_groups=32,
+    )
+    vae = tiny_vae()
+    text_encoder = tiny_open_clip_text_encoder(32)
+    scheduler = DPMSolverMultistepScheduler(
+        **SD2_SCHEDULER, prediction_type="v_prediction" if v_prediction else "epsilon")
+    cls = StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline
+    return cls(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer_with_pad("!"), unet=unet,
+               scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def clip_tokenizer_with_pad(pad_token: str) -> CLIPTokenizer:
+    return CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR), pad_token=pad_token)
+
+
+def _tiny_sdxl_unet(cross_attention_dim: int, text_embeds_dim: int, time_ids: int, in_channels: int = 4):
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=time_ids * 8 + text_embeds_dim,
+        cross_attention_dim=cross_attention_dim, norm_num_groups=32,
+    )
+
+
+def _sdxl_scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+
+
+def tiny_sdxl_pipeline(seed: int = 0, in_channels: int = 4):
+    """An SDXL base-shaped pipeline: a CLIP-L-style and a wider OpenCLIP-bigG-style text encoder
+    (with projection), `text_time` micro-conditioning (original size, crop, target size)."""
+    from diffusers import StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
+
+    torch.manual_seed(seed)
+    unet = _tiny_sdxl_unet(cross_attention_dim=32 + 64, text_embeds_dim=64, time_ids=6, in_channels=in_channels)
+    vae = tiny_vae()
+    text_encoder = tiny_text_encoder(32)
+    text_encoder_2 = tiny_open_clip_text_encoder(64, with_projection=True)
+    cls = StableDiffusionXLInpaintPipeline if in_channels == 9 else StableDiffusionXLPipeline
+    return cls(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=clip_tokenizer(),
+               tokenizer_2=clip_tokenizer_with_pad("!"), unet=unet, scheduler=_sdxl_scheduler(),
+               force_zeros_for_empty_prompt=True)
+
+
+def tiny_sdxl_refiner_pipeline(seed: int = 0):
+    """An SDXL refiner-shaped pipeline: only the OpenCLIP-bigG-style encoder, aesthetic-score
+    micro-conditioning (original size, crop, score), an image-to-image pipeline."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    torch.manual_seed(seed)
+    unet = _tiny_sdxl_unet(cross_attention_dim=64, text_embeds_dim=64, time_ids=5)
+    vae = tiny_vae()
+    text_encoder_2 = tiny_open_clip_text_encoder(64, with_projection=True)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
+        tokenizer_2=clip_tokenizer_with_pad("!"), unet=unet, scheduler=_sdxl_scheduler(),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+
+
+def tiny_sd15_inpaint_pipeline(seed: int = 0):
+    """An SD 1.x inpainting-shaped pipeline: 9 input channels (latents, mask, masked image)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    torch.manual_seed(seed)
+    unet = tiny_unet()
+    unet = UNet2DConditionModel.from_config({**unet.config, "in_channels": 9})
+    plain = tiny_pipeline(seed)
+    return StableDiffusionInpaintPipeline(
+        vae=plain.vae, text_encoder=plain.text_encoder, tokenizer=plain.tokenizer, unet=unet,
+        scheduler=plain.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def save_pipeline(pipe, folder: Path) -> Path:
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

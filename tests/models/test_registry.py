@@ -58,7 +58,9 @@ def fake_pipeline_files(sample_size: int | None = 8) -> dict[str, bytes | str]:
 def fake_safetensors(path: Path, keys: list[str]) -> Path:
     """A small but valid .safetensors file whose header holds `keys` (what arch = "auto" peeks at)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: np.zeros((2,), dtype=np.float32) for key in keys}, str(path))
+    # The UNet's first convolution says how many channels go in (4; 9 for inpainting).
+    save_file({key: np.zeros((1, 4, 1, 1) if key.endswith("input_blocks.0.0.weight") else (2,), dtype=np.float32)
+               for key in keys}, str(path))
     return path
 
 
@@ -229,9 +231,10 @@ def test_single_file_native_size_from_arch(store, arch, native):
 
 
 @pytest.mark.parametrize("keys, native", [
-    (["conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.out.0.weight"], 1024),
-    (["cond_stage_model.model.ln_final.weight", "model.diffusion_model.out.0.weight"], 768),
-    (["cond_stage_model.transformer.text_model.final_layer_norm.weight", "model.diffusion_model.out.0.weight"], 512),
+    (["conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.input_blocks.0.0.weight"], 1024),
+    (["cond_stage_model.model.ln_final.weight", "model.diffusion_model.input_blocks.0.0.weight"], 768),
+    (["cond_stage_model.transformer.text_model.final_layer_norm.weight",
+      "model.diffusion_model.input_blocks.0.0.weight"], 512),
 ])
 def test_single_file_auto_arch_peeks_at_the_safetensors_header(store, keys, native):
     fake_safetensors(store / "v" / "model.safetensors", keys)
@@ -631,3 +634,29 @@ def test_examples_are_read_and_checked(store):
 def test_shipped_models_offer_three_or_four_examples(name):
     examples = registry_module.read_variant(REPO_ROOT / "models" / name).examples
     assert 3 <= len(examples) <= 4 and len(set(examples)) == len(examples)
+
+
+@pytest.mark.parametrize("repo, role", [
+    ("stabilityai/stable-diffusion-xl-refiner-1.0", "refiner"),
+    ("diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "inpainting"),
+    ("stabilityai/stable-diffusion-xl-base-1.0", "text2image"),
+])
+def test_hub_variant_role_from_its_repo_name(store, repo, role):
+    write_variant(store, "v", f'repo = "{repo}"\n')
+    assert scanned(store).get("v").defaults.role == role
+
+
+@pytest.mark.parametrize("channels, role", [(4, "text2image"), (9, "inpainting")])
+def test_single_file_role_from_the_unet_input_channels(store, channels, role):
+    path = store / "v" / "model.safetensors"
+    path.parent.mkdir(parents=True)
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": np.zeros((1, channels, 1, 1), dtype=np.float32),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": np.zeros((2,), dtype=np.float32)},
+              str(path))
+    write_variant(store, "v", 'file = "model.safetensors"\n')
+    assert scanned(store).get("v").defaults.role == role
+
+
+def test_refiner_settings_belong_to_the_top_level_not_to_defaults(store):
+    write_variant(store, "v", 'repo = "a/b"\n[defaults]\nrefiner = "x"\n')
+    assert "unknown key(s) in [defaults]: refiner" in scanned(store).unavailable()["v"]

@@ -18,7 +18,8 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from bot.engine.single_file import ARCHS_DIR, detect_arch, load_single_file, read_checkpoint_header  # noqa: E402
-from tests.helpers.tiny import save_tiny_pipeline, tiny_text_encoder  # noqa: E402
+from bot.models.families import read_safetensors_header  # noqa: E402
+from tests.helpers.tiny import save_tiny_pipeline  # noqa: E402
 from training.to_single_file import export_single_file, ldm_state_dict, main, unet_to_ldm  # noqa: E402
 
 
@@ -89,9 +90,8 @@ def test_export_layout(tiny):
     assert tensors["first_stage_model.decoder.up.3.block.0.conv1.weight"].shape[0] == 32
     assert tensors["cond_stage_model.transformer.text_model.embeddings.position_ids"].tolist() == [list(range(77))]
     assert all(v.dtype == torch.float32 for k, v in tensors.items() if not k.endswith("position_ids"))
-    # Small enough not to be mistaken for a real SD 1.5 (no output_blocks.11): detection refuses it.
-    with pytest.raises(ValueError):
-        detect_arch(read_checkpoint_header(exported))
+    # Detection goes by structure, not by size: the tiny model is an SD 1.x one too.
+    assert detect_arch(read_checkpoint_header(exported)) == "sd15"
 
 
 def test_export_half_and_cli(tiny, tmp_path, capsys):
@@ -114,23 +114,15 @@ def test_export_half_and_cli(tiny, tmp_path, capsys):
     reference.write_bytes(b"")
     assert out.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
     with safe_open(str(out), framework="pt") as f:
-        assert f.metadata() == {"format": "pt"}
+        assert f.metadata() == {"format": "pt", "modelspec.architecture": "stable-diffusion-v1",
+                                "modelspec.prediction_type": "epsilon"}
 
 
-def test_export_refuses_sd2_and_sdxl_text_encoders(tiny, tmp_path):
+def test_export_refuses_what_is_no_stable_diffusion_family(tiny):
     pipe_dir, _, _ = tiny
     pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, safety_checker=None, requires_safety_checker=False)
-    open_clip_like = CLIPTextModel(CLIPTextConfig(**{**tiny_text_encoder().config.to_dict(), "hidden_act": "gelu"}))
-    with pytest.raises(NotImplementedError, match="SD 1.x"):
-        ldm_state_dict(pipe.unet, pipe.vae, open_clip_like)
-
-    index = json.loads((pipe_dir / "model_index.json").read_text())
-    xl_dir = tmp_path / "xl"
-    shutil.copytree(pipe_dir, xl_dir)
-    (xl_dir / "model_index.json").write_text(json.dumps({**index, "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}))
-    with pytest.raises(NotImplementedError, match="two text encoders"):
-        export_single_file(xl_dir, tmp_path / "xl.safetensors")
-    assert not (tmp_path / "xl.safetensors").exists()
+    with pytest.raises(NotImplementedError, match="no text encoder"):
+        ldm_state_dict(pipe.unet, pipe.vae, None)
 
 
 def _meta_models(arch):
@@ -184,3 +176,82 @@ def test_unet_mapping_generalises_to_sdxl_layout():
     assert "output_blocks.5.2.conv.weight" in ldm
     back = convert_ldm_unet_checkpoint({"model.diffusion_model." + k: v for k, v in ldm.items()}, dict(unet.config))
     assert {k: tuple(v.shape) for k, v in back.items()} == {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+
+
+def _meta_pipeline_parts(arch):
+    """UNet, VAE and text encoders of a shipped architecture at full size, on the meta device."""
+    from transformers import CLIPTextModelWithProjection
+
+    folder = ARCHS_DIR / arch
+    index = json.loads((folder / "model_index.json").read_text())
+    classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
+        encoders = [classes[index[name][1]](CLIPTextConfig.from_pretrained(folder, subfolder=name))
+                    if index.get(name, [None])[0] else None for name in ("text_encoder", "text_encoder_2")]
+    return unet, vae, *encoders
+
+
+@pytest.mark.parametrize("arch, diffusers_type, expected_shapes", [
+    ("sd21-v", "v2", {
+        "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight": (3072, 1024),
+        "cond_stage_model.model.positional_embedding": (77, 1024),
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320),  # linear projections
+    }),
+    ("sdxl", "xl_base", {
+        "conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc2.weight": (768, 3072),
+        "conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight": (3840, 1280),
+        "conditioner.embedders.1.model.text_projection": (1280, 1280),
+        "model.diffusion_model.label_emb.0.0.weight": (1280, 2816),
+    }),
+    ("sdxl-refiner", "xl_refiner", {
+        "conditioner.embedders.0.model.transformer.resblocks.31.mlp.c_fc.weight": (5120, 1280),
+        "conditioner.embedders.0.model.text_projection": (1280, 1280),
+        "model.diffusion_model.label_emb.0.0.weight": (1536, 2560),
+        "model.diffusion_model.input_blocks.0.0.weight": (384, 4, 3, 3),
+    }),
+    ("sdxl-inpaint", "xl_inpaint", {"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)}),
+])
+def test_full_size_exports_are_what_diffusers_recognises_as_the_published_models(arch, diffusers_type,
+                                                                                 expected_shapes):
+    """Real-size SD 2.x, SDXL base, refiner and inpainting exports (meta device, no memory): diffusers'
+    own detector, written for the published files, names the same family, and its converters read
+    every text encoder tensor back into the model's own shapes."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint, infer_diffusers_model_type
+
+    unet, vae, text_encoder, text_encoder_2 = _meta_pipeline_parts(arch)
+    prediction = "v_prediction" if arch == "sd21-v" else "epsilon"
+    tensors = ldm_state_dict(unet, vae, text_encoder, text_encoder_2, prediction)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    for key, shape in expected_shapes.items():
+        assert shapes[key] == shape, key
+    assert infer_diffusers_model_type(tensors) == diffusers_type
+    assert detect_arch(tensors, {"modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon"}) == arch
+
+    open_clip, prefix = {"sd21-v": (text_encoder, "cond_stage_model.model."),
+                         "sdxl": (text_encoder_2, "conditioner.embedders.1.model."),
+                         "sdxl-refiner": (text_encoder_2, "conditioner.embedders.0.model."),
+                         "sdxl-inpaint": (text_encoder_2, "conditioner.embedders.1.model.")}[arch]
+    back = convert_open_clip_checkpoint(open_clip, tensors, prefix=prefix)
+    own = {k.removeprefix("text_model."): tuple(v.shape) for k, v in open_clip.state_dict().items()
+           if not k.endswith("position_ids")}
+    assert {k.removeprefix("text_model."): tuple(v.shape) for k, v in back.items()} == own
+    back_unet = convert_ldm_unet_checkpoint(tensors, dict(unet.config))
+    assert {k: tuple(v.shape) for k, v in back_unet.items()} == {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+
+
+@pytest.mark.parametrize("family, make, architecture", [
+    ("sd2", "tiny_sd2_pipeline", "stable-diffusion-v2-768-v"),
+    ("sdxl", "tiny_sdxl_pipeline", "stable-diffusion-xl-v1-base"),
+])
+def test_cli_exports_sd2_and_sdxl_folders_with_their_family_in_the_metadata(tmp_path, capsys, family, make,
+                                                                             architecture):
+    from tests.helpers import tiny as tiny_models
+
+    folder = tiny_models.save_pipeline(getattr(tiny_models, make)(), tmp_path / family)
+    out = tmp_path / f"{family}.safetensors"
+    assert main([str(folder), str(out)]) == 0
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["modelspec.architecture"] == architecture
+    assert detect_arch(*read_safetensors_header(out)) == {"sd2": "sd21-v", "sdxl": "sdxl"}[family]

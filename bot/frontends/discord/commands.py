@@ -322,6 +322,7 @@ class Commands:
         Prompt = app_commands.Range[str, 1, prompt_limit]
         Steps = app_commands.Range[int, 1, limits.max_steps]
         Guidance = app_commands.Range[float, 0.0, limits.max_guidance]
+        Refiner = app_commands.Range[float, 0.0, 0.99]  # where a model's refiner takes over; 0 = off
         Count = app_commands.Range[int, 1, limits.max_images]
         Seed = app_commands.Range[int, -1, MAX_SEED]
         commands = self
@@ -338,15 +339,17 @@ class Commands:
                                model=command_text("dc_opt_model"), aspect=command_text("dc_opt_aspect"),
                                size=command_text("dc_opt_size"), steps=command_text("dc_opt_steps"),
                                guidance=command_text("dc_opt_guidance"), seed=command_text("dc_opt_seed"),
-                               count=command_text("dc_opt_count"), scheduler=command_text("dc_opt_scheduler"))
+                               count=command_text("dc_opt_count"), scheduler=command_text("dc_opt_scheduler"),
+                               refiner=command_text("dc_opt_refiner"))
         @app_commands.choices(scheduler=[app_commands.Choice(name=name, value=name) for name in SCHEDULERS])
         async def imagine(interaction: discord.Interaction, prompt: Prompt, negative: Optional[str] = None,
                           model: Optional[str] = None, aspect: Optional[str] = None, size: Optional[str] = None,
                           steps: Optional[Steps] = None, guidance: Optional[Guidance] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None,
-                          scheduler: Optional[str] = None) -> None:
+                          scheduler: Optional[str] = None, refiner: Optional[Refiner] = None) -> None:
             await commands.imagine(interaction, prompt, negative_prompt=negative, model=model, aspect=aspect, size=size,
-                                   steps=steps, guidance=guidance, seed=seed, count=count, scheduler=scheduler)
+                                   steps=steps, guidance=guidance, seed=seed, count=count, scheduler=scheduler,
+                                   refiner=refiner)
 
         @imagine.autocomplete("model")
         async def imagine_model(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

@@ -35,6 +35,7 @@ STRINGS: Strings = {
         "dc_opt_seed": "Seed for a repeatable image; -1 = random",
         "dc_opt_count": "How many images",
         "dc_opt_scheduler": "Sampler",
+        "dc_opt_refiner": "Where the model's refiner takes over, 0-0.99 of the steps (0: off; SDXL with a refiner)",
         "dc_opt_model_default": "Admins: make this model the default",
         "dc_opt_model_scope": "Where the new default applies",
         "dc_opt_model_reload": "Admins: look for new, changed or removed models now",
@@ -100,7 +101,7 @@ STRINGS: Strings = {
         "dc_settings_saved_channel": "This channel's defaults are now: {flags}",
         "dc_settings_cleared_user": "Your defaults are removed.",
         "dc_settings_cleared_channel": "This channel's defaults are removed.",
-        "dc_help": "**/imagine** `prompt` makes images. Options can be chosen in the command or typed after the prompt: --ar 16:9, --size 768x512, --seed 42, --no blurry, text, --steps 30, --cfg 7, --n 4 (up to {max_images}), --model NAME, --scheduler NAME ({schedulers}). Steps go up to {max_steps}.\nUnder each result: U1-U4 upscale an image 2x, V1-V4 make variations of it, Reroll runs the same settings with a new seed, Delete removes the message (yours, or an admin's).\n**/queue** your waiting jobs, **/cancel** stops one, **/history** your recent jobs, **/settings** default options for you or the channel, **/model** the models. Admins: **/admin model** sets the default model, **/admin reload** looks for new models, **/admin ban** and **/admin unban** stop a user or let them back.",
+        "dc_help": "**/imagine** `prompt` makes images. Options can be chosen in the command or typed after the prompt: --ar 16:9, --size 768x512, --seed 42, --no blurry, text, --steps 30, --cfg 7, --n 4 (up to {max_images}), --model NAME, --scheduler NAME ({schedulers}), --refiner 0.7 (where an SDXL refiner takes over; 0: off). Steps go up to {max_steps}.\nUnder each result: U1-U4 upscale an image 2x, V1-V4 make variations of it, Reroll runs the same settings with a new seed, Delete removes the message (yours, or an admin's).\n**/queue** your waiting jobs, **/cancel** stops one, **/history** your recent jobs, **/settings** default options for you or the channel, **/model** the models. Admins: **/admin model** sets the default model, **/admin reload** looks for new models, **/admin ban** and **/admin unban** stop a user or let them back.",
     },
     "vi": {
         "dc_cmd_imagine": "Tạo ảnh từ một câu mô tả",
@@ -130,6 +131,7 @@ STRINGS: Strings = {
         "dc_opt_seed": "Seed để tạo lại đúng ảnh; -1 = ngẫu nhiên",
         "dc_opt_count": "Số ảnh",
         "dc_opt_scheduler": "Bộ lấy mẫu",
+        "dc_opt_refiner": "Điểm mô hình tinh chỉnh tiếp quản, 0-0.99 số bước (0: tắt; SDXL có refiner)",
         "dc_opt_model_default": "Quản trị viên: đặt mô hình này làm mặc định",
         "dc_opt_model_scope": "Mặc định mới áp dụng ở đâu",
         "dc_opt_model_reload": "Quản trị viên: tìm ngay mô hình mới, đã đổi hoặc đã xóa",
@@ -195,7 +197,7 @@ STRINGS: Strings = {
         "dc_settings_saved_channel": "Mặc định của kênh này giờ là: {flags}",
         "dc_settings_cleared_user": "Đã xóa mặc định của bạn.",
         "dc_settings_cleared_channel": "Đã xóa mặc định của kênh này.",
-        "dc_help": "**/imagine** `mô tả` để tạo ảnh. Tùy chọn có thể chọn trong lệnh hoặc gõ sau mô tả: --ar 16:9, --size 768x512, --seed 42, --no blurry, text, --steps 30, --cfg 7, --n 4 (tối đa {max_images}), --model TÊN, --scheduler TÊN ({schedulers}). Số bước tối đa {max_steps}.\nDưới mỗi kết quả: Phóng 1-4 phóng to ảnh 2x, Biến 1-4 tạo biến thể, Tạo lại chạy cùng cài đặt với seed mới, Xóa gỡ tin nhắn (của bạn, hoặc quản trị viên).\n**/queue** yêu cầu đang chờ, **/cancel** hủy một yêu cầu, **/history** yêu cầu gần đây, **/settings** tùy chọn mặc định cho bạn hoặc kênh, **/model** các mô hình. Quản trị viên: **/admin model** đặt mô hình mặc định, **/admin reload** tìm mô hình mới, **/admin ban** và **/admin unban** chặn hoặc bỏ chặn người dùng.",
+        "dc_help": "**/imagine** `mô tả` để tạo ảnh. Tùy chọn có thể chọn trong lệnh hoặc gõ sau mô tả: --ar 16:9, --size 768x512, --seed 42, --no blurry, text, --steps 30, --cfg 7, --n 4 (tối đa {max_images}), --model TÊN, --scheduler TÊN ({schedulers}), --refiner 0.7 (điểm mô hình tinh chỉnh SDXL tiếp quản; 0: tắt). Số bước tối đa {max_steps}.\nDưới mỗi kết quả: Phóng 1-4 phóng to ảnh 2x, Biến 1-4 tạo biến thể, Tạo lại chạy cùng cài đặt với seed mới, Xóa gỡ tin nhắn (của bạn, hoặc quản trị viên).\n**/queue** yêu cầu đang chờ, **/cancel** hủy một yêu cầu, **/history** yêu cầu gần đây, **/settings** tùy chọn mặc định cho bạn hoặc kênh, **/model** các mô hình. Quản trị viên: **/admin model** đặt mô hình mặc định, **/admin reload** tìm mô hình mới, **/admin ban** và **/admin unban** chặn hoặc bỏ chặn người dùng.",
     },
 }
 

@@ -38,6 +38,7 @@ class JobIn(BaseModel):
     aspect: str | None = None
     count: Scalar = None
     scheduler: str | None = None
+    refiner: Scalar = None  # where the model's refiner takes over (0.7), 0 or "off" for none
 
 
 class DeriveIn(BaseModel):

@@ -72,6 +72,7 @@ async def test_commands_are_synced_with_vietnamese_texts_and_option_limits(make_
     assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 40)
     assert options["model"]["autocomplete"] is True
     assert [c["value"] for c in options["scheduler"]["choices"]][:2] == ["dpm++", "dpm++_karras"]
+    assert (options["refiner"]["type"], options["refiner"]["min_value"], options["refiner"]["max_value"]) == (10, 0, 0.99)
 
 
 async def test_settings_queue_cancel_and_history(make_stack, fake):

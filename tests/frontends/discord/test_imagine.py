@@ -60,6 +60,7 @@ async def test_bad_input_gets_a_clear_ephemeral_answer(make_stack, fake):
         (command("imagine", prompt="x" * 101), "The prompt is 101 characters long; the limit is 100."),
         (command("imagine", prompt="a fox", model="nope"), "There is no model 'nope'. Available: demo."),
         (command("imagine", prompt="a fox", steps=999), "steps must be 1-50, got 999."),
+        (command("imagine", prompt="a fox", refiner=0.7), "Model 'demo' has no refiner, so --refiner cannot be used"),
         (command("imagine", prompt="a fox --steps many"), "steps must be a whole number, got 'many'."),
         (command("imagine", prompt="a fox", size="huge"), "Size must look like 768x512 (width x height), got 'huge'."),
         (command("imagine", prompt="a GORE scene"),

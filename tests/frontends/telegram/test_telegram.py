@@ -318,6 +318,15 @@ async def test_groups_answer_only_commands_for_this_bot_and_allowed_chats(make_s
     assert [job.request.prompt for job in jobs] == ["a cat in a group"]
 
 
+async def test_a_refiner_model_asked_to_draw_says_what_it_is_for(make_stack, models_dir, tiny_sdxl_refiner_dir):
+    add_pipeline_variant(models_dir, "refiner", tiny_sdxl_refiner_dir)
+    bot = await make_stack()
+    asked = bot.send(ALICE, "/imagine a cat --model refiner")
+    status = await bot.reply_to(asked)
+    await bot.status_text(status.result["message_id"], "'refiner' is a refiner: it finishes the images of a base model")
+    assert await bot.jobs_of(ALICE) == []
+
+
 async def test_bad_input_gets_a_clear_reply_and_queues_nothing(make_stack):
     bot = await make_stack()
     cases = {
@@ -326,6 +335,7 @@ async def test_bad_input_gets_a_clear_reply_and_queues_nothing(make_stack):
         "/imagine a cat --model nosuch": "There is no model 'nosuch'. Available: demo",
         "/imagine a cat --steps 100000": "steps must be 1-50, got 100000",
         "/imagine a cat --flavour spicy": "Unknown option --flavour",
+        "/imagine a cat --refiner 0.7": "Model 'demo' has no refiner",
     }
     asked = {bot.send(ALICE, text): expected for text, expected in cases.items()}
     for message_id, expected in asked.items():

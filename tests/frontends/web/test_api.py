@@ -243,10 +243,28 @@ async def test_wrong_types_unknown_fields_and_missing_prompt_are_422_naming_the_
     ({"prompt": "a fox", "model": "../etc"}, 400, "is not a model name"),
     ({"prompt": "a fox", "scheduler": "warp"}, 400, "Unknown scheduler 'warp'."),
     ({"prompt": "a fox", "size": "4096x4096"}, 400, "Width and height must be 32-1024 pixels"),
+    ({"prompt": "a fox", "refiner": 1.5}, 400, "0 (no refiner) up to 0.99"),
+    ({"prompt": "a fox", "refiner": 0.7}, 400, "Model 'demo' has no refiner"),
 ])
 async def test_bad_values_are_400_with_the_catalogue_text(api, body, status, message):
     assert_error(await api.client.post("/api/jobs", json=body, headers=ALICE), status, message)
     assert await api.store.counts_by_status() == {}
+
+
+async def test_a_refiner_model_is_400_naming_its_base_and_the_refiner_field_reaches_the_request(
+        make_api, models_dir, tiny_sdxl_dir, tiny_sdxl_refiner_dir):
+    add_pipeline_variant(models_dir, "xl", tiny_sdxl_dir, 'kind = "pipeline"\nrefiner = "refiner"\n')
+    add_pipeline_variant(models_dir, "refiner", tiny_sdxl_refiner_dir)
+    api = await make_api(limits={"max_steps": 500})
+    response = await api.client.post("/api/jobs", json={"prompt": "a fox", "model": "refiner"}, headers=ALICE)
+    assert_error(response, 400, "'refiner' is a refiner", "--model xl")
+    await api.hold_worker()  # nothing runs: only what was queued is looked at
+    queued = await api.submit({"prompt": "a fox", "model": "xl", "refiner": 0.6})
+    assert (queued["request"]["refiner"], queued["request"]["refiner_switch"]) == ("refiner", 0.6)
+    queued = await api.submit({"prompt": "a fox", "model": "xl", "refiner": "off"})
+    assert (queued["request"]["refiner"], queued["request"]["refiner_switch"]) == (None, None)
+    queued = await api.submit({"prompt": "a fox", "model": "xl"})
+    assert (queued["request"]["refiner"], queued["request"]["refiner_switch"]) == ("refiner", 0.8)
 
 
 async def test_json_nan_and_infinity_are_refused(api):
