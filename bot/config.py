@@ -62,6 +62,8 @@ class Limits:
     max_pixels: int = 1024 * 1024
     max_images: int = 4  # images per request
     max_upscaled_side: int = 2048  # the Upscale button's results (drawn in tiles, so larger than max_side)
+    max_upload_bytes: int = 10 * 1024 * 1024  # an image prompt or mask, as sent
+    max_upload_pixels: int = 4096 * 4096  # checked from its header, before decoding
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ class WebConfig:
     max_streams: int = 512  # ... and in all
     limit_concurrency: int = 1024  # connections uvicorn serves at once; more are answered 503
     timeout_keep_alive: int = 5  # seconds an idle keep-alive connection is held open
+    # "password": only signed-in users (`imagebot users add`) may use the page and the API.
+    auth: Literal["none", "password"] = "none"
+    session_days: float = 30.0  # how long a sign-in lasts
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,7 @@ class DiscordConfig:
     test_guild: int = 0  # sync commands to this server only (instant); 0 = globally
     edit_interval: float = 1.5  # seconds between progress edits
     previews: bool = True  # show the half-made image while it is generated
+    shards: int = 0  # gateway shards in this process; 0 = as many as Discord recommends for the bot's servers
 
 
 @dataclass(frozen=True)
@@ -351,6 +357,8 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
         if values.get("model") and not MODEL_NAME.fullmatch(values["model"]):
             raise ConfigError(f"upscale.model must be the name of an upscaler variant in the model store, "
                               f"got {values['model']!r}")
+    if prefix == "web" and values.get("session_days", 1) <= 0:
+        raise ConfigError("web.session_days must be more than 0")
     if prefix == "engine" and values.get("max_batch", 1) < 1:
         raise ConfigError("engine.max_batch must be at least 1")
     if prefix == "engine":

@@ -36,6 +36,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
     "fast": ("fast", "--fast"),
+    "strength": ("strength", "--strength 0.6"),
+    "iw": ("image_weight", "--iw 1"),
     "refiner": ("refiner", "--refiner 0.7"),
 }
 # Flags that are switched on by being there; they take no value.
@@ -68,6 +70,8 @@ class RequestOptions:
     fast: bool | None = None  # fast mode (LCM): few steps, low guidance
     upscale: bool | None = None  # enlarge `init_image` (the Upscale button), with its own size limit
     upscaler: str | None = None  # the upscaler variant it runs first (from the configuration)
+    mask_image: str | None = None  # inpainting: white where the image is redrawn
+    image_weight: float | None = None  # Midjourney's --iw: how much the image prompt counts (0-2)
     refiner: float | None = None  # where the model's refiner takes over (0.7), or 0 for no refiner
 
 
@@ -90,6 +94,7 @@ class GenerationRequest:
     fast: bool = False  # the variant's fast mode: its LCM-LoRA (if it names one), few steps, low guidance
     upscale: bool = False  # init_image enlarged to width x height (upscaler, then tiled img2img)
     upscaler: str | None = None  # the upscaler variant an upscale runs first (None: resizing only)
+    mask_image: str | None = None  # path of the inpainting mask (white = redraw), with init_image
     refiner: str | None = None  # the refiner variant that runs the last steps (SDXL), if any
     refiner_switch: float | None = None  # the fraction of the steps the model runs before the refiner
 
@@ -101,11 +106,13 @@ class GenerationRequest:
         """Requests with equal keys can share one pipeline call."""
         key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
                self.init_image is not None, self.strength)
-        # Only requests with the same refiner setting run together; a request without a refiner
-        # keeps the key it always had (jobs queued before refiners existed still batch with it).
+        # Other requests keep the key they always had (jobs queued by earlier versions still batch with them):
+        # inpainting runs another pipeline, and only requests with the same refiner setting, fast mode
+        # and upscaling run together.
+        if self.mask_image is not None:
+            key += ("inpaint",)
         if self.refiner:
             key += (self.refiner, self.refiner_switch)
-        # The same for fast mode and upscales: only where set.
         if self.fast:
             key += ("fast",)
         if self.upscale:
@@ -180,6 +187,8 @@ def options_from_fields(
     fast: object = None,
     upscale: bool | None = None,
     upscaler: str | None = None,
+    mask_image: str | None = None,
+    image_weight: object = None,
     refiner: object = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
@@ -213,6 +222,8 @@ def options_from_fields(
         fast=None if fast is None else to_bool("fast", fast),
         upscale=upscale,
         upscaler=upscaler,
+        mask_image=mask_image,
+        image_weight=None if image_weight is None else to_float("iw", image_weight),
         refiner=None if refiner is None else parse_refiner(refiner),
     )
 
@@ -239,7 +250,7 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
 
 # How a RequestOptions field is called in messages (the flag a user would type).
 _FIELD_FLAG = {"negative_prompt": "no", "width": "size", "height": "size", "guidance": "cfg",
-               "count": "n", "aspect": "ar"}
+               "count": "n", "aspect": "ar", "image_weight": "iw"}
 
 
 def _seed(value: object) -> int | None:

@@ -19,6 +19,7 @@ variant.toml:
     fast_lora = "lcm-sd15"       # --fast applies this LoRA variant (an LCM-LoRA); see fast_steps below
     refiner = "sdxl-refiner"     # a refiner variant that finishes this model's images (SDXL)
     refiner_switch = 0.8         # the fraction of the steps this model runs before the refiner takes over
+    inpaint = "sd15-inpainting"  # the variant that repaints masked regions for this one (else this one does)
 
     [defaults]                   # all optional
     steps = 25
@@ -62,7 +63,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ARCH_NATIVE_SIZE = {name: size for name, (_, size) in FAMILIES.items()}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOP_KEYS = {"kind", "description", "examples", "file", "arch", "config", "base", "scale", "repo", "revision",
-             "allow_pickle", "defaults", "refiner", "refiner_switch", "fast_lora"}
+             "allow_pickle", "defaults", "refiner", "refiner_switch", "inpaint", "fast_lora"}
 # The types variant.toml may use for each default (a whole number is a fine guidance).
 _DEFAULT_KEYS = {name: (int, float) if kind is float else kind for name, kind in DEFAULT_TYPES.items()}
 
@@ -90,6 +91,7 @@ class VariantSpec:
     revision: str | None = None
     allow_pickle: bool = False
     fast_lora: str | None = None  # the LoRA variant --fast applies (an LCM-LoRA)
+    inpaint: str | None = None  # the variant that repaints masked regions for this one
 
 
 def read_variant(folder: Path) -> VariantSpec:
@@ -175,6 +177,10 @@ def read_variant(folder: Path) -> VariantSpec:
             raise VariantError("fast_lora names the LoRA variant (an LCM-LoRA) that --fast applies, "
                                "e.g. fast_lora = \"lcm-sd15\"; an upscaler has no fast mode")
         spec_fields["fast_lora"] = fast_lora
+    inpaint = _get(data, "inpaint", str, None)
+    if inpaint is not None and not MODEL_NAME.fullmatch(inpaint):
+        raise VariantError(f"inpaint must name another variant, got {inpaint!r}")
+    spec_fields["inpaint"] = inpaint
     own_defaults = _read_defaults(data.get("defaults", {}))
     if fast_lora is not None and "fast_steps" not in own_defaults:
         own_defaults["fast_steps"] = 6

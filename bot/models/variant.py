@@ -38,6 +38,7 @@ class VariantDefaults:
     fast_steps: int = 0
     fast_guidance: float = 1.5
     fast_scheduler: str = "lcm"
+    strength: float = 0.6  # image prompts: how far the image may be changed (0.1-1)
     # What the model is and what finishes its images: from variant.toml's top level (`refiner = ...`),
     # never from [defaults] or config.toml, because they describe the weights, not a taste.
     role: str = "text2image"  # one of ROLES
@@ -94,6 +95,8 @@ def check_defaults(values: Mapping[str, Any], where: str) -> None:
     for side in ("width", "height"):
         if values.get("max_side") and values.get(side) is not None and values[side] > values["max_side"]:
             raise ValueError(f"{where}.{side} ({values[side]}) is over {where}.max_side ({values['max_side']})")
+    if values.get("strength") is not None and not 0.1 <= values["strength"] <= 1:
+        raise ValueError(f"{where}.strength must be 0.1-1, got {values['strength']}")
     if values.get("steps") is not None and values["steps"] < 1:
         raise ValueError(f"{where}.steps must be at least 1, got {values['steps']}")
     if values.get("fast_scheduler") is not None and values["fast_scheduler"] not in SCHEDULERS:
