@@ -1,5 +1,5 @@
 """The API's routes, one module per concern; `create_app` includes them in this order."""
 
-from bot.frontends.web.routes import admin, events, health, images, jobs, models, page, uploads
+from bot.frontends.web.routes import admin, describe, events, health, images, jobs, models, page, uploads
 
-ROUTERS = (jobs.router, uploads.router, events.router, models.router, admin.router, images.router, page.router, health.router)
+ROUTERS = (jobs.router, uploads.router, describe.router, events.router, models.router, admin.router, images.router, page.router, health.router)
