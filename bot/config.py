@@ -167,6 +167,7 @@ class DiscordConfig:
     test_guild: int = 0  # sync commands to this server only (instant); 0 = globally
     edit_interval: float = 1.5  # seconds between progress edits
     previews: bool = True  # show the half-made image while it is generated
+    shards: int = 0  # gateway shards in this process; 0 = as many as Discord recommends for the bot's servers
 
 
 @dataclass(frozen=True)

@@ -366,6 +366,9 @@ class Service:
         default = await self.default_model(origin)
         loaded = getattr(self.executor, "loaded_models", lambda: {})()
         attached = {lora for loras in loaded.values() for lora in loras}
+        # Where each variant is resident (devices, or Ray nodes and replicas): for admins only,
+        # since it names the machines behind the bot.
+        where = getattr(self.executor, "placement", dict)() if origin is not None and origin.is_admin else {}
         out = []
         for entry in self.catalog.entries():
             spec = entry.spec
@@ -380,6 +383,7 @@ class Service:
                 "loaded": entry.name in loaded or entry.name in attached,
                 "default": entry.name == default,
                 "defaults": asdict(spec.defaults) if spec else None,
+                **({"where": where.get(entry.name, [])} if where else {}),
             })
         return out
 
@@ -432,7 +436,9 @@ class Service:
     async def metrics(self) -> dict[str, Any]:
         counts = await self.store.counts_by_status()
         return {"jobs": counts, "queue_depth": len(self.waiting),
-                "worker_failed_passes": self.worker.failed_passes, **self.executor.metrics()}
+                "worker_failed_passes": self.worker.failed_passes, "batches_in_flight": len(self.worker.in_flight),
+                "executor_capacity": self.worker.capacity, "jobs_requeued": self.worker.requeued,
+                **self.executor.metrics()}
 
 
 def _open_rgb(path: Path) -> Any:
