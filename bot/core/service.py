@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bot.config import Config
+from bot.core.accounts import Accounts
 from bot.core.admission import DEFAULT_MODEL_SETTING, CHAT_MODEL_SETTING, Admission, Catalog
 from bot.core.errors import UserError
 from bot.core.eta import EtaEstimator
@@ -85,6 +86,7 @@ class Service:
         self.eta = EtaEstimator(executor.seconds_per_step)
         self.admission = Admission(config, store, catalog)
         self.describer: Callable[[Any], list[str]] | None = None  # picture -> prompts; set when configured
+        self.accounts = Accounts(store, config.web.session_days * 86400)  # [web] auth = "password"
         self.uploads = UploadStore(config.storage.outputs_path(),
                                    UploadLimits(config.limits.max_upload_bytes, config.limits.max_upload_pixels))
         scheduler = Scheduler(max_batch=config.engine.max_batch, max_switch_wait=config.queue.max_switch_wait)

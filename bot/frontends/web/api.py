@@ -37,6 +37,7 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
     app.state.trusted_proxies = trusted_networks(config.web)
     app.state.streams = StreamSlots(config.web.max_streams_per_client, config.web.max_streams)
     app.state.admin_failures = FailureLimit()
+    app.state.sign_in_failures = FailureLimit(refusal="api_too_many_sign_in_failures")
     app.add_middleware(BodyLimit, larger={path: config.limits.max_upload_bytes for path in IMAGE_BODY_PATHS})
     app.add_middleware(Security, web=config.web)  # added last: outermost, so every answer has its headers
     add_error_handlers(app)

@@ -58,12 +58,20 @@ class DefaultModelIn(BaseModel):
 
 
 class BanIn(BaseModel):
-    """Whom to ban: "web:<client key>" (or "web:anon-<address>"), "telegram:<user id>" or "discord:<user id>"."""
+    """Whom to ban: "web:<client key>" (or "web:anon-<address>", "web:user:<account>"), "telegram:<user id>"
+    or "discord:<user id>"."""
 
     model_config = ConfigDict(extra="forbid")
 
     user: str = Field(pattern=r"^(web|telegram|discord):[A-Za-z0-9_.:-]{1,64}$")
     reason: str = Field(min_length=1, max_length=300)
+
+
+class SignInIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
 
 
 class UnbanIn(BaseModel):

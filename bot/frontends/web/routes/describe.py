@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from bot.frontends.web.deps import Caller, ServiceDep
+from bot.frontends.web.deps import Caller, ServiceDep, SignedIn
 
-router = APIRouter()
+router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
 
 
 @router.post("/api/describe")
