@@ -58,31 +58,38 @@ def config(state: Path, model: str, steps: int, executor: dict | None):
     return config_from_dict(settings)
 
 
-async def until_done(service, job_id: int) -> None:
-    while not (job := await service.job(job_id)).finished:
-        await asyncio.sleep(0.005)
-    if job.status != "done":
-        raise RuntimeError(f"job {job_id} ended {job.status}: {job.error}")
+async def until_done(events, jobs: set[int]) -> None:
+    """Follow the service's events (no polling: this process's CPU time is measured) until every
+    job in `jobs` has ended."""
+    while jobs:
+        event = await events.next(timeout=600)
+        if event["type"] in ("done", "failed", "cancelled") and event["job"] in jobs:
+            if event["type"] != "done":
+                raise RuntimeError(f"job {event['job']} ended {event['type']}: {event.get('error')}")
+            jobs.discard(event["job"])
 
 
 async def throughput(stack, jobs: int, steps: int) -> float:
     service = stack.service
+    events = service.subscribe(platform="web")
     started = time.perf_counter()
     submitted = [await service.submit(f"{PROMPTS[n % len(PROMPTS)]} --steps {steps} --seed {n}",
                                       Origin("web", f"user{n % 4}", chat_id="web")) for n in range(jobs)]
-    for s in submitted:
-        await until_done(service, s.job_id)
+    await until_done(events, {s.job_id for s in submitted})
+    events.close()
     return jobs / (time.perf_counter() - started)
 
 
 async def one_by_one(stack, jobs: int, steps: int) -> list[float]:
     times = []
+    events = stack.service.subscribe(platform="web")
     for n in range(jobs):
         started = time.perf_counter()
         s = await stack.service.submit(f"{PROMPTS[n % len(PROMPTS)]} --steps {steps} --seed {n}",
                                        Origin("web", "solo", chat_id="web"))
-        await until_done(stack.service, s.job_id)
+        await until_done(events, {s.job_id})
         times.append(time.perf_counter() - started)
+    events.close()
     return times
 
 

@@ -113,3 +113,43 @@ def test_an_admin_account_unlocks_the_admin_tab_without_the_token(browser, accou
     page.click("#admin-reload")
     expect(page.locator("#admin-message")).to_contain_text("Added:")
     context.close()
+
+
+def test_an_admin_bans_and_unbans_from_the_admin_tab_and_sees_the_audit_log(browser, accounts_server):
+    alice_context = new_context(browser)
+    alice = open_page(alice_context, accounts_server)
+    sign_in(alice, "alice")
+    alice.wait_for_selector("body[data-ready=true] #account:not([hidden])", state="attached")
+
+    context = new_context(browser)
+    page = open_page(context, accounts_server)
+    sign_in(page, "root")
+    page.wait_for_selector("body[data-ready=true] #account:not([hidden])", state="attached")
+    page.click("#tab-admin")
+    expect(page.locator("#admin-users")).to_be_visible()
+
+    # clear errors before anything is sent
+    page.fill("#ban-user", "alice")
+    page.click("#ban-submit")
+    expect(page.locator("#ban-message")).to_contain_text("web:user:NAME")
+    expect(page.locator("#ban-user")).to_have_attribute("aria-invalid", "true")
+    page.fill("#ban-user", "web:user:alice")
+    page.click("#ban-submit")
+    expect(page.locator("#ban-message")).to_have_text("Say why: the banned user is shown the reason.")
+
+    page.fill("#ban-reason", "posting spam")
+    page.click("#ban-submit")
+    expect(page.locator("#ban-message")).to_have_text("web:user:alice is banned.")
+    expect(page.locator("#admin-audit li").first).to_contain_text("web:user:root · ban · user: web:user:alice, reason: posting spam")
+
+    alice.fill("#prompt", "a red circle on a blue background")
+    alice.press("#prompt", "Enter")
+    expect(alice.locator("#form-error")).to_contain_text("posting spam")
+
+    page.click("#unban-submit")
+    expect(page.locator("#ban-message")).to_have_text("web:user:alice may use the bot again.")
+    expect(page.locator("#admin-audit li").first).to_contain_text("· unban · user: web:user:alice")
+    card = submit(alice, "a red circle on a blue background --steps 2")
+    assert len(wait_done(alice, card, 1)) == 1
+    for each in (alice_context, context):
+        each.close()

@@ -864,6 +864,60 @@ function renderAdmin() {
   }));
   if (!unlocked) $("#admin-reload").title = t(key);
   else $("#admin-reload").removeAttribute("title");
+  $("#admin-users").hidden = !unlocked;
+  if (unlocked) loadAudit().catch((error) => adminMessage(error.message));
+}
+
+// --- bans and the audit log (admins) ---------------------------------------------------------------
+
+const BANNABLE = /^(web|telegram|discord):[A-Za-z0-9_.:-]{1,64}$/; // as the API checks it
+
+function banMessage(text, wrong = false) {
+  const line = $("#ban-message");
+  line.textContent = text;
+  line.dataset.state = wrong ? "wrong" : "unlocked";
+  line.hidden = !text;
+}
+
+async function banOrUnban(action) {
+  const user = $("#ban-user").value.trim();
+  const reason = $("#ban-reason").value.trim();
+  $("#ban-user").removeAttribute("aria-invalid");
+  $("#ban-reason").removeAttribute("aria-invalid");
+  if (!BANNABLE.test(user)) {
+    $("#ban-user").setAttribute("aria-invalid", "true");
+    banMessage(t("ui_admin_ban_user_format"), true);
+    $("#ban-user").focus();
+    return;
+  }
+  if (action === "ban" && !reason) {
+    $("#ban-reason").setAttribute("aria-invalid", "true");
+    banMessage(t("ui_admin_ban_reason_needed"), true);
+    $("#ban-reason").focus();
+    return;
+  }
+  try {
+    const body = action === "ban" ? { user, reason } : { user };
+    await api(`/api/admin/${action}`, { method: "POST", body, admin: true });
+  } catch (error) {
+    banMessage(error.message, true);
+    return;
+  }
+  banMessage(t(action === "ban" ? "ui_admin_banned" : "ui_admin_unbanned", { user }));
+  $("#ban-reason").value = "";
+  await loadAudit().catch((error) => banMessage(error.message, true));
+}
+
+async function loadAudit() {
+  const { entries } = await api("/api/audit?limit=20", { admin: true });
+  $("#admin-audit-empty").hidden = entries.length > 0;
+  $("#admin-audit").replaceChildren(...entries.map((entry) => {
+    const item = document.createElement("li");
+    const when = new Date(entry.at * 1000).toLocaleString();
+    const detail = Object.entries(entry.detail || {}).map(([name, value]) => `${name}: ${value}`).join(", ");
+    item.textContent = `${when} · ${entry.actor} · ${entry.action}${detail ? ` · ${detail}` : ""}`;
+    return item;
+  }));
 }
 
 function adminMessage(text) {
@@ -1061,6 +1115,11 @@ async function main() {
   });
   $("#admin-lock").addEventListener("click", lock);
   $("#admin-reload").addEventListener("click", reloadModels);
+  $("#admin-ban").addEventListener("submit", (event) => {
+    event.preventDefault();
+    banOrUnban("ban");
+  });
+  $("#unban-submit").addEventListener("click", () => banOrUnban("unban"));
   try {
     state.session = await api("/api/session");
   } catch (error) {
