@@ -183,6 +183,15 @@ class DiscordConfig:
 
 
 @dataclass(frozen=True)
+class DescribeConfig:
+    """/describe: prompts suggested for a picture by a captioning model."""
+
+    model: str = ""  # a BLIP folder, e.g. "models/blip-base" (what `imagebot data caption` uses); "" = off
+    candidates: int = 4  # prompts offered per picture
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+
+@dataclass(frozen=True)
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -195,6 +204,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
+    describe: DescribeConfig = field(default_factory=DescribeConfig)
     variants: Mapping[str, VariantOverride] = field(default_factory=dict)
     source: str = "built-in defaults"  # which file this came from, for messages
 
@@ -227,7 +237,7 @@ _SECRET_WORDS = ("token", "secret", "password")
 # Keys of older versions that live elsewhere now: where to put them instead.
 _MOVED = {("discord", "blocklist"): "put the words in [moderation] blocklist, which every frontend checks "
                                     "(Discord's age-restricted channels stay exempt)"}
-_PATH_KEYS = {("storage", "state_dir"), ("storage", "database"), ("storage", "outputs"), ("storage", "models_dir"),
+_PATH_KEYS = {("describe", "model"), ("storage", "state_dir"), ("storage", "database"), ("storage", "outputs"), ("storage", "models_dir"),
               ("executor", "models_dir")}
 
 

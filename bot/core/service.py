@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bot.config import Config
 from bot.core.accounts import Accounts
@@ -35,7 +35,7 @@ from bot.core.request import (
 )
 from bot.core.scheduler import Scheduler
 from bot.core.store import Store, storage_errors
-from bot.core.uploads import UploadLimits, UploadStore, aspect_of
+from bot.core.uploads import UploadLimits, UploadStore, aspect_of, read_image
 from bot.core.waiting import WaitingIndex
 from bot.core.worker import Worker
 
@@ -85,6 +85,7 @@ class Service:
         self.waiting = WaitingIndex()
         self.eta = EtaEstimator(executor.seconds_per_step)
         self.admission = Admission(config, store, catalog)
+        self.describer: Callable[[Any], list[str]] | None = None  # picture -> prompts; set when configured
         self.accounts = Accounts(store, config.web.session_days * 86400)  # [web] auth = "password"
         self.uploads = UploadStore(config.storage.outputs_path(),
                                    UploadLimits(config.limits.max_upload_bytes, config.limits.max_upload_pixels))
@@ -144,6 +145,22 @@ class Service:
     async def upload(self, data: bytes, what: str = "image") -> str:
         """Check and keep an image (or mask) for a later `submit`; returns its handle."""
         return await asyncio.to_thread(self.uploads.save, data, what)
+
+    async def describe(self, image: bytes | str, origin: Origin) -> list[str]:
+        """Prompts the configured captioning model suggests for a picture (its bytes or an upload handle)."""
+        if self.describer is None:
+            raise UserError("describe_not_configured")
+        reason = await self.store.ban_reason(origin.user_key)
+        if reason is not None:
+            raise UserError("banned", reason=reason)
+        if isinstance(image, (bytes, bytearray)):
+            picture = await asyncio.to_thread(read_image, bytes(image), self.uploads.limits)
+        else:
+            picture = await asyncio.to_thread(_open_rgb, self.uploads.find(image))
+        prompts = await asyncio.to_thread(self.describer, picture)
+        if not prompts:
+            raise UserError("describe_nothing")
+        return prompts
 
     async def _job_upload(self, given: bytes | str, what: str, kept: list[Path]) -> Path:
         """The job's own copy of an uploaded image, from its bytes or its handle."""
@@ -432,6 +449,13 @@ class Service:
                 "worker_failed_passes": self.worker.failed_passes, "batches_in_flight": len(self.worker.in_flight),
                 "executor_capacity": self.worker.capacity, "jobs_requeued": self.worker.requeued,
                 **self.executor.metrics()}
+
+
+def _open_rgb(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _require_admin(origin: Origin) -> None:
