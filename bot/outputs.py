@@ -49,6 +49,8 @@ class ImageParameters:
     strength: float | None = None  # img2img denoising strength
     version: str | None = None  # e.g. "imagebot 0.1.0"
     lora_hashes: str | None = None  # A1111's "Lora hashes": "name: hash, name: hash"
+    fast: str | None = None  # fast mode: the LCM-LoRA it used, or "on" for an LCM / Turbo model
+    upscaler: str | None = None  # an upscale: the upscaler variant, or "Lanczos" (resized, then redrawn)
     refiner: str | None = None  # the refiner variant that ran the last steps (SDXL)
     refiner_switch: float | None = None  # the fraction of the steps before the refiner took over
 
@@ -136,6 +138,8 @@ def a1111_parameters(p: ImageParameters) -> str:
         "Model": p.model,
         "Denoising strength": None if p.strength is None else _number(p.strength),
         "Lora hashes": p.lora_hashes,
+        "Fast mode": p.fast,
+        "Postprocess upscaler": p.upscaler,
         # A1111's own names for the refiner (since 1.6), so its readers fill them in too.
         "Refiner": p.refiner,
         "Refiner switch at": None if p.refiner is None or p.refiner_switch is None else _number(p.refiner_switch),
@@ -229,6 +233,8 @@ def parameters_from_a1111(text: str) -> ImageParameters:
         strength=get("Denoising strength", float) if "Denoising strength" in raw else None,
         version=raw.get("Version"),
         lora_hashes=raw.get("Lora hashes"),
+        fast=raw.get("Fast mode"),
+        upscaler=raw.get("Postprocess upscaler"),
         refiner=raw.get("Refiner"),
         refiner_switch=get("Refiner switch at", float) if "Refiner switch at" in raw else None,
     )
@@ -377,6 +383,8 @@ def save_result(result: Any, version: str, out_dir: Path, stem: str) -> SavedIma
             height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
             strength=request.strength, version=version or None,
             lora_hashes=", ".join(f"{name}: {fingerprint[:12]}" for name, fingerprint in loras) or None,
+            fast=(getattr(result, "fast_lora", None) or "on") if getattr(request, "fast", False) else None,
+            upscaler=(request.upscaler or "Lanczos") if getattr(request, "upscale", False) else None,
             refiner=request.refiner, refiner_switch=request.refiner_switch,
         )
         for seed in result.seeds

@@ -38,10 +38,14 @@ async def test_subtle_and_strong_variations_differ_from_their_source_by_increasi
         source = await finished(service, await service.submit("a yellow triangle on a purple background --n 4 --seed 2",
                                                                ALICE))
         moved = {}
+        image = str(config.storage.outputs_path() / source.images[0].file)
         for action in ("vary_subtle", "vary_strong"):
-            job = await finished(service, await service.submit_derived(source.public_id, action, ALICE))
-            # Four variations each (as many as the source had), each from a seed of its own: the mean
-            # over them measures the strength, not one seed's luck.
+            derived = await service.submit_derived(source.public_id, action, ALICE)
+            assert derived.request.init_image == image and derived.request.count == 4
+            # The same variation with fixed seeds, so the comparison does not hang on a random seed's luck;
+            # four images each, from seeds of their own.
+            job = await finished(service, await service.submit(
+                f"{source.request.prompt} --n 4 --seed 11", ALICE, init_image=image, strength=derived.request.strength))
             moved[action] = float(np.mean([np.abs(pixels(config, job, i) - pixels(config, source)).mean()
                                            for i in range(4)]))
         assert 0 < moved["vary_subtle"] < moved["vary_strong"]
