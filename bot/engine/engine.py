@@ -89,6 +89,7 @@ class _Item:
     # random generator's state, so the refiner goes on with the same random stream.
     latents: Any = None
     rng_state: Any = None
+    steps_done: int = 0  # steps the base reported, where the refiner's progress goes on from
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -348,17 +349,21 @@ class Engine:
         if not any(negatives) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
             negatives = None  # SDXL's own convention for "no negative prompt"
 
+        reported = [items[0].steps_done]  # the refiner's steps count on from the base's
+
         def on_step_end(pipeline, step, timestep, tensors):
             if should_cancel is not None and should_cancel():
                 raise Cancelled()  # leaves the denoising loop at once, skipping the decode
+            latents = tensors.get("latents") if self.want_latents else None
+            if stage == "whole":
+                total = getattr(pipeline, "num_timesteps", None) or request.steps
+                step_done = step + 1
+            else:  # base and refiner share the request's steps between them
+                total = request.steps
+                reported[0] += 1
+                step_done = min(total, reported[0])
             if on_progress is not None:
-                latents = tensors.get("latents") if self.want_latents else None
-                if stage == "whole":
-                    total = getattr(pipeline, "num_timesteps", None) or request.steps
-                    on_progress(Progress(step + 1, total, latents))
-                else:  # base and refiner share the request's steps; the refiner runs the last ones
-                    done = request.steps - pipeline.num_timesteps if stage == "refiner" else 0
-                    on_progress(Progress(min(request.steps, done + step + 1), request.steps, latents))
+                on_progress(Progress(step_done, total, latents))
             return {}
 
         kwargs: dict[str, Any] = dict(
@@ -387,8 +392,8 @@ class Engine:
             output = pipe(**kwargs)
         self.stats.batches += 1
         if stage == "base":
-            return [replace(item, latents=output.images[i: i + 1], rng_state=generators[i].get_state())
-                    for i, item in enumerate(items)]
+            return [replace(item, latents=output.images[i: i + 1], rng_state=generators[i].get_state(),
+                            steps_done=reported[0]) for i, item in enumerate(items)]
         self.stats.images += len(items)
         return list(output.images)
 
