@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     models_commands.add_parser("list", help="every variant with its kind, base, status and defaults")
     show = models_commands.add_parser("show", help="everything about one variant")
     show.add_argument("name")
+
+    users = commands.add_parser("users", help="accounts of the web page and API ([web] auth = \"password\")")
+    users_commands = users.add_subparsers(dest="users_command", required=True, parser_class=_Parser)
+    add = users_commands.add_parser("add", help="add a user; asks the password twice (or reads it from stdin)")
+    add.add_argument("name", help="1-32 lowercase letters, digits, '.', '_' or '-'")
+    add.add_argument("--admin", action="store_true", help="may use the admin routes and the Admin tab")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    remove = users_commands.add_parser("remove", help="delete a user and end their sessions")
+    remove.add_argument("name")
+    users_commands.add_parser("list", help="every user, and which are admins")
     return parser
 
 
@@ -105,6 +115,8 @@ def _run(args: argparse.Namespace) -> int:
             return cmd_serve(args, config)
         if args.command == "doctor":
             return cmd_doctor(config)
+        if args.command == "users":
+            return cmd_users(args, config)
     except (UserError, ConfigError) as error:
         print(f"imagebot: {error}", file=sys.stderr)
         return 2
@@ -199,6 +211,54 @@ def cmd_doctor(config: Config) -> int:
     for line in report(config, Secrets.from_env()):
         print(line)
     return 0
+
+
+# --- users ---------------------------------------------------------------------------------
+
+
+def cmd_users(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
+    password = _new_password(args) if args.users_command == "add" else ""
+    asyncio.run(_users(args, config, password))
+    if config.web.auth != "password" and args.users_command == "add":
+        print("note: users can sign in once config.toml says [web] auth = \"password\"", file=sys.stderr)
+    return 0
+
+
+async def _users(args: argparse.Namespace, config: Config, password: str) -> None:
+    from bot.core.accounts import Accounts
+    from bot.core.store import Store
+
+    store = await Store.open(config.storage.database_path())
+    try:
+        accounts = Accounts(store, config.web.session_days * 86400)
+        if args.users_command == "add":
+            account = await accounts.add(args.name, password, args.admin)
+            print(f"added {account.name}{' (admin)' if account.is_admin else ''}")
+        elif args.users_command == "remove":
+            await accounts.remove(args.name)
+            print(f"removed {args.name.strip().lower()}")
+        else:
+            for account in await accounts.list():
+                created = time.strftime("%Y-%m-%d", time.localtime(account.created_at))
+                print(f"{account.name}{'  admin' if account.is_admin else ''}  (since {created})")
+    finally:
+        await store.close()
+
+
+def _new_password(args: argparse.Namespace) -> str:
+    """The new user's password: the first line of stdin, or typed twice on the terminal (never echoed)."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise UserError("password_needs_terminal")
+    import getpass
+
+    first = getpass.getpass(f"Password for {args.name}: ")
+    if getpass.getpass("Again: ") != first:
+        raise UserError("passwords_differ")
+    return first
 
 
 # --- imagine -------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ class Limits:
     max_side: int = 1024
     max_pixels: int = 1024 * 1024
     max_images: int = 4  # images per request
+    max_upload_bytes: int = 10 * 1024 * 1024  # an image prompt or mask, as sent
+    max_upload_pixels: int = 4096 * 4096  # checked from its header, before decoding
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,9 @@ class WebConfig:
     max_streams: int = 512  # ... and in all
     limit_concurrency: int = 1024  # connections uvicorn serves at once; more are answered 503
     timeout_keep_alive: int = 5  # seconds an idle keep-alive connection is held open
+    # "password": only signed-in users (`imagebot users add`) may use the page and the API.
+    auth: Literal["none", "password"] = "none"
+    session_days: float = 30.0  # how long a sign-in lasts
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ class DiscordConfig:
     test_guild: int = 0  # sync commands to this server only (instant); 0 = globally
     edit_interval: float = 1.5  # seconds between progress edits
     previews: bool = True  # show the half-made image while it is generated
+    shards: int = 0  # gateway shards in this process; 0 = as many as Discord recommends for the bot's servers
 
 
 @dataclass(frozen=True)
@@ -335,6 +341,8 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
                 ipaddress.ip_network(entry.strip(), strict=False)
             except ValueError:
                 raise ConfigError(f"web.trusted_proxies: {entry!r} is not an address or a CIDR network") from None
+    if prefix == "web" and values.get("session_days", 1) <= 0:
+        raise ConfigError("web.session_days must be more than 0")
     if prefix == "engine" and values.get("max_batch", 1) < 1:
         raise ConfigError("engine.max_batch must be at least 1")
     if prefix == "engine":

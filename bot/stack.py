@@ -68,7 +68,11 @@ def make_executor(config: Config, registry: Registry) -> Executor:
     """The executor `[executor] kind` names: this machine's devices, or Ray Serve replicas."""
     version = f"imagebot {__version__}"
     if config.executor.kind == "ray":
-        from bot.executors.ray_serve import RayExecutor  # needs the [ray] extra; checked at start
+        try:
+            import ray.serve  # noqa: F401  (the [ray] extra)
+        except ImportError:
+            raise StartupError('[executor] kind = "ray" needs Ray Serve: pip install -e ".[ray]"') from None
+        from bot.executors.ray_serve import RayExecutor
 
         return RayExecutor(config, registry, version=version)
     return LocalExecutor(registry, config.engine, config.storage.outputs_path(),

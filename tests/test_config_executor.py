@@ -37,3 +37,16 @@ def test_bad_settings_say_what_is_allowed(section, message):
 def test_the_replicas_models_folder_is_relative_to_the_config_file(tmp_path):
     config = config_from_dict({"executor": {"models_dir": "shared/models"}}, base_dir=tmp_path)
     assert config.executor.models_dir == str(tmp_path / "shared/models")
+
+
+async def test_a_ray_executor_without_ray_installed_stops_start_up_with_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from bot.stack import StartupError, open_stack
+    from tests.helpers.service import service_config
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the [ray] extra were not installed
+    monkeypatch.setitem(sys.modules, "ray.serve", None)
+    config = service_config(tmp_path / "state", tmp_path / "models", executor={"kind": "ray"})
+    with pytest.raises(StartupError, match=r'needs Ray Serve: pip install -e "\.\[ray\]"'):
+        await open_stack(config)

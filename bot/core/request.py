@@ -35,6 +35,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "model": ("model", "--model finetuned"),
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
+    "strength": ("strength", "--strength 0.6"),
+    "iw": ("image_weight", "--iw 1"),
     "refiner": ("refiner", "--refiner 0.7"),
 }
 
@@ -62,6 +64,8 @@ class RequestOptions:
     scheduler: str | None = None
     init_image: str | None = None
     strength: float | None = None
+    mask_image: str | None = None  # inpainting: white where the image is redrawn
+    image_weight: float | None = None  # Midjourney's --iw: how much the image prompt counts (0-2)
     refiner: float | None = None  # where the model's refiner takes over (0.7), or 0 for no refiner
 
 
@@ -81,6 +85,7 @@ class GenerationRequest:
     scheduler: str = "dpm++"
     init_image: str | None = None  # path of the source image for img2img (variations, upscale)
     strength: float | None = None
+    mask_image: str | None = None  # path of the inpainting mask (white = redraw), with init_image
     refiner: str | None = None  # the refiner variant that runs the last steps (SDXL), if any
     refiner_switch: float | None = None  # the fraction of the steps the model runs before the refiner
 
@@ -92,8 +97,10 @@ class GenerationRequest:
         """Requests with equal keys can share one pipeline call."""
         key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
                self.init_image is not None, self.strength)
-        # Only requests with the same refiner setting run together; a request without a refiner
-        # keeps the key it always had (jobs queued before refiners existed still batch with it).
+        # Other requests keep the key they always had (jobs queued by earlier versions still batch with them):
+        # inpainting runs another pipeline, and only requests with the same refiner setting run together.
+        if self.mask_image is not None:
+            key += ("inpaint",)
         return key + (self.refiner, self.refiner_switch) if self.refiner else key
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +164,8 @@ def options_from_fields(
     scheduler: object = None,
     init_image: str | None = None,
     strength: object = None,
+    mask_image: str | None = None,
+    image_weight: object = None,
     refiner: object = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
@@ -187,6 +196,8 @@ def options_from_fields(
         scheduler=None if scheduler is None else parse_scheduler(scheduler),
         init_image=init_image,
         strength=None if strength is None else to_float("strength", strength),
+        mask_image=mask_image,
+        image_weight=None if image_weight is None else to_float("iw", image_weight),
         refiner=None if refiner is None else parse_refiner(refiner),
     )
 
@@ -213,7 +224,7 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
 
 # How a RequestOptions field is called in messages (the flag a user would type).
 _FIELD_FLAG = {"negative_prompt": "no", "width": "size", "height": "size", "guidance": "cfg",
-               "count": "n", "aspect": "ar"}
+               "count": "n", "aspect": "ar", "image_weight": "iw"}
 
 
 def _seed(value: object) -> int | None:

@@ -15,6 +15,8 @@ from bot.core.errors import UserError
 from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions, shorten
 from bot.models.variant import VariantDefaults
 
+MIN_STRENGTH = 0.1  # below this an image prompt comes back almost untouched
+
 
 def snap8(value: float) -> int:
     """Latents are 1/8 of the image size, so sides must be multiples of 8."""
@@ -94,8 +96,9 @@ def resolve(
     _check_range("count", count, 1, limits.max_images)
     seed = secrets.randbelow(MAX_SEED + 1) if options.seed is None else options.seed
     _check_range("seed", seed, 0, MAX_SEED)
-    if options.strength is not None and not 0.05 <= options.strength <= 1:
-        raise UserError("strength_out_of_range", got=options.strength)
+    strength = image_strength(options, defaults.strength)
+    if options.mask_image is not None and options.init_image is None:
+        raise UserError("mask_needs_image")
     refiner, switch = _refiner(model, defaults, options)
 
     return GenerationRequest(
@@ -110,10 +113,27 @@ def resolve(
         count=count,
         scheduler=options.scheduler or defaults.scheduler,
         init_image=options.init_image,
-        strength=options.strength if options.init_image else None,
+        strength=strength if options.init_image else None,
+        mask_image=options.mask_image if options.init_image else None,
         refiner=refiner,
         refiner_switch=switch,
     )
+
+
+def image_strength(options: RequestOptions, default: float) -> float:
+    """How far an image prompt may be changed: --strength 0.1-1, or Midjourney's --iw 0-2 (how much
+    the image counts: 1 is the usual 0.6, 2 keeps it close, 0 hardly at all)."""
+    if options.strength is not None and options.image_weight is not None:
+        raise UserError("strength_and_iw")
+    if options.image_weight is not None:
+        if not 0 <= options.image_weight <= 2:
+            raise UserError("iw_out_of_range", got=_num(options.image_weight))
+        return round(min(1.0, max(MIN_STRENGTH, 1 - 0.4 * options.image_weight)), 3)
+    if options.strength is not None:
+        if not MIN_STRENGTH <= options.strength <= 1:
+            raise UserError("strength_out_of_range", got=_num(options.strength))
+        return options.strength
+    return default
 
 
 def _check_role(model: str, defaults: VariantDefaults, variants: Mapping[str, VariantDefaults],
@@ -124,7 +144,7 @@ def _check_role(model: str, defaults: VariantDefaults, variants: Mapping[str, Va
         if bases:
             raise UserError("model_is_refiner_of", name=model, bases=", ".join(bases))
         raise UserError("model_is_refiner", name=model)
-    if defaults.role == "inpainting":
+    if defaults.role == "inpainting" and options.mask_image is None:  # with a mask it does its job
         others = sorted(name for name, other in variants.items() if other.role == "text2image")
         raise UserError("model_is_inpainting", name=model, available=", ".join(others) or "none")
 

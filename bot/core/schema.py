@@ -71,4 +71,19 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN address TEXT NOT NULL DEFAULT '';
     CREATE INDEX jobs_by_address_status ON jobs (address, status) WHERE address != '';
     """,
+    # 4: password accounts ([web] auth = "password"): users with scrypt hashes, and sessions by a
+    # hash of their token (the token itself lives only in the browser's cookie)
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, is_admin INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+        created_at REAL NOT NULL, expires_at REAL NOT NULL
+    );
+    CREATE INDEX sessions_by_user ON sessions (user_name);
+    CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+    """,
 )

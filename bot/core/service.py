@@ -9,12 +9,15 @@ who may do what (cancel, delete, change defaults) live here, not in the frontend
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from bot.config import Config
+from bot.core.accounts import Accounts
 from bot.core.admission import DEFAULT_MODEL_SETTING, CHAT_MODEL_SETTING, Admission, Catalog
 from bot.core.errors import UserError
 from bot.core.eta import EtaEstimator
@@ -32,6 +35,7 @@ from bot.core.request import (
 )
 from bot.core.scheduler import Scheduler
 from bot.core.store import Store, storage_errors
+from bot.core.uploads import UploadLimits, UploadStore, aspect_of
 from bot.core.waiting import WaitingIndex
 from bot.core.worker import Worker
 
@@ -81,6 +85,9 @@ class Service:
         self.waiting = WaitingIndex()
         self.eta = EtaEstimator(executor.seconds_per_step)
         self.admission = Admission(config, store, catalog)
+        self.accounts = Accounts(store, config.web.session_days * 86400)  # [web] auth = "password"
+        self.uploads = UploadStore(config.storage.outputs_path(),
+                                   UploadLimits(config.limits.max_upload_bytes, config.limits.max_upload_pixels))
         scheduler = Scheduler(max_batch=config.engine.max_batch, max_switch_wait=config.queue.max_switch_wait)
         self.worker = Worker(config.queue, store, self.waiting, scheduler, executor, self.events,
                              idle_wait=config.models.rescan_seconds or 2.0)
@@ -111,9 +118,42 @@ class Service:
 
     # --- submitting ------------------------------------------------------------------------------
 
-    async def submit(self, text: str, origin: Origin, **fields: Any) -> Submitted:
-        """Queue a generation. `text` may carry inline flags; `fields` are keyword options."""
-        return await self._queue(merge_options(parse_prompt(text), options_from_fields(**fields)), origin)
+    async def submit(self, text: str, origin: Origin, *, image: bytes | str | None = None,
+                     mask: bytes | str | None = None, **fields: Any) -> Submitted:
+        """Queue a generation. `text` may carry inline flags; `fields` are keyword options.
+
+        `image` (an image prompt) and `mask` (inpainting: white is redrawn) are the bytes a user
+        sent, or the handle `upload()` returned for them."""
+        options = merge_options(parse_prompt(text), options_from_fields(**fields))
+        if image is None:
+            if mask is not None:
+                raise UserError("mask_needs_image")
+            return await self._queue(options, origin)
+        kept: list[Path] = []
+        try:
+            source = await self._job_upload(image, "image", kept)
+            said_size = options.width is not None or options.height is not None or options.aspect is not None
+            shape = {} if said_size else {"aspect": aspect_of(self.uploads.size_of(source))}
+            masked = {"mask_image": str(await self._job_upload(mask, "mask", kept))} if mask is not None else {}
+            return await self._queue(replace(options, init_image=str(source), **shape, **masked), origin)
+        except BaseException:
+            for path in kept:  # a refused request leaves nothing behind
+                self.uploads.remove(path)
+            raise
+
+    async def upload(self, data: bytes, what: str = "image") -> str:
+        """Check and keep an image (or mask) for a later `submit`; returns its handle."""
+        return await asyncio.to_thread(self.uploads.save, data, what)
+
+    async def _job_upload(self, given: bytes | str, what: str, kept: list[Path]) -> Path:
+        """The job's own copy of an uploaded image, from its bytes or its handle."""
+        sent = isinstance(given, (bytes, bytearray))
+        handle = await self.upload(bytes(given), what) if sent else given
+        path = self.uploads.keep_for_job(self.uploads.find(handle, what))
+        kept.append(path)
+        if sent:  # bytes sent with the request need no handle for later
+            self.uploads.remove(self.uploads.path(str(handle)))
+        return path
 
     async def submit_derived(self, ref: JobRef, action: str, origin: Origin, index: int = 0) -> Submitted:
         """A new job from a finished one: "reroll" (same settings, new seed), "variation"
@@ -311,6 +351,9 @@ class Service:
         default = await self.default_model(origin)
         loaded = getattr(self.executor, "loaded_models", lambda: {})()
         attached = {lora for loras in loaded.values() for lora in loras}
+        # Where each variant is resident (devices, or Ray nodes and replicas): for admins only,
+        # since it names the machines behind the bot.
+        where = getattr(self.executor, "placement", dict)() if origin is not None and origin.is_admin else {}
         out = []
         for entry in self.catalog.entries():
             spec = entry.spec
@@ -325,6 +368,7 @@ class Service:
                 "loaded": entry.name in loaded or entry.name in attached,
                 "default": entry.name == default,
                 "defaults": asdict(spec.defaults) if spec else None,
+                **({"where": where.get(entry.name, [])} if where else {}),
             })
         return out
 
@@ -377,7 +421,9 @@ class Service:
     async def metrics(self) -> dict[str, Any]:
         counts = await self.store.counts_by_status()
         return {"jobs": counts, "queue_depth": len(self.waiting),
-                "worker_failed_passes": self.worker.failed_passes, **self.executor.metrics()}
+                "worker_failed_passes": self.worker.failed_passes, "batches_in_flight": len(self.worker.in_flight),
+                "executor_capacity": self.worker.capacity, "jobs_requeued": self.worker.requeued,
+                **self.executor.metrics()}
 
 
 def _require_admin(origin: Origin) -> None:

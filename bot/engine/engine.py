@@ -27,6 +27,7 @@ from bot.core.errors import Cancelled, UserError
 from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
 from bot.engine.devices import EngineSetupError, memory_budget_bytes, pick_device, pick_dtype
+from bot.engine.inpaint import inpainting_pipeline, load_mask, paste_unmasked
 from bot.engine.interrupt import stoppable
 from bot.engine.loader import load_base_pipeline, load_lora, model_bytes, weight_file_bytes
 from bot.models.registry import Registry
@@ -74,6 +75,7 @@ class _Resident:
     nbytes: int
     adapters: dict[str, str] = field(default_factory=dict)  # LoRA variant name -> its fingerprint
     img2img: DiffusionPipeline | None = None
+    inpaint: DiffusionPipeline | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class _Item:
     negative_prompt: str
     seed: int
     init_image: Image.Image | None
+    mask: Image.Image | None = None
     # Handed from an SDXL base to its refiner: the partly denoised latents of this image and its
     # random generator's state, so the refiner goes on with the same random stream.
     latents: Any = None
@@ -153,15 +156,22 @@ class Engine:
         first = requests[0]
         self.refresh()
         spec = self.registry.get(first.model)
+        if first.mask_image is not None and spec.inpaint:
+            spec = self.registry.get(spec.inpaint)  # the model's own inpainting model
         pipe, resident = self._activate(spec)
-        if first.init_image is not None:
+        if first.mask_image is not None:
+            if resident.inpaint is None:
+                resident.inpaint = inpainting_pipeline(resident.pipe)
+            pipe = resident.inpaint
+        elif first.init_image is not None:
             pipe = self._img2img(resident)
         pipe.scheduler = make_scheduler(first.scheduler, resident.scheduler_config)
         self._configure_vae(pipe, first.width * first.height)
 
         items = [
-            _Item(index, request.prompt, request.negative_prompt, seed, self._init_image(request))
+            _Item(index, request.prompt, request.negative_prompt, seed, init, mask=mask)
             for index, request in enumerate(requests)
+            for init, mask in [(self._init_image(request), self._mask(request))]
             for seed in request.seeds()
         ]
         started = time.perf_counter()
@@ -312,6 +322,11 @@ class Engine:
         with Image.open(request.init_image) as source:
             return source.convert("RGB").resize((request.width, request.height), Image.Resampling.LANCZOS)
 
+    def _mask(self, request: GenerationRequest) -> Image.Image | None:
+        if request.mask_image is None:
+            return None
+        return load_mask(request.mask_image, (request.width, request.height))
+
     def _run_chunks(self, pipe, request, items, on_progress, should_cancel, stage: str) -> list:
         out: list = []
         for start in range(0, len(items), self.config.max_batch):
@@ -384,6 +399,8 @@ class Engine:
             # img2img runs int(steps * strength) steps; make that at least one.
             kwargs.update(image=[item.init_image for item in items], strength=strength,
                           num_inference_steps=max(request.steps, math.ceil(1 / strength)))
+            if request.mask_image is not None:
+                kwargs.update(mask_image=[item.mask for item in items], width=request.width, height=request.height)
         else:
             kwargs.update(width=request.width, height=request.height)
         if stage == "base":
@@ -395,6 +412,8 @@ class Engine:
             return [replace(item, latents=output.images[i: i + 1], rng_state=generators[i].get_state(),
                             steps_done=reported[0]) for i, item in enumerate(items)]
         self.stats.images += len(items)
+        if request.mask_image is not None:
+            return [paste_unmasked(image, item.init_image, item.mask) for image, item in zip(output.images, items)]
         return list(output.images)
 
     def _record_speed(self, model: str, request: GenerationRequest, seconds: float, images: int) -> None:

@@ -108,6 +108,14 @@ class LocalExecutor:
                 merged[name] += [lora for lora in loras if lora not in merged[name]]
         return merged
 
+    def placement(self) -> dict[str, list[str]]:
+        """Variant -> the devices holding it."""
+        where: dict[str, list[str]] = {}
+        for lane in self._lanes:
+            for name in (lane.engine.loaded() if lane.engine is not None else {}):
+                where.setdefault(name, []).append(str(lane.engine.device))
+        return where
+
     def seconds_per_step(self, model: str) -> float | None:
         spec = self.registry.entry(model)
         key = spec.spec.base if spec and spec.spec and spec.spec.kind == "lora" else model

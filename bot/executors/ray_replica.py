@@ -29,6 +29,8 @@ from bot.executors.batch import run_batch
 
 log = logging.getLogger(__name__)
 
+PROGRESS_INTERVAL = 0.1  # seconds between step messages of one call
+
 
 @dataclass(frozen=True)
 class ReplicaSettings:
@@ -110,8 +112,16 @@ class GeneratorReplica:
         updates: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
 
+        last_sent = 0.0
+
         def progress(update: StepProgress) -> None:
-            loop.call_soon_threadsafe(updates.put_nowait, update)
+            # Each message is a Ray object: send a step at most every PROGRESS_INTERVAL, but always
+            # one with previews and the last.
+            nonlocal last_sent
+            now = time.monotonic()
+            if update.previews or update.step >= update.total or now - last_sent >= PROGRESS_INTERVAL:
+                last_sent = now
+                loop.call_soon_threadsafe(updates.put_nowait, update)
 
         work = loop.run_in_executor(self._thread, self._run, items, progress, stop, timeout)
         try:

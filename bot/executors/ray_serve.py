@@ -161,7 +161,7 @@ class RayExecutor:
     def metrics(self) -> dict[str, Any]:
         return {
             "ray_replicas": len(self._replicas),
-            "ray_replica_variants": {replica: len(resident) for replica, (_, resident) in self._replicas.items()},
+            "ray_placement": {replica: (node, list(resident)) for replica, (node, resident) in self._replicas.items()},
             "ray_calls": self.calls,
             "ray_lost_calls": self.lost_calls,
             "ray_unavailable": self.unavailable,

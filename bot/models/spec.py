@@ -18,6 +18,7 @@ variant.toml:
     allow_pickle = false         # single_file: permit pickled .ckpt files (they can run code)
     refiner = "sdxl-refiner"     # a refiner variant that finishes this model's images (SDXL)
     refiner_switch = 0.8         # the fraction of the steps this model runs before the refiner takes over
+    inpaint = "sd15-inpainting"  # the variant that repaints masked regions for this one (else this one does)
 
     [defaults]                   # all optional
     steps = 25
@@ -53,7 +54,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ARCH_NATIVE_SIZE = {name: size for name, (_, size) in FAMILIES.items()}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOP_KEYS = {"kind", "description", "examples", "file", "arch", "config", "base", "scale", "repo", "revision",
-             "allow_pickle", "defaults", "refiner", "refiner_switch"}
+             "allow_pickle", "defaults", "refiner", "refiner_switch", "inpaint"}
 # The types variant.toml may use for each default (a whole number is a fine guidance).
 _DEFAULT_KEYS = {name: (int, float) if kind is float else kind for name, kind in DEFAULT_TYPES.items()}
 
@@ -80,6 +81,7 @@ class VariantSpec:
     repo: str | None = None
     revision: str | None = None
     allow_pickle: bool = False
+    inpaint: str | None = None  # the variant that repaints masked regions for this one
 
 
 def read_variant(folder: Path) -> VariantSpec:
@@ -150,6 +152,10 @@ def read_variant(folder: Path) -> VariantSpec:
         native = 768 if repo.rstrip("/").endswith("stable-diffusion-2-1") else 512
         role = "refiner" if "refiner" in repo.lower() else "inpainting" if "inpaint" in repo.lower() else role
 
+    inpaint = _get(data, "inpaint", str, None)
+    if inpaint is not None and not MODEL_NAME.fullmatch(inpaint):
+        raise VariantError(f"inpaint must name another variant, got {inpaint!r}")
+    spec_fields["inpaint"] = inpaint
     own_defaults = _read_defaults(data.get("defaults", {}))
     if kind == "lora" and ("refiner" in data or "refiner_switch" in data):
         raise VariantError("a LoRA uses its base's refiner; set refiner in the base's variant.toml")

@@ -33,6 +33,7 @@ class VariantDefaults:
     # only GPU worker for half an hour.
     max_side: int = 0
     max_pixels: int = 0
+    strength: float = 0.6  # image prompts: how far the image may be changed (0.1-1)
     # What the model is and what finishes its images: from variant.toml's top level (`refiner = ...`),
     # never from [defaults] or config.toml, because they describe the weights, not a taste.
     role: str = "text2image"  # one of ROLES
@@ -85,5 +86,7 @@ def check_defaults(values: Mapping[str, Any], where: str) -> None:
     for side in ("width", "height"):
         if values.get("max_side") and values.get(side) is not None and values[side] > values["max_side"]:
             raise ValueError(f"{where}.{side} ({values[side]}) is over {where}.max_side ({values['max_side']})")
+    if values.get("strength") is not None and not 0.1 <= values["strength"] <= 1:
+        raise ValueError(f"{where}.strength must be 0.1-1, got {values['strength']}")
     if values.get("steps") is not None and values["steps"] < 1:
         raise ValueError(f"{where}.steps must be at least 1, got {values['steps']}")

@@ -594,7 +594,7 @@ def test_strength_is_checked_and_only_kept_with_an_init_image():
     assert resolve(options_from_fields("a fox", strength=0.5), VARIANTS, "demo", LIMITS).strength is None
     error = user_error(resolve, options_from_fields("a fox", init_image="x.png", strength=1.5), VARIANTS, "demo",
                        LIMITS)
-    assert str(error) == "strength must be 0.05-1, got 1.5."
+    assert str(error) == "--strength must be 0.1-1 (how far the image may change), got 1.5."
 
 
 # --- keyword options (slash commands, HTTP JSON, CLI) ---------------------------------------

@@ -239,6 +239,11 @@ async def test_two_devices_run_two_batches_at_once_with_the_same_images_as_one(m
     watcher.cancel()
     assert max(seen_in_flight) == 2
     assert two.executor.metrics()["devices"] == 2
+    from bot.frontends.web.metrics import prometheus_text
+
+    assert "imagebot_executor_capacity 2" in prometheus_text(await two.metrics())
+    [demo] = [m for m in await two.list_variants(ADMIN) if m["name"] == "demo"]
+    assert demo["where"] == ["cpu", "cpu"]  # each device loaded it for its own batches
     for single, double in zip(jobs[one], jobs[two]):
         assert single.status == double.status == "done"
         a = (one.config.storage.outputs_path() / single.images[0].file).read_bytes()

@@ -9,6 +9,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray tests need the [ray] extra")
 
 from bot.core.jobs import Origin  # noqa: E402
+from bot.frontends.web.metrics import prometheus_text  # noqa: E402
 from bot.stack import open_stack  # noqa: E402
 from tests.helpers.models import add_pipeline_variant  # noqa: E402
 from tests.helpers.service import service_config  # noqa: E402
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.ray
 
 ALICE = Origin("web", "alice", chat_id="web")
 BOB = Origin("web", "bob", chat_id="web")
+ADMIN = Origin("web", "root", chat_id="web", is_admin=True)
 ENGINE = {"device": "cpu", "threads": 1}
 QUEUE = {"batch_window": 0.0, "max_queued_per_user": 0, "max_jobs_per_hour": 0}
 
@@ -89,14 +91,23 @@ async def test_jobs_run_through_ray_with_the_local_executors_images_and_paramete
         assert [i.seed for i in ray_job.images] == [i.seed for i in local_job.images]
         # Byte for byte: the pixels and the parameters chunk (prompt, seed, steps, model, version).
         assert files_of(remote, ray_job) == files_of(local, local_job)
-    kinds = []
+    seen = []
     while not events.queue.empty():
-        kinds.append(events.queue.get_nowait()["type"])
-    assert kinds.count("progress") >= 6 and kinds.count("done") == 2  # steps streamed back from the replica
+        seen.append(events.queue.get_nowait())
+    assert [e["type"] for e in seen].count("done") == 2
+    for job in over_ray:  # steps streamed back from the replica, up to the last
+        steps = [(e["step"], e["total"]) for e in seen if e["type"] == "progress" and e["job"] == job.id]
+        assert steps and steps[-1] == (3, 3) and steps == sorted(steps)
     metrics = remote.executor.metrics()
     assert metrics["ray_calls"] == 2 and metrics["ray_lost_calls"] == 0 and metrics["ray_replicas"] == 1
-    assert remote.executor.placement() == {"demo": [next(iter(remote.executor._replicas.values()))[0] + "/" +
-                                                    next(iter(remote.executor._replicas))]}
+    text = prometheus_text(await remote.service.metrics())
+    assert "imagebot_ray_replicas 1" in text and "imagebot_ray_calls_total 2" in text
+    assert 'imagebot_ray_replica_variant{replica="' in text and 'model="demo"} 1' in text
+    # Admins see where each variant is resident (node/replica); others only that it is loaded.
+    [demo] = [m for m in await remote.service.list_variants(ADMIN) if m["name"] == "demo"]
+    assert demo["loaded"] and len(demo["where"]) == 1 and demo["where"][0].count("/") == 1
+    [public] = [m for m in await remote.service.list_variants(ALICE) if m["name"] == "demo"]
+    assert public["loaded"] and "where" not in public
 
 
 async def test_each_variant_stays_on_the_replica_that_holds_it(make_stack, models_dir, tiny_pipeline_dir):

@@ -4,6 +4,11 @@ The real discord.py client and HTTP layer talk to this server (`discord.http.Rou
 here), so every request the library makes is recorded as it went over the wire: JSON bodies and
 multipart uploads (payload_json plus files). Failures can be injected per request (a 429, a 404), and
 a request can be held until the test lets it through.
+
+It is also a gateway (`GET /gateway/bot` names it): each websocket says HELLO, takes an IDENTIFY
+for one shard, answers READY and a GUILD_CREATE for each of `guilds` on that shard (Discord's rule:
+`(guild_id >> 22) % shard_count`), acknowledges heartbeats, and `dispatch()` sends an event down a
+shard as Discord would.
 """
 
 from __future__ import annotations
@@ -68,16 +73,27 @@ class FakeDiscord:
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.base = ""
+        self.gateway_url = ""
+        self.shards = 1  # what GET /gateway/bot recommends
+        self.guilds = [GUILD]  # the servers the bot is in
+        self.identified: list[list[int]] = []  # [shard id, shard count] of each IDENTIFY
+        self.sockets: dict[int, web.WebSocketResponse] = {}  # shard id -> its gateway connection
+        self._sequence = itertools.count(1)
+        self.cdn: dict[str, bytes] = {}  # attachment path -> bytes users attached
+        self.cdn_downloads: list[str] = []
 
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._handle)
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{tail:.*}", self._cdn)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.base = f"http://127.0.0.1:{port}/api/v10"
+        self.gateway_url = f"ws://127.0.0.1:{port}/gateway"
 
     async def stop(self) -> None:
         for rule in self.rules:
@@ -119,6 +135,22 @@ class FakeDiscord:
         except asyncio.TimeoutError:
             seen = "\n".join(f"  {c.method} {c.path} -> {c.status}" for c in self.calls)
             raise AssertionError(f"no {method} {pattern} within {timeout} s; calls were:\n{seen}") from None
+
+    def attach(self, filename: str, data: bytes, content_type: str = "image/png") -> dict:
+        """A file a user attached, served by this fake's CDN; returns the attachment object."""
+        attachment_id = str(next(self._ids))
+        path = f"{attachment_id}/{filename}"
+        self.cdn[path] = data
+        url = self.base.replace("/api/v10", "/attachments/") + path
+        return {"id": attachment_id, "filename": filename, "size": len(data), "url": url, "proxy_url": url,
+                "content_type": content_type}
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        path = request.match_info["tail"]
+        if path not in self.cdn:
+            return web.Response(status=404)
+        self.cdn_downloads.append(path)
+        return web.Response(body=self.cdn[path], content_type="application/octet-stream")
 
     # --- answering ------------------------------------------------------------------------------
 
@@ -176,6 +208,9 @@ class FakeDiscord:
     def _route(self, method: str, path: str, call: Call) -> Any:
         if path == "/users/@me":
             return bot_user()
+        if path == "/gateway/bot":
+            return {"url": self.gateway_url, "shards": self.shards,
+                    "session_start_limit": {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}}
         if path == "/oauth2/applications/@me":
             return {"id": str(APP_ID), "name": "imagebot", "icon": None, "description": "", "bot_public": True,
                     "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0,
@@ -205,6 +240,37 @@ class FakeDiscord:
             return self.message(call.json or {}, CHANNEL, call.files)
         raise LookupError(f"Unknown route {method} {path}")
 
+    # --- the gateway ---------------------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.send_json({"op": 10, "d": {"heartbeat_interval": 45000}, "s": None, "t": None})
+        async for frame in socket:
+            data = json.loads(frame.data)
+            if data["op"] == 1:  # heartbeat
+                await socket.send_json({"op": 11, "d": None, "s": None, "t": None})
+            elif data["op"] == 2:  # identify
+                shard_id, count = data["d"].get("shard", [0, 1])
+                self.identified.append([shard_id, count])
+                self.sockets[shard_id] = socket
+                mine = [guild for guild in self.guilds if (guild >> 22) % count == shard_id]
+                await self._send(socket, "READY", {
+                    "v": 10, "user": bot_user(), "session_id": f"session-{shard_id}", "shard": [shard_id, count],
+                    "resume_gateway_url": self.gateway_url, "application": {"id": str(APP_ID), "flags": 0},
+                    "guilds": [{"id": str(guild), "unavailable": True} for guild in mine]})
+                for guild in mine:
+                    await self._send(socket, "GUILD_CREATE", guild_payload(guild))
+                self._changed.set()
+        return socket
+
+    async def _send(self, socket: web.WebSocketResponse, event: str, data: dict) -> None:
+        await socket.send_json({"op": 0, "t": event, "s": next(self._sequence), "d": data})
+
+    async def dispatch(self, shard_id: int, event: str, data: dict) -> None:
+        """Send a gateway event (e.g. INTERACTION_CREATE) down the connection of shard `shard_id`."""
+        await self._send(self.sockets[shard_id], event, data)
+
     def message(self, payload: dict, channel_id: int, files: list[Upload] = ()) -> dict:
         attachments = [{"id": str(next(self._ids)), "filename": f.filename, "size": len(f.data),
                         "url": f"https://cdn.invalid/{f.filename}", "proxy_url": f"https://cdn.invalid/{f.filename}"}
@@ -222,6 +288,19 @@ class FakeDiscord:
 def bot_user() -> dict:
     return {"id": str(BOT_ID), "username": "imagebot", "discriminator": "0", "avatar": None, "bot": True,
             "global_name": None, "flags": 0}
+
+
+def guild_payload(guild: int) -> dict:
+    """A GUILD_CREATE of a server with one text channel, as the `guilds` intent delivers it."""
+    channel = CHANNEL if guild == GUILD else guild + 1
+    return {"id": str(guild), "name": f"server-{guild}", "owner_id": str(ADMIN), "unavailable": False,
+            "member_count": 3, "large": False, "joined_at": "2024-01-01T00:00:00+00:00", "preferred_locale": "en-US",
+            "roles": [], "emojis": [], "stickers": [], "features": [], "members": [], "voice_states": [],
+            "presences": [], "threads": [], "stage_instances": [], "guild_scheduled_events": [],
+            "channels": [{"id": str(channel), "type": 0, "guild_id": str(guild), "name": "general", "position": 0,
+                          "nsfw": False, "permission_overwrites": []}],
+            "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
+            "mfa_level": 0, "nsfw_level": 0, "premium_tier": 0, "system_channel_flags": 0}
 
 
 _interaction_ids = itertools.count(300000000000000001)
@@ -254,6 +333,13 @@ def command(name: str, *, user: int = ALICE, channel: int = CHANNEL, roles: tupl
 
 def _options(options: dict[str, Any]) -> list[dict]:
     return [{"name": key, "type": OPTION_TYPES[type(value)], "value": value} for key, value in options.items()]
+
+
+def with_attachment(payload: dict, option: str, attachment: dict) -> dict:
+    """`payload` (a slash command) with an attachment option, resolved as Discord sends it."""
+    payload["data"]["options"].append({"name": option, "type": 11, "value": attachment["id"]})
+    payload["data"].setdefault("resolved", {}).setdefault("attachments", {})[attachment["id"]] = attachment
+    return payload
 
 
 def subcommand(group: str, sub: str, /, *, user: int = ALICE, channel: int = CHANNEL, roles: tuple[int, ...] = (),

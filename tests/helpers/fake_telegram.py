@@ -58,6 +58,8 @@ class FakeBotApi:
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.files: dict[str, bytes] = {}  # file_id -> what getFile's path downloads
+        self.downloads: list[str] = []  # file ids whose bytes the bot fetched
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -65,6 +67,7 @@ class FakeBotApi:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/bot{token}/{method}", self._handle)
         app.router.add_get("/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, access_log=None)  # its URLs carry the token: no access log
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -87,6 +90,12 @@ class FakeBotApi:
         self._updates.append(update)
         asyncio.get_running_loop().create_task(self._notify())
         return update["update_id"]
+
+    def add_file(self, file_id: str, data: bytes) -> dict[str, Any]:
+        """A file users sent (a photo, a document) that getFile and the file URL serve; returns
+        its PhotoSize-like description for a raw update."""
+        self.files[file_id] = data
+        return {"file_id": file_id, "file_unique_id": f"u-{file_id}", "file_size": len(data)}
 
     def next_message_id(self) -> int:
         return next(self._message_ids)
@@ -148,6 +157,15 @@ class FakeBotApi:
         await self._notify()
         return _ok(call.result)
 
+    async def _download(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return _error(401, "Unauthorized")
+        file_id = request.match_info["path"].rsplit("/", 1)[-1]
+        if file_id not in self.files:
+            return _error(404, "Not Found")
+        self.downloads.append(file_id)
+        return web.Response(body=self.files[file_id], content_type="application/octet-stream")
+
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         offset = int(params.get("offset") or 0)
         self._updates = [u for u in self._updates if u["update_id"] >= offset]  # confirmed ones go
@@ -171,6 +189,12 @@ class FakeBotApi:
                     for item in params["media"]]
         if method in ("editMessageText", "editMessageMedia", "editMessageCaption"):
             return self._message(params, method, message_id=int(params["message_id"]))
+        if method == "getFile":
+            file_id = str(params["file_id"])
+            if file_id not in self.files:
+                return None
+            return {"file_id": file_id, "file_unique_id": f"u-{file_id}", "file_size": len(self.files[file_id]),
+                    "file_path": f"photos/{file_id}"}
         if method == "getChatMember":
             admin = (int(params["chat_id"]), int(params["user_id"])) in self.chat_admins
             user = {"id": int(params["user_id"]), "is_bot": False, "first_name": "Someone"}

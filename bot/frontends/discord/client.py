@@ -25,7 +25,11 @@ FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 300.0
 
 
-class ImageBot(discord.Client):
+class ImageBot(discord.AutoShardedClient):
+    """One process, as many gateway shards as the bot needs: `[discord] shards`, or with 0 what
+    Discord recommends for the number of servers the bot is in (`GET /gateway/bot`; one shard
+    below about a thousand servers, and Discord requires them from 2,500)."""
+
     def __init__(self, frontend: "DiscordFrontend") -> None:
         # Slash commands and buttons need no privileged intents; guilds keeps channels and roles cached.
         intents = discord.Intents.none()
@@ -34,13 +38,17 @@ class ImageBot(discord.Client):
         discord.VoiceClient.warn_nacl = False
         discord.VoiceClient.warn_dave = False
         # Nobody is pinged unless a message names them explicitly (prompts may contain @everyone).
-        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none(),
+                         shard_count=frontend.config.discord.shards or None)
         self.frontend = frontend
         self.tree = Tree(self)
 
     async def setup_hook(self) -> None:
         """Runs once after login, before the gateway connects."""
         await self.frontend.setup()
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        log.info("discord: gateway shard %d of %d ready", shard_id + 1, self.shard_count or 1)
 
 
 class DiscordFrontend:

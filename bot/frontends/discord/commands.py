@@ -20,7 +20,9 @@ from bot.core.errors import UserError
 from bot.core.jobs import QUEUED, Origin, is_public_id, short_id
 from bot.core.messages import FALLBACK_LOCALE
 from bot.core.request import MAX_SEED, SCHEDULERS, parse_prompt
+from bot.core.resolve import MIN_STRENGTH
 from bot.core.service import JobRef
+from bot.core.uploads import FORMATS
 from bot.frontends.discord.access import PLATFORM, check_channel, origin_of
 from bot.frontends.discord.delivery import TRANSIENT, Delivery
 from bot.frontends.discord.render import status_text
@@ -103,11 +105,15 @@ class Commands:
 
     # --- the jobs ------------------------------------------------------------------------------
 
-    async def imagine(self, interaction: discord.Interaction, prompt: str, **fields: Any) -> None:
-        def submit() -> Awaitable[Any]:
+    async def imagine(self, interaction: discord.Interaction, prompt: str,
+                      image: Optional[discord.Attachment] = None, **fields: Any) -> None:
+        """/imagine; with an `image` attachment, that image is the image prompt."""
+        async def submit() -> Any:
             check_channel(interaction, self.discord)
             values = {name: value for name, value in fields.items() if value is not None}
-            return self.service.submit(prompt, origin_of(interaction, self.discord), **values)
+            if image is not None:
+                values["image"] = await read_attachment(image, self.config.limits.max_upload_bytes)
+            return await self.service.submit(prompt, origin_of(interaction, self.discord), **values)
 
         await self._queue_job(interaction, submit)
 
@@ -325,6 +331,7 @@ class Commands:
         Refiner = app_commands.Range[float, 0.0, 0.99]  # where a model's refiner takes over; 0 = off
         Count = app_commands.Range[int, 1, limits.max_images]
         Seed = app_commands.Range[int, -1, MAX_SEED]
+        Strength = app_commands.Range[float, MIN_STRENGTH, 1.0]
         commands = self
 
         async def text_reply(interaction: discord.Interaction, work: Awaitable[str]) -> None:
@@ -340,16 +347,18 @@ class Commands:
                                size=command_text("dc_opt_size"), steps=command_text("dc_opt_steps"),
                                guidance=command_text("dc_opt_guidance"), seed=command_text("dc_opt_seed"),
                                count=command_text("dc_opt_count"), scheduler=command_text("dc_opt_scheduler"),
+                               image=command_text("dc_opt_image"), strength=command_text("dc_opt_strength"),
                                refiner=command_text("dc_opt_refiner"))
         @app_commands.choices(scheduler=[app_commands.Choice(name=name, value=name) for name in SCHEDULERS])
         async def imagine(interaction: discord.Interaction, prompt: Prompt, negative: Optional[str] = None,
                           model: Optional[str] = None, aspect: Optional[str] = None, size: Optional[str] = None,
                           steps: Optional[Steps] = None, guidance: Optional[Guidance] = None,
                           seed: Optional[Seed] = None, count: Optional[Count] = None,
-                          scheduler: Optional[str] = None, refiner: Optional[Refiner] = None) -> None:
-            await commands.imagine(interaction, prompt, negative_prompt=negative, model=model, aspect=aspect, size=size,
-                                   steps=steps, guidance=guidance, seed=seed, count=count, scheduler=scheduler,
-                                   refiner=refiner)
+                          scheduler: Optional[str] = None, refiner: Optional[Refiner] = None,
+                          image: Optional[discord.Attachment] = None, strength: Optional[Strength] = None) -> None:
+            await commands.imagine(interaction, prompt, image, negative_prompt=negative, model=model, aspect=aspect,
+                                   size=size, steps=steps, guidance=guidance, seed=seed, count=count,
+                                   scheduler=scheduler, refiner=refiner, strength=strength)
 
         @imagine.autocomplete("model")
         async def imagine_model(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -436,6 +445,16 @@ class Commands:
 
         for command in (imagine, model, admin, queue, cancel, settings, history, help_):
             tree.add_command(command)
+
+
+async def read_attachment(attachment: discord.Attachment, limit: int) -> bytes:
+    """An attachment's bytes from Discord's CDN; one Discord says is too large is not fetched."""
+    if attachment.size > limit:
+        raise UserError("upload_too_large", what="image", got=f"{attachment.size / 2**20:.1f} MiB",
+                        limit=f"{limit / 2**20:.1f} MiB")
+    if attachment.content_type and not attachment.content_type.startswith("image/"):
+        raise UserError("upload_not_image", what="image", formats=", ".join(FORMATS))
+    return await attachment.read()
 
 
 def _quote(prompt: str, limit: int = 80) -> str:

@@ -23,7 +23,7 @@ from bot.core.errors import UserError
 from bot.core.jobs import Origin, is_public_id, short_id
 from bot.core.request import parse_prompt
 from bot.core.service import Service, Submitted
-from bot.frontends.telegram import keyboards
+from bot.frontends.telegram import images, keyboards
 from bot.frontends.telegram.delivery import reply_kwargs, send_png
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.status_message import delete_quietly
@@ -71,12 +71,16 @@ class Handlers:
         app.add_handler(CallbackQueryHandler(self.button))
         app.add_handler(MessageHandler(new & filters.COMMAND, self._checked(self.unknown_command, addressed_only=True)))
         app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE & filters.TEXT, self._checked(self.prompt)))
+        # A photo (or an image sent as a file) with a caption is an image prompt: any caption in a
+        # private chat, a caption starting with /imagine in a group.
+        pictures = filters.PHOTO | filters.Document.IMAGE
+        app.add_handler(MessageHandler(new & pictures, self._checked(self.picture, addressed=images.for_me)))
         app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE, self._checked(self.unsupported)))
         app.add_error_handler(self.error)
 
     # --- common ------------------------------------------------------------------------------------
 
-    def _checked(self, handler: Handler, addressed_only: bool = False):
+    def _checked(self, handler: Handler, addressed_only: bool = False, addressed=None):
         """`handler` behind the checks every message gets: who and where, an allowed chat (else a
         refusal), UserErrors shown to the user; `addressed_only`: silent unless the message is for
         this bot (a private chat, or a command naming it)."""
@@ -85,6 +89,8 @@ class Handlers:
             if message is None or user is None or chat is None:
                 return
             if addressed_only and not _addressed_to_me(message, chat, context.bot.username):
+                return
+            if addressed is not None and not addressed(message, chat, context.bot.username):
                 return
             if not self._allowed(chat, user):
                 log.info("telegram: refused chat %s (not in [telegram] allowed_chats)", chat.id)
@@ -125,8 +131,27 @@ class Handlers:
     # --- prompts -------------------------------------------------------------------------------------
 
     async def imagine(self, message: Message, origin: Origin, args: str, context) -> None:
+        """/imagine PROMPT; in reply to a picture, that picture is the image prompt."""
+        replied = message.reply_to_message
+        picture = images.picture_of(replied) if replied is not None else None
+        if picture is not None:
+            await self._imagine_from(picture, message, origin, args, context)
+            return
         await self._queue(context.bot, message.chat_id, message.message_id, _thread(message), origin,
                           lambda o: self.service.submit(args, o))
+
+    async def picture(self, message: Message, origin: Origin, args: str, context) -> None:
+        """A photo or image file with a caption: the caption is the prompt, the picture the image prompt."""
+        caption = images.caption_prompt(message)
+        if not caption:
+            await reply(message, render("tg_picture_needs_caption", origin.locale))
+            return
+        await self._imagine_from(images.picture_of(message), message, origin, caption, context)
+
+    async def _imagine_from(self, picture, message: Message, origin: Origin, prompt: str, context) -> None:
+        data = await images.download(context.bot, picture, self.config.limits.max_upload_bytes)
+        await self._queue(context.bot, message.chat_id, message.message_id, _thread(message), origin,
+                          lambda o: self.service.submit(prompt, o, image=data))
 
     async def prompt(self, message: Message, origin: Origin, args: str, context) -> None:
         """A plain text message in a private chat is a prompt."""

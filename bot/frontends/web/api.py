@@ -22,6 +22,7 @@ from bot.frontends.web.clients import trusted_networks
 from bot.frontends.web.errors import add_error_handlers
 from bot.frontends.web.limits import FailureLimit, StreamSlots
 from bot.frontends.web.routes import ROUTERS
+from bot.frontends.web.routes.uploads import UPLOAD_PATHS
 from bot.frontends.web.security import Security
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -37,7 +38,8 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
     app.state.trusted_proxies = trusted_networks(config.web)
     app.state.streams = StreamSlots(config.web.max_streams_per_client, config.web.max_streams)
     app.state.admin_failures = FailureLimit()
-    app.add_middleware(BodyLimit)
+    app.state.sign_in_failures = FailureLimit(refusal="api_too_many_sign_in_failures")
+    app.add_middleware(BodyLimit, larger={path: config.limits.max_upload_bytes for path in UPLOAD_PATHS})
     app.add_middleware(Security, web=config.web)  # added last: outermost, so every answer has its headers
     add_error_handlers(app)
     for router in ROUTERS:

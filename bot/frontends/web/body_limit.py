@@ -15,24 +15,26 @@ class BodyLimit:
     one is refused before the application parses anything.
     """
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.larger = larger or {}  # path -> its own limit (image uploads)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.larger.get(scope.get("path", ""), self.limit)
         length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self._refuse(scope, receive, send)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await self._refuse(scope, receive, send, limit)
         body = bytearray()
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 return  # the client went away
             body += message.get("body", b"")
-            if len(body) > self.limit:
-                return await self._refuse(scope, receive, send)
+            if len(body) > limit:
+                return await self._refuse(scope, receive, send, limit)
             if not message.get("more_body", False):
                 break
         replayed = False
@@ -46,7 +48,7 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope, receive, send) -> None:
+    async def _refuse(self, scope, receive, send, limit: int) -> None:
         locale = dict(scope.get("headers", [])).get(b"accept-language", b"").decode("latin-1") or None
-        response = error_response(413, render("api_too_large", locale, kib=self.limit // 1024), "too_large")
+        response = error_response(413, render("api_too_large", locale, kib=limit // 1024), "too_large")
         await response(scope, receive, send)

@@ -30,11 +30,11 @@ def client_address(connection: HTTPConnection, trusted: tuple[Network, ...]) -> 
     hop that is not itself a trusted proxy (hops to its left were written by the client and prove
     nothing)."""
     address = connection.client.host if connection.client else "unknown"
-    if not trusted or not _is_trusted(address, trusted):
+    if not trusted or not is_trusted(address, trusted):
         return address
     hops = [hop.strip() for hop in ",".join(connection.headers.getlist("x-forwarded-for")).split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
+        if not is_trusted(hop, trusted):
             return hop if _is_address(hop) else address
         address = hop
     return address
@@ -50,7 +50,7 @@ def client_key(connection: HTTPConnection, address: str) -> str:
     return key
 
 
-def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

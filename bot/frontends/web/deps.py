@@ -3,8 +3,10 @@ given, who is calling (an `Origin`), whether they are an admin, and their langua
 
 Callers are told apart by the `X-Imagebot-User` header (the web page sends a random key it keeps)
 or, without one, by address (bot/frontends/web/clients.py); admin calls carry
-`Authorization: Bearer $IMAGEBOT_ADMIN_TOKEN`. The headers are read from the request, not declared
-as parameters, so the API schema stays what clients already know.
+`Authorization: Bearer $IMAGEBOT_ADMIN_TOKEN`. With `[web] auth = "password"` a caller is their
+account instead (the session cookie, bot/frontends/web/routes/session.py), and only signed-in
+callers, or ones with the admin token, get past `require_sign_in`. The headers are read from the
+request, not declared as parameters, so the API schema stays what clients already know.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from bot.config import Config, Secrets
+from bot.core.accounts import Account
 from bot.core.errors import UserError
 from bot.core.jobs import Origin
 from bot.core.service import Service
@@ -43,29 +46,70 @@ def get_address(request: Request) -> str:
     return client_address(request, request.app.state.trusted_proxies)
 
 
-def get_caller(request: Request, secrets: Annotated[Secrets, Depends(get_secrets)],
-               address: Annotated[str, Depends(get_address)]) -> Origin:
-    """Who is calling: their client key, else their address; 400 for a malformed key."""
+SESSION_COOKIE = "imagebot_session"
+
+
+async def get_account(request: Request) -> Account | None:
+    """The signed-in account ([web] auth = "password"), from the session cookie; None without one."""
+    if request.app.state.config.web.auth != "password":
+        return None
+    token = request.cookies.get(SESSION_COOKIE)
+    return await get_service(request).accounts.account_of(token) if token else None
+
+
+def get_token_admin(request: Request, secrets: Annotated[Secrets, Depends(get_secrets)],
+                    address: Annotated[str, Depends(get_address)]) -> bool:
+    """Whether the call carries the admin token. A wrong one counts against the address (429
+    beyond the limit), on whatever route it is tried."""
     token = _bearer(request)
-    return Origin(platform="web", user_id=client_key(request, address), chat_id="web", locale=get_locale(request),
-                  is_admin=token is not None and _is_admin_token(token, secrets), address=address)
+    if token is None or not secrets.admin_token:
+        return False
+    failures = request.app.state.admin_failures
+    failures.check(address)
+    if _is_admin_token(token, secrets):
+        return True
+    failures.failed(address)
+    return False
+
+
+async def require_sign_in(request: Request, account: Annotated[Account | None, Depends(get_account)],
+                          token_admin: Annotated[bool, Depends(get_token_admin)]) -> None:
+    """With [web] auth = "password", 401 for a caller that is neither signed in nor holds the admin token."""
+    if request.app.state.config.web.auth == "password" and account is None and not token_admin:
+        raise UserError("sign_in_required")
+
+
+async def get_caller(request: Request, address: Annotated[str, Depends(get_address)],
+                     account: Annotated[Account | None, Depends(get_account)],
+                     token_admin: Annotated[bool, Depends(get_token_admin)],
+                     _: Annotated[None, Depends(require_sign_in)]) -> Origin:
+    """Who is calling: their account, else their client key, else their address; 400 for a malformed key."""
+    locale = get_locale(request)
+    if account is not None:
+        return Origin(platform="web", user_id=account.user_id, chat_id="web", user_name=account.name,
+                      locale=locale, is_admin=account.is_admin or token_admin, address=address)
+    return Origin(platform="web", user_id=client_key(request, address), chat_id="web", locale=locale,
+                  is_admin=token_admin, address=address)
 
 
 def get_admin(request: Request, caller: Annotated[Origin, Depends(get_caller)],
+              account: Annotated[Account | None, Depends(get_account)],
               secrets: Annotated[Secrets, Depends(get_secrets)]) -> Origin:
-    """The caller as an admin, or a refusal: 403 when the admin API is off, 401 without a token,
-    403 with a wrong one, 429 after too many wrong or missing tokens from the address."""
+    """The caller as an admin (an admin account, or the admin token), or a refusal: 403 when the
+    admin API is off, 401 without a token, 403 with a wrong one or for an account that is not an
+    admin's, 429 after too many wrong or missing tokens from the address."""
+    if caller.is_admin:
+        return caller
+    if account is not None:
+        raise UserError("not_admin")
     if not secrets.admin_token:
         raise UserError("admin_api_disabled")
-    failures = request.app.state.admin_failures
-    failures.check(caller.address)
     if _bearer(request) is None:
+        failures = request.app.state.admin_failures
+        failures.check(caller.address)
         failures.failed(caller.address)
         raise UserError("admin_token_missing")
-    if not caller.is_admin:
-        failures.failed(caller.address)
-        raise UserError("not_admin")
-    return caller
+    raise UserError("not_admin")  # a wrong token: get_token_admin has counted it
 
 
 def _bearer(request: Request) -> str | None:
@@ -85,3 +129,5 @@ Locale = Annotated[str | None, Depends(get_locale)]
 Address = Annotated[str, Depends(get_address)]
 Caller = Annotated[Origin, Depends(get_caller)]
 Admin = Annotated[Origin, Depends(get_admin)]
+AccountDep = Annotated[Account | None, Depends(get_account)]
+SignedIn = Depends(require_sign_in)  # for a router's dependencies: its routes need a signed-in caller

@@ -26,9 +26,18 @@ STATUS_BY_KEY = {
     "rate_limited": 429,
     "shutting_down": 503,
     "storage_unavailable": 503,
-    "storage_full": 507,
+    "storage_full": 507,  # Insufficient Storage: the disk (or the database's size limit) is full
+    "upload_too_large": 413,
+    "upload_too_many_pixels": 413,
+    "upload_not_image": 415,
+    "upload_unknown": 404,
+    "uploads_full": 503,
     "api_too_many_streams": 429,
-    "api_too_many_admin_failures": 429,  # Insufficient Storage: the disk (or the database's size limit) is full
+    "api_too_many_admin_failures": 429,
+    "sign_in_required": 401,
+    "sign_in_failed": 401,
+    "api_too_many_sign_in_failures": 429,
+    "accounts_off": 404,
 }
 
 

@@ -1,4 +1,4 @@
-"""What one client may hold or try at once: open event streams, and wrong admin tokens.
+"""What one client may hold or try at once: open event streams, wrong admin tokens and failed sign-ins.
 
 In memory: both are about this process's connections, and a restart clears them harmlessly.
 """
@@ -34,10 +34,11 @@ class StreamSlots:
 
 class FailureLimit:
     """At most `limit` failures per address within `window` seconds; beyond that the address is
-    refused before the token is even compared, so the admin token cannot be guessed at speed."""
+    refused before the token or password is even compared, so neither can be guessed at speed."""
 
-    def __init__(self, limit: int = 10, window: float = 60.0) -> None:
+    def __init__(self, limit: int = 10, window: float = 60.0, refusal: str = "api_too_many_admin_failures") -> None:
         self.limit = limit
+        self.refusal = refusal  # the UserError key of the answer beyond the limit
         self.window = window
         self.failures: dict[str, deque[float]] = defaultdict(deque)
 
@@ -50,7 +51,7 @@ class FailureLimit:
         if not failures:
             del self.failures[address]
         elif len(failures) >= self.limit:
-            raise UserError("api_too_many_admin_failures")
+            raise UserError(self.refusal)
 
     def failed(self, address: str) -> None:
         self.failures[address].append(time.monotonic())

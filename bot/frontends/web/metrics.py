@@ -42,7 +42,30 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
            [({}, metrics.get("worker_failed_passes", 0))])
     metric("imagebot_hung_generations_total", "counter", "Generations abandoned after hanging past the timeout.",
            [({}, metrics.get("hung_generations", 0))])
+    metric("imagebot_executor_capacity", "gauge", "Batches the executor runs at once (devices, or Ray replica slots).",
+           [({}, metrics.get("executor_capacity", 1))])
+    metric("imagebot_batches_in_flight", "gauge", "Batches on the executor now.", [({}, metrics.get("batches_in_flight", 0))])
+    metric("imagebot_jobs_requeued_total", "counter", "Jobs queued again after the worker running them was lost.",
+           [({}, metrics.get("jobs_requeued", 0))])
+    if "ray_calls" in metrics:
+        _ray_metrics(metric, metrics)
     return "\n".join(lines) + "\n"
+
+
+def _ray_metrics(metric, metrics: dict[str, Any]) -> None:
+    placement = metrics.get("ray_placement", {})
+    metric("imagebot_ray_replicas", "gauge", "Ray Serve replicas that have answered.", [({}, len(placement))])
+    metric("imagebot_ray_replica_variant", "gauge", "Variants loaded per replica (1 = loaded), as of its last reply.",
+           [({"replica": replica, "node": node, "model": name}, 1)
+            for replica, (node, resident) in sorted(placement.items()) for name in resident])
+    metric("imagebot_ray_calls_total", "counter", "Batches sent to Ray Serve replicas.", [({}, metrics["ray_calls"])])
+    metric("imagebot_ray_lost_calls_total", "counter", "Calls lost with their replica or node; their jobs were retried.",
+           [({}, metrics.get("ray_lost_calls", 0))])
+    metric("imagebot_ray_unavailable_total", "counter", "Times the Ray cluster could not be reached.",
+           [({}, metrics.get("ray_unavailable", 0))])
+    metric("imagebot_ray_dispatch_seconds", "gauge",
+           "Mean seconds of a call not spent generating (routing, transfer, writing images here).",
+           [({}, round(metrics.get("ray_dispatch_seconds_mean", 0.0), 6))])
 
 
 def _escape(value: str) -> str:

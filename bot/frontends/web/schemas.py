@@ -39,6 +39,9 @@ class JobIn(BaseModel):
     count: Scalar = None
     scheduler: str | None = None
     refiner: Scalar = None  # where the model's refiner takes over (0.7), 0 or "off" for none
+    image: str | None = Field(default=None, max_length=64)  # a handle from POST /api/uploads: an image prompt
+    mask: str | None = Field(default=None, max_length=64)  # ... and a mask for it (white is redrawn)
+    strength: Scalar = None  # with an image: how far it may change, 0.1-1
 
 
 class DeriveIn(BaseModel):
@@ -55,12 +58,20 @@ class DefaultModelIn(BaseModel):
 
 
 class BanIn(BaseModel):
-    """Whom to ban: "web:<client key>" (or "web:anon-<address>"), "telegram:<user id>" or "discord:<user id>"."""
+    """Whom to ban: "web:<client key>" (or "web:anon-<address>", "web:user:<account>"), "telegram:<user id>"
+    or "discord:<user id>"."""
 
     model_config = ConfigDict(extra="forbid")
 
     user: str = Field(pattern=r"^(web|telegram|discord):[A-Za-z0-9_.:-]{1,64}$")
     reason: str = Field(min_length=1, max_length=300)
+
+
+class SignInIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
 
 
 class UnbanIn(BaseModel):
@@ -96,8 +107,9 @@ def request_json(request: GenerationRequest) -> dict[str, Any]:
     """The request as it runs, less the server's file system: a source image shows as its file
     name (which is also its URL under /api/images/), never the folder it lies in."""
     data = request.to_dict()
-    if data.get("init_image"):
-        data["init_image"] = PurePath(data["init_image"]).name
+    for key in ("init_image", "mask_image"):
+        if data.get(key):
+            data[key] = PurePath(data[key]).name
     return data
 
 

@@ -57,6 +57,10 @@ def _is_address(host: str) -> bool:
     return True
 
 
+# Paths whose body is an image file (image/png, image/jpeg, ...). Like JSON, those types are not
+# ones a cross-site form can send, so a browser asks this server first (CORS), which refuses.
+IMAGE_BODY_PATHS = ("/api/uploads",)
+
 class Security:
     """The checks and headers above, as ASGI middleware (plain ASGI: event streams pass through)."""
 
@@ -96,7 +100,8 @@ class Security:
             return error_response(403, render("api_wrong_origin", locale, origin=origin[:100]), "wrong_origin")
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-        if media_type and media_type != "application/json" or has_body and not media_type:
+        image_body = media_type.startswith("image/") and scope.get("path") in IMAGE_BODY_PATHS
+        if media_type and media_type != "application/json" and not image_body or has_body and not media_type:
             return error_response(415, render("api_json_only", locale), "json_only")
         return None
 

@@ -12,11 +12,14 @@ import asyncio
 import io
 import itertools
 import logging
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -31,6 +34,7 @@ from tests.helpers.models import add_pipeline_variant
 from tests.helpers.ports import free_port
 from tests.helpers.service import start_service
 
+REPO = Path(__file__).resolve().parents[3]
 TOKEN = "123456789:AAE-test-token-that-must-never-be-logged"
 ALICE = {"id": 1001, "is_bot": False, "first_name": "Alice", "username": "alice", "language_code": "en"}
 BOB = {"id": 1002, "is_bot": False, "first_name": "Bob", "username": "bob", "language_code": "en-US"}
@@ -309,7 +313,7 @@ async def test_groups_answer_only_commands_for_this_bot_and_allowed_chats(make_s
     assert "allowed_chats" in (await bot.reply_to(refused)).params["text"]
     sticker = bot.send(ROOT, sticker={"file_id": "s2", "file_unique_id": "s2", "type": "regular", "width": 512,
                                       "height": 512, "is_animated": False, "is_video": False})
-    assert "text only" in (await bot.reply_to(sticker)).params["text"]  # admins' private chats are allowed
+    assert "I understand text" in (await bot.reply_to(sticker)).params["text"]  # admins' private chats are allowed
     help_ = bot.send(ROOT, "/help")
     assert "/imagine" in (await bot.reply_to(help_)).params["text"]
 
@@ -634,3 +638,94 @@ async def test_a_ban_in_a_forum_topic_names_the_user_given_not_the_topics_author
                       reply_to_message=root)
     assert (await bot.reply_to(banned)).params["text"] == f"User {ALICE['id']} is banned: spam"
     assert await bot.store.ban_reason(f"telegram:{BOB['id']}") is None
+
+
+# --- image prompts -------------------------------------------------------------------------------------
+
+SHAPES_PROMPT = "a red circle on a blue background --model shapes --seed 7"
+
+
+def shapes_photo() -> tuple[Image.Image, bytes]:
+    """A green square on yellow, as a phone would send it: a JPEG, larger than the model draws."""
+    image = Image.new("RGB", (32, 32), (240, 220, 20))
+    image.paste((20, 160, 40), (8, 8, 24, 24))
+    image = image.resize((128, 128), Image.Resampling.NEAREST)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=95)
+    return image, out.getvalue()
+
+
+def distance(a: Image.Image, b: Image.Image) -> float:
+    size = (32, 32)
+    return float(np.abs(np.asarray(a.convert("RGB").resize(size), dtype=float)
+                        - np.asarray(b.convert("RGB").resize(size), dtype=float)).mean())
+
+
+def add_shapes_model(models_dir) -> None:
+    """The shipped demo model (trained on coloured shapes), whose VAE keeps what an image shows."""
+    shutil.copytree(REPO / "models" / "demo", models_dir / "shapes")
+
+
+async def test_a_photo_with_a_caption_is_drawn_from(make_stack, fake_api, models_dir):
+    add_shapes_model(models_dir)
+    bot = await make_stack(telegram={"previews": False})
+    source, jpeg = shapes_photo()
+    small = {**fake_api.add_file("photo-small", jpeg[:100]), "width": 32, "height": 32}
+    large = {**fake_api.add_file("photo-large", jpeg), "width": 128, "height": 128}
+    asked = bot.send(ALICE, photo=[small, large], caption=f"{SHAPES_PROMPT} --strength 0.3")
+    drawn = (await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == asked))[0]
+    assert fake_api.downloads == ["photo-large"]  # the largest size, fetched from Telegram's file URL
+
+    text_only = bot.send(ALICE, SHAPES_PROMPT)
+    await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == text_only)
+    from_image, from_text = sorted(await bot.jobs_of(ALICE), key=lambda job: job.id)
+    assert from_image.request.strength == 0.3 and from_image.request.init_image is not None
+    assert from_text.request.init_image is None and from_text.request.seed == from_image.request.seed
+    outputs = bot.config.storage.outputs_path()
+    image_result = Image.open(outputs / from_image.images[0].file)
+    text_result = Image.open(outputs / from_text.images[0].file)
+    assert distance(image_result, source) < distance(text_result, source) - 10
+    assert drawn.params["caption"].startswith("a red circle on a blue background")
+    # The upload lies with the job, normalised to a PNG without the phone's metadata.
+    kept = Image.open(from_image.request.init_image)
+    assert kept.format == "PNG" and kept.size == (128, 128) and not kept.getexif()
+
+
+async def test_image_prompts_in_groups_replies_and_refusals(make_stack, fake_api, models_dir):
+    bot = await make_stack(telegram={"previews": False}, limits={"max_upload_bytes": 200_000,
+                                                                  "max_upload_pixels": 512 * 512})
+    _, jpeg = shapes_photo()
+    photo = [{**fake_api.add_file("p1", jpeg), "width": 128, "height": 128}]
+    ignored = bot.send(ALICE, chat=GROUP, photo=photo, caption="my holiday")  # not for the bot
+    wrong_bot = bot.send(ALICE, chat=GROUP, photo=photo, caption="/imagine@otherbot a cat")
+    asked = bot.send(ALICE, chat=GROUP, photo=photo, caption="/imagine a cat in a group --steps 1")
+    await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == asked)
+
+    # /imagine in reply to a picture (here an image sent as a file) starts from that picture.
+    document = {**fake_api.add_file("d1", jpeg), "file_name": "cat.jpg", "mime_type": "image/jpeg"}
+    picture = {"message_id": fake_api.next_message_id(), "date": int(time.time()), "chat": private(BOB),
+               "from": BOB, "document": document}
+    replying = bot.send(BOB, "/imagine a dog --steps 1 --iw 2", reply_to_message=picture)
+    await fake_api.wait_for("sendPhoto", lambda c: is_result(c) and replied_to(c) == replying)
+    (dog,) = await bot.jobs_of(BOB)
+    assert dog.request.init_image is not None and dog.request.strength == 0.2
+
+    # Refused with a clear answer: no caption; a file Telegram says is too large (never fetched);
+    # more pixels than allowed (refused from the header, before decoding).
+    no_caption = bot.send(BOB, photo=photo)
+    assert "Add a caption" in (await bot.reply_to(no_caption)).params["text"]
+    big = [{"file_id": "huge", "file_unique_id": "u-huge", "file_size": 5_000_000, "width": 2560, "height": 1920}]
+    too_big = bot.send(BOB, photo=big, caption="a cat")
+    assert (await bot.reply_to(too_big)).params["text"] == "The image is 4.8 MiB; the limit is 0.2 MiB."
+    wide = io.BytesIO()
+    Image.new("RGB", (1024, 1024)).save(wide, format="PNG")
+    fake_api.add_file("wide", wide.getvalue())
+    many_pixels = bot.send(BOB, photo=[{"file_id": "wide", "file_unique_id": "u-wide", "width": 1024,
+                                        "height": 1024}], caption="a cat")
+    status = (await bot.reply_to(many_pixels)).result["message_id"]
+    assert "1024x1024 pixels; the limit is 262144" in (await bot.status_text(status, "pixels")).params["text"]
+
+    assert "huge" not in fake_api.downloads
+    assert not [c for c in fake_api.calls if replied_to(c) in (ignored, wrong_bot)]
+    assert [job.request.prompt for job in await bot.jobs_of(ALICE)] == ["a cat in a group"]
+    assert len(await bot.jobs_of(BOB)) == 1

@@ -705,3 +705,57 @@ async def test_reroll_keeps_the_settings_with_a_new_seed(api):
     assert (await api.wait(response.json()["id"]))["status"] == "done"
     assert_error(await api.client.post(f"/api/jobs/{source['id']}/explode", headers=ALICE), 404)
     assert_error(await api.client.post("/api/jobs/9999/reroll", headers=ALICE), 404, "There is no job #9999.")
+
+
+# --- image prompts and masks -----------------------------------------------------------------------------
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_an_upload_and_a_mask_repaint_only_the_masked_region(api):
+    import numpy as np
+
+    source = Image.new("RGB", (64, 64), (200, 40, 40))
+    source.paste((30, 60, 220), (32, 0, 64, 64))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    uploaded = await api.client.post("/api/uploads", content=png(source), headers={**ALICE, "Content-Type": "image/png"})
+    assert uploaded.status_code == 201, uploaded.text
+    assert uploaded.json()["width"] == 64 and re.fullmatch(r"[0-9a-f]{32}", uploaded.json()["handle"])
+    masked = await api.client.post("/api/uploads?kind=mask", content=png(mask),
+                                   headers={**ALICE, "Content-Type": "image/png"})
+    assert masked.status_code == 201 and masked.json()["kind"] == "mask"
+
+    job = await api.submit({"prompt": "a cat --steps 2 --seed 4", "image": uploaded.json()["handle"],
+                            "mask": masked.json()["handle"], "strength": 0.9})
+    request = job["request"]
+    assert request["strength"] == 0.9 and (request["width"], request["height"]) == (64, 64)
+    assert "/" not in request["init_image"] and "/" not in request["mask_image"]  # names only, no server paths
+    done = await api.wait(job["id"])
+    assert done["status"] == "done", done
+    result = await api.client.get(done["images"][0]["url"], headers=ALICE)
+    drawn = np.asarray(Image.open(io.BytesIO(result.content)).convert("RGB"), dtype=float)
+    inside = np.asarray(mask) > 0
+    difference = np.abs(drawn - np.asarray(source, dtype=float))
+    assert difference[~inside].max() <= 2 and difference[inside].mean() > 20
+
+
+async def test_bad_uploads_are_refused_with_what_is_allowed(make_api):
+    api = await make_api(limits={"max_upload_bytes": 100_000, "max_upload_pixels": 256 * 256})
+    headers = {**ALICE, "Content-Type": "image/png"}
+    assert_error(await api.client.post("/api/uploads", content=b"x" * 100_001, headers=headers), 413, "97 KiB")
+    bomb = png(Image.new("L", (2000, 2000)))  # 4 megapixels of zeros in a few KiB
+    assert len(bomb) < 100_000
+    assert_error(await api.client.post("/api/uploads", content=bomb, headers=headers), 413,
+                 "2000x2000 pixels; the limit is 65536")
+    assert_error(await api.client.post("/api/uploads", content=b"GIF89a broken", headers=headers), 415,
+                 "Send PNG, JPEG")
+    assert_error(await api.client.post("/api/jobs", json={"prompt": "a cat", "image": "0" * 32}, headers=ALICE), 404,
+                 "unknown or has expired")
+    assert_error(await api.client.post("/api/jobs", json={"prompt": "a cat", "image": "../../etc/passwd"},
+                                       headers=ALICE), 404, "unknown or has expired")
+    assert await api.store.counts_by_status() == {}

@@ -7,10 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from bot.frontends.web.deps import Admin, ServiceDep
+from bot.frontends.web.deps import Admin, ServiceDep, SignedIn
 from bot.frontends.web.schemas import BanIn, DefaultModelIn, UnbanIn
 
-router = APIRouter()
+router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
 
 
 @router.put("/api/models/default")

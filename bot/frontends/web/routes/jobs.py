@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from bot.frontends.web.deps import Caller, Locale, ServiceDep
+from bot.frontends.web.deps import Caller, Locale, ServiceDep, SignedIn
 from bot.frontends.web.errors import error_response
 from bot.frontends.web.schemas import DeriveIn, JobId, JobIn, job_json, submitted_json, view_json
 from bot.frontends.web.strings import render
 
-router = APIRouter()
+router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
 DERIVED = ("reroll", "variation", "upscale")
 
 

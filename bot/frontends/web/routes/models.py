@@ -6,14 +6,15 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from bot.frontends.web.deps import Caller, SecretsDep, ServiceDep
+from bot.frontends.web.deps import Caller, ConfigDep, SecretsDep, ServiceDep, SignedIn
 
-router = APIRouter()
+router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
 
 
 @router.get("/api/models")
-async def models(service: ServiceDep, caller: Caller, secrets: SecretsDep) -> dict[str, Any]:
+async def models(service: ServiceDep, caller: Caller, secrets: SecretsDep, config: ConfigDep) -> dict[str, Any]:
     # "admin" lets the page tell a locked admin tab from one the server has turned off, without
     # trying an admin call.
     return {"models": await service.list_variants(caller), "default": await service.default_model(),
-            "admin": {"enabled": bool(secrets.admin_token), "unlocked": caller.is_admin}}
+            "admin": {"enabled": bool(secrets.admin_token) or config.web.auth == "password",
+                      "unlocked": caller.is_admin}}

@@ -15,6 +15,7 @@ const state = {
   admin: { enabled: true, unlocked: false },
   adminToken: sessionStorage.getItem("imagebot.admin") || "",
   adminProblem: "", // "wrong" | "empty" | "" : what the last unlock attempt got wrong
+  session: { auth: "none", user: null, admin: false }, // GET /api/session: accounts, and who is signed in
   follow: true, // keep the newest job in view (false while the user has scrolled up to read)
   lastTop: 0, // the chat's last scroll position
   lightbox: null, // {items: [{job, index}], position, opener}
@@ -823,8 +824,11 @@ function renderAdmin() {
   const stateLine = $("#admin-state");
   let key = "ui_admin_locked";
   let look = "locked";
+  const byAccount = state.session.admin; // an admin account needs no token
   if (!enabled) [key, look] = ["ui_admin_off", "off"];
+  else if (byAccount) [key, look] = ["ui_admin_account", "unlocked"];
   else if (unlocked) [key, look] = ["ui_admin_unlocked", "unlocked"];
+  else if (state.session.user && !state.adminProblem) key = "ui_admin_account_locked";
   else if (state.adminProblem === "wrong") [key, look] = ["ui_admin_wrong", "wrong"];
   else if (state.adminProblem === "empty") [key, look] = ["ui_admin_token_empty", "wrong"];
   stateLine.textContent = t(key);
@@ -835,6 +839,7 @@ function renderAdmin() {
   $("#admin-unlock").disabled = !enabled;
   $("#admin-unlock").hidden = unlocked;
   $("#admin-lock").hidden = !unlocked;
+  $("#admin-login").hidden = byAccount;
   $("#admin-reload").disabled = !unlocked;
   const list = $("#admin-models");
   list.replaceChildren(...state.models.map((model) => {
@@ -856,6 +861,60 @@ function renderAdmin() {
   }));
   if (!unlocked) $("#admin-reload").title = t(key);
   else $("#admin-reload").removeAttribute("title");
+  $("#admin-users").hidden = !unlocked;
+  if (unlocked) loadAudit().catch((error) => adminMessage(error.message));
+}
+
+// --- bans and the audit log (admins) ---------------------------------------------------------------
+
+const BANNABLE = /^(web|telegram|discord):[A-Za-z0-9_.:-]{1,64}$/; // as the API checks it
+
+function banMessage(text, wrong = false) {
+  const line = $("#ban-message");
+  line.textContent = text;
+  line.dataset.state = wrong ? "wrong" : "unlocked";
+  line.hidden = !text;
+}
+
+async function banOrUnban(action) {
+  const user = $("#ban-user").value.trim();
+  const reason = $("#ban-reason").value.trim();
+  $("#ban-user").removeAttribute("aria-invalid");
+  $("#ban-reason").removeAttribute("aria-invalid");
+  if (!BANNABLE.test(user)) {
+    $("#ban-user").setAttribute("aria-invalid", "true");
+    banMessage(t("ui_admin_ban_user_format"), true);
+    $("#ban-user").focus();
+    return;
+  }
+  if (action === "ban" && !reason) {
+    $("#ban-reason").setAttribute("aria-invalid", "true");
+    banMessage(t("ui_admin_ban_reason_needed"), true);
+    $("#ban-reason").focus();
+    return;
+  }
+  try {
+    const body = action === "ban" ? { user, reason } : { user };
+    await api(`/api/admin/${action}`, { method: "POST", body, admin: true });
+  } catch (error) {
+    banMessage(error.message, true);
+    return;
+  }
+  banMessage(t(action === "ban" ? "ui_admin_banned" : "ui_admin_unbanned", { user }));
+  $("#ban-reason").value = "";
+  await loadAudit().catch((error) => banMessage(error.message, true));
+}
+
+async function loadAudit() {
+  const { entries } = await api("/api/audit?limit=20", { admin: true });
+  $("#admin-audit-empty").hidden = entries.length > 0;
+  $("#admin-audit").replaceChildren(...entries.map((entry) => {
+    const item = document.createElement("li");
+    const when = new Date(entry.at * 1000).toLocaleString();
+    const detail = Object.entries(entry.detail || {}).map(([name, value]) => `${name}: ${value}`).join(", ");
+    item.textContent = `${when} · ${entry.actor} · ${entry.action}${detail ? ` · ${detail}` : ""}`;
+    return item;
+  }));
 }
 
 function adminMessage(text) {
@@ -914,6 +973,54 @@ async function reloadModels() {
     await loadModels();
   } catch (error) {
     adminMessage(error.message);
+  }
+}
+
+// --- accounts ([web] auth = "password") ----------------------------------------------------------------
+// The session is an HttpOnly cookie the server sets: the page never sees it, it only asks who is
+// signed in. Signing in or out reloads the page, which then starts as that user.
+
+function showSignIn() {
+  $(".tabs").hidden = true;
+  for (const tab of TABS) $(`#view-${tab}`).hidden = true;
+  $("#sign-in").hidden = false;
+  $("#sign-in-form").addEventListener("submit", signIn);
+  $("#sign-in-name").focus();
+}
+
+function showAccount() {
+  $("#account").hidden = false;
+  $("#account-name").textContent = t("ui_signed_in_as", { name: state.session.user });
+  $("#sign-out").addEventListener("click", signOut);
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const name = $("#sign-in-name").value.trim();
+  const password = $("#sign-in-password").value;
+  const error = $("#sign-in-error");
+  error.hidden = true;
+  if (!name || !password) {
+    error.textContent = t("ui_sign_in_empty");
+    error.hidden = false;
+    return;
+  }
+  try {
+    await api("/api/session", { method: "POST", body: { name, password } });
+  } catch (problem) {
+    error.textContent = problem.message;
+    error.hidden = false;
+    $("#sign-in-password").select();
+    return;
+  }
+  location.reload();
+}
+
+async function signOut() {
+  try {
+    await api("/api/session", { method: "DELETE" });
+  } finally {
+    location.reload();
   }
 }
 
@@ -1005,6 +1112,22 @@ async function main() {
   });
   $("#admin-lock").addEventListener("click", lock);
   $("#admin-reload").addEventListener("click", reloadModels);
+  $("#admin-ban").addEventListener("submit", (event) => {
+    event.preventDefault();
+    banOrUnban("ban");
+  });
+  $("#unban-submit").addEventListener("click", () => banOrUnban("unban"));
+  try {
+    state.session = await api("/api/session");
+  } catch (error) {
+    showError(error.message);
+  }
+  if (state.session.auth === "password" && !state.session.user) {
+    showSignIn();
+    document.body.dataset.ready = "true";
+    return;
+  }
+  if (state.session.user) showAccount();
   window.addEventListener("scroll", onScroll, { passive: true });
   const layout = new ResizeObserver(onLayoutChange);
   layout.observe($("#log"));
