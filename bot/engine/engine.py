@@ -240,6 +240,7 @@ class Engine:
         if name is None and spec.kind == "lora":
             name = self.registry.get(spec.base or "").fast_lora
         return self.registry.get(name) if name else None
+
     def _refiner(self, request: GenerationRequest) -> DiffusionPipeline:
         """The refiner pipeline that finishes `request`: next to its base when the memory budget
         holds both, else in its place (the base loads again for its next batch)."""
