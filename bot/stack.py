@@ -54,6 +54,11 @@ async def open_stack(config: Config, executor: Executor | None = None) -> Stack:
         executor = make_executor(config, registry)
     store = await _open_store(config.storage.database_path())
     service = Service(config, store, executor, registry)
+    if config.describe.model:
+        from bot.engine.describe import Describer  # torch: only where /describe is set up
+
+        service.describer = Describer(config.describe.model, config.describe.device,
+                                      config.describe.candidates).describe
     try:
         await service.start()
     except BaseException:

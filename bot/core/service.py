@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bot.config import Config
 from bot.core.accounts import Accounts
@@ -35,14 +35,14 @@ from bot.core.request import (
 )
 from bot.core.scheduler import Scheduler
 from bot.core.store import Store, storage_errors
-from bot.core.uploads import UploadLimits, UploadStore, aspect_of
+from bot.core.uploads import UploadLimits, UploadStore, aspect_of, read_image
 from bot.core.waiting import WaitingIndex
 from bot.core.worker import Worker
 
 log = logging.getLogger(__name__)
 
 VARIATION_STRENGTH = 0.6  # how far a variation may move from its source image
-UPSCALE_STRENGTH = 0.35  # an upscale keeps the composition and redraws the detail
+UPSCALE_STRENGTH = 0.35  # an upscale without an upscaler keeps the composition and redraws the detail
 HEALTH_PROBE_SECONDS = 1.0  # while the database is failing, /healthz tries a write at most this often
 
 __all__ = ["Catalog", "JobView", "Service", "Submitted", "Subscription"]
@@ -85,6 +85,7 @@ class Service:
         self.waiting = WaitingIndex()
         self.eta = EtaEstimator(executor.seconds_per_step)
         self.admission = Admission(config, store, catalog)
+        self.describer: Callable[[Any], list[str]] | None = None  # picture -> prompts; set when configured
         self.accounts = Accounts(store, config.web.session_days * 86400)  # [web] auth = "password"
         self.uploads = UploadStore(config.storage.outputs_path(),
                                    UploadLimits(config.limits.max_upload_bytes, config.limits.max_upload_pixels))
@@ -145,6 +146,22 @@ class Service:
         """Check and keep an image (or mask) for a later `submit`; returns its handle."""
         return await asyncio.to_thread(self.uploads.save, data, what)
 
+    async def describe(self, image: bytes | str, origin: Origin) -> list[str]:
+        """Prompts the configured captioning model suggests for a picture (its bytes or an upload handle)."""
+        if self.describer is None:
+            raise UserError("describe_not_configured")
+        reason = await self.store.ban_reason(origin.user_key)
+        if reason is not None:
+            raise UserError("banned", reason=reason)
+        if isinstance(image, (bytes, bytearray)):
+            picture = await asyncio.to_thread(read_image, bytes(image), self.uploads.limits)
+        else:
+            picture = await asyncio.to_thread(_open_rgb, self.uploads.find(image))
+        prompts = await asyncio.to_thread(self.describer, picture)
+        if not prompts:
+            raise UserError("describe_nothing")
+        return prompts
+
     async def _job_upload(self, given: bytes | str, what: str, kept: list[Path]) -> Path:
         """The job's own copy of an uploaded image, from its bytes or its handle."""
         sent = isinstance(given, (bytes, bytearray))
@@ -162,19 +179,25 @@ class Service:
         job_id = source.id
         request = source.request
         same = dict(prompt=request.prompt, negative_prompt=request.negative_prompt, model=request.model,
-                    steps=request.steps, guidance=request.guidance, scheduler=request.scheduler)
+                    steps=request.steps, guidance=request.guidance, scheduler=request.scheduler,
+                    fast=request.fast or None)
         if action == "reroll":
             options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
                                      init_image=request.init_image, strength=request.strength,
+                                     upscale=request.upscale or None, upscaler=request.upscaler,
                                      refiner=self._same_refiner(request))
         elif action in ("variation", "upscale"):
             if source.status != "done" or not 0 <= index < len(source.images):
                 raise UserError("no_such_image", job=ref, index=index + 1)
             image = str(self.config.storage.outputs_path() / source.images[index].file)
-            scale = 2 if action == "upscale" else 1
-            options = RequestOptions(**same, width=request.width * scale, height=request.height * scale,
-                                     count=1 if action == "upscale" else request.count, init_image=image,
-                                     strength=UPSCALE_STRENGTH if action == "upscale" else VARIATION_STRENGTH)
+            if action == "upscale":
+                upscaler = self.config.upscale.model or None
+                options = RequestOptions(**same, width=request.width * 2, height=request.height * 2, count=1,
+                                         init_image=image, upscale=True, upscaler=upscaler,
+                                         strength=self.config.upscale.strength if upscaler else UPSCALE_STRENGTH)
+            else:
+                options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
+                                         init_image=image, strength=VARIATION_STRENGTH)
         else:
             raise ValueError(f"unknown action {action!r}")
         return await self._queue(options, origin)
@@ -357,6 +380,8 @@ class Service:
         out = []
         for entry in self.catalog.entries():
             spec = entry.spec
+            if spec is not None and spec.kind == "upscaler":
+                continue  # not a model to draw with; the Upscale button uses it
             out.append({
                 "name": entry.name,
                 "kind": spec.kind if spec else None,
@@ -424,6 +449,13 @@ class Service:
                 "worker_failed_passes": self.worker.failed_passes, "batches_in_flight": len(self.worker.in_flight),
                 "executor_capacity": self.worker.capacity, "jobs_requeued": self.worker.requeued,
                 **self.executor.metrics()}
+
+
+def _open_rgb(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _require_admin(origin: Origin) -> None:

@@ -14,6 +14,7 @@ import discord
 from bot.config import Config
 from bot.frontends.discord.commands import CatalogueTranslator, Commands, Tree
 from bot.frontends.discord.delivery import Delivery
+from bot.frontends.discord.describing import DescribeButton
 from bot.frontends.discord.views import ResultButton
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class DiscordFrontend:
 
     async def setup(self) -> None:
         # Persistent buttons: one pattern answers every result's buttons, also those sent before a restart.
-        self.client.add_dynamic_items(ResultButton)
+        self.client.add_dynamic_items(ResultButton, DescribeButton)
         self.commands.register(self.client.tree)
         await self.client.tree.set_translator(CatalogueTranslator())
         await self._sync()

@@ -24,6 +24,7 @@ from bot.core.resolve import MIN_STRENGTH
 from bot.core.service import JobRef
 from bot.core.uploads import FORMATS
 from bot.frontends.discord.access import PLATFORM, check_channel, origin_of
+from bot.frontends.discord import describing
 from bot.frontends.discord.delivery import TRANSIENT, Delivery
 from bot.frontends.discord.render import status_text
 from bot.frontends.discord.strings import STRINGS, explain, render
@@ -116,6 +117,33 @@ class Commands:
             return await self.service.submit(prompt, origin_of(interaction, self.discord), **values)
 
         await self._queue_job(interaction, submit)
+
+    async def describe(self, interaction: discord.Interaction, image: discord.Attachment) -> None:
+        """/describe image: prompts the captioning model suggests, each with a button to imagine it."""
+        locale = str(interaction.locale)
+
+        async def work() -> list[str]:
+            check_channel(interaction, self.discord)
+            data = await read_attachment(image, self.config.limits.max_upload_bytes)
+            return await self.service.describe(data, origin_of(interaction, self.discord))
+
+        try:
+            prompts = await acknowledged(interaction, work(), ephemeral=False)
+        except UserError as error:
+            await answer(interaction, explain(error, locale), ephemeral=True, quiet=True)
+            return
+        content = clip(describing.text(prompts, locale), MESSAGE_LIMIT)
+        if interaction.response.is_done():
+            await interaction.edit_original_response(content=content, view=describing.view(len(prompts)))
+        else:
+            await interaction.response.send_message(content, view=describing.view(len(prompts)))
+
+    async def imagine_described(self, interaction: discord.Interaction, prompt: Optional[str]) -> None:
+        """A number under /describe's answer: imagine that prompt."""
+        if not prompt:
+            await answer(interaction, render("dc_error", str(interaction.locale)), ephemeral=True, quiet=True)
+            return
+        await self.imagine(interaction, prompt)
 
     async def on_button(self, interaction: discord.Interaction, action: str, job: JobRef, index: int) -> None:
         """A result's button; `job` is the job's public id (an int from buttons made before public ids)."""
@@ -416,6 +444,11 @@ class Commands:
         async def admin_unban(interaction: discord.Interaction, user: discord.User) -> None:
             await text_reply(interaction, commands.unban(interaction, user))
 
+        @app_commands.command(name="describe", description=command_text("dc_cmd_describe"))
+        @app_commands.describe(image=command_text("dc_opt_describe_image"))
+        async def describe(interaction: discord.Interaction, image: discord.Attachment) -> None:
+            await commands.describe(interaction, image)
+
         @app_commands.command(name="queue", description=command_text("dc_cmd_queue"))
         async def queue(interaction: discord.Interaction) -> None:
             await text_reply(interaction, commands.queue(interaction))
@@ -443,7 +476,7 @@ class Commands:
         async def help_(interaction: discord.Interaction) -> None:
             await answer(interaction, commands.help(interaction), ephemeral=True)
 
-        for command in (imagine, model, admin, queue, cancel, settings, history, help_):
+        for command in (imagine, describe, model, admin, queue, cancel, settings, history, help_):
             tree.add_command(command)
 
 

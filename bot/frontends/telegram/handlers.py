@@ -23,7 +23,7 @@ from bot.core.errors import UserError
 from bot.core.jobs import Origin, is_public_id, short_id
 from bot.core.request import parse_prompt
 from bot.core.service import Service, Submitted
-from bot.frontends.telegram import images, keyboards
+from bot.frontends.telegram import describing, images, keyboards
 from bot.frontends.telegram.delivery import reply_kwargs, send_png
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.status_message import delete_quietly
@@ -42,6 +42,7 @@ COMMANDS = {
     "cancel": "tg_cmd_cancel",
     "settings": "tg_cmd_settings",
     "history": "tg_cmd_history",
+    "describe": "tg_cmd_describe",
     "help": "tg_cmd_help",
     "start": "tg_cmd_start",
 }
@@ -62,12 +63,14 @@ class Handlers:
         commands: dict[str, Handler] = {
             "imagine": self.imagine, "model": self.model, "queue": self.queue, "cancel": self.cancel,
             "settings": self.settings, "history": self.history, "help": self.help, "start": self.start,
+            "describe": self.describe,
             # Admins only, so not in COMMANDS (the menu every user sees); /help lists them to admins.
             "ban": self.ban, "unban": self.unban,
         }
         for name, handler in commands.items():
             # CommandHandler takes "/cmd" and "/cmd@thisbot" and leaves "/cmd@otherbot" alone.
             app.add_handler(CommandHandler(name, self._checked(handler), filters=new))
+        app.add_handler(CallbackQueryHandler(self.describe_button, pattern=describing.BUTTON_PATTERN))
         app.add_handler(CallbackQueryHandler(self.button))
         app.add_handler(MessageHandler(new & filters.COMMAND, self._checked(self.unknown_command, addressed_only=True)))
         app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE & filters.TEXT, self._checked(self.prompt)))
@@ -142,11 +145,47 @@ class Handlers:
 
     async def picture(self, message: Message, origin: Origin, args: str, context) -> None:
         """A photo or image file with a caption: the caption is the prompt, the picture the image prompt."""
+        if describing.is_describe(message.caption):
+            await self._describe(images.picture_of(message), message, origin, context)
+            return
         caption = images.caption_prompt(message)
         if not caption:
             await reply(message, render("tg_picture_needs_caption", origin.locale))
             return
         await self._imagine_from(images.picture_of(message), message, origin, caption, context)
+
+    async def describe(self, message: Message, origin: Origin, args: str, context) -> None:
+        """/describe in reply to a picture (or as a picture's caption): prompts it suggests."""
+        replied = message.reply_to_message
+        picture = images.picture_of(replied) if replied is not None else None
+        if picture is None:
+            await reply(message, render("tg_describe_usage", origin.locale))
+            return
+        await self._describe(picture, message, origin, context)
+
+    async def _describe(self, picture, message: Message, origin: Origin, context) -> None:
+        data = await images.download(context.bot, picture, self.config.limits.max_upload_bytes)
+        prompts = await self.service.describe(data, origin)
+        await message.get_bot().send_message(
+            message.chat_id, clip(describing.text(prompts, origin.locale), MAX_TEXT),
+            reply_markup=describing.keyboard(len(prompts)), **reply_kwargs(message.message_id, _thread(message)))
+
+    async def describe_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A number under /describe's answer: imagine that prompt (read back from the message)."""
+        query = update.callback_query
+        user, message = query.from_user, query.message
+        locale = user.language_code
+        prompt = describing.prompt_of(getattr(message, "text", None), query.data)
+        if prompt is None or not isinstance(message, Message):
+            await query.answer(render("tg_button_unknown", locale), show_alert=True)
+            return
+        if not self._allowed(message.chat, user):
+            await query.answer(render("tg_chat_not_allowed", locale, chat=message.chat.id), show_alert=True)
+            return
+        await query.answer(render("tg_button_queueing", locale))
+        origin = self._origin(user, message.chat, {"reply_to": message.message_id})
+        await self._queue(context.bot, message.chat_id, message.message_id, _thread(message), origin,
+                          lambda o: self.service.submit(prompt, o))
 
     async def _imagine_from(self, picture, message: Message, origin: Origin, prompt: str, context) -> None:
         data = await images.download(context.bot, picture, self.config.limits.max_upload_bytes)

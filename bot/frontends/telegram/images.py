@@ -26,13 +26,13 @@ def picture_of(message: Message) -> PhotoSize | Document | None:
 
 
 def for_me(message: Message, chat: Chat, username: str | None) -> bool:
-    """Any picture in a private chat; in a group, one whose caption starts with /imagine (or
-    /imagine@this_bot, not another bot's)."""
+    """Any picture in a private chat; in a group, one whose caption starts with /imagine or /describe
+    (or /imagine@this_bot, not another bot's)."""
     if chat.type == ChatType.PRIVATE:
         return True
     first = (message.caption or "").split(maxsplit=1)[0] if message.caption else ""
     command, _, target = first.partition("@")
-    return command.lower() == IMAGINE and (not target or target.lower() == (username or "").lower())
+    return command.lower() in (IMAGINE, "/describe") and (not target or target.lower() == (username or "").lower())
 
 
 def caption_prompt(message: Message) -> str:

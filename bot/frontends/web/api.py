@@ -22,8 +22,7 @@ from bot.frontends.web.clients import trusted_networks
 from bot.frontends.web.errors import add_error_handlers
 from bot.frontends.web.limits import FailureLimit, StreamSlots
 from bot.frontends.web.routes import ROUTERS
-from bot.frontends.web.routes.uploads import UPLOAD_PATHS
-from bot.frontends.web.security import Security
+from bot.frontends.web.security import IMAGE_BODY_PATHS, Security
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -39,7 +38,7 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
     app.state.streams = StreamSlots(config.web.max_streams_per_client, config.web.max_streams)
     app.state.admin_failures = FailureLimit()
     app.state.sign_in_failures = FailureLimit(refusal="api_too_many_sign_in_failures")
-    app.add_middleware(BodyLimit, larger={path: config.limits.max_upload_bytes for path in UPLOAD_PATHS})
+    app.add_middleware(BodyLimit, larger={path: config.limits.max_upload_bytes for path in IMAGE_BODY_PATHS})
     app.add_middleware(Security, web=config.web)  # added last: outermost, so every answer has its headers
     add_error_handlers(app)
     for router in ROUTERS:

@@ -32,6 +32,8 @@ STATUS_BY_KEY = {
     "upload_not_image": 415,
     "upload_unknown": 404,
     "uploads_full": 503,
+    "describe_not_configured": 501,
+    "describe_broken": 503,
     "api_too_many_streams": 429,
     "api_too_many_admin_failures": 429,
     "sign_in_required": 401,

@@ -59,7 +59,7 @@ def _is_address(host: str) -> bool:
 
 # Paths whose body is an image file (image/png, image/jpeg, ...). Like JSON, those types are not
 # ones a cross-site form can send, so a browser asks this server first (CORS), which refuses.
-IMAGE_BODY_PATHS = ("/api/uploads",)
+IMAGE_BODY_PATHS = ("/api/uploads", "/api/describe")
 
 class Security:
     """The checks and headers above, as ASGI middleware (plain ASGI: event streams pass through)."""

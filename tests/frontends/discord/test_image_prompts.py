@@ -71,3 +71,35 @@ async def test_attachments_that_are_not_usable_are_refused_clearly(make_stack, f
     paths = [a["url"].split("/attachments/")[1] for a, _ in cases]
     assert fake.cdn_downloads == [paths[2]]  # what Discord says is too large or not an image is never fetched
     assert await stack.store.counts_by_status() == {}
+
+
+async def test_describe_answers_prompts_whose_buttons_imagine_them(make_stack, fake, tmp_path):
+    from tests.helpers.blip import save_tiny_blip
+    from tests.helpers.fake_discord import BOB, click, custom_ids
+
+    stack = await make_stack(describe={"model": str(save_tiny_blip(tmp_path / "blip")), "device": "cpu"})
+    _, data = shapes_png()
+    payload = with_attachment(command("describe"), "image", fake.attach("shapes.png", data))
+    stack.dispatch(payload)
+    reply = await fake.wait_for("POST", callback(payload))
+    message = reply.response["resource"]["message"] if reply.json["type"] == 4 else None
+    if message is None:  # deferred on a busy machine: the answer came as an edit
+        message = (await fake.wait_for("PATCH", original(payload), lambda c: "Prompts" in c.json.get("content", ""))).response
+    lines = message["content"].splitlines()
+    assert lines[0] == "Prompts for this picture:" and lines[-1] == "Press a number to imagine it."
+    prompts = [line.split(".** ", 1)[1] for line in lines[1:-1]]
+    assert 1 <= len(prompts) <= 4
+    assert custom_ids(message) == [f"imagebot:describe:{n}" for n in range(1, len(prompts) + 1)]
+
+    pressed = click("imagebot:describe:1", message, user=BOB)
+    stack.dispatch(pressed)
+    answer = await fake.wait_for("POST", callback(pressed))
+    assert "is queued" in answer.json["data"]["content"], answer.json
+    job = await stack.service.job(1)
+    assert job.request.prompt == prompts[0].replace("\\", "") and job.origin.user_id == str(BOB)
+
+    no_model = await make_stack()
+    no_model_payload = with_attachment(command("describe"), "image", fake.attach("again.png", data))
+    no_model.dispatch(no_model_payload)
+    refused = (await fake.wait_for("POST", callback(no_model_payload))).json
+    assert refused["data"]["flags"] & EPHEMERAL and "[describe] model" in refused["data"]["content"]

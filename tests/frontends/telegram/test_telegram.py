@@ -210,7 +210,7 @@ async def test_imagine_in_a_private_chat_ends_in_a_photo_with_buttons(make_stack
     menus = await fake_api.wait_for("setMyCommands", count=2)
     assert len(menus) == 2 and {m.params.get("language_code") for m in menus} == {None, "vi"}
     assert [c["command"] for c in menus[0].params["commands"]] == [
-        "imagine", "model", "queue", "cancel", "settings", "history", "help", "start"]
+        "imagine", "model", "queue", "cancel", "settings", "history", "describe", "help", "start"]
 
     asked = bot.send(ALICE, "/imagine a red fox in the snow --steps 2 --seed 7")
     status = await bot.reply_to(asked)
@@ -729,3 +729,32 @@ async def test_image_prompts_in_groups_replies_and_refusals(make_stack, fake_api
     assert not [c for c in fake_api.calls if replied_to(c) in (ignored, wrong_bot)]
     assert [job.request.prompt for job in await bot.jobs_of(ALICE)] == ["a cat in a group"]
     assert len(await bot.jobs_of(BOB)) == 1
+
+
+async def test_describe_suggests_prompts_and_a_button_imagines_one(make_stack, fake_api, tmp_path):
+    from tests.helpers.blip import save_tiny_blip
+
+    bot = await make_stack(telegram={"previews": False},
+                           describe={"model": str(save_tiny_blip(tmp_path / "blip")), "device": "cpu"})
+    _, jpeg = shapes_photo()
+    picture = {"message_id": fake_api.next_message_id(), "date": int(time.time()), "chat": private(ALICE),
+               "from": ALICE, "photo": [{**fake_api.add_file("pic", jpeg), "width": 128, "height": 128}]}
+    asked = bot.send(ALICE, "/describe", reply_to_message=picture)
+    answer = await bot.reply_to(asked)
+    lines = answer.params["text"].splitlines()
+    assert lines[0] == "Prompts for this picture:" and lines[-1] == "Tap a number to imagine it."
+    prompts = [line.split(". ", 1)[1] for line in lines[1:-1]]
+    assert 1 <= len(prompts) <= 4 and [line.split(". ")[0] for line in lines[1:-1]] == \
+        [str(n) for n in range(1, len(prompts) + 1)]
+    data = buttons(answer)
+    assert list(data.values()) == [f"ds:{n}" for n in range(1, len(prompts) + 1)]
+
+    query = bot.press(BOB, answer.result, f"ds:{len(prompts)}")  # anyone in the chat may imagine one
+    await bot.answer(query)
+    (job,) = await bot.wait_job(BOB)
+    assert job.request.prompt == prompts[-1] and job.request.init_image is None
+
+    bare = bot.send(ALICE, "/describe")
+    assert "Reply to a picture with /describe" in (await bot.reply_to(bare)).params["text"]
+    captioned = bot.send(ALICE, photo=picture["photo"], caption="/describe")
+    assert (await bot.reply_to(captioned)).params["text"].startswith("Prompts for this picture:")

@@ -759,3 +759,23 @@ async def test_bad_uploads_are_refused_with_what_is_allowed(make_api):
     assert_error(await api.client.post("/api/jobs", json={"prompt": "a cat", "image": "../../etc/passwd"},
                                        headers=ALICE), 404, "unknown or has expired")
     assert await api.store.counts_by_status() == {}
+
+
+async def test_describe_suggests_prompts_for_a_picture(make_api, tmp_path):
+    from tests.helpers.blip import WORDS, save_tiny_blip
+
+    api = await make_api(describe={"model": str(save_tiny_blip(tmp_path / "blip")), "device": "cpu"})
+    picture = png(Image.new("RGB", (48, 48), "white"))
+    answer = await api.client.post("/api/describe", content=picture, headers={**ALICE, "Content-Type": "image/png"})
+    assert answer.status_code == 200, answer.text
+    prompts = answer.json()["prompts"]
+    assert 1 <= len(prompts) <= 4 and all(set(p.split()) <= set(WORDS) for p in prompts)
+    handle = (await api.client.post("/api/uploads", content=picture,
+                                    headers={**ALICE, "Content-Type": "image/png"})).json()["handle"]
+    assert (await api.client.post(f"/api/describe?image={handle}", headers=ALICE)).json()["prompts"] == prompts
+
+
+async def test_describe_without_a_model_says_how_to_add_one(api):
+    answer = await api.client.post("/api/describe", content=png(Image.new("RGB", (8, 8))),
+                                   headers={**ALICE, "Content-Type": "image/png"})
+    assert_error(answer, 501, "[describe] model", "huggingface-cli download")

@@ -11,8 +11,8 @@ URLS = {
     ("GET", "/api/history"), ("GET", "/api/models"), ("PUT", "/api/models/default"), ("POST", "/api/models/reload"),
     ("GET", "/api/images/{file}"), ("GET", "/"), ("GET", "/api/messages"), ("GET", "/api/options"),
     ("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/api/admin/ban"), ("POST", "/api/admin/unban"),
-    ("GET", "/api/audit"), ("POST", "/api/uploads"), ("GET", "/api/session"), ("POST", "/api/session"),
-    ("DELETE", "/api/session"),
+    ("GET", "/api/audit"), ("POST", "/api/uploads"), ("POST", "/api/describe"), ("GET", "/api/session"),
+    ("POST", "/api/session"), ("DELETE", "/api/session"),
 }
 
 

@@ -9,7 +9,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from bot.frontends.web.deps import Caller, ServiceDep, SignedIn
-from bot.frontends.web.security import IMAGE_BODY_PATHS as UPLOAD_PATHS
 
 router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
 

@@ -494,6 +494,7 @@ function showLightboxImage() {
     button(t("ui_copy_seed", { seed: image.seed }), (event) => copy(String(image.seed), event.currentTarget),
            "copy-seed"),
     button(t("ui_reuse"), () => reuse(request), "reuse"),
+    button(t("ui_vary_region"), () => varyRegion(job, index), "vary-region"),
   );
   const single = items.length < 2;
   $("#lb-prev").hidden = $("#lb-next").hidden = single;
@@ -551,7 +552,9 @@ async function submitPrompt(prompt) {
     const value = $(`#composer [name="${name}"]`).value.trim();
     if (value !== "") body[name] = value;
   }
+  Object.assign(body, await attachmentFields()); // an image prompt and its mask (images.js)
   const created = await api("/api/jobs", { method: "POST", body });
+  attachmentSent();
   start(created);
 }
 

@@ -1,0 +1,77 @@
+"""/describe's captioner: a tiny random-weight BLIP built here suggests several different prompts,
+the same ones each time; the service refuses clearly without a model or with a broken one."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.config import config_from_dict
+from bot.core.errors import UserError
+from bot.core.jobs import Origin
+from bot.engine.describe import Describer
+from bot.stack import open_stack
+from tests.helpers.blip import WORDS, save_tiny_blip
+from tests.helpers.executor import FakeExecutor, fake_model_store
+
+ALICE = Origin("web", "alice", chat_id="web")
+
+
+@pytest.fixture(scope="module")
+def tiny_blip(tmp_path_factory) -> Path:
+    return save_tiny_blip(tmp_path_factory.mktemp("blip") / "blip-base")
+
+
+def png(color: str = "red") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (40, 40), color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_candidates_are_different_words_of_the_model_and_repeatable(tiny_blip):
+    describer = Describer(tiny_blip, "cpu", candidates=4)
+    picture = Image.new("RGB", (40, 40), "red")
+    prompts = describer.describe(picture)
+    assert 2 <= len(prompts) <= 4 and len(set(prompts)) == len(prompts)
+    assert all(prompt and set(prompt.split()) <= set(WORDS) for prompt in prompts), prompts
+    assert Describer(tiny_blip, "cpu", candidates=4).describe(picture) == prompts  # same weights, same answer
+    assert len(Describer(tiny_blip, "cpu", candidates=1).describe(picture)) == 1
+
+
+async def stack_with(tmp_path, describe: dict):
+    config = config_from_dict({"storage": {"state_dir": str(tmp_path / "state"), "models_dir": str(tmp_path / "models")},
+                               "limits": {"min_side": 32}, "describe": describe})
+    fake_model_store(Path(config.storage.models_dir))
+    return await open_stack(config, FakeExecutor())
+
+
+async def test_the_service_describes_uploads_and_says_how_to_add_a_model(tmp_path, tiny_blip):
+    stack = await stack_with(tmp_path, {"model": str(tiny_blip), "device": "cpu"})
+    try:
+        prompts = await stack.service.describe(png(), ALICE)
+        assert prompts == Describer(tiny_blip, "cpu").describe(Image.new("RGB", (40, 40), "red"))
+        handle = await stack.service.upload(png())
+        assert await stack.service.describe(handle, ALICE) == prompts
+        with pytest.raises(UserError, match="not a picture"):
+            await stack.service.describe(b"not an image", ALICE)
+    finally:
+        await stack.close()
+
+    stack = await stack_with(tmp_path / "off", {})
+    try:
+        with pytest.raises(UserError) as caught:
+            await stack.service.describe(png(), ALICE)
+        assert caught.value.key == "describe_not_configured"
+        assert '[describe] model = "models/blip-base"' in str(caught.value)
+    finally:
+        await stack.close()
+
+    stack = await stack_with(tmp_path / "broken", {"model": str(tmp_path / "nothing-here"), "device": "cpu"})
+    try:
+        with pytest.raises(UserError, match="cannot be used: no captioning model in"):
+            await stack.service.describe(png(), ALICE)
+    finally:
+        await stack.close()
