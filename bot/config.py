@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from bot.models.variant import VariantOverride, check_defaults
+from bot.models.variant import MODEL_NAME, VariantOverride, check_defaults
 
 
 class ConfigError(ValueError):
@@ -61,6 +61,7 @@ class Limits:
     max_side: int = 1024
     max_pixels: int = 1024 * 1024
     max_images: int = 4  # images per request
+    max_upscaled_side: int = 2048  # the Upscale button's results (drawn in tiles, so larger than max_side)
     max_upload_bytes: int = 10 * 1024 * 1024  # an image prompt or mask, as sent
     max_upload_pixels: int = 4096 * 4096  # checked from its header, before decoding
 
@@ -101,6 +102,14 @@ class ExecutorConfig:
     max_models_per_replica: int = 2  # variants a replica keeps loaded (least recently used goes first)
     max_ongoing_requests: int = 1  # batches sent to a replica at once (one runs, the rest wait there)
     models_dir: str = ""  # where replicas find models/ (a folder every node sees); "" = [storage] models_dir
+
+
+@dataclass(frozen=True)
+class UpscaleConfig:
+    """The Upscale button: an upscaler network (if one is named), then img2img in tiles for detail."""
+
+    model: str = ""  # an upscaler variant (kind = "upscaler") in the model store; "" = resizing only
+    strength: float = 0.2  # img2img over the upscaler's result, for detail (0 = none); without one, 0.35
 
 
 @dataclass(frozen=True)
@@ -188,6 +197,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     limits: Limits = field(default_factory=Limits)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    upscale: UpscaleConfig = field(default_factory=UpscaleConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
@@ -351,6 +361,12 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
                 ipaddress.ip_network(entry.strip(), strict=False)
             except ValueError:
                 raise ConfigError(f"web.trusted_proxies: {entry!r} is not an address or a CIDR network") from None
+    if prefix == "upscale":
+        if values.get("strength", 0) > 1:
+            raise ConfigError(f"upscale.strength must be 0 (no img2img pass) to 1, got {values['strength']}")
+        if values.get("model") and not MODEL_NAME.fullmatch(values["model"]):
+            raise ConfigError(f"upscale.model must be the name of an upscaler variant in the model store, "
+                              f"got {values['model']!r}")
     if prefix == "web" and values.get("session_days", 1) <= 0:
         raise ConfigError("web.session_days must be more than 0")
     if prefix == "engine" and values.get("max_batch", 1) < 1:

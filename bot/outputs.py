@@ -47,6 +47,8 @@ class ImageParameters:
     model_hash: str | None = None
     strength: float | None = None  # img2img denoising strength
     version: str | None = None  # e.g. "imagebot 0.1.0"
+    fast: str | None = None  # fast mode: the LCM-LoRA it used, or "on" for an LCM / Turbo model
+    upscaler: str | None = None  # an upscale: the upscaler variant, or "Lanczos" (resized, then redrawn)
     refiner: str | None = None  # the refiner variant that ran the last steps (SDXL)
     refiner_switch: float | None = None  # the fraction of the steps before the refiner took over
 
@@ -133,6 +135,8 @@ def a1111_parameters(p: ImageParameters) -> str:
         "Model hash": p.model_hash,
         "Model": p.model,
         "Denoising strength": None if p.strength is None else _number(p.strength),
+        "Fast mode": p.fast,
+        "Postprocess upscaler": p.upscaler,
         # A1111's own names for the refiner (since 1.6), so its readers fill them in too.
         "Refiner": p.refiner,
         "Refiner switch at": None if p.refiner is None or p.refiner_switch is None else _number(p.refiner_switch),
@@ -225,6 +229,8 @@ def parameters_from_a1111(text: str) -> ImageParameters:
         model_hash=raw.get("Model hash"),
         strength=get("Denoising strength", float) if "Denoising strength" in raw else None,
         version=raw.get("Version"),
+        fast=raw.get("Fast mode"),
+        upscaler=raw.get("Postprocess upscaler"),
         refiner=raw.get("Refiner"),
         refiner_switch=get("Refiner switch at", float) if "Refiner switch at" in raw else None,
     )
@@ -370,6 +376,8 @@ def save_result(result: Any, version: str, out_dir: Path, stem: str) -> SavedIma
             sampler=request.scheduler, guidance=request.guidance, seed=seed, width=request.width,
             height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
             strength=request.strength, version=version or None,
+            fast=(getattr(result, "fast_lora", None) or "on") if getattr(request, "fast", False) else None,
+            upscaler=(request.upscaler or "Lanczos") if getattr(request, "upscale", False) else None,
             refiner=request.refiner, refiner_switch=request.refiner_switch,
         )
         for seed in result.seeds

@@ -350,7 +350,7 @@ def test_models_list(busy_store):
     # Columns line up under the header.
     status_column = lines[0].index("STATUS")
     assert all(line[status_column:].split()[0] in ("ready", "broken", "disabled") for line in lines[1:5])
-    assert lines[5] == "broken: kind must be one of pipeline, single_file, lora, hub, got 'checkpoint'"
+    assert lines[5] == "broken: kind must be one of pipeline, single_file, lora, hub, upscaler, got 'checkpoint'"
     assert lines[6] == "* = default model"
 
 
@@ -373,7 +373,7 @@ def test_models_show(busy_store, capsys):
     code, out, err = run_main(["models", "show", "broken"], capsys)
     assert code == 0
     assert out.splitlines() == ["name:        broken", "status:      broken",
-                                "error:       kind must be one of pipeline, single_file, lora, hub, got 'checkpoint'"]
+                                "error:       kind must be one of pipeline, single_file, lora, hub, upscaler, got 'checkpoint'"]
 
     code, out, err = run_main(["models", "show", "off"], capsys)
     assert code == 0 and "status:      disabled\n" in out

@@ -35,10 +35,13 @@ FLAGS: dict[str, tuple[str, str]] = {
     "model": ("model", "--model finetuned"),
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
+    "fast": ("fast", "--fast"),
     "strength": ("strength", "--strength 0.6"),
     "iw": ("image_weight", "--iw 1"),
     "refiner": ("refiner", "--refiner 0.7"),
 }
+# Flags that are switched on by being there; they take no value.
+SWITCHES = {"fast"}
 
 # A flag starts at the beginning or after whitespace. Phones turn "--" into an em or en dash,
 # so those count too. The name must be followed by whitespace or the end of the text.
@@ -64,6 +67,9 @@ class RequestOptions:
     scheduler: str | None = None
     init_image: str | None = None
     strength: float | None = None
+    fast: bool | None = None  # fast mode (LCM): few steps, low guidance
+    upscale: bool | None = None  # enlarge `init_image` (the Upscale button), with its own size limit
+    upscaler: str | None = None  # the upscaler variant it runs first (from the configuration)
     mask_image: str | None = None  # inpainting: white where the image is redrawn
     image_weight: float | None = None  # Midjourney's --iw: how much the image prompt counts (0-2)
     refiner: float | None = None  # where the model's refiner takes over (0.7), or 0 for no refiner
@@ -85,6 +91,9 @@ class GenerationRequest:
     scheduler: str = "dpm++"
     init_image: str | None = None  # path of the source image for img2img (variations, upscale)
     strength: float | None = None
+    fast: bool = False  # the variant's fast mode: its LCM-LoRA (if it names one), few steps, low guidance
+    upscale: bool = False  # init_image enlarged to width x height (upscaler, then tiled img2img)
+    upscaler: str | None = None  # the upscaler variant an upscale runs first (None: resizing only)
     mask_image: str | None = None  # path of the inpainting mask (white = redraw), with init_image
     refiner: str | None = None  # the refiner variant that runs the last steps (SDXL), if any
     refiner_switch: float | None = None  # the fraction of the steps the model runs before the refiner
@@ -98,10 +107,17 @@ class GenerationRequest:
         key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
                self.init_image is not None, self.strength)
         # Other requests keep the key they always had (jobs queued by earlier versions still batch with them):
-        # inpainting runs another pipeline, and only requests with the same refiner setting run together.
+        # inpainting runs another pipeline, and only requests with the same refiner setting, fast mode
+        # and upscaling run together.
         if self.mask_image is not None:
             key += ("inpaint",)
-        return key + (self.refiner, self.refiner_switch) if self.refiner else key
+        if self.refiner:
+            key += (self.refiner, self.refiner_switch)
+        if self.fast:
+            key += ("fast",)
+        if self.upscale:
+            key += ("upscale", self.upscaler)
+        return key
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,7 +152,11 @@ def parse_prompt(text: str) -> RequestOptions:
         if flag not in FLAGS:
             raise UserError("flag_unknown", flag=shorten(flag), allowed=allowed_flags())
         field, example = FLAGS[flag]
-        if not value:
+        if flag in SWITCHES:
+            if value:
+                raise UserError("flag_takes_no_value", flag=flag, got=shorten(value))
+            value = "on"
+        elif not value:
             raise UserError("flag_needs_value", flag=flag, example=example)
         if field in raw:
             raise UserError("flag_twice", flag=flag)
@@ -164,6 +184,9 @@ def options_from_fields(
     scheduler: object = None,
     init_image: str | None = None,
     strength: object = None,
+    fast: object = None,
+    upscale: bool | None = None,
+    upscaler: str | None = None,
     mask_image: str | None = None,
     image_weight: object = None,
     refiner: object = None,
@@ -196,6 +219,9 @@ def options_from_fields(
         scheduler=None if scheduler is None else parse_scheduler(scheduler),
         init_image=init_image,
         strength=None if strength is None else to_float("strength", strength),
+        fast=None if fast is None else to_bool("fast", fast),
+        upscale=upscale,
+        upscaler=upscaler,
         mask_image=mask_image,
         image_weight=None if image_weight is None else to_float("iw", image_weight),
         refiner=None if refiner is None else parse_refiner(refiner),
@@ -246,6 +272,18 @@ def to_int(name: str, value: object) -> int:
     if re.fullmatch(r"[+-]?\d{1,40}", text):
         return int(text)
     raise UserError("not_integer", name=name, got=shorten(text))
+
+
+def to_bool(name: str, value: object) -> bool:
+    """A switch: JSON true/false, or on/off, yes/no, true/false, 1/0 as typed."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "yes", "true", "1"):
+        return True
+    if text in ("off", "no", "false", "0"):
+        return False
+    raise UserError("not_switch", name=name, got=shorten(text))
 
 
 def to_float(name: str, value: object) -> float:

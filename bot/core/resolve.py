@@ -13,7 +13,7 @@ from typing import Mapping
 from bot.config import Limits
 from bot.core.errors import UserError
 from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions, shorten
-from bot.models.variant import VariantDefaults
+from bot.models.variant import FAST_MAX_GUIDANCE, FAST_MAX_STEPS, VariantDefaults
 
 MIN_STRENGTH = 0.1  # below this an image prompt comes back almost untouched
 
@@ -85,18 +85,31 @@ def resolve(
     else:
         width = snap8(options.width) if options.width is not None else defaults.width
         height = snap8(options.height) if options.height is not None else defaults.height
-    _check_size(width, height, limits)
-    _check_model_size(model, width, height, defaults)
+    if options.upscale:
+        _check_upscaled_size(width, height, limits)  # tiles at the model's own size: no model limit
+    else:
+        _check_size(width, height, limits)
+        _check_model_size(model, width, height, defaults)
 
-    steps = defaults.steps if options.steps is None else options.steps
-    _check_range("steps", steps, 1, limits.max_steps)
-    guidance = defaults.guidance if options.guidance is None else options.guidance
-    _check_range("guidance", guidance, 0, limits.max_guidance)
+    fast = bool(options.fast)
+    if fast and not defaults.fast_steps:
+        names = sorted(name for name, d in variants.items() if d.fast_steps)
+        raise UserError("no_fast_mode", model=model, fast_models=": " + ", ".join(names) if names else "")
+    steps = (defaults.fast_steps if fast else defaults.steps) if options.steps is None else options.steps
+    _check_range("steps", steps, 1, FAST_MAX_STEPS if fast else limits.max_steps)
+    guidance = (defaults.fast_guidance if fast else defaults.guidance) if options.guidance is None else options.guidance
+    _check_range("guidance", guidance, 0, min(FAST_MAX_GUIDANCE, limits.max_guidance) if fast else limits.max_guidance)
     count = 1 if options.count is None else options.count
     _check_range("count", count, 1, limits.max_images)
     seed = secrets.randbelow(MAX_SEED + 1) if options.seed is None else options.seed
     _check_range("seed", seed, 0, MAX_SEED)
-    strength = image_strength(options, defaults.strength)
+    if options.upscale:
+        # An upscale's strength is its optional img2img pass over the enlarged image: 0 skips it.
+        strength = options.strength or 0.0
+        if strength and not MIN_STRENGTH <= strength <= 1:
+            raise UserError("strength_out_of_range", got=_num(strength))
+    else:
+        strength = image_strength(options, defaults.strength)
     if options.mask_image is not None and options.init_image is None:
         raise UserError("mask_needs_image")
     refiner, switch = _refiner(model, defaults, options)
@@ -111,10 +124,13 @@ def resolve(
         width=width,
         height=height,
         count=count,
-        scheduler=options.scheduler or defaults.scheduler,
+        scheduler=options.scheduler or (defaults.fast_scheduler if fast else defaults.scheduler),
         init_image=options.init_image,
         strength=strength if options.init_image else None,
         mask_image=options.mask_image if options.init_image else None,
+        fast=fast,
+        upscale=bool(options.upscale and options.init_image),
+        upscaler=options.upscaler if options.upscale and options.init_image else None,
         refiner=refiner,
         refiner_switch=switch,
     )
@@ -186,6 +202,15 @@ def _num(value: float) -> str:
     if isinstance(value, int):
         return shorten(str(value))
     return str(int(value)) if value.is_integer() else str(value)
+
+
+def _check_upscaled_size(width: int, height: int, limits: Limits) -> None:
+    """An upscale is drawn in tiles, so only its sides are limited (by their own setting)."""
+    if max(width, height) > limits.max_upscaled_side:
+        raise UserError("upscale_too_large", width=width, height=height, limit=limits.max_upscaled_side)
+    if min(width, height) < limits.min_side:
+        raise UserError("side_out_of_range", low=limits.min_side, high=limits.max_upscaled_side,
+                        width=width, height=height)
 
 
 def _check_size(width: int, height: int, limits: Limits) -> None:

@@ -42,7 +42,7 @@ from bot.core.worker import Worker
 log = logging.getLogger(__name__)
 
 VARIATION_STRENGTH = 0.6  # how far a variation may move from its source image
-UPSCALE_STRENGTH = 0.35  # an upscale keeps the composition and redraws the detail
+UPSCALE_STRENGTH = 0.35  # an upscale without an upscaler keeps the composition and redraws the detail
 HEALTH_PROBE_SECONDS = 1.0  # while the database is failing, /healthz tries a write at most this often
 
 __all__ = ["Catalog", "JobView", "Service", "Submitted", "Subscription"]
@@ -179,19 +179,25 @@ class Service:
         job_id = source.id
         request = source.request
         same = dict(prompt=request.prompt, negative_prompt=request.negative_prompt, model=request.model,
-                    steps=request.steps, guidance=request.guidance, scheduler=request.scheduler)
+                    steps=request.steps, guidance=request.guidance, scheduler=request.scheduler,
+                    fast=request.fast or None)
         if action == "reroll":
             options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
                                      init_image=request.init_image, strength=request.strength,
+                                     upscale=request.upscale or None, upscaler=request.upscaler,
                                      refiner=self._same_refiner(request))
         elif action in ("variation", "upscale"):
             if source.status != "done" or not 0 <= index < len(source.images):
                 raise UserError("no_such_image", job=ref, index=index + 1)
             image = str(self.config.storage.outputs_path() / source.images[index].file)
-            scale = 2 if action == "upscale" else 1
-            options = RequestOptions(**same, width=request.width * scale, height=request.height * scale,
-                                     count=1 if action == "upscale" else request.count, init_image=image,
-                                     strength=UPSCALE_STRENGTH if action == "upscale" else VARIATION_STRENGTH)
+            if action == "upscale":
+                upscaler = self.config.upscale.model or None
+                options = RequestOptions(**same, width=request.width * 2, height=request.height * 2, count=1,
+                                         init_image=image, upscale=True, upscaler=upscaler,
+                                         strength=self.config.upscale.strength if upscaler else UPSCALE_STRENGTH)
+            else:
+                options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
+                                         init_image=image, strength=VARIATION_STRENGTH)
         else:
             raise ValueError(f"unknown action {action!r}")
         return await self._queue(options, origin)
@@ -374,6 +380,8 @@ class Service:
         out = []
         for entry in self.catalog.entries():
             spec = entry.spec
+            if spec is not None and spec.kind == "upscaler":
+                continue  # not a model to draw with; the Upscale button uses it
             out.append({
                 "name": entry.name,
                 "kind": spec.kind if spec else None,

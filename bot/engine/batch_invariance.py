@@ -1,17 +1,20 @@
 """Make each image's result independent of the batch it ran in (CPU).
 
-PyTorch's CPU kernels choose their algorithm and work split by tensor shape: convolutions and
-group norms take other paths for other batch sizes, and small matrix products (the timestep
-embedding, whose row count is the batch size) another one for few rows. Results then differ in
-the last float bits, and after 20 denoising steps an image can differ by one level in a few pixels
-depending on what else was in the batch.
+PyTorch's CPU kernels choose their algorithm and work split by tensor shape: oneDNN convolutions
+pick other blockings for other batch sizes, and small matrix products (the timestep embedding,
+whose row count is the batch size) another kernel for few rows. Results then differ in the last
+float bits, and after 20 denoising steps an image can differ by one level in a few pixels depending
+on what else was in the batch.
 
-In batch-invariant mode the UNet's convolutions, group norms and one-row-per-sample linear layers
-run one sample at a time, and the VAE decodes one image at a time, so every image goes through
-exactly the same kernels whatever the batch. The rest of the UNet (attention and the large matrix
-products over all tokens, where most of the time goes) still runs batched, and so does the text
-encoder. Batching still pays, less than without this mode (`bench/engine.py` measures both on
-the machine at hand), and identity is exact.
+In batch-invariant mode the convolutions of the UNet run on PyTorch's own
+convolution (`thnn_conv2d`: one im2col and one matrix product of the same shape per sample,
+samples spread over the threads), which is the same arithmetic for every sample whatever the batch
+size, and nearly as fast batched as oneDNN. Group norms (whose CPU kernel splits large groups
+differently for other batch sizes) and the one-row-per-sample linear layers run one sample at a
+time; they are cheap. Attention and the large matrix products over all tokens are batch-invariant
+on the CPU as they are, so they stay batched. The VAE, which runs once per image rather than once
+per step, encodes and decodes one image at a time. `bench/service.py` measures the
+throughput of both modes; tests check the pixels.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def make_pipeline_batch_invariant(pipe) -> None:
         make_batch_invariant(denoiser)
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "enable_slicing"):
-        vae.enable_slicing()
+        vae.enable_slicing()  # encodes and decodes one image at a time: once per image, not per step
 
 
 def make_batch_invariant(*modules: torch.nn.Module) -> None:
@@ -35,27 +38,34 @@ def make_batch_invariant(*modules: torch.nn.Module) -> None:
         for module in root.modules():
             if getattr(module, "_imagebot_per_sample", False):
                 continue
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.GroupNorm)):
-                module.forward = types.MethodType(_per_sample(type(module).forward), module)
+            if isinstance(module, torch.nn.Conv2d):
+                module.forward = types.MethodType(_same_kernel_conv(type(module).forward), module)
+                module._imagebot_per_sample = True
+            elif isinstance(module, torch.nn.GroupNorm):
+                module.forward = types.MethodType(_per_row(type(module).forward, any_rank=True), module)
                 module._imagebot_per_sample = True
             elif isinstance(module, torch.nn.Linear):
                 module.forward = types.MethodType(_per_row(type(module).forward), module)
                 module._imagebot_per_sample = True
 
 
-def _per_sample(forward):
+def _same_kernel_conv(forward):
     def run(self, x, *args, **kwargs):
+        if (x.device.type == "cpu" and x.dim() == 4 and self.groups == 1 and self.dilation == (1, 1)
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str) and not args and not kwargs):
+            return torch._C._nn.thnn_conv2d(x, self.weight, self.kernel_size, self.bias, self.stride, self.padding)
+        # Any other convolution (or device): one sample at a time, which is invariant everywhere.
         if x.dim() < 2 or x.shape[0] == 1:
             return forward(self, x, *args, **kwargs)
         return torch.cat([forward(self, x[i: i + 1], *args, **kwargs) for i in range(x.shape[0])])
     return run
 
 
-def _per_row(forward):
+def _per_row(forward, any_rank: bool = False):
     def run(self, x, *args, **kwargs):
-        # Only 2-D inputs (one row per sample) are at risk; [batch, tokens, channels] inputs
-        # have many rows per sample and use the same kernel at every batch size.
-        if x.dim() != 2 or x.shape[0] == 1:
+        # Linear layers: only 2-D inputs (one row per sample) are at risk; [batch, tokens,
+        # channels] inputs have many rows per sample and use the same kernel at every batch size.
+        if (x.dim() != 2 and not any_rank) or x.shape[0] == 1:
             return forward(self, x, *args, **kwargs)
         return torch.cat([forward(self, x[i: i + 1], *args, **kwargs) for i in range(x.shape[0])])
     return run

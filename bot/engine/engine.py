@@ -33,6 +33,7 @@ from bot.engine.loader import load_base_pipeline, load_lora, model_bytes, weight
 from bot.models.registry import Registry
 from bot.models.spec import VariantSpec
 from bot.engine.schedulers import make_scheduler
+from bot.engine.upscale import Upscaler, UpscalerError, blend_tiles, load_upscaler, run_upscaler, tile_boxes
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class GenerationResult:
     images: list[Image.Image]
     seeds: list[int]
     model_fingerprint: str
+    fast_lora: str | None = None  # the LCM-LoRA a fast-mode request ran with
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Engine:
         self.budget = memory_budget_bytes(self.config, self.device)
         self.stats = EngineStats()
         self._resident: OrderedDict[str, _Resident] = OrderedDict()  # least recently used first
+        self._upscaler: Upscaler | None = None  # the last upscaler used (one is configured at a time)
         self._lock = threading.Lock()  # the engine is one thread's, but listing may come from others
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
@@ -157,7 +160,8 @@ class Engine:
         spec = self.registry.get(first.model)
         if first.mask_image is not None and spec.inpaint:
             spec = self.registry.get(spec.inpaint)  # the model's own inpainting model
-        pipe, resident = self._activate(spec)
+        fast_lora = self._fast_lora(spec) if first.fast else None
+        pipe, resident = self._activate(spec, fast_lora)
         if first.mask_image is not None:
             if resident.inpaint is None:
                 resident.inpaint = inpainting_pipeline(resident.pipe)
@@ -165,6 +169,8 @@ class Engine:
         elif first.init_image is not None:
             pipe = self._img2img(resident)
         pipe.scheduler = make_scheduler(first.scheduler, resident.scheduler_config)
+        if first.upscale:
+            return self._upscale(requests, spec, pipe, fast_lora, on_progress, should_cancel)
         self._configure_vae(pipe, first.width * first.height)
 
         items = [
@@ -188,32 +194,51 @@ class Engine:
         results = []
         for index, request in enumerate(requests):
             mine = [image for item, image in zip(items, images) if item.request_index == index]
-            results.append(GenerationResult(request, mine, request.seeds(), spec.fingerprint))
+            results.append(GenerationResult(request, mine, request.seeds(), spec.fingerprint,
+                                            fast_lora.name if fast_lora else None))
         return results
 
     # --- models ------------------------------------------------------------------------------
 
-    def _activate(self, spec: VariantSpec) -> tuple[DiffusionPipeline, _Resident]:
-        """Make `spec` the model the next pipeline call uses; load what is missing."""
+    def _activate(self, spec: VariantSpec, fast_lora: VariantSpec | None = None) -> tuple[DiffusionPipeline, _Resident]:
+        """Make `spec` (with the fast mode's LCM-LoRA on top, if given) the model the next pipeline
+        call uses; load what is missing."""
         if spec.kind == "lora":
-            base_spec = self.registry.get(spec.base or "")
-            resident = self._resident_for(base_spec)
-            if resident.adapters.get(spec.name) != spec.fingerprint:
-                if spec.name in resident.adapters:
-                    resident.pipe.delete_adapters(spec.name)
-                    del resident.adapters[spec.name]
-                started = time.perf_counter()
-                load_lora(resident.pipe, spec)
-                resident.adapters[spec.name] = spec.fingerprint
-                self._count_load(time.perf_counter() - started)
-            resident.pipe.enable_lora()
-            resident.pipe.set_adapters([spec.name], adapter_weights=[spec.scale])
+            resident = self._resident_for(self.registry.get(spec.base or ""))
+            loras = [spec]
         else:
             resident = self._resident_for(spec)
-            if resident.adapters:
-                resident.pipe.disable_lora()
+            loras = []
+        if fast_lora is not None:
+            loras.append(fast_lora)
+        for lora in loras:
+            self._attach(resident, lora)
+        if loras:
+            resident.pipe.enable_lora()
+            resident.pipe.set_adapters([lora.name for lora in loras], adapter_weights=[lora.scale for lora in loras])
+        elif resident.adapters:
+            resident.pipe.disable_lora()
         return resident.pipe, resident
 
+    def _attach(self, resident: _Resident, lora: VariantSpec) -> None:
+        """Load a LoRA variant's weights as a named adapter of `resident`, unless they already are."""
+        if resident.adapters.get(lora.name) == lora.fingerprint:
+            return
+        if lora.name in resident.adapters:
+            resident.pipe.delete_adapters(lora.name)
+            del resident.adapters[lora.name]
+        started = time.perf_counter()
+        load_lora(resident.pipe, lora)
+        resident.adapters[lora.name] = lora.fingerprint
+        self._count_load(time.perf_counter() - started)
+
+    def _fast_lora(self, spec: VariantSpec) -> VariantSpec | None:
+        """The LCM-LoRA of a variant's fast mode: its own, else its base's; None for an LCM or
+        Turbo model, which is fast by itself."""
+        name = spec.fast_lora
+        if name is None and spec.kind == "lora":
+            name = self.registry.get(spec.base or "").fast_lora
+        return self.registry.get(name) if name else None
     def _refiner(self, request: GenerationRequest) -> DiffusionPipeline:
         """The refiner pipeline that finishes `request`: next to its base when the memory budget
         holds both, else in its place (the base loads again for its next batch)."""
@@ -411,11 +436,80 @@ class Engine:
             return [paste_unmasked(image, item.init_image, item.mask) for image, item in zip(output.images, items)]
         return list(output.images)
 
+    # --- upscaling ------------------------------------------------------------------------------
+
+    def _upscale(self, requests, spec: VariantSpec, pipe, fast_lora, on_progress, should_cancel):
+        """Each request's `init_image` enlarged to its size: by the upscaler (or resized), then,
+        at `strength` > 0, redrawn by img2img in tiles of the model's native size, all tiles of
+        the batch sharing pipeline calls. Memory stays that of one native-size batch."""
+        first = requests[0]
+        upscaler = self._upscaler_for(first.upscaler) if first.upscaler else None
+        started = time.perf_counter()
+        enlarged = []
+        for request in requests:
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+            size = (request.width, request.height)
+            with Image.open(request.init_image) as source:
+                image = source.convert("RGB")
+            enlarged.append(run_upscaler(upscaler, image, size) if upscaler
+                            else image.resize(size, Image.Resampling.LANCZOS))
+
+        if first.strength:
+            tile_w, tile_h = spec.defaults.width, spec.defaults.height
+            overlap = min(tile_w, tile_h) // 4
+            layouts = [tile_boxes(request.width, request.height, tile_w, tile_h, overlap) for request in requests]
+            items = [
+                # Each tile its own seed, so no noise pattern repeats across the image.
+                _Item(index, request.prompt, request.negative_prompt, (request.seed + n) % 2**32,
+                      enlarged[index].crop((left, top, right, bottom)))
+                for index, (request, boxes) in enumerate(zip(requests, layouts))
+                for n, (top, left, bottom, right) in enumerate(boxes)
+            ]
+            self._configure_vae(pipe, tile_w * tile_h)
+            chunks = [items[at: at + self.config.max_batch] for at in range(0, len(items), self.config.max_batch)]
+            drawn: list[Image.Image] = []
+            for number, chunk in enumerate(chunks):
+                report = _chunk_progress(on_progress, number, len(chunks))
+                drawn += self._run_with_oom_retry(pipe, first, chunk, report, should_cancel, "whole")
+            for index, boxes in enumerate(layouts):
+                mine = [image for item, image in zip(items, drawn) if item.request_index == index]
+                enlarged[index] = blend_tiles(mine, boxes, (requests[index].width, requests[index].height), overlap)
+        self._record_speed(spec.name, first, time.perf_counter() - started, len(requests))
+        return [GenerationResult(request, [image], request.seeds(), spec.fingerprint,
+                                 fast_lora.name if fast_lora else None)
+                for request, image in zip(requests, enlarged)]
+
+    def _upscaler_for(self, name: str) -> Upscaler:
+        try:
+            spec = self.registry.get(name)
+        except UserError as error:
+            raise UserError("upscaler_missing", name=name, error=str(error)) from None
+        if spec.kind != "upscaler":
+            raise UserError("upscaler_missing", name=name,
+                            error=f"it is a {spec.kind} variant; [upscale] model names a variant of kind \"upscaler\"")
+        if self._upscaler is None or (self._upscaler.name, self._upscaler.fingerprint) != (name, spec.fingerprint):
+            self._upscaler = None
+            started = time.perf_counter()
+            try:
+                self._upscaler = load_upscaler(spec, self.device, self.dtype)
+            except UpscalerError as error:
+                raise UserError("upscaler_missing", name=name, error=str(error)) from error
+            self._count_load(time.perf_counter() - started)
+        return self._upscaler
+
     def _record_speed(self, model: str, request: GenerationRequest, seconds: float, images: int) -> None:
         for table, value in ((self.stats.seconds_per_step, seconds / max(1, request.steps * images)),
                              (self.stats.seconds_per_image, seconds / max(1, images))):
             old = table.get(model)
             table[model] = value if old is None else 0.8 * old + 0.2 * value
+
+
+def _chunk_progress(on_progress: ProgressCallback | None, number: int, count: int) -> ProgressCallback | None:
+    """Progress of one of `count` pipeline calls, reported as progress of the whole job."""
+    if on_progress is None:
+        return None
+    return lambda p: on_progress(Progress(number * p.total + p.step, count * p.total))
 
 
 def _own_weights(pipe: DiffusionPipeline) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from bot.core.errors import UserError
-from bot.models.spec import VARIANT_FILE, VariantError, VariantSpec, read_variant
+from bot.models.spec import GENERATING_KINDS, VARIANT_FILE, VariantError, VariantSpec, read_variant
 from bot.models.variant import MODEL_NAME, VariantDefaults, VariantOverride, overridden
 
 
@@ -67,6 +67,7 @@ class Registry:
                 found[folder.name] = self._read_entry(folder)
         found = {name: self._with_override(entry) for name, entry in found.items()}
         _check_lora_bases(found, self.overrides)
+        _check_fast_loras(found)
         _check_refiners(found)
         with self._lock:
             old = self._entries
@@ -102,11 +103,18 @@ class Registry:
         return entry.spec
 
     def ready_defaults(self) -> dict[str, VariantDefaults]:
-        return {e.name: e.spec.defaults for e in self.entries() if e.ready and e.spec}
+        """The usable models to generate with (upscalers only enlarge images) and their defaults."""
+        return {e.name: e.spec.defaults for e in self.entries()
+                if e.ready and e.spec and e.spec.kind in GENERATING_KINDS}
 
     def unavailable(self) -> dict[str, str]:
-        """Variants that exist but cannot be used, with the reason."""
-        return {e.name: e.error for e in self.entries() if e.error and not e.disabled}
+        """Variants that exist but cannot be generated with, with the reason."""
+        out = {e.name: e.error for e in self.entries() if e.error and not e.disabled}
+        for e in self.entries():
+            if e.ready and e.spec and e.spec.kind == "upscaler":
+                out[e.name] = ("it is an upscaler, which enlarges finished images (the Upscale button, "
+                               "[upscale] model in config.toml); it does not draw from a prompt")
+        return out
 
     def _read_entry(self, folder: Path) -> VariantEntry:
         name = folder.name
@@ -145,6 +153,8 @@ def _check_lora_bases(entries: dict[str, VariantEntry], overrides: Mapping[str, 
             problem = f"its base '{spec.base}' is broken"
         elif base.spec.kind == "lora":
             problem = f"its base '{spec.base}' is itself a LoRA; use a full model as base"
+        elif base.spec.kind == "upscaler":
+            problem = f"its base '{spec.base}' is an upscaler; use a full model as base"
         if problem:
             entries[name] = replace(entry, error=problem)
         elif base.spec is not None:
@@ -156,6 +166,21 @@ def _check_lora_bases(entries: dict[str, VariantEntry], overrides: Mapping[str, 
             entries[name] = replace(entry, spec=replace(spec, defaults=defaults))
 
 
+def _check_fast_loras(entries: dict[str, VariantEntry]) -> None:
+    """`fast_lora` must name a usable LoRA variant; a variant naming anything else is broken (its
+    own entry only), so that --fast never silently draws without the LoRA it needs."""
+    for name, entry in entries.items():
+        spec = entry.spec
+        if spec is None or entry.error or not spec.fast_lora:
+            continue
+        lora = entries.get(spec.fast_lora)
+        if lora is None or lora.spec is None or lora.error:
+            problem = f"its fast_lora '{spec.fast_lora}' is not a usable variant in the model store"
+        elif lora.spec.kind != "lora":
+            problem = f"its fast_lora '{spec.fast_lora}' is a {lora.spec.kind}, not a LoRA (an LCM-LoRA)"
+        else:
+            continue
+        entries[name] = replace(entry, error=problem)
 def _check_refiners(entries: dict[str, VariantEntry]) -> None:
     """A model that names a refiner needs a usable refiner model; mark it broken otherwise.
 

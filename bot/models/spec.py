@@ -5,7 +5,7 @@ Nothing here imports torch or touches weights: it reads variant.toml, a pipeline
 
 variant.toml:
 
-    kind = "pipeline"            # pipeline | single_file | lora | hub (inferred when left out)
+    kind = "pipeline"            # pipeline | single_file | lora | hub | upscaler (inferred when left out)
     description = "..."
     examples = ["a red circle on a blue background", "..."]   # prompts it draws well (the web page offers them)
     file = "model.safetensors"   # single_file: the checkpoint; lora: the weights (optional)
@@ -15,7 +15,8 @@ variant.toml:
     scale = 0.8                  # lora: strength of the adapter
     repo = "stabilityai/stable-diffusion-2-1"   # hub
     revision = "main"            # hub
-    allow_pickle = false         # single_file: permit pickled .ckpt files (they can run code)
+    allow_pickle = false         # single_file, upscaler: permit pickled .ckpt/.pth files (they can run code)
+    fast_lora = "lcm-sd15"       # --fast applies this LoRA variant (an LCM-LoRA); see fast_steps below
     refiner = "sdxl-refiner"     # a refiner variant that finishes this model's images (SDXL)
     refiner_switch = 0.8         # the fraction of the steps this model runs before the refiner takes over
     inpaint = "sd15-inpainting"  # the variant that repaints masked regions for this one (else this one does)
@@ -27,6 +28,13 @@ variant.toml:
     height = 512
     scheduler = "dpm++"
     negative_prompt = "blurry"
+    fast_steps = 6               # --fast: 1-8 steps (default 6 with fast_lora; 0 = no fast mode)
+    fast_guidance = 1.5          # --fast: 0-2
+    fast_scheduler = "lcm"
+
+An upscaler (`kind = "upscaler"`, `file = "4x-model.safetensors"`) is an ESRGAN-family network that
+the Upscale button runs before its img2img pass; it draws nothing by itself, so it is not offered as
+a model to generate with.
 """
 
 from __future__ import annotations
@@ -48,13 +56,14 @@ from bot.models.families import FAMILIES, detect_family, read_safetensors_header
 from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, VariantDefaults, check_defaults
 
 VARIANT_FILE = "variant.toml"
-KINDS = ("pipeline", "single_file", "lora", "hub")
+KINDS = ("pipeline", "single_file", "lora", "hub", "upscaler")
+GENERATING_KINDS = ("pipeline", "single_file", "lora", "hub")  # an upscaler only enlarges images
 SINGLE_FILE_ARCHS = ("auto", *FAMILIES)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ARCH_NATIVE_SIZE = {name: size for name, (_, size) in FAMILIES.items()}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOP_KEYS = {"kind", "description", "examples", "file", "arch", "config", "base", "scale", "repo", "revision",
-             "allow_pickle", "defaults", "refiner", "refiner_switch", "inpaint"}
+             "allow_pickle", "defaults", "refiner", "refiner_switch", "inpaint", "fast_lora"}
 # The types variant.toml may use for each default (a whole number is a fine guidance).
 _DEFAULT_KEYS = {name: (int, float) if kind is float else kind for name, kind in DEFAULT_TYPES.items()}
 
@@ -81,6 +90,7 @@ class VariantSpec:
     repo: str | None = None
     revision: str | None = None
     allow_pickle: bool = False
+    fast_lora: str | None = None  # the LoRA variant --fast applies (an LCM-LoRA)
     inpaint: str | None = None  # the variant that repaints masked regions for this one
 
 
@@ -144,6 +154,15 @@ def read_variant(folder: Path) -> VariantSpec:
         if not -4 <= scale <= 4:
             raise VariantError(f"scale must be between -4 and 4, got {scale}")
         spec_fields.update(base=base, file=file, scale=scale)
+    elif kind == "upscaler":
+        file = _inside(folder, _get(data, "file", str, None), "file", required=True)
+        allow_pickle = _get(data, "allow_pickle", bool, False)
+        if file.suffix.lower() not in (".safetensors", ".pth"):
+            raise VariantError(f"an upscaler's file must be .safetensors or .pth weights, got {file.name}")
+        if file.suffix.lower() == ".pth" and not allow_pickle:
+            raise VariantError(f"{file.name} is pickled weights, which can run arbitrary code when loaded; "
+                               "convert it to .safetensors, or set allow_pickle = true if you trust it")
+        spec_fields.update(file=file, allow_pickle=allow_pickle)
     else:  # hub
         repo = _get(data, "repo", str, None)
         if not repo or not _REPO_ID.fullmatch(repo) or ".." in repo:
@@ -152,11 +171,19 @@ def read_variant(folder: Path) -> VariantSpec:
         native = 768 if repo.rstrip("/").endswith("stable-diffusion-2-1") else 512
         role = "refiner" if "refiner" in repo.lower() else "inpainting" if "inpaint" in repo.lower() else role
 
+    fast_lora = _get(data, "fast_lora", str, None)
+    if fast_lora is not None:
+        if kind == "upscaler" or not MODEL_NAME.fullmatch(fast_lora) or fast_lora == folder.name:
+            raise VariantError("fast_lora names the LoRA variant (an LCM-LoRA) that --fast applies, "
+                               "e.g. fast_lora = \"lcm-sd15\"; an upscaler has no fast mode")
+        spec_fields["fast_lora"] = fast_lora
     inpaint = _get(data, "inpaint", str, None)
     if inpaint is not None and not MODEL_NAME.fullmatch(inpaint):
         raise VariantError(f"inpaint must name another variant, got {inpaint!r}")
     spec_fields["inpaint"] = inpaint
     own_defaults = _read_defaults(data.get("defaults", {}))
+    if fast_lora is not None and "fast_steps" not in own_defaults:
+        own_defaults["fast_steps"] = 6
     if kind == "lora" and ("refiner" in data or "refiner_switch" in data):
         raise VariantError("a LoRA uses its base's refiner; set refiner in the base's variant.toml")
     traits = _read_refiner(data, role)
@@ -223,8 +250,9 @@ def _read_defaults(data: Any) -> dict[str, Any]:
         check_defaults(values, "defaults")
     except ValueError as error:
         raise VariantError(str(error)) from None
-    if "guidance" in values:
-        values["guidance"] = float(values["guidance"])
+    for key in ("guidance", "fast_guidance"):
+        if key in values:
+            values[key] = float(values[key])
     return values
 
 

@@ -33,6 +33,11 @@ class VariantDefaults:
     # only GPU worker for half an hour.
     max_side: int = 0
     max_pixels: int = 0
+    # --fast: few steps at low guidance with the LCM scheduler, for a variant that names an
+    # LCM-LoRA (`fast_lora`) or is itself an LCM or Turbo model. fast_steps = 0: no fast mode.
+    fast_steps: int = 0
+    fast_guidance: float = 1.5
+    fast_scheduler: str = "lcm"
     strength: float = 0.6  # image prompts: how far the image may be changed (0.1-1)
     # What the model is and what finishes its images: from variant.toml's top level (`refiner = ...`),
     # never from [defaults] or config.toml, because they describe the weights, not a taste.
@@ -40,6 +45,10 @@ class VariantDefaults:
     refiner: str = ""  # the variant that finishes this model's images ("": none)
     refiner_switch: float = 0.8  # the fraction of the steps this model runs before its refiner takes over
 
+# What a fast mode may use: LCM and Turbo models draw in a few steps at low guidance; more steps or
+# guidance burn their images.
+FAST_MAX_STEPS = 8
+FAST_MAX_GUIDANCE = 2.0
 
 # text2image: draws from a prompt. refiner: only finishes another model's latents (the SDXL
 # refiner). inpainting: 9 input channels, redraws a masked region of an image.
@@ -90,3 +99,11 @@ def check_defaults(values: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"{where}.strength must be 0.1-1, got {values['strength']}")
     if values.get("steps") is not None and values["steps"] < 1:
         raise ValueError(f"{where}.steps must be at least 1, got {values['steps']}")
+    if values.get("fast_scheduler") is not None and values["fast_scheduler"] not in SCHEDULERS:
+        raise ValueError(f"{where}.fast_scheduler must be one of {', '.join(SCHEDULERS)}, "
+                         f"got {values['fast_scheduler']!r}")
+    if values.get("fast_steps") is not None and not 0 <= values["fast_steps"] <= FAST_MAX_STEPS:
+        raise ValueError(f"{where}.fast_steps must be 1 to {FAST_MAX_STEPS} (0: no fast mode), "
+                         f"got {values['fast_steps']}")
+    if values.get("fast_guidance") is not None and not 0 <= values["fast_guidance"] <= FAST_MAX_GUIDANCE:
+        raise ValueError(f"{where}.fast_guidance must be 0 to {FAST_MAX_GUIDANCE:g}, got {values['fast_guidance']}")

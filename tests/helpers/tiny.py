@@ -125,6 +125,27 @@ def save_tiny_lora(base_folder: Path, out_folder: Path, seed: int = 1, rank: int
     return out_folder
 
 
+def save_tiny_upscaler(path: Path, arch: str = "esrgan", scale: int = 2, seed: int = 0) -> Path:
+    """Random-weight upscaling networks of the ESRGAN family, in the layouts model sites ship:
+    "esrgan" an RRDBNet (ESRGAN) with one block of 8 filters; "compact" Real-ESRGAN's
+    SRVGGNetCompact with two convolutions of 8 filters (cheap enough for 768 px images on a CPU).
+    A .safetensors path is saved as safetensors, a .pth path as a pickled state dict."""
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(seed)
+    if arch == "esrgan":
+        network = ESRGAN(num_filters=8, num_blocks=1, scale=scale)
+    else:
+        network = Compact(num_feat=8, num_conv=2, upscale=scale)
+    state = {key: value.contiguous() for key, value in network.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
 # --- the other families: SD 2.x, SDXL base and refiner, inpainting ------------------------------------
 #
 # Each is the real pipeline class with the family's distinguishing parts kept (text encoder kind,

@@ -428,7 +428,7 @@ BROKEN = {
     "wrong_type_allow_pickle": ('file = "m.ckpt"\nallow_pickle = "yes"\n', {"m.ckpt": b"x"},
                                 ["allow_pickle has the wrong type"]),
     "defaults_not_table": ('kind = "pipeline"\ndefaults = 5\n', PIPE, ["[defaults] must be a table"]),
-    "unknown_kind": ('kind = "checkpoint"\n', PIPE, ["kind must be one of pipeline, single_file, lora, hub",
+    "unknown_kind": ('kind = "checkpoint"\n', PIPE, ["kind must be one of pipeline, single_file, lora, hub, upscaler",
                                                      "'checkpoint'"]),
     "pipeline_without_model_index": ('kind = "pipeline"\n', {"unet/config.json": "{}"}, ["model_index.json"]),
     "missing_file": ('file = "model.safetensors"\n', {}, ["file = 'model.safetensors' does not exist"]),
