@@ -174,8 +174,9 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
         "models": {"default": "tiny", "allow_download": False},
         "limits": {"min_side": 32},
         "engine": {"max_batch": args.max_batch, "batch_invariant": args.batch_invariant, "threads": args.threads},
-        "queue": {"max_queued_per_user": args.jobs, "max_jobs_per_hour": 0},
-        "web": {"port": port},
+        "queue": {"max_queued_per_user": args.jobs, "max_jobs_per_hour": 0, "max_queued_per_address": 0,
+                  "max_jobs_per_hour_per_address": 0},
+        "web": {"port": port, "max_streams_per_client": 4 * args.jobs},  # one client address, many streams
     })
     stack = await open_stack(config)  # as `imagebot serve` builds it
     store, executor, service = stack.store, stack.executor, stack.service
