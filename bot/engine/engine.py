@@ -26,7 +26,7 @@ from bot.config import EngineConfig
 from bot.core.errors import Cancelled, UserError
 from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
-from bot.engine.devices import EngineSetupError, memory_budget_bytes, pick_device, pick_dtype
+from bot.engine.devices import EngineSetupError, check_offload, memory_budget_bytes, pick_device, pick_dtype
 from bot.engine.inpaint import inpainting_pipeline, load_mask, paste_unmasked
 from bot.engine.interrupt import stoppable
 from bot.engine.loader import load_base_pipeline, load_lora, model_bytes, weight_file_bytes
@@ -109,6 +109,7 @@ class Engine:
         self.allow_download = allow_download
         self.want_latents = want_latents
         self.device = pick_device(self.config)
+        check_offload(self.config, self.device)
         self.dtype = pick_dtype(self.config, self.device)
         self.budget = memory_budget_bytes(self.config, self.device)
         self.stats = EngineStats()
