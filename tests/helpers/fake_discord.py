@@ -216,8 +216,9 @@ class FakeDiscord:
                     "bot_require_code_grant": False, "verify_key": "0" * 64, "flags": 0,
                     "owner": {"id": str(ADMIN), "username": "owner", "discriminator": "0", "avatar": None}}
         if re.fullmatch(r"/applications/\d+(/guilds/\d+)?/commands", path) and method == "PUT":
-            return [{**command, "id": str(next(self._ids)), "application_id": str(APP_ID), "version": "1"}
-                    for command in call.json]
+            # Discord answers context menu commands with an empty description too.
+            return [{"description": "", **command, "id": str(next(self._ids)), "application_id": str(APP_ID),
+                     "version": "1"} for command in call.json]
         match = re.fullmatch(r"/interactions/(\d+)/([^/]+)/callback", path)
         if match:
             kind = call.json["type"]

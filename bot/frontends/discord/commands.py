@@ -139,6 +139,14 @@ class Commands:
         else:
             await interaction.response.send_message(content, view=describing.view(len(prompts)))
 
+    async def imagine_from_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """The message menu's "Imagine from this image": ask for a prompt, then imagine from its picture."""
+        picture = next((a for a in message.attachments if (a.content_type or "").startswith("image/")), None)
+        if picture is None:
+            await answer(interaction, render("dc_no_image_in_message", str(interaction.locale)), ephemeral=True)
+            return
+        await interaction.response.send_modal(PromptModal(self, picture, str(interaction.locale)))
+
     async def imagine_described(self, interaction: discord.Interaction, prompt: Optional[str]) -> None:
         """A number under /describe's answer: imagine that prompt."""
         if not prompt:
@@ -460,6 +468,10 @@ class Commands:
         async def describe(interaction: discord.Interaction, image: discord.Attachment) -> None:
             await commands.describe(interaction, image)
 
+        @app_commands.context_menu(name=command_text("dc_menu_imagine_from"))
+        async def imagine_from(interaction: discord.Interaction, message: discord.Message) -> None:
+            await commands.imagine_from_message(interaction, message)
+
         @app_commands.command(name="queue", description=command_text("dc_cmd_queue"))
         async def queue(interaction: discord.Interaction) -> None:
             await text_reply(interaction, commands.queue(interaction))
@@ -487,8 +499,24 @@ class Commands:
         async def help_(interaction: discord.Interaction) -> None:
             await answer(interaction, commands.help(interaction), ephemeral=True)
 
-        for command in (imagine, describe, model, admin, queue, cancel, settings, history, help_):
+        for command in (imagine, describe, imagine_from, model, admin, queue, cancel, settings, history, help_):
             tree.add_command(command)
+
+
+class PromptModal(discord.ui.Modal):
+    """Asks for the prompt to go with a picture from a message (the message menu's "Imagine from this image")."""
+
+    def __init__(self, commands: "Commands", picture: discord.Attachment, locale: str) -> None:
+        super().__init__(title=clip(render("dc_modal_imagine_title", locale), 45), timeout=600)
+        self.commands = commands
+        self.picture = picture
+        limit = min(commands.config.limits.max_prompt_chars, 4000)
+        self.prompt = discord.ui.TextInput(label=clip(render("dc_modal_prompt_label", locale), 45),
+                                           style=discord.TextStyle.paragraph, max_length=limit)
+        self.add_item(self.prompt)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await self.commands.imagine(interaction, self.prompt.value, self.picture)
 
 
 async def read_attachment(attachment: discord.Attachment, limit: int) -> bytes:

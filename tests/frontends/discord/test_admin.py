@@ -65,7 +65,8 @@ async def test_commands_are_synced_with_vietnamese_texts_and_option_limits(make_
     await make_stack(discord={"test_guild": GUILD}, limits={"max_steps": 40})
     synced = fake.find("PUT", rf"/applications/\d+/guilds/{GUILD}/commands")[0].json
     commands = {c["name"]: c for c in synced}
-    assert set(commands) == {"imagine", "describe", "model", "admin", "queue", "cancel", "settings", "history", "help"}
+    assert set(commands) == {"imagine", "describe", "Imagine from this image", "model", "admin", "queue", "cancel",
+                             "settings", "history", "help"}
     imagine = commands["imagine"]
     assert imagine["description_localizations"]["vi"] == "Tạo ảnh từ một câu mô tả"
     options = {o["name"]: o for o in imagine["options"]}
@@ -124,7 +125,8 @@ async def test_only_admin_is_hidden_by_default_and_guild_only(make_stack, fake, 
     path = rf"/applications/\d+/guilds/{GUILD}/commands" if test_guild else r"/applications/\d+/commands"
     [sync] = fake.find("PUT", path)
     commands = {c["name"]: c for c in sync.json}
-    assert set(commands) == {"imagine", "describe", "model", "admin", "queue", "cancel", "settings", "history", "help"}
+    assert set(commands) == {"imagine", "describe", "Imagine from this image", "model", "admin", "queue", "cancel",
+                             "settings", "history", "help"}
     admin = commands.pop("admin")
     assert str(admin["default_member_permissions"]) == str(MANAGE_GUILD) == "32"
     assert admin["dm_permission"] is False and admin["contexts"] == [0]  # 0: in a server only

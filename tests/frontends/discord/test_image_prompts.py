@@ -103,3 +103,35 @@ async def test_describe_answers_prompts_whose_buttons_imagine_them(make_stack, f
     no_model.dispatch(no_model_payload)
     refused = (await fake.wait_for("POST", callback(no_model_payload))).json
     assert refused["data"]["flags"] & EPHEMERAL and "[describe] model" in refused["data"]["content"]
+
+
+async def test_imagine_from_an_image_in_a_message_asks_for_the_prompt(make_stack, fake):
+    from tests.helpers.fake_discord import CHANNEL
+
+    stack = await make_stack()
+    _, data = shapes_png()
+    posted = fake.message({"content": "my drawing"}, CHANNEL)
+    posted["attachments"] = [fake.attach("drawing.png", data)]
+    menu = command("Imagine from this image")
+    menu["data"].update(type=3, target_id=posted["id"], resolved={"messages": {posted["id"]: posted}})
+    stack.dispatch(menu)
+    modal = (await fake.wait_for("POST", callback(menu))).json
+    assert modal["type"] == 9 and modal["data"]["title"] == "Imagine from this image"
+    field = modal["data"]["components"][0]["components"][0]
+    submit = command("unused")
+    submit["type"] = 5
+    submit["data"] = {"custom_id": modal["data"]["custom_id"],
+                      "components": [{"type": 1, "components": [{"type": 4, "custom_id": field["custom_id"],
+                                                                 "value": "a fox --steps 1 --strength 0.4"}]}]}
+    stack.dispatch(submit)
+    answer = (await fake.wait_for("POST", callback(submit))).json
+    assert "is queued" in answer["data"]["content"], answer
+    job = await stack.service.job(1)
+    assert job.request.prompt == "a fox" and job.request.strength == 0.4 and job.request.init_image
+
+    no_image = fake.message({"content": "just words"}, CHANNEL)
+    menu = command("Imagine from this image")
+    menu["data"].update(type=3, target_id=no_image["id"], resolved={"messages": {no_image["id"]: no_image}})
+    stack.dispatch(menu)
+    refused = (await fake.wait_for("POST", callback(menu))).json
+    assert refused["data"]["flags"] & EPHEMERAL and refused["data"]["content"] == "That message has no image to start from."
