@@ -21,12 +21,13 @@ def report(config: Config, secrets: Secrets) -> list[str]:
 def _engine_lines(config: Config) -> list[str]:
     import torch
 
-    from bot.engine.devices import EngineSetupError, pick_device, pick_dtype
+    from bot.engine.devices import EngineSetupError, check_offload, pick_device, pick_dtype
 
     cuda = torch.version.cuda
     lines = [f"torch {torch.__version__} ({'CUDA ' + cuda if cuda else 'CPU-only build'})"]
     try:
         device = pick_device(config.engine)
+        check_offload(config.engine, device)
         dtype = pick_dtype(config.engine, device)
     except EngineSetupError as error:
         return [*lines, f"device: cannot be used: {error}"]

@@ -168,10 +168,12 @@ def _check_role(model: str, defaults: VariantDefaults, variants: Mapping[str, Va
 def _refiner(model: str, defaults: VariantDefaults, options: RequestOptions) -> tuple[str | None, float | None]:
     """The refiner that finishes this request and where it takes over, or (None, None).
 
-    Image-to-image requests (variations, upscales) start from a finished image: no refiner."""
+    Image-to-image requests (variations, upscales) start from a finished image: no refiner. Fast
+    mode runs the base alone unless the request asks for the refiner: the refiner has no LCM weights
+    and draws poorly in a few steps."""
     if options.refiner and not defaults.refiner:
         raise UserError("no_refiner", model=model)
-    if not defaults.refiner or options.init_image is not None:
+    if not defaults.refiner or options.init_image is not None or options.fast and options.refiner is None:
         return None, None
     switch = defaults.refiner_switch if options.refiner is None else options.refiner
     return (defaults.refiner, switch) if switch > 0 else (None, None)

@@ -36,6 +36,20 @@ def pick_device(config: EngineConfig) -> torch.device:
     return torch.device(config.device)
 
 
+def check_offload(config: EngineConfig, device: torch.device) -> None:
+    """cpu_offload keeps weights in CPU memory and moves each part to the GPU when it runs
+    ("model": a whole component at a time; "sequential": layer by layer, least memory, slowest).
+    Only CUDA has that hook in diffusers; elsewhere there is nothing to offload to."""
+    if config.cpu_offload != "none" and device.type != "cuda":
+        raise EngineSetupError(
+            f"engine.cpu_offload = \"{config.cpu_offload}\" moves weights between CPU memory and a CUDA GPU, "
+            f"but the engine runs on {device.type}; set engine.cpu_offload = \"none\" or run on a CUDA GPU "
+            "(engine.device = \"cuda\").")
+    if config.cpu_offload == "sequential" and config.compile:
+        raise EngineSetupError("engine.cpu_offload = \"sequential\" moves each layer's weights as it runs, which "
+                               "torch.compile cannot follow; set engine.compile = false or cpu_offload = \"model\".")
+
+
 def pick_dtype(config: EngineConfig, device: torch.device) -> torch.dtype:
     if config.dtype == "auto":
         # Half precision halves memory and roughly doubles speed on GPUs; CPUs are fastest (and

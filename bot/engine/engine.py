@@ -26,7 +26,7 @@ from bot.config import EngineConfig
 from bot.core.errors import Cancelled, UserError
 from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
-from bot.engine.devices import EngineSetupError, memory_budget_bytes, pick_device, pick_dtype
+from bot.engine.devices import EngineSetupError, check_offload, memory_budget_bytes, pick_device, pick_dtype
 from bot.engine.inpaint import inpainting_pipeline, load_mask, paste_unmasked
 from bot.engine.interrupt import stoppable
 from bot.engine.loader import load_base_pipeline, load_lora, model_bytes, weight_file_bytes
@@ -94,6 +94,7 @@ class _Item:
     # random generator's state, so the refiner goes on with the same random stream.
     latents: Any = None
     rng_state: Any = None
+    steps_done: int = 0  # steps the base reported, where the refiner's progress goes on from
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -108,6 +109,7 @@ class Engine:
         self.allow_download = allow_download
         self.want_latents = want_latents
         self.device = pick_device(self.config)
+        check_offload(self.config, self.device)
         self.dtype = pick_dtype(self.config, self.device)
         self.budget = memory_budget_bytes(self.config, self.device)
         self.stats = EngineStats()
@@ -239,6 +241,7 @@ class Engine:
         if name is None and spec.kind == "lora":
             name = self.registry.get(spec.base or "").fast_lora
         return self.registry.get(name) if name else None
+
     def _refiner(self, request: GenerationRequest) -> DiffusionPipeline:
         """The refiner pipeline that finishes `request`: next to its base when the memory budget
         holds both, else in its place (the base loads again for its next batch)."""
@@ -388,17 +391,21 @@ class Engine:
         if not any(negatives) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
             negatives = None  # SDXL's own convention for "no negative prompt"
 
+        reported = [items[0].steps_done]  # the refiner's steps count on from the base's
+
         def on_step_end(pipeline, step, timestep, tensors):
             if should_cancel is not None and should_cancel():
                 raise Cancelled()  # leaves the denoising loop at once, skipping the decode
+            latents = tensors.get("latents") if self.want_latents else None
+            if stage == "whole":
+                total = getattr(pipeline, "num_timesteps", None) or request.steps
+                step_done = step + 1
+            else:  # base and refiner share the request's steps between them
+                total = request.steps
+                reported[0] += 1
+                step_done = min(total, reported[0])
             if on_progress is not None:
-                latents = tensors.get("latents") if self.want_latents else None
-                if stage == "whole":
-                    total = getattr(pipeline, "num_timesteps", None) or request.steps
-                    on_progress(Progress(step + 1, total, latents))
-                else:  # base and refiner share the request's steps; the refiner runs the last ones
-                    done = request.steps - pipeline.num_timesteps if stage == "refiner" else 0
-                    on_progress(Progress(min(request.steps, done + step + 1), request.steps, latents))
+                on_progress(Progress(step_done, total, latents))
             return {}
 
         kwargs: dict[str, Any] = dict(
@@ -429,8 +436,8 @@ class Engine:
             output = pipe(**kwargs)
         self.stats.batches += 1
         if stage == "base":
-            return [replace(item, latents=output.images[i: i + 1], rng_state=generators[i].get_state())
-                    for i, item in enumerate(items)]
+            return [replace(item, latents=output.images[i: i + 1], rng_state=generators[i].get_state(),
+                            steps_done=reported[0]) for i, item in enumerate(items)]
         self.stats.images += len(items)
         if request.mask_image is not None:
             return [paste_unmasked(image, item.init_image, item.mask) for image, item in zip(output.images, items)]

@@ -6,7 +6,7 @@ import re
 from pathlib import PurePath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from bot.core.jobs import Job
 from bot.core.request import GenerationRequest
@@ -39,6 +39,7 @@ class JobIn(BaseModel):
     count: Scalar = None
     scheduler: str | None = None
     refiner: Scalar = None  # where the model's refiner takes over (0.7), 0 or "off" for none
+    fast: StrictBool | None = None  # the model's fast mode (LCM): few steps, low guidance
     image: str | None = Field(default=None, max_length=64)  # a handle from POST /api/uploads: an image prompt
     mask: str | None = Field(default=None, max_length=64)  # ... and a mask for it (white is redrawn)
     strength: Scalar = None  # with an image: how far it may change, 0.1-1

@@ -417,6 +417,7 @@ function reuse(request) {
   $("#seed").value = request.seed;
   $("#count").value = request.count;
   $("#scheduler").value = request.scheduler;
+  $("#fast").checked = Boolean(request.fast);
   updateModelInfo();
   openDrawer(false);
   $("#prompt").focus();
@@ -552,6 +553,7 @@ async function submitPrompt(prompt) {
     const value = $(`#composer [name="${name}"]`).value.trim();
     if (value !== "") body[name] = value;
   }
+  if ($("#fast").checked) body.fast = true;
   Object.assign(body, await attachmentFields()); // an image prompt and its mask (images.js)
   const created = await api("/api/jobs", { method: "POST", body });
   attachmentSent();
