@@ -6,6 +6,8 @@ Prints:
   batching   images/s of one generate() call with 8 images over 8 single-image calls
   overhead   time of generate() for one image over calling the same diffusers pipeline directly
   invariance batched throughput with batch-invariant kernels over without (CPU default is on)
+  loras      switching between two LoRAs that stay loaded (set_adapters) against loading one from
+             disk, and one image with two LoRAs over one without
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from bot.core.request import parse_prompt  # noqa: E402
 from bot.core.resolve import resolve  # noqa: E402
 from bot.engine.engine import Engine  # noqa: E402
 from bot.models.registry import Registry  # noqa: E402
-from tests.helpers.tiny import save_tiny_pipeline  # noqa: E402
+from tests.helpers.tiny import save_tiny_lora, save_tiny_pipeline  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square", "a green tree", "a yellow sun",
            "a black cat", "a white boat", "an orange fox", "a purple house"]
@@ -53,6 +55,9 @@ def main() -> None:
     models = Path(tempfile.mkdtemp()) / "models"
     save_tiny_pipeline(models / "tiny")
     (models / "tiny" / "variant.toml").write_text('kind = "pipeline"\n')
+    for seed, name in ((1, "style-a"), (2, "style-b")):
+        save_tiny_lora(models / "tiny", models / name, seed=seed)
+        (models / name / "variant.toml").write_text('kind = "lora"\nbase = "tiny"\n')
     limits = Limits(min_side=32)
 
     def make_engine(invariant: str) -> Engine:
@@ -98,6 +103,32 @@ def main() -> None:
     print(f"engine overhead:       {engine_seconds / direct_seconds:6.3f}x ({(engine_seconds / direct_seconds - 1) * 100:+.1f}%)")
     print(f"batch of 8 without batch-invariant kernels: {plain_batched:6.2f} s "
           f"(invariance costs {batched / plain_batched:5.2f}x)")
+    lora_table(engine, args.repeat)
+
+
+def lora_table(engine: Engine, repeat: int) -> None:
+    """LoRAs per request: what switching costs once both adapters are loaded, next to loading one."""
+    loads = []
+    for _ in range(repeat):
+        spec = engine.registry.get("style-a")
+        resident = engine._resident["tiny"]
+        if "style-a" in resident.adapters:
+            engine._drop_adapter(resident, "style-a")
+        started = time.perf_counter()
+        engine._activate(engine.registry.get("tiny"), [("style-a", 1.0)])
+        loads.append(time.perf_counter() - started)
+    load = statistics.median(loads)
+    engine._activate(engine.registry.get("tiny"), [("style-b", 1.0)])  # both loaded from here on
+    switches = []
+    for index in range(repeat * 10):
+        name = ("style-a", "style-b")[index % 2]
+        started = time.perf_counter()
+        engine._activate(engine.registry.get("tiny"), [(name, 0.8)])
+        switches.append(time.perf_counter() - started)
+    switch = statistics.median(switches)
+    print(f"LoRA load from disk:   {load * 1000:6.1f} ms  (first use of a LoRA)")
+    print(f"LoRA switch, loaded:   {switch * 1000:6.1f} ms  ({load / switch:5.1f}x faster than loading; "
+          f"adapters kept: {', '.join(engine.loaded()['tiny'])})")
 
 
 if __name__ == "__main__":

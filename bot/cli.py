@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     imagine.add_argument("--scheduler")
     imagine.add_argument("--init-image", type=Path, help="start from this image (img2img)")
     imagine.add_argument("--strength", help="img2img: how much to change the image, 0.05-1")
+    imagine.add_argument("--lora", action="append", metavar="NAME:W",
+                         help="apply a LoRA variant made for the model, with a weight (default 1); repeatable")
     imagine.add_argument("--refiner", help="where the model's refiner takes over, 0-0.99 of the steps (0: off)")
     imagine.add_argument("--fast", action="store_true", default=None,
                          help="the model's fast mode (an LCM-LoRA or an LCM/Turbo model): 1-8 steps, guidance 0-2")
@@ -271,14 +273,15 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
     explicit = options_from_fields(
         negative_prompt=args.negative_prompt, model=args.model, seed=args.seed, steps=args.steps,
         guidance=args.guidance, size=args.size, aspect=args.aspect, count=args.count,
-        scheduler=args.scheduler, strength=args.strength, refiner=args.refiner, fast=args.fast,
+        scheduler=args.scheduler, strength=args.strength, loras=args.lora, refiner=args.refiner, fast=args.fast,
         init_image=str(args.init_image) if args.init_image else None,
     )
     if args.init_image is not None and not args.init_image.is_file():
         raise UserError("init_image_missing", got=str(args.init_image))
     registry = _registry(config)
     request = resolve(merge_options(inline, explicit), registry.ready_defaults(), config.models.default,
-                      config.limits, models_dir=config.storage.models_dir, unavailable=registry.unavailable())
+                      config.limits, models_dir=config.storage.models_dir, unavailable=registry.unavailable(),
+                      lora_bases=registry.lora_bases())
     registry.get(request.model)  # a broken variant says why before torch is even imported
 
     from tqdm import tqdm

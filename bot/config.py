@@ -61,6 +61,7 @@ class Limits:
     max_side: int = 1024
     max_pixels: int = 1024 * 1024
     max_images: int = 4  # images per request
+    max_loras: int = 3  # LoRAs one request may apply at once (<lora:NAME:W> tags and --lora)
     max_upscaled_side: int = 2048  # the Upscale button's results (drawn in tiles, so larger than max_side)
     max_upload_bytes: int = 10 * 1024 * 1024  # an image prompt or mask, as sent
     max_upload_pixels: int = 4096 * 4096  # checked from its header, before decoding
@@ -124,6 +125,14 @@ class QueueConfig:
     max_attempts: int = 3  # a job the worker crashed on this often is failed, not retried
     shutdown_grace: float = 30.0  # seconds to finish the running batch on shutdown before requeueing it
     batch_window: float = 0.1  # seconds an idle worker waits for more jobs to batch with the first
+
+
+@dataclass(frozen=True)
+class VariationsConfig:
+    """How far variations move from their source image (img2img strength, 0.05-1)."""
+
+    subtle: float = 0.35  # Vary (Subtle): the same picture, details redrawn
+    strong: float = 0.7  # Vary (Strong), V1-V4 and Remix: the composition may change
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    variations: VariationsConfig = field(default_factory=VariationsConfig)
     web: WebConfig = field(default_factory=WebConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
@@ -363,6 +373,10 @@ def _check_values(prefix: str, values: Mapping[str, Any]) -> None:
                 ipaddress.ip_network(entry.strip(), strict=False)
             except ValueError:
                 raise ConfigError(f"web.trusted_proxies: {entry!r} is not an address or a CIDR network") from None
+    if prefix == "variations":
+        for key, value in values.items():
+            if not 0.05 <= value <= 1:
+                raise ConfigError(f"variations.{key} must be from 0.05 to 1, got {value}")
     if prefix == "upscale":
         if values.get("strength", 0) > 1:
             raise ConfigError(f"upscale.strength must be 0 (no img2img pass) to 1, got {values['strength']}")

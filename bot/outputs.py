@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from bot.core.prompt_syntax import prompt_with_lora_tags
 from bot.models.atomic import write_atomic, write_text_atomic
 
 A1111_CHUNK = "parameters"
@@ -47,6 +48,7 @@ class ImageParameters:
     model_hash: str | None = None
     strength: float | None = None  # img2img denoising strength
     version: str | None = None  # e.g. "imagebot 0.1.0"
+    lora_hashes: str | None = None  # A1111's "Lora hashes": "name: hash, name: hash"
     fast: str | None = None  # fast mode: the LCM-LoRA it used, or "on" for an LCM / Turbo model
     upscaler: str | None = None  # an upscale: the upscaler variant, or "Lanczos" (resized, then redrawn)
     refiner: str | None = None  # the refiner variant that ran the last steps (SDXL)
@@ -135,6 +137,7 @@ def a1111_parameters(p: ImageParameters) -> str:
         "Model hash": p.model_hash,
         "Model": p.model,
         "Denoising strength": None if p.strength is None else _number(p.strength),
+        "Lora hashes": p.lora_hashes,
         "Fast mode": p.fast,
         "Postprocess upscaler": p.upscaler,
         # A1111's own names for the refiner (since 1.6), so its readers fill them in too.
@@ -229,6 +232,7 @@ def parameters_from_a1111(text: str) -> ImageParameters:
         model_hash=raw.get("Model hash"),
         strength=get("Denoising strength", float) if "Denoising strength" in raw else None,
         version=raw.get("Version"),
+        lora_hashes=raw.get("Lora hashes"),
         fast=raw.get("Fast mode"),
         upscaler=raw.get("Postprocess upscaler"),
         refiner=raw.get("Refiner"),
@@ -370,12 +374,15 @@ def save_result(result: Any, version: str, out_dir: Path, stem: str) -> SavedIma
     """Write the images of an engine `GenerationResult` as a batch (see save_images), each with
     everything needed to make it again; `version` is e.g. "imagebot 0.1.0"."""
     request = result.request
+    loras = getattr(result, "lora_fingerprints", ())
+    prompt = prompt_with_lora_tags(request.prompt, getattr(request, "loras", ()))
     params = [
         ImageParameters(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+            prompt=prompt, negative_prompt=request.negative_prompt, steps=request.steps,
             sampler=request.scheduler, guidance=request.guidance, seed=seed, width=request.width,
             height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
             strength=request.strength, version=version or None,
+            lora_hashes=", ".join(f"{name}: {fingerprint[:12]}" for name, fingerprint in loras) or None,
             fast=(getattr(result, "fast_lora", None) or "on") if getattr(request, "fast", False) else None,
             upscaler=(request.upscaler or "Lanczos") if getattr(request, "upscale", False) else None,
             refiner=request.refiner, refiner_switch=request.refiner_switch,
@@ -383,3 +390,4 @@ def save_result(result: Any, version: str, out_dir: Path, stem: str) -> SavedIma
         for seed in result.seeds
     ]
     return save_images(result.images, params, out_dir, stem)
+

@@ -211,6 +211,7 @@ def test_parse_hand_written_a1111_v19_text():
         model_hash="6ce0161689",
         strength=0.45,
         version="v1.9.4",
+        lora_hashes="foo: abc123def456",
     )
 
 

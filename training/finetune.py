@@ -81,7 +81,7 @@ import torch.nn.functional as F
 
 from bot.models.atomic import write_atomic, write_text_atomic
 from bot.models.publish import publish_variant
-from bot.models.variant import MODEL_NAME, VariantDefaults
+from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, VariantDefaults
 from training.common.data import Batches, Dataset, grid, load_image
 from training.common.loop import Progress, StepTimer
 from training.common.networks import adamw, encode_all, quietly_to, sample_latents, tokenize_once
@@ -863,7 +863,9 @@ def export(c: FinetuneConfig, base: BaseModel, defaults: VariantDefaults, pipe, 
         pipe.unet, pipe.text_encoder = unet, text_encoder
         if c.export_half:
             quietly_to(pipe, torch.float16)
-        variant_defaults = {**asdict(defaults), "width": c.resolution, "height": c.resolution}
+        # Only drawing defaults: what the weights are (role, refiner) is not the fine-tune's to copy.
+        drawing = {k: v for k, v in asdict(defaults).items() if k in DEFAULT_TYPES}
+        variant_defaults = {**drawing, "width": c.resolution, "height": c.resolution}
         variant_defaults["negative_prompt"] = variant_defaults["negative_prompt"] or None
         if not c.name:
             folder = run.dir / "pipeline"

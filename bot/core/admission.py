@@ -40,6 +40,8 @@ class Catalog(Protocol):
 
     def unavailable(self) -> dict[str, str]: ...
 
+    def lora_bases(self) -> dict[str, str]: ...
+
     def entries(self) -> list[Any]: ...
 
 
@@ -82,7 +84,8 @@ class Admission:
         self.catalog.scan_if_due()
         default = await self.default_model(origin)
         return resolve(options, self.catalog.ready_defaults(), default, self.config.limits,
-                       models_dir=self.config.storage.models_dir, unavailable=self.catalog.unavailable())
+                       models_dir=self.config.storage.models_dir, unavailable=self.catalog.unavailable(),
+                       lora_bases=self.catalog.lora_bases())
 
     async def _check_quota(self, origin: Origin) -> None:
         limits, store = self.config.queue, self.store

@@ -99,6 +99,13 @@ STRINGS: Strings = {
         "storage_full": "The server's disk is full, so nothing new can be queued right now. Try again later; an admin has to free some space.",
         "storage_unavailable": "The server cannot save jobs right now. Try again in a minute.",
         "no_such_image": "Job #{job} has no finished image {index}.",
+        "prompt_weights_bad": "The prompt's weights cannot be read: {problem}. Weights are written as in AUTOMATIC1111: (word:1.3) sets a weight from 0 to 10, (word) is 1.1, [word] is 1/1.1, \\( is a literal bracket.",
+        "lora_weight_bad": "The LoRA weight '{got}' for {name} is not a number from -10 to 10; write <lora:{name}:0.8> or --lora {name}:0.8.",
+        "lora_unknown": "There is no LoRA '{got}'. LoRAs for {model}: {available}.",
+        "lora_not_a_lora": "'{got}' is a full model, not a LoRA; choose it with --model {got}.",
+        "lora_wrong_base": "LoRA '{got}' is made for {base}, not for {model}; use --model {base}, or one of: {available}.",
+        "too_many_loras": "{count} LoRAs were asked for; at most {limit} can be used at once.",
+        "no_remix_prompt": "Remix needs the new prompt; type it, e.g. a blue fox in the snow.",
     },
     "vi": {
         "prompt_empty": "Câu mô tả đang trống. Hãy mô tả bức ảnh, ví dụ: /imagine một con cáo đỏ trên tuyết --ar 16:9",
@@ -179,6 +186,13 @@ STRINGS: Strings = {
         "storage_full": "Ổ đĩa của máy chủ đã đầy nên chưa thể xếp hàng yêu cầu mới. Hãy thử lại sau; quản trị viên cần giải phóng dung lượng.",
         "storage_unavailable": "Máy chủ tạm thời không lưu được yêu cầu. Hãy thử lại sau một phút.",
         "no_such_image": "Yêu cầu #{job} không có ảnh hoàn chỉnh số {index}.",
+        "prompt_weights_bad": "Không đọc được trọng số trong câu mô tả: {problem}. Trọng số viết như AUTOMATIC1111: (từ:1.3) đặt trọng số từ 0 đến 10, (từ) là 1.1, [từ] là 1/1.1, \\( là dấu ngoặc thường.",
+        "lora_weight_bad": "Trọng số LoRA '{got}' của {name} không phải số từ -10 đến 10; hãy viết <lora:{name}:0.8> hoặc --lora {name}:0.8.",
+        "lora_unknown": "Không có LoRA '{got}'. Các LoRA cho {model}: {available}.",
+        "lora_not_a_lora": "'{got}' là một mô hình đầy đủ, không phải LoRA; hãy chọn nó bằng --model {got}.",
+        "lora_wrong_base": "LoRA '{got}' được làm cho {base}, không phải cho {model}; hãy dùng --model {base}, hoặc một trong: {available}.",
+        "too_many_loras": "Yêu cầu có {count} LoRA; chỉ dùng được tối đa {limit} cùng lúc.",
+        "no_remix_prompt": "Remix cần câu mô tả mới; hãy nhập nó, ví dụ: một con cáo xanh trên tuyết.",
     },
 }
 

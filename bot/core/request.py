@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from bot.core.errors import UserError
+from bot.core.prompt_syntax import parse_lora_weight
 from bot.models.variant import MODEL_NAME, SCHEDULERS
 
 MAX_SEED = 2**32 - 1
@@ -35,11 +36,14 @@ FLAGS: dict[str, tuple[str, str]] = {
     "model": ("model", "--model finetuned"),
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
+    "lora": ("loras", "--lora demo-finetuned:0.8"),
     "fast": ("fast", "--fast"),
     "strength": ("strength", "--strength 0.6"),
     "iw": ("image_weight", "--iw 1"),
     "refiner": ("refiner", "--refiner 0.7"),
 }
+# Flags that may be given more than once; their values add up (--lora a:1 --lora b:0.5).
+REPEATABLE = {"loras"}
 # Flags that are switched on by being there; they take no value.
 SWITCHES = {"fast"}
 
@@ -67,6 +71,7 @@ class RequestOptions:
     scheduler: str | None = None
     init_image: str | None = None
     strength: float | None = None
+    loras: tuple[tuple[str, float], ...] | None = None  # --lora flags (tags in the prompt are read later)
     fast: bool | None = None  # fast mode (LCM): few steps, low guidance
     upscale: bool | None = None  # enlarge `init_image` (the Upscale button), with its own size limit
     upscaler: str | None = None  # the upscaler variant it runs first (from the configuration)
@@ -91,6 +96,9 @@ class GenerationRequest:
     scheduler: str = "dpm++"
     init_image: str | None = None  # path of the source image for img2img (variations, upscale)
     strength: float | None = None
+    # LoRA variants applied on top of the model, as (name, weight): from <lora:NAME:W> tags in the
+    # prompt and --lora flags. The prompt keeps its tags, as AUTOMATIC1111's does.
+    loras: tuple[tuple[str, float], ...] = ()
     fast: bool = False  # the variant's fast mode: its LCM-LoRA (if it names one), few steps, low guidance
     upscale: bool = False  # init_image enlarged to width x height (upscaler, then tiled img2img)
     upscaler: str | None = None  # the upscaler variant an upscale runs first (None: resizing only)
@@ -107,8 +115,8 @@ class GenerationRequest:
         key = (self.model, self.width, self.height, self.steps, self.guidance, self.scheduler,
                self.init_image is not None, self.strength)
         # Other requests keep the key they always had (jobs queued by earlier versions still batch with them):
-        # inpainting runs another pipeline, and only requests with the same refiner setting, fast mode
-        # and upscaling run together.
+        # inpainting runs another pipeline, and only requests with the same refiner setting, fast mode,
+        # upscaling and LoRA set run together.
         if self.mask_image is not None:
             key += ("inpaint",)
         if self.refiner:
@@ -117,6 +125,8 @@ class GenerationRequest:
             key += ("fast",)
         if self.upscale:
             key += ("upscale", self.upscaler)
+        if self.loras:
+            key += (self.loras,)
         return key
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +135,10 @@ class GenerationRequest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GenerationRequest":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "loras" in values:  # JSON gives lists
+            values["loras"] = tuple((str(name), float(weight)) for name, weight in values["loras"])
+        return cls(**values)
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -158,7 +171,9 @@ def parse_prompt(text: str) -> RequestOptions:
             value = "on"
         elif not value:
             raise UserError("flag_needs_value", flag=flag, example=example)
-        if field in raw:
+        if field in raw and field in REPEATABLE:
+            value = f"{raw[field][1]}, {value}"
+        elif field in raw:
             raise UserError("flag_twice", flag=flag)
         raw[field] = (flag, value)
     return options_from_fields(prompt=prompt, **{field: value for field, (_, value) in raw.items()})
@@ -184,6 +199,7 @@ def options_from_fields(
     scheduler: object = None,
     init_image: str | None = None,
     strength: object = None,
+    loras: object = None,
     fast: object = None,
     upscale: bool | None = None,
     upscaler: str | None = None,
@@ -219,6 +235,7 @@ def options_from_fields(
         scheduler=None if scheduler is None else parse_scheduler(scheduler),
         init_image=init_image,
         strength=None if strength is None else to_float("strength", strength),
+        loras=None if loras is None else parse_loras(loras),
         fast=None if fast is None else to_bool("fast", fast),
         upscale=upscale,
         upscaler=upscaler,
@@ -250,7 +267,7 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
 
 # How a RequestOptions field is called in messages (the flag a user would type).
 _FIELD_FLAG = {"negative_prompt": "no", "width": "size", "height": "size", "guidance": "cfg",
-               "count": "n", "aspect": "ar", "image_weight": "iw"}
+               "count": "n", "aspect": "ar", "image_weight": "iw", "loras": "lora"}
 
 
 def _seed(value: object) -> int | None:
@@ -321,6 +338,29 @@ def parse_aspect(value: object) -> tuple[int, int]:
     if not 0.25 <= w / h <= 4:
         raise UserError("aspect_out_of_range", got=f"{w}:{h}")
     return w, h
+
+
+def parse_loras(value: object) -> tuple[tuple[str, float], ...] | None:
+    """`--lora NAME:W` values: "a:0.8, b" (text), or a list of such texts or [name, weight] pairs
+    (JSON). A missing weight is 1."""
+    if isinstance(value, str):
+        parts: list[object] = [part for part in re.split(r"[,\s]+", value) if part]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise UserError("flag_needs_value", flag="lora", example=FLAGS["lora"][1])
+    loras = []
+    for part in parts:
+        if isinstance(part, (list, tuple)) and len(part) == 2:
+            name, weight = part
+        elif isinstance(part, str):
+            name, _, weight = part.partition(":")
+            weight = weight or "1"
+        else:
+            raise UserError("flag_needs_value", flag="lora", example=FLAGS["lora"][1])
+        name = parse_model_name(name)
+        loras.append((name, parse_lora_weight(name, str(weight))))
+    return tuple(loras) or None
 
 
 def parse_refiner(value: object) -> float:

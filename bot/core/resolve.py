@@ -12,8 +12,9 @@ from typing import Mapping
 
 from bot.config import Limits
 from bot.core.errors import UserError
+from bot.core.prompt_syntax import check_prompt_syntax, lora_tags
 from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions, shorten
-from bot.models.variant import FAST_MAX_GUIDANCE, FAST_MAX_STEPS, VariantDefaults
+from bot.models.variant import FAST_MAX_GUIDANCE, FAST_MAX_STEPS, MODEL_NAME, VariantDefaults
 
 MIN_STRENGTH = 0.1  # below this an image prompt comes back almost untouched
 
@@ -54,11 +55,13 @@ def resolve(
     limits: Limits,
     models_dir: str = "models",
     unavailable: Mapping[str, str] | None = None,
+    lora_bases: Mapping[str, str] | None = None,
 ) -> GenerationRequest:
     """Fill in defaults from the model and check every value against the limits.
 
     `variants` are the usable models; `unavailable` maps models that exist but cannot be used
-    (broken files, a missing base) to the reason, so the user learns why.
+    (broken files, a missing base) to the reason, so the user learns why. `lora_bases` maps each
+    usable LoRA variant to the model it was made for.
     """
     if not options.prompt:
         raise UserError("prompt_empty")
@@ -78,6 +81,9 @@ def resolve(
     negative = defaults.negative_prompt if options.negative_prompt is None else options.negative_prompt
     if len(negative) > limits.max_prompt_chars:
         raise UserError("negative_too_long", got=len(negative), limit=limits.max_prompt_chars)
+    check_prompt_syntax(options.prompt)
+    check_prompt_syntax(negative)
+    loras = resolve_loras(options, model, variants, lora_bases or {}, limits.max_loras)
 
     if options.aspect is not None:
         native = (defaults.width, defaults.height)
@@ -128,12 +134,40 @@ def resolve(
         init_image=options.init_image,
         strength=strength if options.init_image else None,
         mask_image=options.mask_image if options.init_image else None,
+        loras=loras,
         fast=fast,
         upscale=bool(options.upscale and options.init_image),
         upscaler=options.upscaler if options.upscale and options.init_image else None,
         refiner=refiner,
         refiner_switch=switch,
     )
+
+
+def resolve_loras(options: RequestOptions, model: str, variants: Mapping[str, VariantDefaults],
+                  lora_bases: Mapping[str, str], limit: int) -> tuple[tuple[str, float], ...]:
+    """The LoRAs of a request: `<lora:NAME:W>` tags in its prompt, then its --lora flags; each
+    must be a LoRA variant made for the chosen model's base. A LoRA named twice with one weight is
+    one; with two weights, the request is refused (which one was meant?)."""
+    chosen: dict[str, float] = {}
+    for name, weight in [*lora_tags(options.prompt), *(options.loras or ())]:
+        if chosen.get(name, weight) != weight:
+            raise UserError("flag_twice", flag=f"lora {name}")
+        chosen[name] = weight
+    if len(chosen) > limit:
+        raise UserError("too_many_loras", count=len(chosen), limit=limit)
+    base = lora_bases.get(model, model)  # a LoRA variant as the model: its base takes more LoRAs
+    mine = sorted(name for name, of in lora_bases.items() if of == base)
+    for name in chosen:
+        if name not in lora_bases:
+            if not MODEL_NAME.fullmatch(name):
+                raise UserError("bad_model_name", got=shorten(name))
+            if name in variants:
+                raise UserError("lora_not_a_lora", got=name)
+            raise UserError("lora_unknown", got=shorten(name), model=model, available=", ".join(mine) or "none")
+        if lora_bases[name] != base:
+            raise UserError("lora_wrong_base", got=name, base=lora_bases[name], model=model,
+                            available=", ".join(mine) or "none")
+    return tuple(chosen.items())
 
 
 def image_strength(options: RequestOptions, default: float) -> float:
@@ -168,10 +202,12 @@ def _check_role(model: str, defaults: VariantDefaults, variants: Mapping[str, Va
 def _refiner(model: str, defaults: VariantDefaults, options: RequestOptions) -> tuple[str | None, float | None]:
     """The refiner that finishes this request and where it takes over, or (None, None).
 
-    Image-to-image requests (variations, upscales) start from a finished image: no refiner."""
+    Image-to-image requests (variations, upscales) start from a finished image: no refiner. Fast
+    mode runs the base alone unless the request asks for the refiner: the refiner has no LCM weights
+    and draws poorly in a few steps."""
     if options.refiner and not defaults.refiner:
         raise UserError("no_refiner", model=model)
-    if not defaults.refiner or options.init_image is not None:
+    if not defaults.refiner or options.init_image is not None or options.fast and options.refiner is None:
         return None, None
     switch = defaults.refiner_switch if options.refiner is None else options.refiner
     return (defaults.refiner, switch) if switch > 0 else (None, None)

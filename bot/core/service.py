@@ -41,9 +41,10 @@ from bot.core.worker import Worker
 
 log = logging.getLogger(__name__)
 
-VARIATION_STRENGTH = 0.6  # how far a variation may move from its source image
 UPSCALE_STRENGTH = 0.35  # an upscale without an upscaler keeps the composition and redraws the detail
 HEALTH_PROBE_SECONDS = 1.0  # while the database is failing, /healthz tries a write at most this often
+
+DERIVED_ACTIONS = ("reroll", "variation", "vary_subtle", "vary_strong", "remix", "upscale")
 
 __all__ = ["Catalog", "JobView", "Service", "Submitted", "Subscription"]
 
@@ -172,21 +173,26 @@ class Service:
             self.uploads.remove(self.uploads.path(str(handle)))
         return path
 
-    async def submit_derived(self, ref: JobRef, action: str, origin: Origin, index: int = 0) -> Submitted:
-        """A new job from a finished one: "reroll" (same settings, new seed), "variation"
-        (image `index` redrawn loosely) or "upscale" (image `index` at twice the size)."""
+    async def submit_derived(self, ref: JobRef, action: str, origin: Origin, index: int = 0,
+                             prompt: str | None = None) -> Submitted:
+        """A new job from a finished one: "reroll" (same settings, new seed); "vary_subtle" or
+        "vary_strong" (image `index` redrawn close to it, or loosely; "variation" is the strong one,
+        as V1-V4 buttons made before both existed ask for); "remix" (a strong variation drawn with
+        the edited `prompt`, whose inline flags apply too); "upscale" (image `index` at twice the
+        size)."""
         source = await self.job(ref)
-        job_id = source.id
         request = source.request
         same = dict(prompt=request.prompt, negative_prompt=request.negative_prompt, model=request.model,
                     steps=request.steps, guidance=request.guidance, scheduler=request.scheduler,
-                    fast=request.fast or None)
+                    loras=request.loras or None, fast=request.fast or None)
+        if action == "remix":
+            same.update(_remixed(prompt or ""))
         if action == "reroll":
             options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
                                      init_image=request.init_image, strength=request.strength,
                                      upscale=request.upscale or None, upscaler=request.upscaler,
                                      refiner=self._same_refiner(request))
-        elif action in ("variation", "upscale"):
+        elif action in ("variation", "vary_subtle", "vary_strong", "remix", "upscale"):
             if source.status != "done" or not 0 <= index < len(source.images):
                 raise UserError("no_such_image", job=ref, index=index + 1)
             image = str(self.config.storage.outputs_path() / source.images[index].file)
@@ -197,7 +203,9 @@ class Service:
                                          strength=self.config.upscale.strength if upscaler else UPSCALE_STRENGTH)
             else:
                 options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
-                                         init_image=image, strength=VARIATION_STRENGTH)
+                                         init_image=image,
+                                         strength=self.config.variations.subtle if action == "vary_subtle"
+                                         else self.config.variations.strong)
         else:
             raise ValueError(f"unknown action {action!r}")
         return await self._queue(options, origin)
@@ -461,3 +469,16 @@ def _open_rgb(path: Path) -> Any:
 def _require_admin(origin: Origin) -> None:
     if not origin.is_admin:
         raise UserError("not_admin")
+
+
+def _remixed(text: str) -> dict[str, Any]:
+    """What an edited Remix prompt changes: the prompt, and any setting its inline flags name
+    (but not the size: the image being varied has one)."""
+    edited = parse_prompt(text)
+    if not edited.prompt:
+        raise UserError("no_remix_prompt")
+    changes = {name: value for name, value in asdict(edited).items()
+               if value is not None and name not in ("width", "height", "aspect", "count", "init_image",
+                                                      "strength", "seed")}
+    changes["loras"] = edited.loras  # the edited text shows every LoRA as a tag (remix_text); none stays
+    return changes

@@ -24,12 +24,14 @@ from PIL import Image
 
 from bot.config import EngineConfig
 from bot.core.errors import Cancelled, UserError
+from bot.core.prompt_syntax import strip_lora_tags
 from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
 from bot.engine.devices import EngineSetupError, check_offload, memory_budget_bytes, pick_device, pick_dtype
 from bot.engine.inpaint import inpainting_pipeline, load_mask, paste_unmasked
 from bot.engine.interrupt import stoppable
 from bot.engine.loader import load_base_pipeline, load_lora, model_bytes, weight_file_bytes
+from bot.engine.prompts import needs_embeddings, prompt_embeddings
 from bot.models.registry import Registry
 from bot.models.spec import VariantSpec
 from bot.engine.schedulers import make_scheduler
@@ -52,6 +54,7 @@ class GenerationResult:
     seeds: list[int]
     model_fingerprint: str
     fast_lora: str | None = None  # the LCM-LoRA a fast-mode request ran with
+    lora_fingerprints: tuple[tuple[str, str], ...] = ()  # (LoRA variant, fingerprint) applied, in order
 
 
 @dataclass
@@ -75,9 +78,13 @@ class _Resident:
     pipe: DiffusionPipeline
     scheduler_config: dict
     nbytes: int
-    adapters: dict[str, str] = field(default_factory=dict)  # LoRA variant name -> its fingerprint
+    # LoRA variant name -> its fingerprint and size, least recently used first
+    adapters: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
     img2img: DiffusionPipeline | None = None
     inpaint: DiffusionPipeline | None = None
+
+    def total_bytes(self) -> int:
+        return self.nbytes + sum(size for _, size in self.adapters.values())
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ class _Item:
     # random generator's state, so the refiner goes on with the same random stream.
     latents: Any = None
     rng_state: Any = None
+    steps_done: int = 0  # steps the base reported, where the refiner's progress goes on from
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -159,10 +167,12 @@ class Engine:
         first = requests[0]
         self.refresh()
         spec = self.registry.get(first.model)
+        wanted_loras = first.loras
         if first.mask_image is not None and spec.inpaint:
             spec = self.registry.get(spec.inpaint)  # the model's own inpainting model
+            wanted_loras = ()  # LoRAs are made for the model, not for its inpainting model
         fast_lora = self._fast_lora(spec) if first.fast else None
-        pipe, resident = self._activate(spec, fast_lora)
+        pipe, resident, loras = self._activate(spec, wanted_loras, fast_lora)
         if first.mask_image is not None:
             if resident.inpaint is None:
                 resident.inpaint = inpainting_pipeline(resident.pipe)
@@ -171,7 +181,7 @@ class Engine:
             pipe = self._img2img(resident)
         pipe.scheduler = make_scheduler(first.scheduler, resident.scheduler_config)
         if first.upscale:
-            return self._upscale(requests, spec, pipe, fast_lora, on_progress, should_cancel)
+            return self._upscale(requests, spec, pipe, fast_lora, loras, on_progress, should_cancel)
         self._configure_vae(pipe, first.width * first.height)
 
         items = [
@@ -196,42 +206,60 @@ class Engine:
         for index, request in enumerate(requests):
             mine = [image for item, image in zip(items, images) if item.request_index == index]
             results.append(GenerationResult(request, mine, request.seeds(), spec.fingerprint,
-                                            fast_lora.name if fast_lora else None))
+                                            fast_lora=fast_lora.name if fast_lora else None,
+                                            lora_fingerprints=loras))
         return results
 
     # --- models ------------------------------------------------------------------------------
 
-    def _activate(self, spec: VariantSpec, fast_lora: VariantSpec | None = None) -> tuple[DiffusionPipeline, _Resident]:
-        """Make `spec` (with the fast mode's LCM-LoRA on top, if given) the model the next pipeline
-        call uses; load what is missing."""
+    def _activate(self, spec: VariantSpec, loras: Sequence[tuple[str, float]] = (),
+                  fast_lora: VariantSpec | None = None
+                  ) -> tuple[DiffusionPipeline, _Resident, tuple[tuple[str, str], ...]]:
+        """Make `spec`, with the request's LoRAs (and the fast mode's LCM-LoRA, if given) on top,
+        what the next pipeline call uses; load what is missing. Returns the pipeline, its resident
+        model and the request's LoRAs with their fingerprints."""
+        base_spec = self.registry.get(spec.base or "") if spec.kind == "lora" else spec
+        wanted: dict[str, tuple[VariantSpec, float]] = {}
         if spec.kind == "lora":
-            resident = self._resident_for(self.registry.get(spec.base or ""))
-            loras = [spec]
-        else:
-            resident = self._resident_for(spec)
-            loras = []
+            wanted[spec.name] = (spec, spec.scale)
+        for name, weight in loras:  # a weight in the request wins over the variant's own scale
+            lora = spec if name == spec.name else self.registry.get(name)
+            if lora.kind != "lora" or lora.base != base_spec.name:  # the store changed since admission
+                raise UserError("lora_wrong_base", got=name, base=lora.base or name, model=spec.name,
+                                available=", ".join(n for n, b in self.registry.lora_bases().items()
+                                                    if b == base_spec.name) or "none")
+            wanted[name] = (lora, weight)
+        applied = tuple((name, lora.fingerprint) for name, (lora, _) in wanted.items())
         if fast_lora is not None:
-            loras.append(fast_lora)
-        for lora in loras:
-            self._attach(resident, lora)
-        if loras:
+            wanted[fast_lora.name] = (fast_lora, fast_lora.scale)
+        resident = self._resident_for(base_spec)
+        for lora, _ in wanted.values():
+            self._load_adapter(resident, lora)
+        if wanted:
             resident.pipe.enable_lora()
-            resident.pipe.set_adapters([lora.name for lora in loras], adapter_weights=[lora.scale for lora in loras])
+            resident.pipe.set_adapters(list(wanted), adapter_weights=[weight for _, weight in wanted.values()])
         elif resident.adapters:
             resident.pipe.disable_lora()
-        return resident.pipe, resident
+        with self._lock:
+            self._enforce_budget(keep={base_spec.name}, keep_adapters=set(wanted))
+        return resident.pipe, resident, applied
 
-    def _attach(self, resident: _Resident, lora: VariantSpec) -> None:
-        """Load a LoRA variant's weights as a named adapter of `resident`, unless they already are."""
-        if resident.adapters.get(lora.name) == lora.fingerprint:
+    def _load_adapter(self, resident: _Resident, lora: VariantSpec) -> None:
+        """Attach a LoRA variant as a named adapter, once: later requests only switch to it."""
+        loaded = resident.adapters.get(lora.name)
+        if loaded is not None and loaded[0] == lora.fingerprint:
+            resident.adapters.move_to_end(lora.name)
             return
-        if lora.name in resident.adapters:
-            resident.pipe.delete_adapters(lora.name)
-            del resident.adapters[lora.name]
+        if loaded is not None:
+            self._drop_adapter(resident, lora.name)
         started = time.perf_counter()
         load_lora(resident.pipe, lora)
-        resident.adapters[lora.name] = lora.fingerprint
+        resident.adapters[lora.name] = (lora.fingerprint, weight_file_bytes(lora))
         self._count_load(time.perf_counter() - started)
+
+    def _drop_adapter(self, resident: _Resident, name: str) -> None:
+        resident.pipe.delete_adapters(name)
+        del resident.adapters[name]
 
     def _fast_lora(self, spec: VariantSpec) -> VariantSpec | None:
         """The LCM-LoRA of a variant's fast mode: its own, else its base's; None for an LCM or
@@ -240,6 +268,7 @@ class Engine:
         if name is None and spec.kind == "lora":
             name = self.registry.get(spec.base or "").fast_lora
         return self.registry.get(name) if name else None
+
     def _refiner(self, request: GenerationRequest) -> DiffusionPipeline:
         """The refiner pipeline that finishes `request`: next to its base when the memory budget
         holds both, else in its place (the base loads again for its next batch)."""
@@ -310,13 +339,23 @@ class Engine:
             resident.img2img.set_progress_bar_config(disable=True)
         return resident.img2img
 
-    def _enforce_budget(self, keep: set[str], incoming: int = 0) -> None:
-        total = incoming + sum(r.nbytes for r in self._resident.values())
+    def _enforce_budget(self, keep: set[str], incoming: int = 0, keep_adapters: set[str] = frozenset()) -> None:
+        """Unload least recently used LoRA adapters, then models, until the budget holds; never
+        what the next call uses."""
+        total = incoming + sum(r.total_bytes() for r in self._resident.values())
+        for resident in self._resident.values():
+            for adapter in list(resident.adapters):
+                if total <= self.budget:
+                    return
+                if adapter not in keep_adapters:
+                    total -= resident.adapters[adapter][1]
+                    log.info("unloading LoRA %s to stay within the memory budget", adapter)
+                    self._drop_adapter(resident, adapter)
         for name in list(self._resident):
             if total <= self.budget:
                 break
             if name not in keep:
-                total -= self._resident[name].nbytes
+                total -= self._resident[name].total_bytes()
                 log.info("unloading model %s to stay within the memory budget", name)
                 self._evict(name)
 
@@ -385,26 +424,35 @@ class Engine:
         for generator, item in zip(generators, items):
             if item.rng_state is not None:
                 generator.set_state(item.rng_state)
-        negatives = [item.negative_prompt for item in items]
-        if not any(negatives) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            negatives = None  # SDXL's own convention for "no negative prompt"
+        prompts = [strip_lora_tags(item.prompt) for item in items]
+        negatives = [strip_lora_tags(item.negative_prompt) for item in items]
+        if needs_embeddings(pipe, prompts + negatives):
+            # Weights or a prompt over the text encoder's window: compel encodes them.
+            text: dict[str, Any] = prompt_embeddings(pipe, prompts, negatives)
+        elif not any(negatives) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            text = dict(prompt=prompts, negative_prompt=None)  # SDXL's own convention for "no negative prompt"
+        else:
+            text = dict(prompt=prompts, negative_prompt=negatives)
+
+        reported = [items[0].steps_done]  # the refiner's steps count on from the base's
 
         def on_step_end(pipeline, step, timestep, tensors):
             if should_cancel is not None and should_cancel():
                 raise Cancelled()  # leaves the denoising loop at once, skipping the decode
+            latents = tensors.get("latents") if self.want_latents else None
+            if stage == "whole":
+                total = getattr(pipeline, "num_timesteps", None) or request.steps
+                step_done = step + 1
+            else:  # base and refiner share the request's steps between them
+                total = request.steps
+                reported[0] += 1
+                step_done = min(total, reported[0])
             if on_progress is not None:
-                latents = tensors.get("latents") if self.want_latents else None
-                if stage == "whole":
-                    total = getattr(pipeline, "num_timesteps", None) or request.steps
-                    on_progress(Progress(step + 1, total, latents))
-                else:  # base and refiner share the request's steps; the refiner runs the last ones
-                    done = request.steps - pipeline.num_timesteps if stage == "refiner" else 0
-                    on_progress(Progress(min(request.steps, done + step + 1), request.steps, latents))
+                on_progress(Progress(step_done, total, latents))
             return {}
 
         kwargs: dict[str, Any] = dict(
-            prompt=[item.prompt for item in items],
-            negative_prompt=negatives,
+            **text,
             num_inference_steps=request.steps,
             guidance_scale=request.guidance,
             generator=generators,
@@ -430,8 +478,8 @@ class Engine:
             output = pipe(**kwargs)
         self.stats.batches += 1
         if stage == "base":
-            return [replace(item, latents=output.images[i: i + 1], rng_state=generators[i].get_state())
-                    for i, item in enumerate(items)]
+            return [replace(item, latents=output.images[i: i + 1], rng_state=generators[i].get_state(),
+                            steps_done=reported[0]) for i, item in enumerate(items)]
         self.stats.images += len(items)
         if request.mask_image is not None:
             return [paste_unmasked(image, item.init_image, item.mask) for image, item in zip(output.images, items)]
@@ -439,7 +487,7 @@ class Engine:
 
     # --- upscaling ------------------------------------------------------------------------------
 
-    def _upscale(self, requests, spec: VariantSpec, pipe, fast_lora, on_progress, should_cancel):
+    def _upscale(self, requests, spec: VariantSpec, pipe, fast_lora, loras, on_progress, should_cancel):
         """Each request's `init_image` enlarged to its size: by the upscaler (or resized), then,
         at `strength` > 0, redrawn by img2img in tiles of the model's native size, all tiles of
         the batch sharing pipeline calls. Memory stays that of one native-size batch."""
@@ -478,7 +526,7 @@ class Engine:
                 enlarged[index] = blend_tiles(mine, boxes, (requests[index].width, requests[index].height), overlap)
         self._record_speed(spec.name, first, time.perf_counter() - started, len(requests))
         return [GenerationResult(request, [image], request.seeds(), spec.fingerprint,
-                                 fast_lora.name if fast_lora else None)
+                                 fast_lora=fast_lora.name if fast_lora else None, lora_fingerprints=loras)
                 for request, image in zip(requests, enlarged)]
 
     def _upscaler_for(self, name: str) -> Upscaler:

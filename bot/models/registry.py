@@ -107,6 +107,11 @@ class Registry:
         return {e.name: e.spec.defaults for e in self.entries()
                 if e.ready and e.spec and e.spec.kind in GENERATING_KINDS}
 
+    def lora_bases(self) -> dict[str, str]:
+        """Usable LoRA variants and the model each was made for (what a request may add to it)."""
+        return {e.name: e.spec.base for e in self.entries()
+                if e.ready and e.spec and e.spec.kind == "lora" and e.spec.base}
+
     def unavailable(self) -> dict[str, str]:
         """Variants that exist but cannot be generated with, with the reason."""
         out = {e.name: e.error for e in self.entries() if e.error and not e.disabled}

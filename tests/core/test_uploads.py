@@ -153,8 +153,11 @@ async def service(tmp_path):
     config = config_from_dict({"storage": {"state_dir": str(tmp_path / "state"), "models_dir": str(tmp_path / "models")},
                                "limits": {"min_side": 32, "max_upload_pixels": 1000 * 1000}})
     fake_model_store(Path(config.storage.models_dir))
-    stack = await open_stack(config, FakeExecutor())
+    executor = FakeExecutor()
+    executor.gate.clear()  # jobs wait: these tests are about what is stored when they are queued
+    stack = await open_stack(config, executor)
     yield stack.service
+    executor.gate.set()
     await stack.close()
 
 

@@ -217,7 +217,7 @@ def test_inpainting_model_is_detected_loaded_and_refused_for_text_to_image(store
     engine = make_engine(store)
     spec = engine.registry.get("inpaint")
     assert spec.defaults.role == "inpainting"
-    pipe, _ = engine._activate(spec)
+    pipe = engine._activate(spec)[0]
     assert type(pipe).__name__ == "StableDiffusionInpaintPipeline" and pipe.unet.config.in_channels == 9
     with pytest.raises(UserError) as error:
         request(engine, "a fox", "inpaint")
@@ -261,8 +261,8 @@ def test_inpainting_single_file_loads_as_an_inpainting_model(store, tiny_inpaint
     engine = make_engine(store)
     spec = engine.registry.get("inpaint-file")
     assert spec.defaults.role == "inpainting"
-    from_file, _ = engine._activate(spec)
-    from_folder, _ = engine._activate(engine.registry.get("inpaint"))
+    from_file = engine._activate(spec)[0]
+    from_folder = engine._activate(engine.registry.get("inpaint"))[0]
     assert type(from_file).__name__ == "StableDiffusionInpaintPipeline"
 
     # Both redraw a masked region the same way (what an inpainting request will run).
@@ -283,3 +283,23 @@ def test_inpainting_single_file_loads_as_an_inpainting_model(store, tiny_inpaint
 def request_fixture(request):
     """The tiny pipeline folder of a family by name (fixtures are built only when used)."""
     return lambda family: request.getfixturevalue({"sd2": "tiny_sd2_dir", "sdxl": "tiny_sdxl_dir"}[family])
+
+
+def test_refined_progress_never_goes_back_even_with_a_second_order_scheduler(sdxl_store):
+    engine = make_engine(sdxl_store)
+    seen = []
+    generate(engine, "a fox --seed 2 --steps 3 --scheduler heun", "xl", on_progress=lambda p: seen.append((p.step, p.total)))
+    steps = [step for step, _ in seen]
+    assert steps == sorted(steps) and steps[0] == 1 and steps[-1] == 3 and {t for _, t in seen} == {3}
+
+
+def test_fast_mode_runs_the_base_alone_unless_the_refiner_is_asked_for():
+    from bot.models.variant import VariantDefaults
+
+    variants = {"xl": VariantDefaults(refiner="refiner", fast_steps=4),
+                "refiner": VariantDefaults(role="refiner")}
+    fast = resolve(parse_prompt("a fox --fast"), variants, "xl", LIMITS)
+    assert (fast.refiner, fast.steps) == (None, 4)
+    asked = resolve(parse_prompt("a fox --fast --refiner 0.7"), variants, "xl", LIMITS)
+    assert (asked.refiner, asked.refiner_switch) == ("refiner", 0.7)
+    assert resolve(parse_prompt("a fox"), variants, "xl", LIMITS).refiner == "refiner"

@@ -163,7 +163,7 @@ async def test_reroll_variation_and_upscale_derive_new_jobs(make_service):
     variation = await service.submit_derived(first.job_id, "variation", BOB, index=1)
     upscale = await service.submit_derived(first.job_id, "upscale", BOB, index=0)
     assert reroll.request.seed != 4 and reroll.request.count == 2 and reroll.request.init_image is None
-    assert variation.request.init_image.endswith(source.images[1].file) and variation.request.strength == 0.6
+    assert variation.request.init_image.endswith(source.images[1].file) and variation.request.strength == service.config.variations.strong
     assert (upscale.request.width, upscale.request.height, upscale.request.count) == (64, 64, 1)
     for submitted in (reroll, variation, upscale):
         job = await wait_finished(service, submitted.job_id)

@@ -376,5 +376,13 @@ def click(custom_id: str, message: dict, *, user: int = ALICE, channel: int = CH
     return payload
 
 
+def modal_submit(custom_id: str, values: dict[str, str], *, user: int = ALICE, channel: int = CHANNEL) -> dict:
+    """An INTERACTION_CREATE payload of a modal's submission: `values` by text input custom id."""
+    payload = _base(5, user, channel, (), "en-US", 10 * 1024 * 1024)
+    payload["data"] = {"custom_id": custom_id, "components": [
+        {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]} for key, value in values.items()]}
+    return payload
+
+
 def custom_ids(message: dict) -> list[str]:
     return [c["custom_id"] for row in message.get("components", []) for c in row.get("components", [])]

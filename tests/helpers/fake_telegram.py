@@ -225,7 +225,8 @@ class FakeBotApi:
         if method == "sendDocument":
             number = message["message_id"]
             message["document"] = {"file_id": f"doc{number}", "file_unique_id": f"d{number}"}
-        if isinstance(params.get("reply_markup"), dict):
+        # A sent message carries only an inline keyboard back (a ForceReply or keyboard is the client's).
+        if isinstance(params.get("reply_markup"), dict) and "inline_keyboard" in params["reply_markup"]:
             message["reply_markup"] = params["reply_markup"]
         return message
 

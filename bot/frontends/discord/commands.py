@@ -28,6 +28,7 @@ from bot.frontends.discord import describing
 from bot.frontends.discord.delivery import TRANSIENT, Delivery
 from bot.frontends.discord.render import status_text
 from bot.frontends.discord.strings import STRINGS, explain, render
+from bot.frontends.discord.views import RemixModal
 from bot.frontends.text import clip, without_paths
 from bot.frontends.wording import reworded
 
@@ -153,17 +154,27 @@ class Commands:
             return
         await self.imagine(interaction, prompt)
 
-    async def on_button(self, interaction: discord.Interaction, action: str, job: JobRef, index: int) -> None:
-        """A result's button; `job` is the job's public id (an int from buttons made before public ids)."""
+    async def on_button(self, interaction: discord.Interaction, action: str, job: JobRef, index: int,
+                        prompt: Optional[str] = None) -> None:
+        """A result's button; `job` is the job's public id (an int from buttons made before public ids).
+        Remix first opens a modal with the prompt; its submission comes back here with `prompt`."""
         locale = str(interaction.locale)
         try:
             if action == "delete":
                 await self._delete(interaction, job)
                 return
+            if action == "remix" and prompt is None:
+                check_channel(interaction, self.discord)
+                source = await self.service.job(job)
+                if source.status != "done" or not 0 <= index < len(source.images):
+                    raise UserError("no_such_image", job=short_id(source.public_id), index=index + 1)
+                await interaction.response.send_modal(RemixModal(source, index, locale))
+                return
 
             async def submit() -> Any:
                 check_channel(interaction, self.discord)
-                return await self.service.submit_derived(job, action, origin_of(interaction, self.discord), index)
+                return await self.service.submit_derived(job, action, origin_of(interaction, self.discord), index,
+                                                         prompt=prompt)
 
             await self._queue_job(interaction, submit)
         except UserError as error:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import string
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Awaitable, Callable
 
-from telegram import Chat, Message, Update, User
+from telegram import Chat, ForceReply, Message, Update, User
 from telegram.constants import ChatMemberStatus, ChatType
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
@@ -21,6 +22,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 from bot.config import Config
 from bot.core.errors import UserError
 from bot.core.jobs import Origin, is_public_id, short_id
+from bot.core.prompt_syntax import prompt_with_lora_tags
 from bot.core.request import parse_prompt
 from bot.core.service import Service, Submitted
 from bot.frontends.telegram import describing, images, keyboards
@@ -47,6 +49,7 @@ COMMANDS = {
     "start": "tg_cmd_start",
 }
 HISTORY_LENGTH = 10
+MAX_OPEN_REMIXES = 1000  # Remix questions remembered; the oldest is forgotten first
 HISTORY_PROMPT_CHARS = 60
 
 Handler = Callable[[Message, Origin, str, ContextTypes.DEFAULT_TYPE], Awaitable[None]]
@@ -57,6 +60,9 @@ class Handlers:
         self.service = service
         self.config = config
         self.outputs = config.storage.outputs_path()
+        # Remix questions waiting for their answer: (chat, question message) -> (user, job, image).
+        # In memory: after a restart the question is simply not an open one any more.
+        self.remixes: OrderedDict[tuple[int, int], tuple[int, str, int]] = OrderedDict()
 
     def register(self, app: Application) -> None:
         new = filters.UpdateType.MESSAGE  # new messages only, never edits
@@ -72,6 +78,10 @@ class Handlers:
             app.add_handler(CommandHandler(name, self._checked(handler), filters=new))
         app.add_handler(CallbackQueryHandler(self.describe_button, pattern=describing.BUTTON_PATTERN))
         app.add_handler(CallbackQueryHandler(self.button))
+        # A reply to the bot's Remix question is the new prompt, in groups too (bots see replies to
+        # their own messages); before the handlers that take private text as a prompt.
+        app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND & _RemixAnswer(self.remixes),
+                                       self._checked(self.remix_answer)))
         app.add_handler(MessageHandler(new & filters.COMMAND, self._checked(self.unknown_command, addressed_only=True)))
         app.add_handler(MessageHandler(new & filters.ChatType.PRIVATE & filters.TEXT, self._checked(self.prompt)))
         # A photo (or an image sent as a file) with a caption is an image prompt: any caption in a
@@ -392,7 +402,10 @@ class Handlers:
         thread = message.message_thread_id if isinstance(message, Message) and message.is_topic_message else None
         answered = False
         try:
-            if button.action in ("reroll", "variation", "upscale"):
+            if button.action == "remix":
+                await self._ask_remix(context.bot, query, button, origin, thread)
+                answered = True
+            elif button.action in ("reroll", "vary_subtle", "vary_strong", "upscale"):
                 await query.answer(render("tg_button_queueing", locale))
                 answered = True  # a refusal goes into the status message, like /imagine's
                 await self._queue(context.bot, chat.id, message.message_id, thread, origin,
@@ -418,6 +431,29 @@ class Handlers:
             else:
                 await context.bot.send_message(chat.id, clip(explain(error, locale), MAX_TEXT),
                                                **reply_kwargs(message.message_id, thread))
+
+    async def _ask_remix(self, bot, query, button: keyboards.Button, origin: Origin, thread: int | None) -> None:
+        """Remix: ask for the new prompt (the old one shown, LoRAs as tags) as a reply the user's
+        app opens at once; `remix_answer` takes the reply."""
+        job = await self.service.job(button.job)
+        if job.status != "done" or not 0 <= button.index < len(job.images):
+            raise UserError("no_such_image", job=short_id(job.public_id), index=button.index + 1)
+        await query.answer()
+        message = query.message
+        text = render("tg_remix_ask", origin.locale, n=button.index + 1, job=short_id(job.public_id),
+                      prompt=prompt_with_lora_tags(job.request.prompt, job.request.loras))
+        asked = await bot.send_message(message.chat.id, clip(text, MAX_TEXT),
+                                       reply_markup=ForceReply(selective=True),
+                                       **reply_kwargs(message.message_id, thread))
+        self.remixes[(message.chat.id, asked.message_id)] = (int(origin.user_id), job.public_id, button.index)
+        while len(self.remixes) > MAX_OPEN_REMIXES:
+            self.remixes.popitem(last=False)
+
+    async def remix_answer(self, message: Message, origin: Origin, args: str, context) -> None:
+        """The new prompt for a Remix, as a reply to the bot's question: a strong variation with it."""
+        _, job, index = self.remixes.pop((message.chat_id, message.reply_to_message.message_id))
+        await self._queue(context.bot, message.chat_id, message.message_id, _thread(message), origin,
+                          lambda o: self.service.submit_derived(job, "remix", o, index, prompt=message.text or ""))
 
     # --- errors ------------------------------------------------------------------------------------
 
@@ -473,3 +509,18 @@ def _thread(message: Message) -> int | None:
 async def reply(message: Message, text: str) -> Message:
     return await message.get_bot().send_message(message.chat_id, clip(text, MAX_TEXT),
                                                  **reply_kwargs(message.message_id, _thread(message)))
+
+
+class _RemixAnswer(filters.MessageFilter):
+    """A message that answers an open Remix question, from the user who asked for the remix."""
+
+    def __init__(self, remixes: OrderedDict[tuple[int, int], tuple[int, str, int]]) -> None:
+        super().__init__(name="remix answer")
+        self.remixes = remixes
+
+    def filter(self, message: Message) -> bool:
+        replied = message.reply_to_message
+        if replied is None or message.from_user is None:
+            return False
+        waiting = self.remixes.get((message.chat_id, replied.message_id))
+        return waiting is not None and waiting[0] == message.from_user.id

@@ -7,7 +7,9 @@ working after a restart. Buttons made before jobs had public ids name the intern
 they keep working for whoever may use them (delete and cancel: the owner or an admin, as ever).
 
     r:<job>                 reroll (same settings, new seed)
-    v:<job>:<index>         variation of image <index> (counted from 0)
+    v:<job>:<index>         strong variation of image <index> (counted from 0)
+    s:<job>:<index>         subtle variation of image <index>
+    m:<job>:<index>         remix image <index>: the bot asks for the new prompt
     u:<job>:<index>         upscale 2x of image <index>
     p:<job>                 send the lossless PNG files as documents
     x:<job>[:<id>:<steps>]  delete the result; for an album, the album's message ids
@@ -27,7 +29,9 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from bot.frontends.telegram.strings import render
 
 MAX_CALLBACK_BYTES = 64  # Telegram's limit on callback_data
-ACTIONS = {"r": "reroll", "v": "variation", "u": "upscale", "p": "png", "x": "delete", "c": "cancel"}
+ACTIONS = {"r": "reroll", "v": "vary_strong", "s": "vary_subtle", "m": "remix", "u": "upscale", "p": "png",
+           "x": "delete", "c": "cancel"}
+INDEXED = ("vary_strong", "vary_subtle", "remix", "upscale")  # actions on one image of a result
 BUTTONS_PER_ROW = 5
 
 
@@ -62,7 +66,7 @@ def decode(data: str | None) -> Button | None:
         return None
     action = ACTIONS[parts[0]]
     try:
-        if action in ("variation", "upscale") and len(parts) == 3:
+        if action in INDEXED and len(parts) == 3:
             return Button(action, job, index=int(parts[2]))
         if action == "delete" and len(parts) == 4:
             ids = [int(parts[2])]
@@ -71,7 +75,7 @@ def decode(data: str | None) -> Button | None:
             return Button(action, job, message_ids=tuple(ids))
     except ValueError:
         return None
-    if len(parts) == 2 and action not in ("variation", "upscale"):
+    if len(parts) == 2 and action not in INDEXED:
         return Button(action, job)
     return None
 
@@ -87,20 +91,24 @@ def album_delete_data(job: str, message_ids: list[int]) -> str:
 
 
 def single_result(job: str, locale: str | None) -> InlineKeyboardMarkup:
-    """Under one photo: reroll, variations, upscale; PNG and delete."""
+    """Under one photo: subtle and strong variations, remix; reroll, upscale; PNG and delete."""
+    def button(key: str, action: str, *rest: object) -> InlineKeyboardButton:
+        return InlineKeyboardButton(render(key, locale), callback_data=encode(action, job, *rest))
+
     return InlineKeyboardMarkup([
-        [InlineKeyboardButton(render("tg_button_reroll", locale), callback_data=encode("reroll", job)),
-         InlineKeyboardButton(render("tg_button_variation", locale), callback_data=encode("variation", job, 0)),
-         InlineKeyboardButton(render("tg_button_upscale", locale), callback_data=encode("upscale", job, 0))],
-        [InlineKeyboardButton(render("tg_button_png", locale), callback_data=encode("png", job)),
-         InlineKeyboardButton(render("tg_button_delete", locale), callback_data=encode("delete", job))],
+        [button("tg_button_vary_subtle", "vary_subtle", 0), button("tg_button_vary_strong", "vary_strong", 0),
+         button("tg_button_remix", "remix", 0)],
+        [button("tg_button_reroll", "reroll"), button("tg_button_upscale", "upscale", 0)],
+        [button("tg_button_png", "png"), button("tg_button_delete", "delete")],
     ])
 
 
 def album_result(job: str, count: int, album_ids: list[int], locale: str | None) -> InlineKeyboardMarkup:
-    """Under an album (albums cannot carry buttons themselves): V1..Vn, U1..Un, then the rest."""
+    """Under an album (albums cannot carry buttons themselves): V1..Vn (strong), S1..Sn (subtle),
+    R1..Rn (remix), U1..Un, then the rest."""
     rows: list[list[InlineKeyboardButton]] = []
-    for action, key in (("variation", "tg_button_variation_n"), ("upscale", "tg_button_upscale_n")):
+    for action, key in (("vary_strong", "tg_button_variation_n"), ("vary_subtle", "tg_button_subtle_n"),
+                        ("remix", "tg_button_remix_n"), ("upscale", "tg_button_upscale_n")):
         buttons = [InlineKeyboardButton(render(key, locale, n=i + 1), callback_data=encode(action, job, i))
                    for i in range(count)]
         rows += [buttons[i:i + BUTTONS_PER_ROW] for i in range(0, len(buttons), BUTTONS_PER_ROW)]

@@ -38,6 +38,7 @@ class JobIn(BaseModel):
     aspect: str | None = None
     count: Scalar = None
     scheduler: str | None = None
+    loras: str | list[str | list[str | float]] | None = None  # "name:0.8, other" or ["name:0.8"] or [["name", 0.8]]
     refiner: Scalar = None  # where the model's refiner takes over (0.7), 0 or "off" for none
     fast: StrictBool | None = None  # the model's fast mode (LCM): few steps, low guidance
     image: str | None = Field(default=None, max_length=64)  # a handle from POST /api/uploads: an image prompt
@@ -49,6 +50,7 @@ class DeriveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     index: int = Field(default=0, ge=0, le=63)
+    prompt: str | None = Field(default=None, max_length=20_000)  # remix: the edited prompt
 
 
 class DefaultModelIn(BaseModel):

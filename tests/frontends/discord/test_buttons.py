@@ -9,7 +9,8 @@ import json
 from PIL import Image
 
 from bot.core.jobs import short_id
-from bot.core.service import UPSCALE_STRENGTH, VARIATION_STRENGTH
+from bot.config import VariationsConfig
+from bot.core.service import UPSCALE_STRENGTH
 from tests.helpers.discord import EPHEMERAL, callback, has_result, original, stop_stack
 from tests.helpers.fake_discord import ADMIN, ALICE, BOB, click, command, custom_ids
 
@@ -22,8 +23,8 @@ async def test_buttons_keep_working_after_a_restart(make_stack, fake):
     source = await first.wait_delivery(1)
     message = result.response  # the message as Discord stored it, buttons included
     ref = source.public_id  # buttons name the job by its public id, never the internal number
-    assert set(custom_ids(message)) == {f"imagebot:up:{ref}:0", f"imagebot:up:{ref}:1", f"imagebot:var:{ref}:0",
-                                        f"imagebot:var:{ref}:1", f"imagebot:reroll:{ref}", f"imagebot:del:{ref}"}
+    assert set(custom_ids(message)) == {f"imagebot:{action}:{ref}:{index}" for action in ("up", "var", "vsub", "remix")
+                                        for index in (0, 1)} | {f"imagebot:reroll:{ref}", f"imagebot:del:{ref}"}
     grid = Image.open(io.BytesIO(result.files[0].data))
     assert result.files[0].filename == source.grid and grid.format == "PNG"
     await stop_stack(first)
@@ -35,7 +36,7 @@ async def test_buttons_keep_working_after_a_restart(make_stack, fake):
     assert f"Job #{short_id((await second.service.job(2)).public_id)} is queued" in queued
     varied = await fake.wait_for("PATCH", original(variation), has_result)
     job = await second.service.job(2)
-    assert job.request.init_image.endswith(source.images[1].file) and job.request.strength == VARIATION_STRENGTH
+    assert job.request.init_image.endswith(source.images[1].file) and job.request.strength == VariationsConfig().strong
     assert job.origin.user_id == str(BOB) and job.request.count == 2
     assert Image.open(io.BytesIO(varied.files[0].data)).format == "PNG"
 

@@ -46,9 +46,10 @@ async def test_imagine_queues_shows_progress_and_uploads_a_png(make_stack, fake)
     assert fields["Negative prompt"] == "blurry"
     assert embed["image"]["url"] == f"attachment://{file}"
     buttons = [c for row in result.json["components"] for c in row["components"]]
-    assert {b["custom_id"] for b in buttons} == {f"imagebot:up:{job}:0", f"imagebot:var:{job}:0",
-                                                 f"imagebot:reroll:{job}", f"imagebot:del:{job}"}
-    assert [b["label"] for b in buttons] == ["U1", "V1", "Reroll", "Delete"]
+    assert [b["custom_id"] for b in buttons] == [f"imagebot:up:{job}:0", f"imagebot:var:{job}:0",
+                                                 f"imagebot:vsub:{job}:0", f"imagebot:remix:{job}:0",
+                                                 f"imagebot:reroll:{job}", f"imagebot:del:{job}"]
+    assert [b["label"] for b in buttons] == ["U1", "Vary (Strong)", "Vary (Subtle)", "Remix", "Reroll", "Delete"]
     assert (await stack.wait_delivery(2)).delivery == "delivered"
 
 

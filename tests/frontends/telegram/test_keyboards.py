@@ -26,7 +26,9 @@ def test_every_button_fits_64_bytes_and_decodes_to_what_it_says():
         assert len(data.encode()) <= 64
         assert keyboards.decode(data).job == JOB
     assert keyboards.decode(keyboards.album_delete_data(JOB, album_ids)).message_ids == tuple(album_ids)
-    assert keyboards.decode(f"v:{JOB}:3") == keyboards.Button("variation", JOB, index=3)
+    assert keyboards.decode(f"v:{JOB}:3") == keyboards.Button("vary_strong", JOB, index=3)  # also older V buttons
+    assert keyboards.decode(f"s:{JOB}:2") == keyboards.Button("vary_subtle", JOB, index=2)
+    assert keyboards.decode(f"m:{JOB}:1") == keyboards.Button("remix", JOB, index=1)
     assert keyboards.decode(f"x:{JOB}:1001:1.2") == keyboards.Button("delete", JOB, message_ids=(1001, 1002, 1004))
 
 

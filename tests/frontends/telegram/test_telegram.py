@@ -225,7 +225,7 @@ async def test_imagine_in_a_private_chat_ends_in_a_photo_with_buttons(make_stack
     assert caption.startswith("a red fox in the snow\n") and "Seed: 7" in caption and f"#{short_id(job.public_id)}" in caption
     assert "2 steps" in caption and "demo" in caption and len(caption) <= 1024
     data = buttons(photo)
-    assert sorted(d.split(":")[0] for d in data.values()) == ["p", "r", "u", "v", "x"]
+    assert sorted(d.split(":")[0] for d in data.values()) == ["m", "p", "r", "s", "u", "v", "x"]
     assert all(len(d.encode()) <= 64 and d.split(":")[1] == job.public_id for d in data.values())
 
     delivered = await bot.wait_delivery(job.id)
@@ -255,7 +255,7 @@ async def test_several_images_come_as_an_album_and_buttons_work_after_a_restart(
     album_ids = [m["message_id"] for m in album.result]
     actions = await first.reply_to(album_ids[0])
     data = buttons(actions)
-    assert {"V1", "V2", "U1", "U2", "🔄 Reroll", "📄 PNG", "🗑 Delete"} == set(data)
+    assert {"V1", "V2", "S1", "S2", "R1", "R2", "U1", "U2", "🔄 Reroll", "📄 PNG", "🗑 Delete"} == set(data)
     (source,) = await first.jobs_of(ALICE)
     await first.wait_delivery(source.id)
     await first.stop()

@@ -21,9 +21,9 @@ async def client():
 
 
 @pytest.mark.parametrize("language, texts", [
-    ("en", ["Not found.", "Unknown action; use reroll, variation or upscale.", "No preview yet.", "No such image.",
+    ("en", ["Not found.", "Unknown action; use reroll, vary_subtle, vary_strong, remix or upscale.", "No preview yet.", "No such image.",
             "Invalid request: prompt: ", "The request body is larger than 64 KiB."]),
-    ("vi", ["Không tìm thấy.", "Không có thao tác này; hãy dùng reroll, variation hoặc upscale.",
+    ("vi", ["Không tìm thấy.", "Không có thao tác này; hãy dùng reroll, vary_subtle, vary_strong, remix hoặc upscale.",
             "Chưa có ảnh xem trước.", "Không có ảnh này.", "Yêu cầu không hợp lệ: prompt: ",
             "Nội dung yêu cầu lớn hơn 64 KiB."]),
 ])

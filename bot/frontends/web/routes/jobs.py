@@ -1,4 +1,5 @@
-"""Jobs: queue one, derive one from another (reroll, variation, upscale), read, cancel, its preview,
+"""Jobs: queue one, derive one from another (reroll, subtle or strong variation, remix, upscale), read,
+cancel, its preview,
 and the caller's history."""
 
 from __future__ import annotations
@@ -8,13 +9,14 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from bot.core.service import DERIVED_ACTIONS
 from bot.frontends.web.deps import Caller, Locale, ServiceDep, SignedIn
 from bot.frontends.web.errors import error_response
 from bot.frontends.web.schemas import DeriveIn, JobId, JobIn, job_json, submitted_json, view_json
 from bot.frontends.web.strings import render
 
 router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
-DERIVED = ("reroll", "variation", "upscale")
+DERIVED = DERIVED_ACTIONS
 
 
 @router.post("/api/jobs", status_code=202)
@@ -26,13 +28,15 @@ async def submit(job: JobIn, service: ServiceDep, caller: Caller) -> dict[str, A
 @router.post("/api/jobs/{job_id}/{action}", status_code=202)
 async def derive(job_id: JobId, action: str, service: ServiceDep, caller: Caller,
                  body: DeriveIn | None = None) -> dict[str, Any]:
-    """reroll (same settings, new seed), variation or upscale (of image `index`, counted from 0) of
-    one of the caller's own jobs: a job id someone shared lets one look, not take it over."""
+    """reroll (same settings, new seed); vary_subtle, vary_strong (or variation, the strong one),
+    remix (a strong variation with the edited `prompt`) or upscale of image `index` (counted from 0)
+    of one of the caller's own jobs: a job id someone shared lets one look, not take it over."""
     if action not in DERIVED:
         return error_response(404, render("api_unknown_action", caller.locale), "not_found")
     await service.owned_job(job_id, caller)
     index = body.index if body is not None else 0
-    return submitted_json(await service.submit_derived(job_id, action, caller, index))
+    prompt = body.prompt if body is not None else None
+    return submitted_json(await service.submit_derived(job_id, action, caller, index, prompt=prompt))
 
 
 @router.get("/api/jobs/{job_id}")

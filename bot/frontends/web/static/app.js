@@ -19,6 +19,7 @@ const state = {
   follow: true, // keep the newest job in view (false while the user has scrolled up to read)
   lastTop: 0, // the chat's last scroll position
   lightbox: null, // {items: [{job, index}], position, opener}
+  remix: null, // {id, index}: the image the next prompt sent remixes
 };
 localStorage.setItem("imagebot.user", state.user);
 
@@ -138,16 +139,20 @@ function jobCard(job) {
   if (entry) return entry.card;
   const card = $("#job-template").content.firstElementChild.cloneNode(true);
   card.dataset.job = job.id;
-  $(".bubble.user", card).textContent = describe(job.request);
+  $(".bubble.user", card).textContent = describe(job.request, job.action);
   state.jobs.set(job.id, { data: job, card, source: null });
   addToLog(card);
   return card;
 }
 
-function describe(request) {
+// What a derived job was asked for, as its card says it (a job from the history has no action: guessed).
+const DERIVED_NOTE = { upscale: "upscale", vary_subtle: "subtle variation", vary_strong: "variation", remix: "remix" };
+
+function describe(request, action) {
   let text = request.prompt;
   if (request.negative_prompt) text += ` --no ${request.negative_prompt}`;
-  if (request.init_image) text += request.count === 1 && request.strength < 0.5 ? " (upscale)" : " (variation)";
+  if (request.init_image && DERIVED_NOTE[action]) text += ` (${DERIVED_NOTE[action]})`;
+  else if (request.init_image) text += request.count === 1 && request.strength < 0.5 ? " (upscale)" : " (variation)";
   return `${text}  —  ${request.width}x${request.height}, ${request.model}`;
 }
 
@@ -237,7 +242,7 @@ function renderActions(job, card) {
     job.images.forEach((_, index) => {
       const n = { index: index + 1 };
       const u = button(`U${n.index}`, () => derive(job.id, "upscale", index), "upscale", t("ui_upscale_image", n));
-      const v = button(`V${n.index}`, () => derive(job.id, "variation", index), "variation", t("ui_variation_image", n));
+      const v = button(`V${n.index}`, () => derive(job.id, "vary_strong", index), "variation", t("ui_variation_image", n));
       u.dataset.index = v.dataset.index = String(index);
       upscale.append(u);
       vary.append(v);
@@ -404,6 +409,26 @@ async function copy(text, target) {
   target.copiedTimer = setTimeout(() => (target.textContent = target.dataset.label), 1200);
 }
 
+// Remix: the prompt box gets the image's prompt (its LoRAs as tags) to edit; sending it varies the image.
+function startRemix(job, index) {
+  closeLightbox();
+  showTab("chat");
+  const request = job.request;
+  const tags = (request.loras || [])
+    .filter(([name]) => !request.prompt.toLowerCase().includes(`<lora:${name.toLowerCase()}`))
+    .map(([name, weight]) => `<lora:${name}:${weight}>`);
+  $("#prompt").value = [request.prompt, ...tags].join(" ");
+  state.remix = { id: job.id, index };
+  $("#remix-note").textContent = t("ui_remix_note", { index: index + 1 });
+  $("#remix").hidden = false;
+  $("#prompt").focus({ preventScroll: true });
+}
+
+function endRemix() {
+  state.remix = null;
+  $("#remix").hidden = true;
+}
+
 function reuse(request) {
   closeLightbox();
   showTab("chat");
@@ -491,7 +516,9 @@ function showLightboxImage() {
   $("#lb-actions").replaceChildren(
     downloadLink(job, index, t("ui_download")),
     button(t("ui_upscale"), run("upscale"), "upscale"),
-    button(t("ui_variation"), run("variation"), "variation"),
+    button(t("ui_vary_subtle"), run("vary_subtle"), "vary-subtle"),
+    button(t("ui_vary_strong"), run("vary_strong"), "variation"),
+    button(t("ui_remix"), () => startRemix(job, index), "remix"),
     button(t("ui_copy_seed", { seed: image.seed }), (event) => copy(String(image.seed), event.currentTarget),
            "copy-seed"),
     button(t("ui_reuse"), () => reuse(request), "reuse"),
@@ -548,6 +575,12 @@ function showError(message) {
 }
 
 async function submitPrompt(prompt) {
+  if (state.remix) {  // Remix: a strong variation of the chosen image, drawn with the edited prompt
+    const { id, index } = state.remix;
+    start(await api(`/api/jobs/${id}/remix`, { method: "POST", body: { index, prompt } }), "remix");
+    endRemix();
+    return;
+  }
   const body = { prompt };
   for (const name of ["negative_prompt", "model", "aspect", "size", "steps", "guidance", "seed", "count", "scheduler"]) {
     const value = $(`#composer [name="${name}"]`).value.trim();
@@ -560,9 +593,9 @@ async function submitPrompt(prompt) {
   start(created);
 }
 
-function start(created) {
+function start(created, action = null) {
   const job = { id: created.id, status: "queued", position: created.position, eta: created.eta,
-                request: created.request, images: [], grid: null };
+                request: created.request, images: [], grid: null, action };
   showTab("chat");
   jobCard(job);
   render(job);
@@ -573,7 +606,7 @@ function start(created) {
 async function derive(id, action, index = 0) {
   showError("");
   try {
-    start(await api(`/api/jobs/${id}/${action}`, { method: "POST", body: { index } }));
+    start(await api(`/api/jobs/${id}/${action}`, { method: "POST", body: { index } }), action);
   } catch (error) {
     showTab("chat");
     showError(error.message);
@@ -1067,6 +1100,7 @@ function tabKeys(event) {
 async function main() {
   await loadTexts();
   $("#composer").addEventListener("submit", onSubmit);
+  $("#remix-cancel").addEventListener("click", endRemix);
   $("#prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
