@@ -6,15 +6,15 @@ whose row count is the batch size) another kernel for few rows. Results then dif
 float bits, and after 20 denoising steps an image can differ by one level in a few pixels depending
 on what else was in the batch.
 
-In batch-invariant mode the convolutions of the UNet run on PyTorch's own
-convolution (`thnn_conv2d`: one im2col and one matrix product of the same shape per sample,
-samples spread over the threads), which is the same arithmetic for every sample whatever the batch
-size, and nearly as fast batched as oneDNN. Group norms (whose CPU kernel splits large groups
-differently for other batch sizes) and the one-row-per-sample linear layers run one sample at a
-time; they are cheap. Attention and the large matrix products over all tokens are batch-invariant
-on the CPU as they are, so they stay batched. The VAE, which runs once per image rather than once
-per step, encodes and decodes one image at a time. `bench/service.py` measures the
-throughput of both modes; tests check the pixels.
+In batch-invariant mode the convolutions of the UNet run on PyTorch's own convolution
+(`thnn_conv2d`: one im2col and one matrix product of the same shape per sample, samples spread over
+the threads), which is the same arithmetic for every sample whatever the batch size and nearly as
+fast batched as oneDNN. Group norms run batched on NCHW tensors (their channels-last kernel, which
+a one-sample tensor can fall into, differs by batch size), and the one-row-per-sample linear
+layers run one sample at a time; they are tiny. Attention and the large matrix products over all
+tokens are batch-invariant on the CPU as they are, so they stay batched. The VAE, which runs once
+per image rather than once per step, encodes and decodes one image at a time. `bench/service.py`
+measures the throughput of both modes; tests check the pixels.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def make_batch_invariant(*modules: torch.nn.Module) -> None:
                 module.forward = types.MethodType(_same_kernel_conv(type(module).forward), module)
                 module._imagebot_per_sample = True
             elif isinstance(module, torch.nn.GroupNorm):
-                module.forward = types.MethodType(_per_row(type(module).forward, any_rank=True), module)
+                module.forward = types.MethodType(_contiguous(type(module).forward), module)
                 module._imagebot_per_sample = True
             elif isinstance(module, torch.nn.Linear):
                 module.forward = types.MethodType(_per_row(type(module).forward), module)
@@ -61,11 +61,19 @@ def _same_kernel_conv(forward):
     return run
 
 
-def _per_row(forward, any_rank: bool = False):
+def _contiguous(forward):
     def run(self, x, *args, **kwargs):
-        # Linear layers: only 2-D inputs (one row per sample) are at risk; [batch, tokens,
-        # channels] inputs have many rows per sample and use the same kernel at every batch size.
-        if (x.dim() != 2 and not any_rank) or x.shape[0] == 1:
+        # The CPU group norm of an NCHW tensor is the same arithmetic for every sample at any batch
+        # size; its channels-last kernel is not, and a one-sample tensor can look channels-last.
+        return forward(self, x.contiguous(), *args, **kwargs)
+    return run
+
+
+def _per_row(forward):
+    def run(self, x, *args, **kwargs):
+        # Only 2-D inputs (one row per sample) are at risk; [batch, tokens, channels] inputs
+        # have many rows per sample and use the same kernel at every batch size.
+        if x.dim() != 2 or x.shape[0] == 1:
             return forward(self, x, *args, **kwargs)
         return torch.cat([forward(self, x[i: i + 1], *args, **kwargs) for i in range(x.shape[0])])
     return run
