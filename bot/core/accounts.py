@@ -84,12 +84,14 @@ class Accounts:
         """Delete the user and end their sessions (their jobs stay, as anyone's do)."""
         normal = name.strip().lower()
         with storage_errors():
-            cursor = await self.store.db.execute("DELETE FROM users WHERE name = ?", (normal,))
+            async with self.store.exclusive():
+                cursor = await self.store.db.execute("DELETE FROM users WHERE name = ?", (normal,))
         if cursor.rowcount == 0:
             raise UserError("no_such_user", name=name[:40])
 
     async def list(self) -> list[Account]:
-        async with self.store.db.execute("SELECT name, is_admin, created_at FROM users ORDER BY name") as cursor:
+        async with self.store.exclusive(), \
+                self.store.db.execute("SELECT name, is_admin, created_at FROM users ORDER BY name") as cursor:
             return [_account(row) for row in await cursor.fetchall()]
 
     # --- sessions (the web page and API) -----------------------------------------------------------
@@ -118,7 +120,7 @@ class Accounts:
         """The account a session token belongs to, while the session lasts."""
         if not token or len(token) > 100:
             return None
-        async with self.store.db.execute(
+        async with self.store.exclusive(), self.store.db.execute(
                 "SELECT users.name, users.is_admin, users.created_at FROM sessions JOIN users "
                 "ON users.name = sessions.user_name WHERE sessions.token_hash = ? AND sessions.expires_at > ?",
                 (_token_hash(token), time.time())) as cursor:
@@ -127,10 +129,11 @@ class Accounts:
 
     async def sign_out(self, token: str) -> None:
         with storage_errors():
-            await self.store.db.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),))
+            async with self.store.exclusive():
+                await self.store.db.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),))
 
     async def _row(self, name: str):
-        async with self.store.db.execute(
+        async with self.store.exclusive(), self.store.db.execute(
                 "SELECT name, password_hash, is_admin, created_at FROM users WHERE name = ?", (name,)) as cursor:
             return await cursor.fetchone()
 

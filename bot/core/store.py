@@ -10,7 +10,9 @@ Schema changes are numbered migrations (bot/core/schema.py) applied in order and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import sqlite3
 import time
@@ -49,9 +51,54 @@ class Recovery:
     failed: tuple[int, ...]
 
 
+class _TaskLock:
+    """An asyncio lock that the task holding it may take again (a transaction calls other methods).
+
+    One connection serves every coroutine, and each statement is an await: without this, a COMMIT
+    could land while another coroutine still reads a cursor ("SQL statements in progress"), and a
+    write from elsewhere would join an open transaction and be rolled back with it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task | None = None
+        self._depth = 0
+
+    @contextlib.asynccontextmanager
+    async def held(self):
+        task = asyncio.current_task()
+        if self._owner is not task:
+            await self._lock.acquire()
+            self._owner = task
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._lock.release()
+
+
+def _exclusive(method):
+    """Run a Store method alone on the connection (see _TaskLock)."""
+
+    @functools.wraps(method)
+    async def run(self, *args, **kwargs):
+        async with self.exclusive():
+            return await method(self, *args, **kwargs)
+
+    return run
+
+
 class Store:
     def __init__(self, connection: aiosqlite.Connection) -> None:
         self.db = connection
+        self._serial = _TaskLock()
+
+    def exclusive(self):
+        """Hold the connection for a sequence of statements (re-entrant within one task)."""
+        return self._serial.held()
 
     @classmethod
     async def open(cls, path: str | Path) -> "Store":
@@ -76,16 +123,19 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def transaction(self):
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (the connection is in autocommit)."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if self.db.in_transaction:  # SQLite itself ends it on some errors (a full disk)
-                await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (the connection is in autocommit).
+        The connection is held throughout, so nothing from another task joins the transaction."""
+        async with self.exclusive():
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self.db.in_transaction:  # SQLite itself ends it on some errors (a full disk)
+                    await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
+    @_exclusive
     async def probe_write(self) -> None:
         """Real writes that leave nothing behind, about the size of a job's row (so they need new
         space as an insert would): raises while the database cannot be written."""
@@ -93,6 +143,7 @@ class Store:
                               ("0" * 8192,))
         await self.db.execute("DELETE FROM settings WHERE key = 'health_probe'")
 
+    @_exclusive
     async def migrate(self) -> int:
         async with self.db.execute("PRAGMA user_version") as cursor:
             (version,) = await cursor.fetchone()
@@ -102,6 +153,7 @@ class Store:
 
     # --- jobs ----------------------------------------------------------------------------------
 
+    @_exclusive
     async def add_job(self, request: GenerationRequest, origin: Origin) -> QueuedJob:
         """Insert a queued job and count it in the user's usage, both or neither."""
         now = time.time()
@@ -122,17 +174,20 @@ class Store:
         return QueuedJob(job_id, origin.user_key, request.model, batch_key, request.count, request.steps, now,
                          origin.is_admin, public_id)
 
+    @_exclusive
     async def get(self, job_id: int) -> Job | None:
         async with self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cursor:
             row = await cursor.fetchone()
         return _job(row) if row else None
 
+    @_exclusive
     async def id_of(self, public_id: str) -> int | None:
         """The internal id of the job with this public id."""
         async with self.db.execute("SELECT id FROM jobs WHERE public_id = ?", (public_id,)) as cursor:
             row = await cursor.fetchone()
         return row[0] if row else None
 
+    @_exclusive
     async def queued(self) -> list[QueuedJob]:
         """Every waiting job, oldest first: read once at start to rebuild the in-memory queue."""
         async with self.db.execute(
@@ -140,6 +195,7 @@ class Store:
         ) as cursor:
             return [_queued(row) for row in await cursor.fetchall()]
 
+    @_exclusive
     async def queued_entry(self, job_id: int) -> QueuedJob | None:
         """One job as the queue index holds it, if it is waiting."""
         async with self.db.execute(
@@ -148,9 +204,11 @@ class Store:
             row = await cursor.fetchone()
         return _queued(row) if row else None
 
+    @_exclusive
     async def running(self) -> list[Job]:
         return await self._select("status = 'running'")
 
+    @_exclusive
     async def claim(self, job_ids: Sequence[int]) -> list[Job]:
         """Mark the chosen queued jobs running, in one statement; returns those it got."""
         if not job_ids:
@@ -165,24 +223,29 @@ class Store:
         jobs = [await self.get(job_id) for job_id in job_ids if job_id in claimed]
         return [job for job in jobs if job is not None]
 
+    @_exclusive
     async def finish(self, job_id: int, images: Iterable[ImageResult], grid: str | None) -> bool:
         results = json.dumps({"images": [{"file": i.file, "seed": i.seed} for i in images], "grid": grid})
         return await self._update_running(job_id, "status = 'done', results = ?, finished_at = ?",
                                           (results, time.time()))
 
+    @_exclusive
     async def fail(self, job_id: int, error: str, key: str | None = None, params: dict | None = None) -> bool:
         return await self._update_running(
             job_id, "status = 'failed', error = ?, error_key = ?, error_params = ?, finished_at = ?",
             (error, key, json.dumps(params or {}, ensure_ascii=False, default=str), time.time()))
 
+    @_exclusive
     async def requeue(self, job_id: int) -> bool:
         """Give a running job back to the queue (shutdown, a lost worker)."""
         return await self._update_running(job_id, "status = 'queued', started_at = NULL", ())
 
+    @_exclusive
     async def refund_attempt(self, job_id: int) -> bool:
         """Take back the attempt a claim counted, for a running job that never reached a worker."""
         return await self._update_running(job_id, "attempts = max(attempts - 1, 0)", ())
 
+    @_exclusive
     async def cancel(self, job_id: int) -> str | None:
         """Cancel a queued job now, or ask a running one to stop; returns the new status."""
         async with self.db.execute(
@@ -198,15 +261,18 @@ class Store:
                 return RUNNING
         return None
 
+    @_exclusive
     async def mark_cancelled(self, job_id: int) -> bool:
         return await self._update_running(job_id, "status = 'cancelled', finished_at = ?", (time.time(),))
 
+    @_exclusive
     async def _update_running(self, job_id: int, assignments: str, params: tuple) -> bool:
         async with self.db.execute(
             f"UPDATE jobs SET {assignments} WHERE id = ? AND status = 'running' RETURNING id", (*params, job_id)
         ) as cursor:
             return await cursor.fetchone() is not None
 
+    @_exclusive
     async def recover(self, max_attempts: int) -> Recovery:
         """At start-up: jobs a crash left running go back to the queue, unless they keep crashing."""
         async with self.transaction():
@@ -224,23 +290,28 @@ class Store:
                 requeued = tuple(row[0] for row in await cursor.fetchall())
         return Recovery(tuple(sorted(requeued)), tuple(sorted(failed)))
 
+    @_exclusive
     async def undelivered(self, platform: str | None = None) -> list[Job]:
         where = "status IN ('done', 'failed', 'cancelled') AND delivery = 'pending'"
         if platform is None:
             return await self._select(where)
         return await self._select(where + " AND platform = ?", (platform,))
 
+    @_exclusive
     async def set_delivery(self, job_id: int, delivery: str) -> None:
         assert delivery in (DELIVERY_PENDING, DELIVERED, DELIVERY_FAILED)
         await self.db.execute("UPDATE jobs SET delivery = ? WHERE id = ?", (delivery, job_id))
 
+    @_exclusive
     async def history(self, user_key: str, limit: int = 20) -> list[Job]:
         return await self._select("user_key = ? ORDER BY id DESC LIMIT ?", (user_key, limit), order=False)
 
+    @_exclusive
     async def jobs_of(self, user_key: str, statuses: Sequence[str]) -> list[Job]:
         marks = ",".join("?" * len(statuses))
         return await self._select(f"user_key = ? AND status IN ({marks})", (user_key, *statuses))
 
+    @_exclusive
     async def count_unfinished(self, user_key: str) -> int:
         """The user's jobs waiting or running."""
         async with self.db.execute(
@@ -248,6 +319,7 @@ class Store:
         ) as cursor:
             return (await cursor.fetchone())[0]
 
+    @_exclusive
     async def count_unfinished_from(self, address: str) -> int:
         """Jobs waiting or running that came from one client address."""
         async with self.db.execute(
@@ -256,10 +328,12 @@ class Store:
         ) as cursor:
             return (await cursor.fetchone())[0]
 
+    @_exclusive
     async def counts_by_status(self) -> dict[str, int]:
         async with self.db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status") as cursor:
             return {row[0]: row[1] for row in await cursor.fetchall()}
 
+    @_exclusive
     async def _select(self, where: str, params: tuple = (), order: bool = True) -> list[Job]:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}" + (" ORDER BY id" if order else "")
         async with self.db.execute(sql, params) as cursor:
@@ -267,6 +341,7 @@ class Store:
 
     # --- usage, bans, settings, audit -------------------------------------------------------------
 
+    @_exclusive
     async def add_usage(self, user_key: str, images: int, now: float | None = None) -> None:
         hour = int((now or time.time()) // 3600)
         await self.db.execute(
@@ -274,6 +349,7 @@ class Store:
             "ON CONFLICT (user_key, hour) DO UPDATE SET jobs = jobs + 1, images = images + excluded.images",
             (user_key, hour, images))
 
+    @_exclusive
     async def usage_last_hour(self, user_key: str, now: float | None = None) -> int:
         """Jobs submitted in the current and the previous clock hour (a sliding-enough window)."""
         hour = int((now or time.time()) // 3600)
@@ -282,36 +358,43 @@ class Store:
         ) as cursor:
             return (await cursor.fetchone())[0]
 
+    @_exclusive
     async def ban(self, user_key: str, reason: str, by: str) -> None:
         await self.db.execute(
             "INSERT OR REPLACE INTO bans (user_key, reason, banned_by, created_at) VALUES (?, ?, ?, ?)",
             (user_key, reason, by, time.time()))
 
+    @_exclusive
     async def unban(self, user_key: str) -> None:
         await self.db.execute("DELETE FROM bans WHERE user_key = ?", (user_key,))
 
+    @_exclusive
     async def ban_reason(self, user_key: str) -> str | None:
         async with self.db.execute("SELECT reason FROM bans WHERE user_key = ?", (user_key,)) as cursor:
             row = await cursor.fetchone()
         return row[0] if row else None
 
+    @_exclusive
     async def get_setting(self, key: str) -> str | None:
         async with self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)) as cursor:
             row = await cursor.fetchone()
         return row[0] if row else None
 
+    @_exclusive
     async def set_setting(self, key: str, value: str | None) -> None:
         if value is None:
             await self.db.execute("DELETE FROM settings WHERE key = ?", (key,))
         else:
             await self.db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
+    @_exclusive
     async def chat_settings(self, platform: str, chat_id: str) -> dict[str, str]:
         async with self.db.execute(
             "SELECT key, value FROM chat_settings WHERE platform = ? AND chat_id = ?", (platform, chat_id)
         ) as cursor:
             return {row[0]: row[1] for row in await cursor.fetchall()}
 
+    @_exclusive
     async def set_chat_setting(self, platform: str, chat_id: str, key: str, value: str | None) -> None:
         if value is None:
             await self.db.execute("DELETE FROM chat_settings WHERE platform = ? AND chat_id = ? AND key = ?",
@@ -320,10 +403,12 @@ class Store:
             await self.db.execute("INSERT OR REPLACE INTO chat_settings VALUES (?, ?, ?, ?)",
                                   (platform, chat_id, key, value))
 
+    @_exclusive
     async def audit(self, actor: str, action: str, detail: dict[str, Any]) -> None:
         await self.db.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
                               (time.time(), actor, action, json.dumps(detail, ensure_ascii=False)))
 
+    @_exclusive
     async def audit_log(self, limit: int = 50) -> list[dict[str, Any]]:
         async with self.db.execute(
             "SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)

@@ -162,3 +162,52 @@ async def test_queued_view_for_the_scheduler(store):
         (first, "web:alice", "demo", 2, False), (second, "web:carol", "other", 1, True)]
     assert queued[0].batch_key != queued[1].batch_key
     assert await store.count_unfinished("web:alice") == 1
+
+
+async def test_concurrent_submits_reads_and_writes_share_one_connection_safely(store):
+    """Submits (transactions), readers holding cursors and the worker's single writes interleave at
+    every await on one connection: none may commit another's half-read statement or fail."""
+    import asyncio
+
+    done = await store.add_job(make_request("finished"), BOB)
+    await store.claim([done.id])
+
+    async def submit(n):
+        await store.add_job(make_request(f"job {n}"), ALICE if n % 2 else BOB)
+
+    async def read(n):
+        await store.queued()
+        await store.history("alice")
+        await store.counts_by_status()
+
+    async def write(n):
+        await store.set_setting(f"key{n}", str(n))
+        await store.audit("admin", "test", {"n": n})
+
+    await asyncio.gather(*(task(n) for n in range(60) for task in (submit, read, write)))
+    assert len(await store.queued()) == 60
+    assert await store.get_setting("key59") == "59"
+    assert len(await store.audit_log(limit=100)) == 60
+
+
+async def test_a_failed_transaction_rolls_back_only_its_own_writes(store):
+    """A write from elsewhere that arrives while a transaction is open is not part of it."""
+    import asyncio
+
+    started = asyncio.Event()
+
+    async def failing_transaction():
+        with pytest.raises(RuntimeError):
+            async with store.transaction():
+                await store.db.execute("INSERT INTO settings (key, value) VALUES ('mine', '1')")
+                started.set()
+                await asyncio.sleep(0.05)
+                raise RuntimeError("refused")
+
+    async def other_writer():
+        await started.wait()
+        await store.set_setting("theirs", "2")
+
+    await asyncio.gather(failing_transaction(), other_writer())
+    assert await store.get_setting("mine") is None
+    assert await store.get_setting("theirs") == "2"

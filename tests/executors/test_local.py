@@ -208,7 +208,7 @@ async def test_a_hung_generation_is_abandoned_and_a_fresh_worker_takes_over(make
         return real_run_batch(self, items, *args)
 
     monkeypatch.setattr(LocalExecutor, "_run_batch", stuck_once)
-    service = await make_service(queue={"job_timeout": 5.0})  # room to load the model again afterwards
+    service = await make_service(queue={"job_timeout": 12.0})  # room to load the model again on a busy CPU
     hung = await service.submit("a cat --steps 2", ALICE)
     after = await service.submit("a dog --steps 2 --size 32x32", BOB)
     try:
