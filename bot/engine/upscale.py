@@ -38,7 +38,11 @@ class Upscaler:
 
 
 def load_upscaler(spec: VariantSpec, device: torch.device, dtype: torch.dtype) -> Upscaler:
-    from spandrel import ImageModelDescriptor, ModelLoader  # a heavy import, only where upscalers are used
+    try:
+        from spandrel import ImageModelDescriptor, ModelLoader  # a heavy import, only where upscalers are used
+    except ImportError:
+        raise UpscalerError(f"upscaler '{spec.name}' needs spandrel, which is not installed: "
+                            "pip install -e \".[upscale]\" (README, 'Installing')") from None
 
     assert spec.file is not None
     try:

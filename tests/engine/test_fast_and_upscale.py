@@ -1,6 +1,7 @@
 """Fast mode (an LCM-LoRA named by a variant) and upscaling (an ESRGAN-family network, tiled img2img)
 through the engine, on tiny random-weight models loaded through the real registry and diffusers."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from bot.core.errors import UserError
 from bot.core.request import RequestOptions, parse_prompt
 from bot.core.resolve import resolve
 from bot.engine.engine import Engine
-from bot.engine.upscale import blend_tiles, load_upscaler, run_upscaler, tile_boxes
+from bot.engine.upscale import UpscalerError, blend_tiles, load_upscaler, run_upscaler, tile_boxes
 from bot.models.registry import Registry
 from bot.models.variant import VariantDefaults
 from tests.helpers.models import add_pipeline_variant
@@ -148,6 +149,16 @@ def test_upscaler_variants_load_safetensors_and_refuse_pickles_unless_allowed(mo
         assert upscaler.scale == 2
 
 
+def test_an_upscaler_without_spandrel_installed_says_what_to_install(models_dir, monkeypatch):
+    """spandrel is an extra (it needs torchvision); without it the message names the extra."""
+    add_upscaler(models_dir, "esr", "tiny-2x.safetensors")
+    registry = Registry(models_dir, rescan_seconds=0)
+    registry.scan()
+    monkeypatch.setitem(sys.modules, "spandrel", None)  # what an environment without it raises
+    with pytest.raises(UpscalerError, match=r'needs spandrel.*pip install -e "\.\[upscale\]"'):
+        load_upscaler(registry.get("esr"), torch.device("cpu"), torch.float32)
+
+
 def test_the_upscaler_runs_in_tiles_without_seams(models_dir):
     add_upscaler(models_dir, "esr", "tiny-2x.safetensors")
     registry = Registry(models_dir, rescan_seconds=0)
@@ -220,6 +231,26 @@ def test_an_upscale_of_a_768_px_image_runs_the_upscaler_at_full_size(models_dir,
     request = upscale_request(engine, source, 1536, "compact", 0, Limits(min_side=32))
     [result] = engine.generate([request])
     assert result.images[0].size == (1536, 1536)
+
+
+def test_an_upscale_of_a_768_px_image_without_an_upscaler_redraws_it_in_native_tiles(models_dir, tmp_path,
+                                                                                    tiny_pipeline_dir):
+    """No upscaler configured: 768 px becomes 1536 px by a resize and a tiled img2img pass, each tile
+    at the model's native size (here 512), so memory stays that of one native-size image."""
+    add_pipeline_variant(models_dir, "wide", tiny_pipeline_dir,
+                         'kind = "pipeline"\n[defaults]\nwidth = 512\nheight = 512\nsteps = 2\n')
+    engine = make_engine(models_dir)
+    source = tmp_path / "source.png"
+    noise_image(768).save(source)
+    request = resolve(RequestOptions(prompt="a red fox", model="wide", seed=4, width=1536, height=1536,
+                                     init_image=str(source), upscale=True, strength=0.35),
+                      engine.registry.ready_defaults(), "wide", Limits(min_side=32),
+                      unavailable=engine.registry.unavailable())
+    [result] = engine.generate([request])
+    assert result.images[0].size == (1536, 1536)
+    assert engine.stats.images == 16  # 4 x 4 tiles of 512 px, a quarter of a tile overlapping
+    resized = np.asarray(Image.open(source).resize((1536, 1536), Image.Resampling.LANCZOS), dtype=float)
+    assert np.abs(np.asarray(result.images[0], dtype=float) - resized).mean() > 1  # redrawn, not only resized
 
 
 def test_upscale_sizes_have_their_own_limit():
