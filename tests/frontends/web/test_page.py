@@ -553,7 +553,8 @@ def test_models_api_offers_examples_and_the_callers_admin_state(server):
 
 def test_event_stream_outlives_a_keep_alive(server):
     user = "sse-tester-0123456789"
-    ahead = _call(server, "POST", "/api/jobs", user, '{"prompt": "a long one ahead --steps 50 --n 2 --size 256x256"}')
+    # Long enough to outlast the 15 s keep-alive on a fast CPU; it is cancelled at the end.
+    ahead = _call(server, "POST", "/api/jobs", user, '{"prompt": "a long one ahead --steps 50 --n 4 --size 512x512"}')
     waiting = None
     try:
         deadline = time.monotonic() + 60
