@@ -1,4 +1,4 @@
-"""training.caption with a tiny random-weight BLIP model built here (seed 0), never downloaded."""
+"""training.caption with a tiny random-weight BLIP model (tests/helpers/blip.py, seed 0), never downloaded."""
 
 from __future__ import annotations
 
@@ -7,37 +7,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.helpers.blip import WORDS, save_tiny_blip
 from training import data_cli
 from training.caption import Captioner, caption_records
 from training.manifest import Record, read_manifest, write_manifest
-
-WORDS = ["a", "photo", "of", "woman", "man", "in", "ao", "dai", "hat", "street", "food", "boat", "river", "red",
-         "white"]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
 
 
 @pytest.fixture(scope="module")
 def tiny_blip(tmp_path_factory) -> Path:
     """A BLIP captioning model a few kilobytes big, saved as a model folder would be downloaded."""
-    import torch
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
-
-    folder = tmp_path_factory.mktemp("blip")
-    vocab = SPECIAL + WORDS
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
-    config = BlipConfig(
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16),
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=vocab.index("[DEC]"),
-                         pad_token_id=0, sep_token_id=vocab.index("[SEP]"), eos_token_id=vocab.index("[SEP]")),
-        projection_dim=16)
-    torch.manual_seed(0)
-    BlipForConditionalGeneration(config).save_pretrained(folder)
-    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
-                  tokenizer=tokenizer).save_pretrained(folder)
-    return folder
+    return save_tiny_blip(tmp_path_factory.mktemp("blip"))
 
 
 @pytest.fixture(scope="module")
