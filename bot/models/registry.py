@@ -142,6 +142,17 @@ class Registry:
         return replace(entry, spec=spec, disabled=not override.enabled)
 
 
+def _unusable(entry: VariantEntry | None, role: str, name: str | None) -> str | None:
+    """Why the variant another one names as its `role` (base, refiner) cannot serve, or None."""
+    if entry is None:
+        return f"its {role} '{name}' is not in the model store"
+    if entry.disabled:
+        return f"its {role} '{name}' is disabled in the configuration"
+    if entry.spec is None or entry.error:
+        return f"its {role} '{name}' is broken"
+    return None
+
+
 def _check_lora_bases(entries: dict[str, VariantEntry], overrides: Mapping[str, VariantOverride]) -> None:
     """A LoRA needs a usable, non-LoRA base; mark it broken otherwise (its own entry only)."""
     for name, entry in entries.items():
@@ -149,16 +160,10 @@ def _check_lora_bases(entries: dict[str, VariantEntry], overrides: Mapping[str, 
         if spec is None or spec.kind != "lora":
             continue
         base = entries.get(spec.base or "")
-        problem = None
-        if base is None:
-            problem = f"its base '{spec.base}' is not in the model store"
-        elif base.disabled:
-            problem = f"its base '{spec.base}' is disabled in the configuration"
-        elif base.spec is None or base.error:
-            problem = f"its base '{spec.base}' is broken"
-        elif base.spec.kind == "lora":
+        problem = _unusable(base, "base", spec.base)
+        if problem is None and base.spec.kind == "lora":
             problem = f"its base '{spec.base}' is itself a LoRA; use a full model as base"
-        elif base.spec.kind == "upscaler":
+        elif problem is None and base.spec.kind == "upscaler":
             problem = f"its base '{spec.base}' is an upscaler; use a full model as base"
         if problem:
             entries[name] = replace(entry, error=problem)
@@ -186,6 +191,8 @@ def _check_fast_loras(entries: dict[str, VariantEntry]) -> None:
         else:
             continue
         entries[name] = replace(entry, error=problem)
+
+
 def _check_refiners(entries: dict[str, VariantEntry]) -> None:
     """A model that names a refiner needs a usable refiner model; mark it broken otherwise.
 
@@ -195,14 +202,8 @@ def _check_refiners(entries: dict[str, VariantEntry]) -> None:
         if spec is None or entry.error or not spec.defaults.refiner:
             continue
         refiner = entries.get(spec.defaults.refiner)
-        problem = None
-        if refiner is None:
-            problem = f"its refiner '{spec.defaults.refiner}' is not in the model store"
-        elif refiner.disabled:
-            problem = f"its refiner '{spec.defaults.refiner}' is disabled in the configuration"
-        elif refiner.spec is None or refiner.error:
-            problem = f"its refiner '{spec.defaults.refiner}' is broken"
-        elif refiner.spec.defaults.role != "refiner":
+        problem = _unusable(refiner, "refiner", spec.defaults.refiner)
+        if problem is None and refiner.spec.defaults.role != "refiner":
             problem = (f"'{spec.defaults.refiner}' is not a refiner model (it is a {refiner.spec.defaults.role} "
                        "model); name an SDXL refiner")
         if problem:
