@@ -164,6 +164,14 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class A1111Config:
+    """The AUTOMATIC1111-compatible API (`/sdapi/v1/...`) on the web server's port, over the same
+    queue, for tools that already speak it (Open WebUI, SillyTavern, the webuiapi client)."""
+
+    enabled: bool = True  # served wherever the web page is ([web] host: this machine only by default)
+
+
+@dataclass(frozen=True)
 class TelegramConfig:
     """The Telegram bot (runs when TELEGRAM_TOKEN is set)."""
 
@@ -214,6 +222,7 @@ class Config:
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
     variations: VariationsConfig = field(default_factory=VariationsConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    a1111: A1111Config = field(default_factory=A1111Config)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     describe: DescribeConfig = field(default_factory=DescribeConfig)

@@ -181,13 +181,15 @@ def parse_a1111_parameters(text: str) -> dict[str, str]:
     return result
 
 
-def _short_sampler(sampler: str, schedule: str | None) -> str:
+def short_sampler(sampler: str, schedule: str | None) -> str:
+    """Our short scheduler name for an A1111 sampler and schedule type ("DPM++ 2M" and "Karras", or
+    the older "DPM++ 2M Karras"); ValueError for one we have no match for."""
     name = sampler.strip()
+    if schedule is not None and schedule.strip().casefold() in _PLAIN_SCHEDULES:
+        schedule = None
     # Before 1.9, A1111 folded the schedule into the name: "DPM++ 2M Karras".
     if schedule is None and name.casefold().endswith(" karras"):
         name, schedule = name[: -len(" karras")], "Karras"
-    if schedule is not None and schedule.strip().casefold() in _PLAIN_SCHEDULES:
-        schedule = None
     key = (name.casefold(), schedule.strip().casefold() if schedule else None)
     if key not in _SHORT_SAMPLER:
         shown = sampler if schedule is None else f"{sampler} (schedule type {schedule})"
@@ -223,7 +225,7 @@ def parameters_from_a1111(text: str) -> ImageParameters:
         prompt=raw["prompt"],
         negative_prompt=raw["negative_prompt"],
         steps=get("Steps", int),
-        sampler=_short_sampler(raw["Sampler"], raw.get("Schedule type")),
+        sampler=short_sampler(raw["Sampler"], raw.get("Schedule type")),
         guidance=get("CFG scale", float),
         seed=get("Seed", int),
         width=width,

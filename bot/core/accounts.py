@@ -96,15 +96,26 @@ class Accounts:
 
     # --- sessions (the web page and API) -----------------------------------------------------------
 
-    async def sign_in(self, name: str, password: str) -> Session | None:
-        """A new session for the right name and password, else None. Wrong names cost as much time
+    async def verify(self, name: str, password: str) -> Account | None:
+        """The account of the right name and password, else None, without starting a session (API
+        clients that send both with every call, as HTTP Basic auth). Wrong names cost as much time
         as wrong passwords."""
-        normal = name.strip().lower()
-        row = await self._row(normal) if USER_NAME.fullmatch(normal) else None
+        row = await self._named(name)
         stored = row["password_hash"] if row is not None else dummy_hash()
         matches = await asyncio.to_thread(verify_password, password, stored)
-        if row is None or not matches:
+        return _account(row) if row is not None and matches else None
+
+    async def get(self, name: str) -> Account | None:
+        """The account called `name`, as it is now (None once removed)."""
+        row = await self._named(name)
+        return _account(row) if row is not None else None
+
+    async def sign_in(self, name: str, password: str) -> Session | None:
+        """A new session for the right name and password, else None."""
+        account = await self.verify(name, password)
+        if account is None:
             return None
+        normal = account.name
         token = secrets.token_urlsafe(32)
         now = time.time()
         expires_at = now + self.session_seconds
@@ -114,7 +125,7 @@ class Accounts:
                 await self.store.db.execute(
                     "INSERT INTO sessions (token_hash, user_name, created_at, expires_at) VALUES (?, ?, ?, ?)",
                     (_token_hash(token), normal, now, expires_at))
-        return Session(_account(row), token, expires_at)
+        return Session(account, token, expires_at)
 
     async def account_of(self, token: str) -> Account | None:
         """The account a session token belongs to, while the session lasts."""
@@ -131,6 +142,11 @@ class Accounts:
         with storage_errors():
             async with self.store.exclusive():
                 await self.store.db.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),))
+
+    async def _named(self, name: str):
+        """The row of the user `name` as typed (any case, spaces around), if it is a name at all."""
+        normal = name.strip().lower()
+        return await self._row(normal) if USER_NAME.fullmatch(normal) else None
 
     async def _row(self, name: str):
         async with self.store.exclusive(), self.store.db.execute(

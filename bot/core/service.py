@@ -21,7 +21,7 @@ from bot.core.accounts import Accounts
 from bot.core.admission import DEFAULT_MODEL_SETTING, CHAT_MODEL_SETTING, Admission, Catalog
 from bot.core.errors import UserError
 from bot.core.eta import EtaEstimator
-from bot.core.events import EventBus, Subscription
+from bot.core.events import FINAL_EVENTS, EventBus, Subscription
 from bot.core.executor import Executor
 from bot.core.jobs import (CANCELLED, DELIVERED, DELIVERY_FAILED, QUEUED, RUNNING, Job, Origin, QueuedJob,
                            is_public_id)
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 UPSCALE_STRENGTH = 0.35  # an upscale without an upscaler keeps the composition and redraws the detail
 HEALTH_PROBE_SECONDS = 1.0  # while the database is failing, /healthz tries a write at most this often
+WAIT_RECHECK_SECONDS = 30.0  # wait_finished reads the job again this often without an event
 
 DERIVED_ACTIONS = ("reroll", "variation", "vary_subtle", "vary_strong", "remix", "upscale")
 
@@ -286,6 +287,22 @@ class Service:
     def subscribe(self, job_id: int | None = None, platform: str | None = None) -> Subscription:
         """Follow events; subscribe before reading the job's state so nothing falls in between."""
         return self.events.subscribe(job_id, platform)
+
+    async def wait_finished(self, ref: JobRef) -> Job:
+        """The job once it has finished (done, failed or cancelled), woken by its events; the store
+        is read again now and then in case an event was missed (the store is the truth)."""
+        job = await self.job(ref)
+        updates = self.subscribe(job.id)  # before reading the state again: nothing falls in between
+        try:
+            while not (job := await self.job(job.id)).finished:
+                try:
+                    while (await updates.next(WAIT_RECHECK_SECONDS))["type"] not in FINAL_EVENTS:
+                        pass
+                except asyncio.TimeoutError:
+                    pass
+            return job
+        finally:
+            updates.close()
 
     # --- changing jobs ---------------------------------------------------------------------------
 

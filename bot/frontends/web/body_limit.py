@@ -50,5 +50,6 @@ class BodyLimit:
 
     async def _refuse(self, scope, receive, send, limit: int) -> None:
         locale = dict(scope.get("headers", [])).get(b"accept-language", b"").decode("latin-1") or None
-        response = error_response(413, render("api_too_large", locale, kib=limit // 1024), "too_large")
+        response = error_response(413, render("api_too_large", locale, kib=limit // 1024), "too_large",
+                                  scope.get("path", ""))
         await response(scope, receive, send)

@@ -21,6 +21,7 @@ from bot.core.accounts import Account
 from bot.core.errors import UserError
 from bot.core.jobs import Origin
 from bot.core.service import Service
+from bot.frontends.web.basic_auth import basic_credentials
 from bot.frontends.web.clients import client_address, client_key
 
 
@@ -84,6 +85,47 @@ async def get_caller(request: Request, address: Annotated[str, Depends(get_addre
                      token_admin: Annotated[bool, Depends(get_token_admin)],
                      _: Annotated[None, Depends(require_sign_in)]) -> Origin:
     """Who is calling: their account, else their client key, else their address; 400 for a malformed key."""
+    return _origin(request, address, account, token_admin)
+
+
+async def get_basic_account(request: Request, address: Annotated[str, Depends(get_address)]) -> Account | None:
+    """With [web] auth = "password", the account whose name and password came as HTTP Basic auth
+    (how AUTOMATIC1111's API clients sign in); None without them. Wrong ones: 401, counted against
+    the address like failed sign-ins (429 beyond the limit)."""
+    credentials = basic_credentials(request)
+    if request.app.state.config.web.auth != "password" or credentials is None:
+        return None
+    accounts = get_service(request).accounts
+    verified = request.app.state.basic_verified
+    known = verified.known(*credentials)
+    if known is not None:
+        account = await accounts.get(known[0])
+        if account is not None and account.created_at == known[1]:
+            return account
+    failures = request.app.state.sign_in_failures
+    failures.check(address)
+    account = await accounts.verify(*credentials)
+    if account is None:
+        failures.failed(address)
+        raise UserError("sign_in_failed")
+    verified.remember(*credentials, account.name, account.created_at)
+    return account
+
+
+async def get_api_caller(request: Request, address: Annotated[str, Depends(get_address)],
+                         basic: Annotated[Account | None, Depends(get_basic_account)],
+                         account: Annotated[Account | None, Depends(get_account)],
+                         token_admin: Annotated[bool, Depends(get_token_admin)]) -> Origin:
+    """The caller of the AUTOMATIC1111-compatible API: as `get_caller`, and with [web] auth =
+    "password" also an account signed in by HTTP Basic auth; 401 for a caller with neither an
+    account nor the admin token."""
+    account = basic or account
+    if request.app.state.config.web.auth == "password" and account is None and not token_admin:
+        raise UserError("a1111_sign_in_required")
+    return _origin(request, address, account, token_admin)
+
+
+def _origin(request: Request, address: str, account: Account | None, token_admin: bool) -> Origin:
     locale = get_locale(request)
     if account is not None:
         return Origin(platform="web", user_id=account.user_id, chat_id="web", user_name=account.name,
@@ -128,6 +170,7 @@ SecretsDep = Annotated[Secrets, Depends(get_secrets)]
 Locale = Annotated[str | None, Depends(get_locale)]
 Address = Annotated[str, Depends(get_address)]
 Caller = Annotated[Origin, Depends(get_caller)]
+ApiCaller = Annotated[Origin, Depends(get_api_caller)]  # the AUTOMATIC1111-compatible API's callers
 Admin = Annotated[Origin, Depends(get_admin)]
 AccountDep = Annotated[Account | None, Depends(get_account)]
 SignedIn = Depends(require_sign_in)  # for a router's dependencies: its routes need a signed-in caller

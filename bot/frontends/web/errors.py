@@ -1,5 +1,7 @@
 """Errors as the API answers them: `{"error": a text fit to show a person, "key": what a program
-checks}`, with a status that says what kind of error it is."""
+checks}`, with a status that says what kind of error it is. Under /sdapi/ (the AUTOMATIC1111-compatible
+API) they take the shape its clients parse: `{"error": a type name, "detail": the text, "body",
+"errors"}`, with the same `key` and status."""
 
 from __future__ import annotations
 
@@ -40,11 +42,30 @@ STATUS_BY_KEY = {
     "sign_in_failed": 401,
     "api_too_many_sign_in_failures": 429,
     "accounts_off": 404,
+    "a1111_sign_in_required": 401,
 }
+# ... and where the AUTOMATIC1111-compatible API answers otherwise, as A1111 does: a value refused
+# is 422 (its validation errors), an unknown model 404 ("Model not found").
+A1111_STATUS_BY_KEY = {"unknown_model": 404}
 
 
-def error_response(status: int, message: str, key: str) -> JSONResponse:
+A1111_PREFIX = "/sdapi/"
+
+
+def error_response(status: int, message: str, key: str, path: str = "", kind: str = "HTTPException") -> JSONResponse:
+    """The error answer for a request to `path`; `kind` names the error's type where the
+    AUTOMATIC1111 shape shows one."""
+    if path.startswith(A1111_PREFIX):
+        return a1111_error(status, message, key, kind)
     return JSONResponse({"error": message, "key": key}, status_code=status)
+
+
+def a1111_error(status: int, detail: str, key: str, kind: str = "HTTPException") -> JSONResponse:
+    """As AUTOMATIC1111's api_middleware answers: the exception's type, its detail, and `errors` as
+    str() of its HTTPException reads ("403: ..."). A 401 asks for HTTP Basic auth, as --api-auth does."""
+    headers = {"WWW-Authenticate": 'Basic realm="imagebot"'} if status == 401 else None
+    return JSONResponse({"error": kind, "detail": detail, "body": "", "errors": f"{status}: {detail}", "key": key},
+                        status_code=status, headers=headers)
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -54,13 +75,18 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    path = request.url.path
     if error.status_code == 404:
-        return error_response(404, render("api_not_found", get_locale(request)), "not_found")
-    return error_response(error.status_code, str(error.detail), "http_error")
+        return error_response(404, render("api_not_found", get_locale(request)), "not_found", path)
+    return error_response(error.status_code, str(error.detail), "http_error", path)
 
 
 async def user_error(request: Request, error: UserError) -> JSONResponse:
-    return error_response(STATUS_BY_KEY.get(error.key, 400), explain(error, get_locale(request)), error.key)
+    path = request.url.path
+    status = STATUS_BY_KEY.get(error.key, 400)
+    if path.startswith(A1111_PREFIX):
+        status = A1111_STATUS_BY_KEY.get(error.key, 422 if status == 400 else status)
+    return error_response(status, explain(error, get_locale(request)), error.key, path)
 
 
 async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -69,4 +95,4 @@ async def invalid_request(request: Request, error: RequestValidationError) -> JS
         where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "body"
         problems.append(f"{where}: {item.get('msg', 'invalid')}")
     text = render("api_invalid_request", get_locale(request), problems="; ".join(problems))
-    return error_response(422, text, "invalid_request")
+    return error_response(422, text, "invalid_request", request.url.path, kind="RequestValidationError")

@@ -89,20 +89,21 @@ class Security:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", [])}
         locale = headers.get("accept-language")
         host = headers.get("host", "")
+        path = scope.get("path", "")
         if "*" not in self.hosts and host_name(host) not in self.hosts and not (
                 self.any_address and _is_address(host_name(host))):
             # 421 Misdirected Request: this server is not the one that name should reach.
-            return error_response(421, render("api_wrong_host", locale, host=host_name(host)[:100]), "wrong_host")
+            return error_response(421, render("api_wrong_host", locale, host=host_name(host)[:100]), "wrong_host", path)
         if scope["method"] not in CHANGING:
             return None
         origin = headers.get("origin")
         if origin is not None and not _same_host(origin, host):
-            return error_response(403, render("api_wrong_origin", locale, origin=origin[:100]), "wrong_origin")
+            return error_response(403, render("api_wrong_origin", locale, origin=origin[:100]), "wrong_origin", path)
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-        image_body = media_type.startswith("image/") and scope.get("path") in IMAGE_BODY_PATHS
+        image_body = media_type.startswith("image/") and path in IMAGE_BODY_PATHS
         if media_type and media_type != "application/json" and not image_body or has_body and not media_type:
-            return error_response(415, render("api_json_only", locale), "json_only")
+            return error_response(415, render("api_json_only", locale), "json_only", path)
         return None
 
 

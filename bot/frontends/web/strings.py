@@ -167,6 +167,14 @@ STRINGS: Strings = {
         "sign_in_failed": "Wrong user name or password.",
         "accounts_off": "This server has no accounts ([web] auth = \"none\"): nothing to sign in to.",
         "api_too_many_sign_in_failures": "Too many failed sign-ins from your address; try again in a minute.",
+        # the AUTOMATIC1111-compatible API (/sdapi/v1/...)
+        "a1111_sign_in_required": "This server has accounts: send your user name and password as HTTP Basic auth (Open WebUI: API Auth \"name:password\"; webuiapi: set_auth(name, password)).",
+        "a1111_unknown_sampler": "Unknown sampler '{got}'. Allowed: {allowed}; schedule type automatic, uniform, or karras with DPM++ 2M.",
+        "a1111_too_many_images": "batch_size {batch_size} x n_iter {n_iter} asks for {count} images; at most {limit} per request.",
+        "a1111_unsupported": "Not supported on this server: {names}. Leave it off (false or empty).",
+        "a1111_no_init_image": "img2img needs init_images: a list holding one base64-encoded picture.",
+        "a1111_bad_image": "{what} is not a base64-encoded picture (plain base64 or a data: URL).",
+        "a1111_image_url": "{what} is a URL; this server fetches no URLs. Send the picture itself, base64-encoded.",
     },
     "vi": {
         # the page
@@ -325,6 +333,14 @@ STRINGS: Strings = {
         "sign_in_failed": "Sai tên người dùng hoặc mật khẩu.",
         "accounts_off": "Máy chủ này không có tài khoản ([web] auth = \"none\"): không có gì để đăng nhập.",
         "api_too_many_sign_in_failures": "Quá nhiều lần đăng nhập sai từ địa chỉ của bạn; hãy thử lại sau một phút.",
+        # the AUTOMATIC1111-compatible API (/sdapi/v1/...)
+        "a1111_sign_in_required": "Máy chủ này có tài khoản: hãy gửi tên người dùng và mật khẩu bằng HTTP Basic auth (Open WebUI: API Auth \"tên:mật khẩu\"; webuiapi: set_auth(tên, mật khẩu)).",
+        "a1111_unknown_sampler": "Không có bộ lấy mẫu '{got}'. Các giá trị hợp lệ: {allowed}; kiểu lịch automatic, uniform, hoặc karras với DPM++ 2M.",
+        "a1111_too_many_images": "batch_size {batch_size} x n_iter {n_iter} yêu cầu {count} ảnh; tối đa {limit} ảnh mỗi yêu cầu.",
+        "a1111_unsupported": "Máy chủ này không hỗ trợ: {names}. Hãy tắt chúng (false hoặc để trống).",
+        "a1111_no_init_image": "img2img cần init_images: một danh sách chứa một ảnh mã hóa base64.",
+        "a1111_bad_image": "{what} không phải ảnh mã hóa base64 (base64 thường hoặc URL data:).",
+        "a1111_image_url": "{what} là một URL; máy chủ này không tải URL. Hãy gửi chính ảnh đó, mã hóa base64.",
     },
 }
 
