@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import (
+    A1111Config,
     Config,
     ConfigError,
     EngineConfig,
@@ -120,6 +121,16 @@ def test_defaults_without_any_file(empty_cwd):
     assert (config.web.enabled, config.web.host, config.web.port) == (True, "127.0.0.1", 7860)
     assert dict(config.variants) == {}
     assert find_config_file() is None
+
+
+def test_the_a1111_api_is_on_by_default_and_can_be_turned_off(tmp_path):
+    assert Config().a1111 == A1111Config(enabled=True)
+    assert load_config(write(tmp_path, "[a1111]\nenabled = false\n")).a1111 == A1111Config(enabled=False)
+    assert load_config(REPO / "config.toml").a1111.enabled is True
+    with pytest.raises(ConfigError, match=r"a1111.enabled must be true or false"):
+        config_from_dict({"a1111": {"enabled": "no"}})
+    with pytest.raises(ConfigError, match=r"unknown key a1111.auth \(allowed: enabled\)"):
+        config_from_dict({"a1111": {"auth": "user:pass"}})
 
 
 def test_config_objects_are_frozen(empty_cwd):
