@@ -26,3 +26,14 @@ def test_each_router_is_about_one_thing():
     for router in ROUTERS:
         module = router.routes[0].endpoint.__module__
         assert all(route.endpoint.__module__ == module for route in router.routes), module
+
+
+def test_the_a1111_router_holds_the_sdapi_urls_it_serves():
+    """Included by create_app only with [a1111] enabled, so not one of ROUTERS."""
+    from bot.frontends.web.routes import a1111
+
+    found = {(method, route.path) for route in a1111.router.routes for method in route.methods}
+    assert {("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/img2img"), ("GET", "/sdapi/v1/sd-models"),
+            ("GET", "/sdapi/v1/options"), ("POST", "/sdapi/v1/options"), ("GET", "/sdapi/v1/progress"),
+            ("POST", "/sdapi/v1/interrupt"), ("GET", "/sdapi/v1/samplers"), ("GET", "/sdapi/v1/schedulers")} <= found
+    assert all(path.startswith("/sdapi/v1/") for _, path in found)
