@@ -5,8 +5,10 @@ Callers are told apart by the `X-Imagebot-User` header (the web page sends a ran
 or, without one, by address (bot/frontends/web/clients.py); admin calls carry
 `Authorization: Bearer $IMAGEBOT_ADMIN_TOKEN`. With `[web] auth = "password"` a caller is their
 account instead (the session cookie, bot/frontends/web/routes/session.py), and only signed-in
-callers, or ones with the admin token, get past `require_sign_in`. The headers are read from the
-request, not declared as parameters, so the API schema stays what clients already know.
+callers, or ones with the admin token, get past `require_sign_in`; callers of the
+AUTOMATIC1111-compatible API may sign in with HTTP Basic auth instead (`get_api_caller`). The
+headers are read from the request, not declared as parameters, so the API schema stays what
+clients already know.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import io
 import json
 from collections.abc import Callable
@@ -98,24 +99,17 @@ async def make_server(tmp_path, models_dir, tiny_pipeline_dir):
         await asyncio.wait_for(task, 30)
 
 
-async def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Check `condition` until it holds (a state, never a duration)."""
+async def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Check until `check()` (or, for an async check, what it returns awaited) holds: a state,
+    never a duration."""
     async def poll():
-        while not (value := condition()):
+        while True:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value
             await asyncio.sleep(0.02)
-        return value
-    try:
-        return await asyncio.wait_for(poll(), timeout)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-async def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """As wait_for, for an async check."""
-    async def poll():
-        while not (value := await check()):
-            await asyncio.sleep(0.05)
-        return value
     try:
         return await asyncio.wait_for(poll(), timeout)
     except asyncio.TimeoutError:
@@ -236,7 +230,7 @@ async def test_progress_and_interrupt_concern_the_callers_own_job(make_server):
     async def alice_running():
         seen = await asyncio.to_thread(alice.get_progress)
         return seen if seen["progress"] > 0 else None
-    progress = await wait_until(alice_running, "alice's job to make progress")
+    progress = await wait_for(alice_running, "alice's job to make progress")
     state = progress["state"]
     assert state["job_count"] == 1 and state["sampling_steps"] == 500 and 1 <= state["sampling_step"] < 500
     assert 0 < progress["progress"] < 1 and progress["eta_relative"] >= 0 and state["queue_position"] is None
@@ -264,13 +258,13 @@ async def test_a_waiting_job_shows_its_place_in_line(make_server):
 
     async def bob_running():
         return (await asyncio.to_thread(bob.get_progress))["progress"] > 0
-    await wait_until(bob_running, "bob's job to run")
+    await wait_for(bob_running, "bob's job to run")
     waiting = asyncio.create_task(asyncio.to_thread(alice.txt2img, prompt="after bob", **SMALL))
 
     async def alice_queued():
         seen = await asyncio.to_thread(alice.get_progress)
         return seen if seen["state"]["job_count"] == 1 else None
-    progress = await wait_until(alice_queued, "alice's job to be queued")
+    progress = await wait_for(alice_queued, "alice's job to be queued")
     assert progress["progress"] == 0 and progress["state"]["queue_position"] == 1
     assert progress["textinfo"] == "Queued #1"
     await asyncio.to_thread(bob.interrupt)
