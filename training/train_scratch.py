@@ -116,6 +116,7 @@ class TrainingConfig:
     ema_decay: float = 0.999  # with warm-up: min(decay, (1 + step) / (10 + step))
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
+    snr_gamma: float = 0.0  # min-SNR loss weighting (Hang et al. 2023; 5 is their choice); 0 = plain MSE
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -141,10 +142,10 @@ class TrainingConfig:
 
 STAGES = ("vae", "unet")  # in the order they run; a checkpoint records the one it was taken in
 DEFAULT_SAMPLE_SPECS = [
-    shapes.Spec("red", "circle", "blue"), shapes.Spec("green", "square", "white"),
-    shapes.Spec("blue", "triangle", "yellow"), shapes.Spec("yellow", "circle", "black"),
-    shapes.Spec("purple", "square", "orange"), shapes.Spec("orange", "triangle", "green"),
-    shapes.Spec("white", "circle", "red"), shapes.Spec("black", "square", "purple"),
+    shapes.Spec("red", "circle", "blue"), shapes.Spec("green", "square", "white", "small", "left"),
+    shapes.Spec("blue", "triangle", "yellow", "large"), shapes.Spec("yellow", "circle", "black", None, "top"),
+    shapes.Spec("purple", "square", "orange"), shapes.Spec("orange", "triangle", "green", "small", "bottom"),
+    shapes.Spec("white", "circle", "red", "large", "right"), shapes.Spec("black", "square", "purple", "small"),
 ]
 
 
@@ -204,6 +205,8 @@ def check_config(c: TrainingConfig) -> str | None:
         return "every VAE / UNet channel count must be divisible by its norm groups"
     if c.text_width % c.text_heads:
         return "text_width must be divisible by text_heads"
+    if c.snr_gamma < 0:
+        return f"snr_gamma must be 0 (off) or positive, got {c.snr_gamma}"
     if not 0 <= c.caption_dropout < 1 or not 0 <= c.ema_decay < 1:
         return "caption_dropout and ema_decay must be in [0, 1)"
     if min(c.train_batch_size, c.vae_batch_size, c.eval_batch_size, c.gradient_accumulation_steps) < 1:
@@ -561,7 +564,12 @@ def unet_loss(c: TrainingConfig, b: StageB, inputs: Inputs, index: torch.Tensor,
     with accelerator.autocast():
         encoded = b.text_encoder(tokens)[0]
         prediction = b.unet(noisy, timesteps, encoded).sample
-    loss = F.mse_loss(prediction.float(), noise)
+    loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+    if c.snr_gamma:
+        # Min-SNR: the nearly clean timesteps, easy to denoise, stop dominating the gradient.
+        snr = (a / (1 - a)).flatten()
+        loss = loss * snr.clamp(max=c.snr_gamma) / snr
+    loss = loss.mean()
     accelerator.backward(loss / c.gradient_accumulation_steps)
     return loss.item()
 
