@@ -108,6 +108,7 @@ class TrainingConfig:
     unet_channels: tuple[int, ...] = (64, 128)
     unet_layers_per_block: int = 2
     unet_attention_heads: int = 8
+    unet_plain_levels: int = 0  # the first N (highest-resolution) levels without attention, as SDXL's first
     unet_norm_groups: int = 32
     text_width: int = 64  # hidden size of the CLIP text encoder (full 49408-token vocabulary)
     text_layers: int = 2
@@ -205,6 +206,9 @@ def check_config(c: TrainingConfig) -> str | None:
         return "every VAE / UNet channel count must be divisible by its norm groups"
     if c.text_width % c.text_heads:
         return "text_width must be divisible by text_heads"
+    if not 0 <= c.unet_plain_levels < len(c.unet_channels):
+        return (f"unet_plain_levels must be from 0 to {len(c.unet_channels) - 1} (one level at least keeps "
+                f"attention, or the prompt is never read), got {c.unet_plain_levels}")
     if c.snr_gamma < 0:
         return f"snr_gamma must be 0 (off) or positive, got {c.snr_gamma}"
     if not 0 <= c.caption_dropout < 1 or not 0 <= c.ema_decay < 1:
@@ -253,11 +257,13 @@ def build_vae(c: TrainingConfig):
 def build_unet(c: TrainingConfig, latent_size: int):
     from diffusers import UNet2DConditionModel
 
-    levels = len(c.unet_channels)
+    levels, plain = len(c.unet_channels), c.unet_plain_levels
+    down = ("DownBlock2D",) * plain + ("CrossAttnDownBlock2D",) * (levels - plain)
+    up = ("CrossAttnUpBlock2D",) * (levels - plain) + ("UpBlock2D",) * plain
     return UNet2DConditionModel(
         sample_size=latent_size, in_channels=4, out_channels=4,
         block_out_channels=tuple(c.unet_channels), layers_per_block=c.unet_layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * levels, up_block_types=("CrossAttnUpBlock2D",) * levels,
+        down_block_types=down, up_block_types=up,
         cross_attention_dim=c.text_width, attention_head_dim=c.unet_attention_heads,
         norm_num_groups=c.unet_norm_groups,
     )
