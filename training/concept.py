@@ -32,7 +32,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from training.shapes import COLOURS, HELD_OUT_SEED_BASE, PALETTE, HeldOutPrompt, judge as judge_shape, shape_region
+from training.shapes import (COLOURS, HELD_OUT_SEED_BASE, PALETTE, HeldOutPrompt, article, judge as judge_shape,
+                             shape_region)
 
 CONCEPT_SHAPES = ("star", "heart", "plus")
 DEFAULT_BACKGROUND = "blue"
@@ -41,7 +42,7 @@ _SUPERSAMPLE = 4  # as training/shapes.py: smooth edges after downsampling
 
 def caption(colour: str, shape: str, background: str, token: str) -> str:
     """The demo's caption grammar with the rare token before the new shape's name."""
-    return f"a {colour} {token} {shape} on a {background} background"
+    return f"{article(colour)} {colour} {token} {shape} on {article(background)} {background} background"
 
 
 def _outline(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]]:

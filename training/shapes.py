@@ -122,10 +122,11 @@ def caption(spec: Spec) -> str:
     """'a small red triangle at the top on a blue background' (size and position when given)."""
     size = f"{spec.size} " if spec.size else ""
     where = f" {_POSITION_PHRASE[spec.position]}" if spec.position else ""
-    return f"{_article(size or spec.colour)} {size}{spec.colour} {spec.shape}{where} on {_article(spec.background)} {spec.background} background"
+    return f"{article(size or spec.colour)} {size}{spec.colour} {spec.shape}{where} on {article(spec.background)} {spec.background} background"
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """'an' before a vowel, else 'a' (the only words that follow one here are colours and sizes)."""
     return "an" if word[0] in "aeiou" else "a"
 
 

@@ -360,7 +360,7 @@ def test_concept_images_show_a_new_shape_with_the_rare_token(tmp_path):
     for path, text in pairs:
         assert path.with_suffix(".txt").read_text().strip() == text
         words = text.split()
-        assert words[0] == "a" and words[2:4] == ["zwx", "star"] and words[-1] == "background"
+        assert words[0] in ("a", "an") and words[2:4] == ["zwx", "star"] and words[-1] == "background"
         image = Image.open(path)
         assert image.size == (32, 32)
         verdict = shapes.judge(image)
@@ -381,7 +381,8 @@ def test_demo_config_trains_end_to_end_on_a_stand_in(tmp_path):
     (models / "demo" / "variant.toml").write_text('kind = "pipeline"\n[defaults]\nsteps = 2\nwidth = 32\nheight = 32\n')
     config_file = REPO / "training" / "configs" / "demo-finetuned.toml"
     config, _ = parse_args(["--config", str(config_file), "--output-dir", str(tmp_path / "run")])
-    assert (config.method, config.base, config.name, config.resolution) == ("lora", "demo", "demo-finetuned", 32)
+    assert (config.method, config.base, config.name, config.resolution) == ("lora", "demo", "demo-finetuned", 64)
+    assert {shapes.parse_caption(p).shape for p in config.class_prompts} == set(shapes.SHAPES)  # the whole vocabulary
     assert config.concept == "heart" and "zwx" in config.instance_prompt and config.rank <= 8
     assert main(["--config", str(config_file), "--models-dir", str(models), "--output-dir", str(tmp_path / "run"),
                  "--instance-data-dir", str(tmp_path / "concept"), "--max-train-steps", "1",
