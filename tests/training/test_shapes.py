@@ -138,6 +138,18 @@ def test_score_counts_each_attribute_over_the_prompts_that_name_it():
     assert shapes.score([]) == {}
 
 
+def test_judge_tells_soft_squares_from_circles():
+    """A decoder softens corners: a blurred square is still a square, a blurred circle a circle."""
+    from PIL import ImageFilter
+
+    rng = random.Random(4)
+    for shape in SHAPES:
+        for size in (None, "small", "large"):
+            spec = Spec("white", shape, "blue", size)
+            soft = shapes.render(spec, 64, rng).filter(ImageFilter.GaussianBlur(1.5))
+            assert shapes.judge(soft, spec)["shape_kind"] == shape, (spec, shapes.judge(soft, spec))
+
+
 def test_judge_on_a_blank_image_and_without_spec():
     blank = Image.new("RGB", (32, 32), PALETTE["white"])
     verdict = shapes.judge(blank, Spec("red", "circle", "white"))
