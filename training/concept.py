@@ -25,12 +25,15 @@ import json
 import math
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from PIL import Image, ImageDraw
 
-from training.shapes import COLOURS, PALETTE
+from training.shapes import (COLOURS, HELD_OUT_SEED_BASE, PALETTE, HeldOutPrompt, article, judge as judge_shape,
+                             shape_region)
 
 CONCEPT_SHAPES = ("star", "heart", "plus")
 DEFAULT_BACKGROUND = "blue"
@@ -39,7 +42,7 @@ _SUPERSAMPLE = 4  # as training/shapes.py: smooth edges after downsampling
 
 def caption(colour: str, shape: str, background: str, token: str) -> str:
     """The demo's caption grammar with the rare token before the new shape's name."""
-    return f"a {colour} {token} {shape} on a {background} background"
+    return f"{article(colour)} {colour} {token} {shape} on {article(background)} {background} background"
 
 
 def _outline(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]]:
@@ -76,6 +79,66 @@ def render(colour: str, shape: str, background: str, size: int = 32, rng: random
     image = Image.new("RGB", (big, big), PALETTE[background])
     ImageDraw.Draw(image).polygon(_outline(shape, cx, cy, half), fill=PALETTE[colour])
     return image.resize((size, size), Image.Resampling.BOX)
+
+
+# is_heart(): a heart's outline dips at the top centre (the notch between its lobes, ~24% of its
+# height deep) and narrows to a point at the bottom; circles, squares and triangles do neither.
+_NOTCH_BELOW = 0.1
+_POINT_NARROWER = 0.5
+
+
+def is_heart(image: Image.Image) -> bool:
+    """Whether the image's shape is a heart, judged from its pixels (training.shapes.shape_region):
+    the centre column starts at least 10% of the shape's height below its top, and the row at 85%
+    of its height is under half its width."""
+    _, region, _ = shape_region(image)
+    if region.sum() < 16:
+        return False
+    ys, xs = np.nonzero(region)
+    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    height, width = bottom - top + 1, right - left + 1
+    centre = region[top: bottom + 1, (left + right) // 2]
+    notch = np.argmax(centre) / height if centre.any() else 1.0
+    low_row = region[top + int(0.85 * (height - 1)), left: right + 1]
+    return bool(notch >= _NOTCH_BELOW and low_row.sum() / width < _POINT_NARROWER)
+
+
+JUDGED_SHAPES = ("heart",)  # the concept shapes judge() can recognise
+
+
+@dataclass(frozen=True)
+class ConceptSpec:
+    """What a concept prompt asks for: 'a red zwx heart on a blue background'."""
+
+    colour: str
+    shape: str
+    background: str
+    token: str
+
+
+def held_out_concept_prompts(n: int, token: str, shape: str = "heart", seed: int = 0) -> list[HeldOutPrompt]:
+    """`n` prompts of the concept in every shape colour in turn, on random backgrounds, with seeds
+    disjoint from training (and from training.shapes.held_out_prompts with the same `seed`)."""
+    rng = random.Random(HELD_OUT_SEED_BASE + 7 + seed)
+    prompts = []
+    for i in range(n):
+        colour = COLOURS[i % len(COLOURS)]
+        spec = ConceptSpec(colour, shape, rng.choice([c for c in COLOURS if c != colour]), token)
+        prompts.append(HeldOutPrompt(spec, caption(spec.colour, shape, spec.background, token),
+                                     HELD_OUT_SEED_BASE + 50_000 + seed * 100_003 + i))
+    return prompts
+
+
+def judge(image: Image.Image, spec: ConceptSpec) -> dict:
+    """Colours as training.shapes.judge reads them, and `concept_ok`: whether the shape is the
+    concept (hearts only: is_heart)."""
+    if spec.shape not in JUDGED_SHAPES:
+        raise ValueError(f"only {', '.join(JUDGED_SHAPES)} can be judged from pixels, got {spec.shape!r}")
+    verdict = judge_shape(image)
+    verdict["background_ok"] = verdict["background"] == spec.background
+    verdict["shape_colour_ok"] = verdict["shape_colour"] == spec.colour
+    verdict["concept_ok"] = is_heart(image)
+    return verdict
 
 
 def concept_specs(count: int, seed: int = 0, background: str = DEFAULT_BACKGROUND) -> list[tuple[str, str]]:

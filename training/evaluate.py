@@ -12,7 +12,15 @@ and, for the demo model, its accuracy on held-out prompts of the shapes vocabula
 seeds disjoint from the training data and from train_scratch's own evaluation), judged from the
 pixels by training.shapes.judge:
 
-    python -m training.evaluate --variants demo --shapes 50 --out runs/eval-demo
+    python -m training.evaluate --variants demo --shapes 100 --out runs/eval-demo
+
+Each attribute is scored on its own: background and shape colour, shape kind, and size and position
+over the prompts that name them; prompts whose colour pair the demo never saw in training get their
+own line. With more than one variant, each later one also reports how often its shape kind differs
+from the first variant's on the same prompt and seed (what a fine-tune changed). A fine-tuned
+concept is judged with `--concept`, e.g. whether `demo-finetuned` draws hearts:
+
+    python -m training.evaluate --variants demo-finetuned --shapes 50 --concept "zwx heart" --out runs/eval-heart
 
 Output folder:
 
@@ -65,6 +73,7 @@ class EvaluationConfig:
     prompts: tuple[str, ...] = ()  # the prompts themselves (a TOML list); else prompt_file
     prompt_file: str = ""  # one prompt per line, '#' starts a comment (--prompts FILE)
     shapes: int | None = None  # that many held-out shapes prompts, judged from the pixels (instead of prompts)
+    concept: str = ""  # with shapes: "TOKEN SHAPE" (e.g. "zwx heart"): prompts of that concept instead
     seeds: tuple[int, ...] = (0,)  # every prompt is drawn with each seed
     models_dir: str = "models"
     out: str = "runs/eval"
@@ -86,7 +95,7 @@ class GeneratedImage:
     prompt: str
     seed: int
     file: str
-    judged: dict | None = None  # shapes mode: training.shapes.judge's verdict
+    judged: dict | None = None  # shapes mode: training.shapes.judge's (or training.concept.judge's) verdict
     clip_score: float | None = None
 
 
@@ -109,6 +118,12 @@ def read_prompts(path: str | Path) -> list[str]:
 
 def plan(settings: EvaluationConfig) -> list[tuple[int, str, shapes.Spec | None, list[int]]]:
     """(row, prompt, spec for the judge or None, seeds) for every row of the grid."""
+    if settings.shapes and settings.concept:
+        from training.concept import held_out_concept_prompts
+
+        token, shape = settings.concept.split()
+        prompts = held_out_concept_prompts(settings.shapes, token, shape, seed=1)
+        return [(i, p.prompt, p.spec, [p.seed]) for i, p in enumerate(prompts)]
     if settings.shapes:
         # seed=1: a different held-out set from the one train_scratch scores itself on (seed=0).
         return [(i, p.prompt, p.spec, [p.seed]) for i, p in enumerate(shapes.held_out_prompts(settings.shapes, seed=1))]
@@ -164,9 +179,15 @@ def generate_all(settings: EvaluationConfig, rows, log=print) -> tuple[list[Gene
         for (row, prompt, spec, seed), result in zip(flat, results):
             file = folder / f"{row:03d}-{seed}.png"
             result.images[0].save(file)
-            judged = shapes.judge(result.images[0], spec) if spec is not None else None
+            judged = judge(result.images[0], spec) if spec is not None else None
             records.append(GeneratedImage(name, row, prompt, seed, str(file.relative_to(out)), judged))
     return records, seconds, used
+
+
+def judge(image: Image.Image, spec) -> dict:
+    from training import concept
+
+    return concept.judge(image, spec) if isinstance(spec, concept.ConceptSpec) else shapes.judge(image, spec)
 
 
 def generate_with_progress(engine, requests: list, name: str) -> list:
@@ -220,12 +241,19 @@ def _features(output):
 
 def scores(records: Sequence[GeneratedImage], variants: Sequence[str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
+    first_kinds = {(r.row, r.seed): r.judged.get("shape_kind") for r in records
+                   if variants and r.variant == variants[0] and r.judged is not None}
     for name in variants:
         mine = [r for r in records if r.variant == name]
         entry: dict = {"images": len(mine)}
         judged = [r.judged for r in mine if r.judged is not None]
         if judged:
             entry.update({k: round(v, 4) for k, v in shapes.score(judged).items()})
+        if name != variants[0] and first_kinds and any("shape_kind_ok" in r.judged for r in mine if r.judged):
+            # What a fine-tune changed: the same prompt and seed, another shape kind than the first variant's.
+            pairs = [(first_kinds[(r.row, r.seed)], r.judged.get("shape_kind")) for r in mine
+                     if r.judged is not None and (r.row, r.seed) in first_kinds]
+            entry["shape_kind_changed"] = round(sum(a != b for a, b in pairs) / len(pairs), 4)
         clipped = [r.clip_score for r in mine if r.clip_score is not None]
         if clipped:
             entry["clip_score"] = round(sum(clipped) / len(clipped), 2)
@@ -315,10 +343,14 @@ def markdown_report(settings: EvaluationConfig, used: dict, by_variant: dict, se
         source = settings.prompt_file or "given prompts"
         lines += [f"Prompts: {source}; seeds {', '.join(map(str, settings.seeds))}.", ""]
     header = "| variant | size | steps | guidance | images | seconds |"
-    keys = [k for k in ("background_ok", "shape_colour_ok", "shape_kind_ok", "colours_ok", "clip_score")
+    keys = [k for k in ("background_ok", "shape_colour_ok", "colours_ok", "shape_kind_ok", "size_ok", "position_ok",
+                        "concept_ok", "shape_kind_changed", "clip_score")
             if any(k in v for v in by_variant.values())]
+    first = settings.variants[0] if settings.variants else ""
     titles = {"background_ok": "background", "shape_colour_ok": "shape colour", "shape_kind_ok": "shape kind",
-              "colours_ok": "both colours", "clip_score": "CLIP score"}
+              "colours_ok": "both colours", "size_ok": "size", "position_ok": "position",
+              "concept_ok": settings.concept or "concept", "shape_kind_changed": f"kind changed vs {first}",
+              "clip_score": "CLIP score"}
     header += "".join(f" {titles[k]} |" for k in keys)
     lines += [header, "|" + "---|" * (6 + len(keys))]
     for name, entry in by_variant.items():
@@ -329,6 +361,13 @@ def markdown_report(settings: EvaluationConfig, used: dict, by_variant: dict, se
             value = entry.get(k)
             cells.append("-" if value is None else (f"{value:.1f}" if k == "clip_score" else f"{value:.0%}"))
         lines.append("| " + " | ".join(cells) + " |")
+    if any("n_size_ok" in v or "n_position_ok" in v for v in by_variant.values()):
+        lines += ["", "Size and position are scored over the prompts that name them "
+                  f"({', '.join(f'{k[2:-3]} {v[k]}' for v in list(by_variant.values())[:1] for k in ('n_size_ok', 'n_position_ok') if k in v)})."]
+    for name, entry in by_variant.items():
+        if "held_out_colours_ok" in entry:
+            lines += ["", f"Held-out colour pairs ({name}): both colours right in {entry['held_out_colours_ok']:.0%} "
+                      f"of {entry['n_held_out_colours_ok']} prompts whose colour pair was never in training."]
     if not settings.shapes:
         lines += ["", "Prompts (grid rows, top to bottom):", ""]
         lines += [f"{i + 1}. {prompt}" for i, prompt in enumerate(dict.fromkeys(r.prompt for r in records))]
@@ -393,6 +432,15 @@ def check_config(c: EvaluationConfig) -> str | None:
         return "give --prompts FILE or --shapes N"
     if c.shapes is not None and c.shapes < 1:
         return f"--shapes must be at least 1, got {c.shapes}"
+    if c.concept:
+        from training.concept import JUDGED_SHAPES
+
+        words = c.concept.split()
+        if c.shapes is None:
+            return "--concept needs --shapes N (how many prompts of the concept to judge)"
+        if len(words) != 2 or not words[0].isalnum() or words[1] not in JUDGED_SHAPES:
+            return (f"--concept must be a token and a shape, the shape one of {', '.join(JUDGED_SHAPES)} "
+                    f"(e.g. \"zwx heart\"), got {c.concept!r}")
     if not c.seeds:
         return "give at least one seed (--seeds 0,1)"
     if c.steps is not None and c.steps < 1:

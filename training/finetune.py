@@ -41,7 +41,8 @@ centre-cropped to a square and resized to `resolution` ("auto": the base variant
 512 for SD 1.x/2.1-base, 768 for SD 2.1-v).
 
 Prior preservation (on by default, as the reference): `num_class_images` images of `class_prompt`
-are drawn by the base model with its own defaults (scheduler, steps, guidance) at the training
+(or of several `class_prompts` in turn, so that a whole vocabulary keeps its meaning, not one
+class) are drawn by the base model with its own defaults (scheduler, steps, guidance) at the training
 resolution, and cached in `<class_data_dir or output_dir>/class_images/` with an `index.json`;
 a rerun with the same base (same files), prompt, size and drawing settings reuses them and only
 draws the missing ones. Each step trains on instance and class images together: loss = instance
@@ -122,6 +123,7 @@ class FinetuneConfig:
     # --- prior preservation ---
     with_prior_preservation: bool = True
     class_prompt: str = ""  # what the base draws for the class ("a photo of a person")
+    class_prompts: tuple[str, ...] = ()  # several, drawn in turn (the j-th class image: prompt j mod n); overrides class_prompt
     class_data_dir: str = ""  # where class images are cached; empty: <output_dir>/class_images
     num_class_images: int = 100
     prior_loss_weight: float = 1.0
@@ -226,9 +228,11 @@ def check_config(c: FinetuneConfig) -> str | None:
     if not -4 <= c.lora_scale <= 4:
         return f"lora_scale must be between -4 and 4 (what variant.toml allows), got {c.lora_scale}"
     if c.with_prior_preservation:
-        if not c.class_prompt.strip():
+        if not any(prompt.strip() for prompt in class_prompt_list(c)):
             return ("prior preservation needs --class-prompt, the subject's class without the rare token "
                     "(e.g. 'a photo of a person'); or turn it off with --with-prior-preservation false")
+        if c.class_prompts and not all(prompt.strip() for prompt in c.class_prompts):
+            return "class_prompts cannot hold an empty prompt"
         if c.num_class_images < 1:
             return f"num_class_images must be at least 1 with prior preservation, got {c.num_class_images}"
     if c.concept:
@@ -395,15 +399,23 @@ def load_images(pairs: Sequence[tuple[Path, str]], size: int) -> Dataset:
     return Dataset.from_pictures(pictures, [caption for _, caption in pairs])
 
 
+def class_prompt_list(c: FinetuneConfig) -> list[str]:
+    """The prompts class images are drawn for, in turn."""
+    return list(c.class_prompts) if c.class_prompts else [c.class_prompt]
+
+
 @torch.no_grad()
 def class_images(pipe, c: FinetuneConfig, base: BaseModel, defaults: VariantDefaults, folder: Path,
                  device, dtype) -> tuple[list[tuple[Path, str]], int, int]:
-    """The first `num_class_images` images of class_prompt drawn by the base, from the cache in
-    `folder` where present; the j-th image of a given key is drawn with seed j, so a top-up draws
-    exactly the missing ones. Returns (image, caption) pairs, how many were drawn and reused."""
+    """The first `num_class_images` images of the class prompts (in turn) drawn by the base, from
+    the cache in `folder` where present; the j-th image of a given key is drawn with seed j, so a
+    top-up draws exactly the missing ones. Returns (image, caption) pairs, how many were drawn and
+    reused."""
     from bot.engine.schedulers import make_scheduler
 
-    key = {"base": base.label, "fingerprint": base.fingerprint, "prompt": c.class_prompt,
+    prompts = class_prompt_list(c)
+    # One prompt keeps the key of earlier runs (their cached images stay valid).
+    key = {"base": base.label, "fingerprint": base.fingerprint, "prompt": prompts[0] if len(prompts) == 1 else prompts,
            "resolution": c.resolution, "steps": defaults.steps, "guidance": defaults.guidance,
            "scheduler": defaults.scheduler, "negative_prompt": defaults.negative_prompt}
     stem = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
@@ -414,7 +426,8 @@ def class_images(pipe, c: FinetuneConfig, base: BaseModel, defaults: VariantDefa
     missing = [j for j, file in enumerate(wanted)
                if index.get(file, {}).get("key") != key or not (folder / file).is_file()]
     if missing:
-        log(f"class images: drawing {len(missing)} of {len(wanted)} for '{c.class_prompt}' with '{base.label}' "
+        log(f"class images: drawing {len(missing)} of {len(wanted)} for {len(prompts)} prompt(s), "
+            f"'{prompts[0]}'{' ...' if len(prompts) > 1 else ''}, with '{base.label}' "
             f"({defaults.steps} steps, guidance {defaults.guidance}, {defaults.scheduler}, {c.resolution} px)")
         scheduler = pipe.scheduler
         pipe.scheduler = make_scheduler(defaults.scheduler, scheduler.config)
@@ -422,7 +435,8 @@ def class_images(pipe, c: FinetuneConfig, base: BaseModel, defaults: VariantDefa
         try:
             for start in range(0, len(missing), c.sample_batch_size):
                 chunk = missing[start: start + c.sample_batch_size]
-                images = pipe([c.class_prompt] * len(chunk), negative_prompt=[defaults.negative_prompt] * len(chunk)
+                images = pipe([prompts[j % len(prompts)] for j in chunk],
+                              negative_prompt=[defaults.negative_prompt] * len(chunk)
                               if defaults.negative_prompt else None,
                               num_inference_steps=defaults.steps, guidance_scale=defaults.guidance,
                               height=c.resolution, width=c.resolution,
@@ -434,7 +448,8 @@ def class_images(pipe, c: FinetuneConfig, base: BaseModel, defaults: VariantDefa
                 write_text_atomic(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
         finally:
             pipe.scheduler = scheduler
-    return ([(folder / file, c.class_prompt) for file in wanted], len(missing), len(wanted) - len(missing))
+    return ([(folder / file, prompts[j % len(prompts)]) for j, file in enumerate(wanted)], len(missing),
+            len(wanted) - len(missing))
 
 
 # =============================================================================================

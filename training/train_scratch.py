@@ -108,6 +108,7 @@ class TrainingConfig:
     unet_channels: tuple[int, ...] = (64, 128)
     unet_layers_per_block: int = 2
     unet_attention_heads: int = 8
+    unet_plain_levels: int = 0  # the first N (highest-resolution) levels without attention, as SDXL's first
     unet_norm_groups: int = 32
     text_width: int = 64  # hidden size of the CLIP text encoder (full 49408-token vocabulary)
     text_layers: int = 2
@@ -116,6 +117,7 @@ class TrainingConfig:
     ema_decay: float = 0.999  # with warm-up: min(decay, (1 + step) / (10 + step))
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
+    snr_gamma: float = 0.0  # min-SNR loss weighting (Hang et al. 2023; 5 is their choice); 0 = plain MSE
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -141,10 +143,10 @@ class TrainingConfig:
 
 STAGES = ("vae", "unet")  # in the order they run; a checkpoint records the one it was taken in
 DEFAULT_SAMPLE_SPECS = [
-    shapes.Spec("red", "circle", "blue"), shapes.Spec("green", "square", "white"),
-    shapes.Spec("blue", "triangle", "yellow"), shapes.Spec("yellow", "circle", "black"),
-    shapes.Spec("purple", "square", "orange"), shapes.Spec("orange", "triangle", "green"),
-    shapes.Spec("white", "circle", "red"), shapes.Spec("black", "square", "purple"),
+    shapes.Spec("red", "circle", "blue"), shapes.Spec("green", "square", "white", "small", "left"),
+    shapes.Spec("blue", "triangle", "yellow", "large"), shapes.Spec("yellow", "circle", "black", None, "top"),
+    shapes.Spec("purple", "square", "orange"), shapes.Spec("orange", "triangle", "green", "small", "bottom"),
+    shapes.Spec("white", "circle", "red", "large", "right"), shapes.Spec("black", "square", "purple", "small"),
 ]
 
 
@@ -204,6 +206,11 @@ def check_config(c: TrainingConfig) -> str | None:
         return "every VAE / UNet channel count must be divisible by its norm groups"
     if c.text_width % c.text_heads:
         return "text_width must be divisible by text_heads"
+    if not 0 <= c.unet_plain_levels < len(c.unet_channels):
+        return (f"unet_plain_levels must be from 0 to {len(c.unet_channels) - 1} (one level at least keeps "
+                f"attention, or the prompt is never read), got {c.unet_plain_levels}")
+    if c.snr_gamma < 0:
+        return f"snr_gamma must be 0 (off) or positive, got {c.snr_gamma}"
     if not 0 <= c.caption_dropout < 1 or not 0 <= c.ema_decay < 1:
         return "caption_dropout and ema_decay must be in [0, 1)"
     if min(c.train_batch_size, c.vae_batch_size, c.eval_batch_size, c.gradient_accumulation_steps) < 1:
@@ -250,11 +257,13 @@ def build_vae(c: TrainingConfig):
 def build_unet(c: TrainingConfig, latent_size: int):
     from diffusers import UNet2DConditionModel
 
-    levels = len(c.unet_channels)
+    levels, plain = len(c.unet_channels), c.unet_plain_levels
+    down = ("DownBlock2D",) * plain + ("CrossAttnDownBlock2D",) * (levels - plain)
+    up = ("CrossAttnUpBlock2D",) * (levels - plain) + ("UpBlock2D",) * plain
     return UNet2DConditionModel(
         sample_size=latent_size, in_channels=4, out_channels=4,
         block_out_channels=tuple(c.unet_channels), layers_per_block=c.unet_layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * levels, up_block_types=("CrossAttnUpBlock2D",) * levels,
+        down_block_types=down, up_block_types=up,
         cross_attention_dim=c.text_width, attention_head_dim=c.unet_attention_heads,
         norm_num_groups=c.unet_norm_groups,
     )
@@ -561,7 +570,12 @@ def unet_loss(c: TrainingConfig, b: StageB, inputs: Inputs, index: torch.Tensor,
     with accelerator.autocast():
         encoded = b.text_encoder(tokens)[0]
         prediction = b.unet(noisy, timesteps, encoded).sample
-    loss = F.mse_loss(prediction.float(), noise)
+    loss = F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+    if c.snr_gamma:
+        # Min-SNR: the nearly clean timesteps, easy to denoise, stop dominating the gradient.
+        snr = (a / (1 - a)).flatten()
+        loss = loss * snr.clamp(max=c.snr_gamma) / snr
+    loss = loss.mean()
     accelerator.backward(loss / c.gradient_accumulation_steps)
     return loss.item()
 

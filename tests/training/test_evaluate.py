@@ -119,6 +119,67 @@ def test_shapes_mode_judges_held_out_prompts(models_dir, tmp_path):
     assert "background" in (out / "report.md").read_text(encoding="utf-8")
 
 
+def test_shapes_mode_reports_each_attribute_and_what_a_second_variant_changed(two_variants, tmp_path):
+    out = tmp_path / "eval"
+    assert ev.main(["--variants", "demo,other", "--shapes", "8", "--models-dir", str(two_variants), "--out", str(out),
+                    "--size", "32x32"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    records = report["images"]
+    by_row = {(r["variant"], r["row"]): r for r in records}
+    # The second variant's shape kind, compared prompt by prompt with the first one's.
+    changed = [by_row[("demo", i)]["judged"]["shape_kind"] != by_row[("other", i)]["judged"]["shape_kind"]
+               for i in range(8)]
+    assert report["scores"]["other"]["shape_kind_changed"] == round(sum(changed) / 8, 4)
+    assert "shape_kind_changed" not in report["scores"]["demo"]
+    # Size and position are scored over the prompts that name them, held-out pairs on their own line.
+    demo = report["scores"]["demo"]
+    named = [r for r in records if r["variant"] == "demo" and "position_ok" in r["judged"]]
+    assert demo["n_position_ok"] == len(named) > 0
+    assert demo["position_ok"] == round(sum(r["judged"]["position_ok"] for r in named) / len(named), 4)
+    assert demo["n_held_out_colours_ok"] == 2  # prompts 4 and 8
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "| size | position |" in text and "kind changed vs demo" in text
+    assert "Held-out colour pairs (demo)" in text
+
+
+def test_concept_mode_judges_the_fine_tuned_shape(models_dir, tmp_path):
+    out = tmp_path / "eval"
+    assert ev.main(["--variants", "demo", "--shapes", "3", "--concept", "zwx heart", "--models-dir", str(models_dir),
+                    "--out", str(out), "--size", "32x32"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert [r["prompt"].split()[2:4] for r in report["images"]] == [["zwx", "heart"]] * 3
+    from training.concept import is_heart
+
+    verdicts = [is_heart(Image.open(out / r["file"])) for r in report["images"]]
+    assert [r["judged"]["concept_ok"] for r in report["images"]] == verdicts
+    assert report["scores"]["demo"]["concept_ok"] == sum(verdicts) / 3
+    assert "zwx heart" in (out / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--concept", "zwx star"], "--concept must be a token and a shape, the shape one of heart"),
+    (["--concept", "heart"], "--concept must be a token and a shape"),
+])
+def test_concept_mode_refuses_what_it_cannot_judge(models_dir, tmp_path, capsys, extra, message):
+    assert ev.main(["--variants", "demo", "--shapes", "2", *extra, "--models-dir", str(models_dir),
+                    "--out", str(tmp_path / "eval")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_concept_judge_tells_hearts_from_the_base_shapes():
+    import random
+
+    from training import concept, shapes
+
+    rng = random.Random(0)
+    for size in (32, 64):
+        hearts = [concept.is_heart(concept.render(c, "heart", b, size, rng)) for c, b in concept.concept_specs(100)]
+        assert sum(hearts) >= 95  # a small jittered heart at 32 px can lose its notch
+        assert not any(concept.is_heart(shapes.render(s, size, rng))
+                       for s in shapes.sample_specs(120, seed=2, modifier_prob=0.6))
+        assert not any(concept.is_heart(concept.render(c, "star", b, size, rng)) for c, b in concept.concept_specs(20))
+
+
 def _tiny_clip(folder: Path) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer

@@ -198,6 +198,32 @@ def test_class_images_are_cached_and_topped_up(setup):
     assert (third["drawn"], third["reused"]) == (2, 0)
 
 
+def test_several_class_prompts_are_drawn_in_turn(setup):
+    """Prior preservation over a vocabulary: the j-th class image is drawn for prompt j mod n, with seed j."""
+    root, _ = setup
+    cache = root / "class-cache-several"
+    prompts = ["a red circle on a white background", "a blue square on a white background",
+               "a green triangle on a white background"]
+    extra = ["--method", "lora", "--max-train-steps", "1", "--num-validation-images", "0", "--class-data-dir", str(cache),
+             "--num-class-images", "4", "--sample-batch-size", "4", "--class-prompts", ",".join(prompts)]
+    assert main(args(setup, "several", *extra)) == 0
+    index = json.loads((cache / "index.json").read_text())
+    assert sorted((e["seed"], e["key"]["prompt"]) for e in index.values()) == \
+        [(0, prompts), (1, prompts), (2, prompts), (3, prompts)]
+    [row] = [r for r in read_log(root / "several") if r["stage"] == "class_images"]
+    assert (row["drawn"], row["reused"]) == (4, 0)
+    # Each class image is the base's drawing of its own prompt: the same as a run with that prompt alone.
+    alone_cache = root / "class-cache-alone"
+    assert main(args(setup, "alone", *extra[:-2], "--class-data-dir", str(alone_cache), "--num-class-images", "2",
+                     "--class-prompt", prompts[1])) == 0
+    alone = json.loads((alone_cache / "index.json").read_text())
+    [(alone_name, _)] = [(n, e) for n, e in alone.items() if e["seed"] == 1]
+    [(several_name, _)] = [(n, e) for n, e in index.items() if e["seed"] == 1]
+    assert np.array_equal(np.asarray(Image.open(alone_cache / alone_name)), np.asarray(Image.open(cache / several_name)))
+    [(other_name, _)] = [(n, e) for n, e in index.items() if e["seed"] == 0]
+    assert not np.array_equal(np.asarray(Image.open(alone_cache / alone_name)), np.asarray(Image.open(cache / other_name)))
+
+
 # --- resume --------------------------------------------------------------------------------------
 
 
@@ -334,7 +360,7 @@ def test_concept_images_show_a_new_shape_with_the_rare_token(tmp_path):
     for path, text in pairs:
         assert path.with_suffix(".txt").read_text().strip() == text
         words = text.split()
-        assert words[0] == "a" and words[2:4] == ["zwx", "star"] and words[-1] == "background"
+        assert words[0] in ("a", "an") and words[2:4] == ["zwx", "star"] and words[-1] == "background"
         image = Image.open(path)
         assert image.size == (32, 32)
         verdict = shapes.judge(image)
@@ -355,7 +381,8 @@ def test_demo_config_trains_end_to_end_on_a_stand_in(tmp_path):
     (models / "demo" / "variant.toml").write_text('kind = "pipeline"\n[defaults]\nsteps = 2\nwidth = 32\nheight = 32\n')
     config_file = REPO / "training" / "configs" / "demo-finetuned.toml"
     config, _ = parse_args(["--config", str(config_file), "--output-dir", str(tmp_path / "run")])
-    assert (config.method, config.base, config.name, config.resolution) == ("lora", "demo", "demo-finetuned", 32)
+    assert (config.method, config.base, config.name, config.resolution) == ("lora", "demo", "demo-finetuned", 64)
+    assert {shapes.parse_caption(p).shape for p in config.class_prompts} == set(shapes.SHAPES)  # the whole vocabulary
     assert config.concept == "heart" and "zwx" in config.instance_prompt and config.rank <= 8
     assert main(["--config", str(config_file), "--models-dir", str(models), "--output-dir", str(tmp_path / "run"),
                  "--instance-data-dir", str(tmp_path / "concept"), "--max-train-steps", "1",
