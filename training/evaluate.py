@@ -13,10 +13,12 @@ seeds disjoint from the training data and from train_scratch's own evaluation), 
 pixels by training.shapes.judge:
 
     python -m training.evaluate --variants demo --shapes 100 --out runs/eval-demo
+    python -m training.evaluate --variants demo --shapes 100 --modifiers false --out runs/eval-plain
 
 Each attribute is scored on its own: background and shape colour, shape kind, and size and position
 over the prompts that name them; prompts whose colour pair the demo never saw in training get their
-own line. With more than one variant, each later one also reports how often its shape kind differs
+own line (`--modifiers false`: prompts of colours and shapes only, the shipped demo's vocabulary).
+With more than one variant, each later one also reports how often its shape kind differs
 from the first variant's on the same prompt and seed (what a fine-tune changed). A fine-tuned
 concept is judged with `--concept`, e.g. whether `demo-finetuned` draws hearts:
 
@@ -74,6 +76,7 @@ class EvaluationConfig:
     prompt_file: str = ""  # one prompt per line, '#' starts a comment (--prompts FILE)
     shapes: int | None = None  # that many held-out shapes prompts, judged from the pixels (instead of prompts)
     concept: str = ""  # with shapes: "TOKEN SHAPE" (e.g. "zwx heart"): prompts of that concept instead
+    modifiers: bool = True  # with shapes: size and place words in most prompts (false: colours and shapes only)
     seeds: tuple[int, ...] = (0,)  # every prompt is drawn with each seed
     models_dir: str = "models"
     out: str = "runs/eval"
@@ -126,7 +129,8 @@ def plan(settings: EvaluationConfig) -> list[tuple[int, str, shapes.Spec | None,
         return [(i, p.prompt, p.spec, [p.seed]) for i, p in enumerate(prompts)]
     if settings.shapes:
         # seed=1: a different held-out set from the one train_scratch scores itself on (seed=0).
-        return [(i, p.prompt, p.spec, [p.seed]) for i, p in enumerate(shapes.held_out_prompts(settings.shapes, seed=1))]
+        prompts = shapes.held_out_prompts(settings.shapes, seed=1, modifiers=settings.modifiers)
+        return [(i, p.prompt, p.spec, [p.seed]) for i, p in enumerate(prompts)]
     prompts = settings.prompts or read_prompts(settings.prompt_file)
     return [(i, prompt, None, list(settings.seeds)) for i, prompt in enumerate(prompts)]
 
@@ -185,9 +189,18 @@ def generate_all(settings: EvaluationConfig, rows, log=print) -> tuple[list[Gene
 
 
 def judge(image: Image.Image, spec) -> dict:
+    """training.concept.judge for a concept prompt; else training.shapes.judge, plus whether the
+    shape looks like a heart (what a fine-tune on hearts may turn other shapes into)."""
     from training import concept
 
-    return concept.judge(image, spec) if isinstance(spec, concept.ConceptSpec) else shapes.judge(image, spec)
+    if isinstance(spec, concept.ConceptSpec):
+        return concept.judge(image, spec)
+    return shapes.judge(image, spec) | {"heart": concept.is_heart(image)}
+
+
+def drawn_kind(judged: dict) -> str | None:
+    """The shape kind drawn, 'heart' included."""
+    return "heart" if judged.get("heart") else judged.get("shape_kind")
 
 
 def generate_with_progress(engine, requests: list, name: str) -> list:
@@ -241,7 +254,7 @@ def _features(output):
 
 def scores(records: Sequence[GeneratedImage], variants: Sequence[str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    first_kinds = {(r.row, r.seed): r.judged.get("shape_kind") for r in records
+    first_kinds = {(r.row, r.seed): drawn_kind(r.judged) for r in records
                    if variants and r.variant == variants[0] and r.judged is not None}
     for name in variants:
         mine = [r for r in records if r.variant == name]
@@ -250,8 +263,9 @@ def scores(records: Sequence[GeneratedImage], variants: Sequence[str]) -> dict[s
         if judged:
             entry.update({k: round(v, 4) for k, v in shapes.score(judged).items()})
         if name != variants[0] and first_kinds and any("shape_kind_ok" in r.judged for r in mine if r.judged):
-            # What a fine-tune changed: the same prompt and seed, another shape kind than the first variant's.
-            pairs = [(first_kinds[(r.row, r.seed)], r.judged.get("shape_kind")) for r in mine
+            # What a fine-tune changed: the same prompt and seed, another shape kind (a heart
+            # included) than the first variant's.
+            pairs = [(first_kinds[(r.row, r.seed)], drawn_kind(r.judged)) for r in mine
                      if r.judged is not None and (r.row, r.seed) in first_kinds]
             entry["shape_kind_changed"] = round(sum(a != b for a, b in pairs) / len(pairs), 4)
         clipped = [r.clip_score for r in mine if r.clip_score is not None]

@@ -127,8 +127,8 @@ def test_shapes_mode_reports_each_attribute_and_what_a_second_variant_changed(tw
     records = report["images"]
     by_row = {(r["variant"], r["row"]): r for r in records}
     # The second variant's shape kind, compared prompt by prompt with the first one's.
-    changed = [by_row[("demo", i)]["judged"]["shape_kind"] != by_row[("other", i)]["judged"]["shape_kind"]
-               for i in range(8)]
+    kind = lambda judged: "heart" if judged["heart"] else judged["shape_kind"]  # noqa: E731
+    changed = [kind(by_row[("demo", i)]["judged"]) != kind(by_row[("other", i)]["judged"]) for i in range(8)]
     assert report["scores"]["other"]["shape_kind_changed"] == round(sum(changed) / 8, 4)
     assert "shape_kind_changed" not in report["scores"]["demo"]
     # Size and position are scored over the prompts that name them, held-out pairs on their own line.
@@ -140,6 +140,18 @@ def test_shapes_mode_reports_each_attribute_and_what_a_second_variant_changed(tw
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "| size | position |" in text and "kind changed vs demo" in text
     assert "Held-out colour pairs (demo)" in text
+
+
+def test_shapes_mode_without_size_and_place_words(models_dir, tmp_path):
+    out = tmp_path / "eval"
+    assert ev.main(["--variants", "demo", "--shapes", "6", "--modifiers", "false", "--models-dir", str(models_dir),
+                    "--out", str(out), "--size", "32x32"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    from training.shapes import held_out_prompts
+
+    assert [r["prompt"] for r in report["images"]] == [p.prompt for p in held_out_prompts(6, seed=1, modifiers=False)]
+    assert not any("size_ok" in r["judged"] or "position_ok" in r["judged"] for r in report["images"])
+    assert "n_size_ok" not in report["scores"]["demo"] and "| position |" not in (out / "report.md").read_text()
 
 
 def test_concept_mode_judges_the_fine_tuned_shape(models_dir, tmp_path):

@@ -381,7 +381,7 @@ def test_demo_config_trains_end_to_end_on_a_stand_in(tmp_path):
     (models / "demo" / "variant.toml").write_text('kind = "pipeline"\n[defaults]\nsteps = 2\nwidth = 32\nheight = 32\n')
     config_file = REPO / "training" / "configs" / "demo-finetuned.toml"
     config, _ = parse_args(["--config", str(config_file), "--output-dir", str(tmp_path / "run")])
-    assert (config.method, config.base, config.name, config.resolution) == ("lora", "demo", "demo-finetuned", 64)
+    assert (config.method, config.base, config.name, config.resolution) == ("lora", "demo", "demo-finetuned", 32)
     assert {shapes.parse_caption(p).shape for p in config.class_prompts} == set(shapes.SHAPES)  # the whole vocabulary
     assert config.concept == "heart" and "zwx" in config.instance_prompt and config.rank <= 8
     assert main(["--config", str(config_file), "--models-dir", str(models), "--output-dir", str(tmp_path / "run"),
