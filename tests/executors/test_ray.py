@@ -23,8 +23,17 @@ ENGINE = {"device": "cpu", "threads": 1}
 QUEUE = {"batch_window": 0.0, "max_queued_per_user": 0, "max_jobs_per_hour": 0}
 
 
-def start_ray() -> None:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def start_ray(tries: int = 3) -> None:
+    """A local Ray. On a busy 2-core machine its raylet sometimes misses Ray's own 30 s start-up
+    wait ("The current node timed out during startup"); what was started is torn down and tried again."""
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as error:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(error) or attempt == tries:
+                raise
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
