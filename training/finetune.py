@@ -9,7 +9,8 @@ variant of the model store, in two flavours:
     --method dreambooth   the whole UNet (and optionally the text encoder) is trained; the result is
                           published as a full pipeline variant
     --method lora         peft LoRA adapters on the UNet's attention projections (to_q, to_k, to_v,
-                          to_out.0; optionally the text encoder's q/k/v/out_proj) are trained; the
+                          to_out.0, or those named by --lora-targets; optionally the text encoder's
+                          q/k/v/out_proj) are trained; the
                           result is a small `kind = "lora"` variant over the base, which the bot
                           loads with `load_lora_weights` next to the base's weights
 
@@ -70,6 +71,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -98,6 +100,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 DEFAULT_LR = {"dreambooth": 5e-6, "lora": 1e-4}
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for by default
 UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # as diffusers' train_dreambooth_lora.py
+LORA_TARGET = re.compile(r"(attn[12]\.)?(to_k|to_q|to_v|to_out\.0)")  # what lora_targets may name
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 CLASS_INDEX = "index.json"
 
@@ -111,6 +114,10 @@ class FinetuneConfig:
     train_text_encoder: bool = False  # also train the text encoder (full, or LoRA on q/k/v/out_proj)
     rank: int = 4  # lora: rank of the adapters
     lora_alpha: float = 0.0  # lora: alpha (the update is scaled by alpha / rank); 0 = rank
+    # lora: the UNet modules that get adapters, by name suffix. ("attn2.to_k", "attn2.to_v") adapts only
+    # how the cross-attention reads the prompt, as Custom Diffusion does: fewer side effects on prompts
+    # without the new token, since self-attention and the queries stay as the base learned them.
+    lora_targets: tuple[str, ...] = tuple(UNET_LORA_TARGETS)
 
     # --- instance data ---
     instance_data_dir: str = ""  # folder of images (+ optional .txt captions), or a manifest file
@@ -225,6 +232,9 @@ def check_config(c: FinetuneConfig) -> str | None:
             return f"{key} must be 0 or more, got {getattr(c, key)}"
     if c.learning_rate < 0 or c.time_budget < 0 or c.lora_alpha < 0 or c.prior_loss_weight < 0:
         return "learning_rate, time_budget, lora_alpha and prior_loss_weight cannot be negative"
+    if c.method == "lora" and not all(LORA_TARGET.fullmatch(target) for target in c.lora_targets or ("",)):
+        return (f"lora_targets must name attention projections of the UNet ({', '.join(UNET_LORA_TARGETS)}, "
+                f"optionally as attn1.<name> or attn2.<name>), got {list(c.lora_targets)}")
     if not -4 <= c.lora_scale <= 4:
         return f"lora_scale must be between -4 and 4 (what variant.toml allows), got {c.lora_scale}"
     if c.with_prior_preservation:
@@ -466,7 +476,7 @@ def setup_trainable(c: FinetuneConfig, unet, text_encoder) -> None:
 
         alpha = c.lora_alpha or c.rank
         unet.add_adapter(LoraConfig(r=c.rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                    target_modules=UNET_LORA_TARGETS))
+                                    target_modules=list(c.lora_targets)))
         if c.train_text_encoder:
             # peft itself rather than transformers' add_adapter, which wants a newer peft than the
             # UNet side does; the adapter (and its saved state) is the same.

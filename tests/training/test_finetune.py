@@ -124,6 +124,17 @@ def test_lora_variant_loads_and_changes_the_images(lora_run):
     assert np.abs(with_lora.astype(int) - without.astype(int)).max() > 0
 
 
+def test_lora_on_the_cross_attention_keys_and_values_only(setup):
+    """lora_targets narrows the adapters; the bot loads such a LoRA like any other."""
+    root, models = setup
+    assert main(args(setup, "kv", "--method", "lora", "--lora-targets", "attn2.to_k,attn2.to_v",
+                     "--learning-rate", "1e-2", "--name", "star-kv")) == 0
+    weights = load_file(str(root / "kv" / "lora" / "pytorch_lora_weights.safetensors"))
+    adapted = {key.split(".lora")[0].rsplit(".", 1)[-1] for key in weights}
+    assert adapted == {"to_k", "to_v"} and all(".attn2." in key for key in weights)
+    assert np.abs(generate(models, "star-kv").astype(int) - generate(models, "base").astype(int)).max() > 0
+
+
 def test_text_encoder_lora(setup, capsys):
     root, models = setup
     assert main(args(setup, "te", "--method", "lora", "--train-text-encoder", "--max-train-steps", "1",
@@ -288,6 +299,7 @@ def test_lora_export_appears_only_complete(setup, monkeypatch):
     (["--class-prompt", ""], "prior preservation needs --class-prompt"),
     (["--resolution", "30"], "resolution must be a positive multiple of 8"),
     (["--max-train-steps", "many"], "max_train_steps must be an integer"),
+    (["--method", "lora", "--lora-targets", "conv1"], "lora_targets must name attention projections of the UNet"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(setup, capsys, monkeypatch, extra, message):
     real_find_spec = finetune.importlib.util.find_spec
