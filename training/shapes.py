@@ -213,9 +213,15 @@ def held_out_prompts(n: int = 48, seed: int = 0, modifiers: bool = True) -> list
     return prompts
 
 
-def render(spec: Spec, size: int = 32, rng: random.Random | None = None) -> Image.Image:
-    """Draw `spec` as a `size` x `size` RGB image; `rng` jitters the shape's size and place."""
+RGB = tuple[int, int, int]
+
+
+def render(spec: Spec, size: int = 32, rng: random.Random | None = None,
+           colours: tuple[RGB, RGB] | None = None) -> Image.Image:
+    """Draw `spec` as a `size` x `size` RGB image; `rng` jitters the shape's size and place.
+    `colours` (shape, background) replaces the palette colours the spec names."""
     rng = rng or random.Random()
+    fill, background = colours or (PALETTE[spec.colour], PALETTE[spec.background])
     big = size * _SUPERSAMPLE
     low, high = _SIZE_RANGE[spec.size]
     side = rng.uniform(low, high) * big
@@ -228,10 +234,9 @@ def render(spec: Spec, size: int = 32, rng: random.Random | None = None) -> Imag
     cx = min(max(cx, margin), big - margin)
     cy = min(max(cy, margin), big - margin)
 
-    image = Image.new("RGB", (big, big), PALETTE[spec.background])
+    image = Image.new("RGB", (big, big), background)
     draw = ImageDraw.Draw(image)
     half = side / 2
-    fill = PALETTE[spec.colour]
     if spec.shape == "circle":
         draw.ellipse((cx - half, cy - half, cx + half, cy + half), fill=fill)
     elif spec.shape == "square":
@@ -404,6 +409,25 @@ def render_dataset(n: int, seed: int, size: int = 32,
     specs = sample_specs(n, seed, modifier_prob)
     rng = random.Random(seed + 1)  # the jitter stream, separate from the spec stream
     return specs, [render(spec, size, rng) for spec in specs]
+
+
+def render_any_colours(n: int, seed: int, size: int = 32, modifier_prob: float = 0.0) -> list[Image.Image]:
+    """`n` shapes like render_dataset's but in random RGB colours (shape and background at least 100
+    apart), with no captions: images for an autoencoder that should reproduce any colour, not just
+    the palette's pairs it saw (a VAE trained on the palette alone mixes up pairs it never saw)."""
+    specs = sample_specs(n, seed, modifier_prob)
+    rng = random.Random(seed + 2)
+
+    def any_colour() -> RGB:
+        return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+    images = []
+    for spec in specs:
+        fill, background = any_colour(), any_colour()
+        while sum((a - b) ** 2 for a, b in zip(fill, background)) < 100 ** 2:
+            background = any_colour()
+        images.append(render(spec, size, rng, colours=(fill, background)))
+    return images
 
 
 def write_dataset(folder: str | Path, n: int, seed: int = 0, size: int = 32, modifier_prob: float = 0.0) -> Path:

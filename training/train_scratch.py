@@ -23,7 +23,9 @@ captions (for classifier-free guidance), AdamW, gradient clipping, an EMA of bot
 EMA weights are sampled with DPM-Solver++ and exported as a float16 StableDiffusionPipeline with
 the real CLIP tokenizer. With a time budget (the demo config has one) the VAE stage gets at most
 `vae_time_fraction` of it and the UNet stage stops when it is spent; the run then evaluates and
-exports as usual.
+exports as usual. (c) Optionally (`decoder_steps`), the VAE's decoder alone is trained further, its
+encoder frozen so the UNet's latents keep their meaning, on training images and shapes in random
+colours, so that colour pairs no training image showed decode right too.
 
 Configuration: the `TrainingConfig` defaults below, then a TOML file (`--config`), then `--key value`
 flags for any field (`--max-steps 500`, `--unet-channels 64,128`). The final config is written
@@ -35,7 +37,7 @@ Output folder (`output_dir`):
     checkpoint.pt     models, optimizer, LR schedule, EMA, step, data order, RNG (written atomically)
     log.jsonl         one JSON object per line: losses, learning rate, seconds per step, sample scores
     vae/              the trained VAE (diffusers folder, scaling_factor recorded)
-    samples/          reconstruction grid of the VAE, sample grids of the EMA weights every N steps
+    samples/          reconstruction grids of the VAE (and of the refined decoder), sample grids of the EMA weights every N steps
     pipeline/         the final float16 pipeline
     eval.json         held-out prompts scored by training.shapes.judge (shapes data only)
 
@@ -103,6 +105,15 @@ class TrainingConfig:
     vae_norm_groups: int = 32
     vae_kl_weight: float = 1e-6
     vae_time_fraction: float = 0.25  # with a time budget: the VAE stage gets at most this share of it
+
+    # --- stage c: the decoder, refined after stage b ---
+    # Train the VAE decoder alone (the encoder frozen, so the latents the UNet learned keep their
+    # meaning, as Stable Diffusion's ft-MSE decoder was made), on batches that are half training
+    # images and, for shapes, half shapes in random colours. A VAE that only ever saw the palette's
+    # pairs decodes pairs it never saw into the wrong colours. 0 = skip. It runs after the time
+    # budget's stages (a few minutes), and is done again when a run is resumed.
+    decoder_steps: int = 0
+    decoder_lr: float = 3e-4
 
     # --- stage b: UNet + text encoder ---
     unet_channels: tuple[int, ...] = (64, 128)
@@ -209,6 +220,10 @@ def check_config(c: TrainingConfig) -> str | None:
     if not 0 <= c.unet_plain_levels < len(c.unet_channels):
         return (f"unet_plain_levels must be from 0 to {len(c.unet_channels) - 1} (one level at least keeps "
                 f"attention, or the prompt is never read), got {c.unet_plain_levels}")
+    if c.decoder_steps < 0 or (c.decoder_steps and c.decoder_lr <= 0):
+        return "decoder_steps must be 0 (off) or more, with a positive decoder_lr"
+    if c.decoder_steps and c.vae_batch_size < 2:
+        return "decoder_steps needs vae_batch_size 2 or more (half training images, half random colours)"
     if c.snr_gamma < 0:
         return f"snr_gamma must be 0 (off) or positive, got {c.snr_gamma}"
     if not 0 <= c.caption_dropout < 1 or not 0 <= c.ema_decay < 1:
@@ -400,13 +415,13 @@ def vae_loss(c: TrainingConfig, vae, x: torch.Tensor, generator: torch.Generator
 
 
 @torch.no_grad()
-def save_reconstructions(vae, data: Dataset, run: Run, device) -> None:
+def save_reconstructions(vae, data: Dataset, run: Run, device, name: str = "vae_reconstruction.png") -> None:
     """The first 8 images above their reconstructions (posterior means, decoded)."""
     vae.eval()
     x = to_unit_range(data.images[:8]).to(device)
     reconstruction = vae.decode(vae.encode(x).latent_dist.mean).sample
     pictures = [to_pil(t) for t in torch.cat([x, reconstruction])]
-    grid(pictures, columns=len(x)).save(run.dir / "samples" / "vae_reconstruction.png")
+    grid(pictures, columns=len(x)).save(run.dir / "samples" / name)
 
 
 def stage_a(c: TrainingConfig, run: Run, data: Dataset, accelerator, checkpoint: dict | None):
@@ -669,6 +684,51 @@ def train_unet(c: TrainingConfig, run: Run, data: Dataset, vae, latents: tuple[t
 
 
 # =============================================================================================
+# Stage c: the decoder, refined
+# =============================================================================================
+
+
+def refine_decoder(c: TrainingConfig, run: Run, data: Dataset, vae, accelerator) -> None:
+    """Train `vae`'s decoder for decoder_steps with its encoder frozen (see TrainingConfig)."""
+    if not c.decoder_steps:
+        return
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(c.seed + 3)
+    sources = [(data.images, Batches(len(data.captions), c.vae_batch_size // 2, generator))]
+    if c.data == "shapes":
+        pictures = shapes.render_any_colours(len(data.captions), c.seed + 3, c.image_size, c.modifier_prob)
+        other = Dataset.from_pictures(pictures, [""] * len(pictures)).images
+        sources.append((other, Batches(len(other), c.vae_batch_size - c.vae_batch_size // 2, generator)))
+    trained = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    vae.requires_grad_(False)
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    optimizer = adamw(trained, lr=c.decoder_lr, weight_decay=0.0)
+    vae.train()
+    losses, timer = [], StepTimer(0)
+    for step in range(1, c.decoder_steps + 1):
+        x = to_unit_range(torch.cat([images[batches.next()] for images, batches in sources])).to(accelerator.device)
+        with torch.no_grad():
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+        mse = F.mse_loss(vae.decode(z).sample.float(), x)
+        optimizer.zero_grad(set_to_none=True)
+        mse.backward()
+        torch.nn.utils.clip_grad_norm_(trained, c.max_grad_norm)
+        optimizer.step()
+        losses.append(mse.item())
+        if step % c.log_every == 0 or step == c.decoder_steps:
+            seconds = timer.lap(step)
+            run.write({"stage": "decoder", "step": step, "mse": float(np.mean(losses)), "s_per_step": round(seconds, 4)})
+            log(f"decoder {step}/{c.decoder_steps}  mse {np.mean(losses):.5f}  {seconds:.3f} s/step")
+            losses = []
+    vae.requires_grad_(False)
+    vae.eval()
+    save_reconstructions(vae, data, run, accelerator.device, "decoder_reconstruction.png")
+    log(f"decoder: refined in {time.perf_counter() - started:.1f} s")
+
+
+# =============================================================================================
 # Evaluation and export
 # =============================================================================================
 
@@ -762,7 +822,10 @@ def _train(c: TrainingConfig, resume: Path | None) -> dict:
     # 3. Stage b: UNet + text encoder.
     pipe, steps = train_unet(c, run, data, vae, latents, accelerator, checkpoint)
 
-    # 4. Export first (the model is usable even if evaluation fails), then evaluate exactly the
+    # 4. Stage c: the decoder, refined (pipe holds this same VAE).
+    refine_decoder(c, run, data, vae, accelerator)
+
+    # 5. Export first (the model is usable even if evaluation fails), then evaluate exactly the
     # float16 weights that shipped, computed in float32 as the bot does on a CPU.
     published = export(pipe, c, run, steps)
     report = None

@@ -77,6 +77,19 @@ def test_render_size_jitter_and_determinism():
     assert shapes.render(spec, 64, random.Random(1)).size == (64, 64)
 
 
+def test_random_colour_shapes_for_the_autoencoder():
+    images = shapes.render_any_colours(40, seed=4, size=32, modifier_prob=0.6)
+    assert len(images) == 40 and all(im.size == (32, 32) for im in images)
+    assert np.array_equal(np.asarray(images[3]), np.asarray(shapes.render_any_colours(40, 4, 32, 0.6)[3]))
+    corners = [tuple(int(v) for v in np.asarray(im)[0, 0]) for im in images]
+    assert len(set(corners)) > 30 and not set(corners) <= set(PALETTE.values())  # any colour, not the palette
+    for im in images:
+        pixels = np.asarray(im).reshape(-1, 3).astype(int)
+        background = pixels[0]
+        far = np.abs(pixels - background).sum(axis=1).max()
+        assert far >= 100  # a shape stands out from its background
+
+
 def test_judge_reads_rendered_images():
     """Every colour pair and shape, a few jitters each: colours always right, shapes >= 95%."""
     rng = random.Random(0)

@@ -152,6 +152,24 @@ def test_resume_continues_at_the_saved_step(trained, tmp_path):
     assert reference["batches"]["pos"] == checkpoint["batches"]["pos"]
 
 
+def test_decoder_refinement_trains_the_decoder_only(trained, tmp_path):
+    """Stage c, here on a resumed run: the exported VAE keeps the encoder the UNet learned on and
+    has a retrained decoder."""
+    from safetensors.torch import load_file
+
+    run, _ = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    assert main(["--resume", str(resumed / "checkpoint.pt"), "--decoder-steps", "2", "--name", "",
+                 "--eval-prompts", "0"]) == 0
+    before = load_file(str(resumed / "vae" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(resumed / "pipeline" / "vae" / "diffusion_pytorch_model.safetensors"))
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k].half(), after[k])}
+    assert changed == {"decoder", "post_quant_conv"} or changed == {"decoder"}, changed
+    assert [r["step"] for r in read_log(resumed) if r["stage"] == "decoder"] == [1, 2]
+    assert (resumed / "samples" / "decoder_reconstruction.png").is_file()
+
+
 def test_time_budget_stops_cleanly_and_still_exports(tmp_path):
     models = tmp_path / "models"
     main([*TINY, "--max-steps", "100000", "--vae-steps", "100000", "--time-budget", "0.05",
@@ -175,6 +193,9 @@ def test_bad_settings_are_refused(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--output-dir", str(run)])  # would overwrite a run
     assert "--resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--decoder-steps", "5", "--vae-batch-size", "1", "--output-dir", str(tmp_path / "d")])
+    assert "decoder_steps needs vae_batch_size 2 or more" in capsys.readouterr().err
     config, resume = parse_args(["--unet-channels", "32,64", "--vae", "some/vae", "--time_budget", "3",
                                  "--output-dir", str(tmp_path / "new")])
     assert config.unet_channels == (32, 64) and config.vae_path == "some/vae" and config.time_budget == 3.0
