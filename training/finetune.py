@@ -42,8 +42,8 @@ centre-cropped to a square and resized to `resolution` ("auto": the base variant
 512 for SD 1.x/2.1-base, 768 for SD 2.1-v).
 
 Prior preservation (on by default, as the reference): `num_class_images` images of `class_prompt`
-(or of several `class_prompts` in turn, so that a whole vocabulary keeps its meaning, not one
-class) are drawn by the base model with its own defaults (scheduler, steps, guidance) at the training
+(or of several `class_prompts`, or those of a `class_prompts_file`, in turn, so that a whole
+vocabulary keeps its meaning, not one class) are drawn by the base model with its own defaults (scheduler, steps, guidance) at the training
 resolution, and cached in `<class_data_dir or output_dir>/class_images/` with an `index.json`;
 a rerun with the same base (same files), prompt, size and drawing settings reuses them and only
 draws the missing ones. Each step trains on instance and class images together: loss = instance
@@ -131,6 +131,7 @@ class FinetuneConfig:
     with_prior_preservation: bool = True
     class_prompt: str = ""  # what the base draws for the class ("a photo of a person")
     class_prompts: tuple[str, ...] = ()  # several, drawn in turn (the j-th class image: prompt j mod n); overrides class_prompt
+    class_prompts_file: str = ""  # the same from a text file, one prompt a line ('#' comments); overrides both
     class_data_dir: str = ""  # where class images are cached; empty: <output_dir>/class_images
     num_class_images: int = 100
     prior_loss_weight: float = 1.0
@@ -238,7 +239,7 @@ def check_config(c: FinetuneConfig) -> str | None:
     if not -4 <= c.lora_scale <= 4:
         return f"lora_scale must be between -4 and 4 (what variant.toml allows), got {c.lora_scale}"
     if c.with_prior_preservation:
-        if not any(prompt.strip() for prompt in class_prompt_list(c)):
+        if not c.class_prompts_file and not any(prompt.strip() for prompt in class_prompt_list(c)):
             return ("prior preservation needs --class-prompt, the subject's class without the rare token "
                     "(e.g. 'a photo of a person'); or turn it off with --with-prior-preservation false")
         if c.class_prompts and not all(prompt.strip() for prompt in c.class_prompts):
@@ -411,7 +412,20 @@ def load_images(pairs: Sequence[tuple[Path, str]], size: int) -> Dataset:
 
 def class_prompt_list(c: FinetuneConfig) -> list[str]:
     """The prompts class images are drawn for, in turn."""
+    if c.class_prompts_file:
+        return read_class_prompts(Path(c.class_prompts_file))
     return list(c.class_prompts) if c.class_prompts else [c.class_prompt]
+
+
+def read_class_prompts(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise FinetuneError(f"cannot read class_prompts_file {path}: {error}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise FinetuneError(f"class_prompts_file {path} holds no prompts (one a line; '#' starts a comment)")
+    return prompts
 
 
 @torch.no_grad()

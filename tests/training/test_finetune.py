@@ -234,6 +234,21 @@ def test_several_class_prompts_are_drawn_in_turn(setup):
     [(other_name, _)] = [(n, e) for n, e in index.items() if e["seed"] == 0]
     assert not np.array_equal(np.asarray(Image.open(alone_cache / alone_name)), np.asarray(Image.open(cache / other_name)))
 
+    # The same prompts from a file (comments and blank lines skipped) are the same class images.
+    listed = root / "class-prompts.txt"
+    listed.write_text("# the vocabulary\n" + "\n\n".join(prompts) + "\n", encoding="utf-8")
+    assert main(args(setup, "from-file", *extra[:-2], "--class-prompts-file", str(listed))) == 0
+    [row] = [r for r in read_log(root / "from-file") if r["stage"] == "class_images"]
+    assert (row["drawn"], row["reused"]) == (0, 4)
+
+
+def test_an_empty_class_prompts_file_is_refused(setup, capsys):
+    root, _ = setup
+    empty = root / "no-prompts.txt"
+    empty.write_text("# nothing here\n", encoding="utf-8")
+    assert main(args(setup, "empty-file", "--method", "lora", "--class-prompts-file", str(empty))) == 2
+    assert "holds no prompts" in capsys.readouterr().err
+
 
 # --- resume --------------------------------------------------------------------------------------
 
