@@ -87,7 +87,7 @@ def test_demo_finetuned_draws_the_new_concept_and_keeps_the_old_ones(engine):
     assert tuned_hearts >= 6 and tuned_hearts >= base_hearts + 2, (tuned_hearts, base_hearts)
     assert sum(shapes.judge(r.images[0])["shape_colour"] == p.spec.colour for r, p in zip(tuned, hearts)) >= 6
     # Prior preservation over the whole vocabulary (same prompts and seeds as the base): squares and
-    # triangles stay what they were; some circles take a heart's point (8% of 100 plain prompts,
+    # triangles stay what they were; some circles take a heart's point (6% of 100 plain prompts,
     # README), never most of them.
     prompts = shapes.held_out_prompts(18, seed=6, modifiers=False)
     before = engine.generate([request(engine, "demo", p.prompt, p.seed) for p in prompts])
