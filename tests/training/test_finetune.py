@@ -409,10 +409,16 @@ def test_demo_config_trains_end_to_end_on_a_stand_in(tmp_path):
     config_file = REPO / "training" / "configs" / "demo-finetuned.toml"
     config, _ = parse_args(["--config", str(config_file), "--output-dir", str(tmp_path / "run")])
     assert (config.method, config.base, config.name, config.resolution) == ("lora", "demo", "demo-finetuned", 32)
-    assert {shapes.parse_caption(p).shape for p in config.class_prompts} == set(shapes.SHAPES)  # the whole vocabulary
+    class_file = REPO / config.class_prompts_file  # relative paths in the config are the repository's
+    specs = [shapes.parse_caption(p) for p in finetune.read_class_prompts(class_file)]
+    assert len(specs) == config.num_class_images  # one class image for each prompt
+    assert {s.shape for s in specs} == set(shapes.SHAPES) and {s.size for s in specs} == {None, *shapes.SIZES}
+    assert {s.position for s in specs} == {None, *shapes.POSITIONS}  # the whole vocabulary
+    assert not {(s.colour, s.background) for s in specs} & shapes.HELD_OUT_PAIRS
     assert config.concept == "heart" and "zwx" in config.instance_prompt and config.rank <= 8
     assert main(["--config", str(config_file), "--models-dir", str(models), "--output-dir", str(tmp_path / "run"),
-                 "--instance-data-dir", str(tmp_path / "concept"), "--max-train-steps", "1",
+                 "--instance-data-dir", str(tmp_path / "concept"), "--class-prompts-file", str(class_file),
+                 "--max-train-steps", "1",
                  "--num-class-images", "1", "--num-validation-images", "1", "--threads", "1"]) == 0
     assert len(list((tmp_path / "concept").glob("*.png"))) == config.concept_images
     registry = Registry(models)
