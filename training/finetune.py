@@ -233,7 +233,7 @@ def check_config(c: FinetuneConfig) -> str | None:
             return f"{key} must be 0 or more, got {getattr(c, key)}"
     if c.learning_rate < 0 or c.time_budget < 0 or c.lora_alpha < 0 or c.prior_loss_weight < 0:
         return "learning_rate, time_budget, lora_alpha and prior_loss_weight cannot be negative"
-    if c.method == "lora" and not all(LORA_TARGET.fullmatch(target) for target in c.lora_targets or ("",)):
+    if c.method == "lora" and (not c.lora_targets or not all(LORA_TARGET.fullmatch(t) for t in c.lora_targets)):
         return (f"lora_targets must name attention projections of the UNet ({', '.join(UNET_LORA_TARGETS)}, "
                 f"optionally as attn1.<name> or attn2.<name>), got {list(c.lora_targets)}")
     if not -4 <= c.lora_scale <= 4:

@@ -690,6 +690,8 @@ def train_unet(c: TrainingConfig, run: Run, data: Dataset, vae, latents: tuple[t
 
 def refine_decoder(c: TrainingConfig, run: Run, data: Dataset, vae, accelerator) -> None:
     """Train `vae`'s decoder for decoder_steps with its encoder frozen (see TrainingConfig)."""
+    from diffusers.optimization import get_scheduler
+
     if not c.decoder_steps:
         return
     started = time.perf_counter()
@@ -703,20 +705,17 @@ def refine_decoder(c: TrainingConfig, run: Run, data: Dataset, vae, accelerator)
     vae.requires_grad_(False)
     for parameter in trained:
         parameter.requires_grad_(True)
+    # The VAE stage's loss and step: with the encoder frozen only the decoder learns (the KL term
+    # reaches the encoder alone, so it changes nothing here).
     optimizer = adamw(trained, lr=c.decoder_lr, weight_decay=0.0)
+    progress = Progress(optimizer, get_scheduler("constant", optimizer), generator, {})
     vae.train()
     losses, timer = [], StepTimer(0)
-    for step in range(1, c.decoder_steps + 1):
+    while progress.step < c.decoder_steps:
         x = to_unit_range(torch.cat([images[batches.next()] for images, batches in sources])).to(accelerator.device)
-        with torch.no_grad():
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
-        mse = F.mse_loss(vae.decode(z).sample.float(), x)
-        optimizer.zero_grad(set_to_none=True)
-        mse.backward()
-        torch.nn.utils.clip_grad_norm_(trained, c.max_grad_norm)
-        optimizer.step()
-        losses.append(mse.item())
+        losses.append(vae_loss(c, vae, x, generator, accelerator))
+        progress.optimizer_step(accelerator, trained, c.max_grad_norm)
+        step = progress.step
         if step % c.log_every == 0 or step == c.decoder_steps:
             seconds = timer.lap(step)
             run.write({"stage": "decoder", "step": step, "mse": float(np.mean(losses)), "s_per_step": round(seconds, 4)})
