@@ -46,8 +46,9 @@ Prior preservation (on by default, as the reference): `num_class_images` images 
 vocabulary keeps its meaning, not one class) are drawn by the base model with its own defaults
 (scheduler, steps, guidance) at the training resolution, and cached in
 `<class_data_dir or output_dir>/class_images/` with an `index.json`; a rerun with the same base
-(same files), prompt, size and drawing settings reuses them and only draws the missing ones. Each step trains on instance and class images together: loss = instance
-MSE + prior_loss_weight * class MSE.
+(same files), prompt, size and drawing settings reuses them and only draws the missing ones. Each
+step trains on instance and class images together: loss = instance MSE + prior_loss_weight * class
+MSE.
 
 Output folder (`output_dir`):
 
