@@ -231,6 +231,11 @@ function chatImages() {
 
 function renderActions(job, card) {
   const box = $(".actions", card);
+  // Rebuild only when the set of buttons changes: progress arrives several times a second, and a
+  // button replaced under the pointer or the keyboard focus swallows the click.
+  const phase = ACTIVE.includes(job.status) ? "active" : job.status;
+  if (box.dataset.phase === phase) return;
+  box.dataset.phase = phase;
   box.replaceChildren();
   if (ACTIVE.includes(job.status)) {
     box.append(button(t("ui_cancel"), () => cancel(job.id), "cancel"));
