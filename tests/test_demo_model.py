@@ -71,7 +71,7 @@ def test_demo_draws_sizes_and_places(engine):
     verdicts = [shapes.judge(r.images[0], p.spec) for r, p in zip(results, prompts)]
     score = shapes.score(verdicts)
     assert score["n_position_ok"] >= 8 and score["n_size_ok"] >= 6 and score["n_held_out_colours_ok"] >= 2
-    # Over 200 prompts: position 93%, size 96%, held-out pairs 96% (README); 12 leave some slack.
+    # Over 200 prompts: position 97.5%, size and held-out pairs 100% (README); 12 leave some slack.
     assert score["position_ok"] >= 0.75 and score["size_ok"] >= 0.75, verdicts
     assert score["colours_ok"] >= 10 / 12 and score["held_out_colours_ok"] >= 0.5, verdicts
 
@@ -86,9 +86,9 @@ def test_demo_finetuned_draws_the_new_concept_and_keeps_the_old_ones(engine):
     # The base never learned the word (its blobs for it are sometimes pointed enough to pass).
     assert tuned_hearts >= 6 and tuned_hearts >= base_hearts + 2, (tuned_hearts, base_hearts)
     assert sum(shapes.judge(r.images[0])["shape_colour"] == p.spec.colour for r, p in zip(tuned, hearts)) >= 6
-    # Prior preservation over the whole vocabulary (same prompts and seeds as the base): squares and
-    # triangles stay what they were; some circles take a heart's point (6% of 100 plain prompts,
-    # README), never most of them.
+    # Prior preservation over the whole vocabulary (same prompts and seeds as the base): shape kinds
+    # stay what they were but for a few (3% of 100 plain prompts change, README: squares that pass
+    # the heart test or come out round; no triangle did). The first LoRA changed 31%.
     prompts = shapes.held_out_prompts(18, seed=6, modifiers=False)
     before = engine.generate([request(engine, "demo", p.prompt, p.seed) for p in prompts])
     after = engine.generate([request(engine, "demo-finetuned", p.prompt, p.seed) for p in prompts])
@@ -97,4 +97,4 @@ def test_demo_finetuned_draws_the_new_concept_and_keeps_the_old_ones(engine):
     assert sum(a != b for a, b in kinds) <= 2, kinds
     turned = [p.spec.shape for p, r in zip(prompts, after) if is_heart(r.images[0])]
     assert not any(is_heart(r.images[0]) for r in before)
-    assert len(turned) <= len(prompts) // 4 and set(turned) <= {"circle"}, turned
+    assert len(turned) <= 2 and "triangle" not in turned, turned

@@ -60,7 +60,9 @@ HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset({
 })
 
 # Shape side as a fraction of the image side, by size word (None: no size word in the caption).
-_SIZE_RANGE = {None: (0.42, 0.56), "small": (0.24, 0.32), "large": (0.62, 0.70)}
+# At 32 px a small shape is 10-12 px: the 4x VAE (one latent cell per 4 px) kept the kind of only
+# 59-77% of 8-10 px shapes, a small circle decoding as a rounded square, and 90-99% at 10-12 px.
+_SIZE_RANGE = {None: (0.46, 0.56), "small": (0.31, 0.37), "large": (0.64, 0.70)}
 # Shape centre as fractions of the image side, by position word (None: centred). A large shape
 # cannot reach these off-centre points; it goes as far as the image allows.
 _POSITION_CENTRE = {None: (0.5, 0.5), "middle": (0.5, 0.5), "left": (0.28, 0.5), "right": (0.72, 0.5),
@@ -69,8 +71,8 @@ _POSITION_PHRASE = {"left": "on the left", "right": "on the right", "top": "at t
                     "bottom": "at the bottom", "middle": "in the middle"}
 _OLD_PHRASES = {"in the center": "middle", "in the centre": "middle"}  # the first vocabulary's words
 # judge(): the shape's bounding box, as fractions of the image side, decides size and position.
-_SMALL_BELOW = 0.37  # between small (<= 0.32) and unsized (>= 0.42)
-_LARGE_ABOVE = 0.59  # between unsized (<= 0.56) and large (>= 0.62)
+_SMALL_BELOW = 0.42  # between small (<= 0.37, its box a pixel more) and unsized (>= 0.46)
+_LARGE_ABOVE = 0.61  # between unsized (<= 0.56) and large (>= 0.64)
 _OFF_CENTRE = 0.075  # a placed shape sits >= 0.12 from the centre (large ones least); "middle" ones <= 0.04
 _SUPERSAMPLE = 4  # draw at 4x and downsample: smooth edges, as a photo-like training target
 
@@ -336,7 +338,7 @@ def judge(image: Image.Image, spec: Spec | None = None) -> dict:
       half of its box) tell triangles; how much of the box's corners it fills tells a square
       from a circle. Rough on blurry or tiny shapes; the colour verdicts
       are the reliable part;
-    - size: the box's larger side over the image's (small < 0.37 <= unsized <= 0.59 < large);
+    - size: the box's larger side over the image's (small < 0.42 <= unsized <= 0.61 < large);
     - position: where the box's centre is, off the image's centre by at least 0.075 of its side
       (else "middle"), along the axis it is further off on.
 
