@@ -237,7 +237,7 @@ function renderActions(job, card) {
   if (box.dataset.phase === phase) return;
   box.dataset.phase = phase;
   box.replaceChildren();
-  if (ACTIVE.includes(job.status)) {
+  if (phase === "active") {
     box.append(button(t("ui_cancel"), () => cancel(job.id), "cancel"));
     return;
   }
