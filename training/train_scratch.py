@@ -124,6 +124,11 @@ class TrainingConfig:
     text_width: int = 64  # hidden size of the CLIP text encoder (full 49408-token vocabulary)
     text_layers: int = 2
     text_heads: int = 4
+    # The tokenizer's window: every caption is padded to this many tokens, in training and by the
+    # pipeline that serves the model (longer prompts are read as several windows). CLIP's is 77; a
+    # model of short captions trains ~12% faster a step at 24, since every cross-attention reads
+    # only those. The text encoder keeps 77 positions, the SD 1.x layout.
+    prompt_tokens: int = 77
     caption_dropout: float = 0.1  # share of empty captions: what classifier-free guidance needs
     ema_decay: float = 0.999  # with warm-up: min(decay, (1 + step) / (10 + step))
     weight_decay: float = 1e-2
@@ -215,6 +220,8 @@ def check_config(c: TrainingConfig) -> str | None:
         return f"image_size must be a multiple of 8 (the bot's size rule), got {c.image_size}"
     if any(ch % c.vae_norm_groups for ch in c.vae_channels) or any(ch % c.unet_norm_groups for ch in c.unet_channels):
         return "every VAE / UNet channel count must be divisible by its norm groups"
+    if not 8 <= c.prompt_tokens <= 77:
+        return f"prompt_tokens must be from 8 to 77 (the text encoder's positions), got {c.prompt_tokens}"
     if c.text_width % c.text_heads:
         return "text_width must be divisible by text_heads"
     if not 0 <= c.unet_plain_levels < len(c.unet_channels):
@@ -648,7 +655,7 @@ def train_unet(c: TrainingConfig, run: Run, data: Dataset, vae, latents: tuple[t
     # 1. The inputs, prepared once; the networks, optimizer, schedule and data order, resumed where
     # a checkpoint says.
     vae.requires_grad_(False)
-    tokenizer = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR))
+    tokenizer = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER_DIR), model_max_length=c.prompt_tokens)
     inputs = prepare_inputs(data, vae, latents, tokenizer, accelerator.device)
     b = build_stage_b(c, latents[0].shape[-1], len(data.captions), accelerator)
     if checkpoint:

@@ -43,12 +43,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 2-step VAE + 2-step UNet run, published as 'scratch' into a fresh model store."""
+    """A 2-step VAE + 2-step UNet run with a 16-token prompt window, published as 'scratch' into a
+    fresh model store."""
     root = tmp_path_factory.mktemp("scratch")
     run = root / "run"
     models = root / "models"
-    assert main([*TINY, "--max-steps", "2", "--output-dir", str(run), "--name", "scratch",
-                 "--models-dir", str(models)]) == 0
+    assert main([*TINY, "--max-steps", "2", "--prompt-tokens", "16", "--output-dir", str(run),
+                 "--name", "scratch", "--models-dir", str(models)]) == 0
     return run, models
 
 
@@ -100,6 +101,22 @@ def test_published_variant_is_ready_and_generates(trained):
     [result] = engine.generate([request])
     assert [image.size for image in result.images] == [(32, 32)]
 
+    # The window it was trained with is the one it is served with, and a prompt longer than the
+    # window is read as several windows, not cut off.
+    from diffusers import StableDiffusionPipeline
+
+    from bot.engine.prompts import prompt_embeddings
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(models / "scratch"))
+    assert pipe.tokenizer.model_max_length == 16
+    long = "a small red circle at the top on a blue background " * 3  # 34 tokens
+    embeds = prompt_embeddings(pipe, [long], [""])
+    assert embeds["prompt_embeds"].shape[1] == 3 * 16
+    request = resolve(parse_prompt(f"{long} --seed 5"), registry.ready_defaults(), "scratch", LIMITS,
+                      unavailable=registry.unavailable())
+    [result] = engine.generate([request])
+    assert [image.size for image in result.images] == [(32, 32)]
+
 
 def test_exported_weights_are_float16_safetensors(trained):
     _, models = trained
@@ -143,7 +160,8 @@ def test_resume_continues_at_the_saved_step(trained, tmp_path):
 
     # The same as a run that was never interrupted: weights, EMA and optimizer state to the bit.
     straight = tmp_path / "straight"
-    assert main([*TINY, "--max-steps", "3", "--output-dir", str(straight), "--eval-prompts", "0"]) == 0
+    assert main([*TINY, "--max-steps", "3", "--prompt-tokens", "16", "--output-dir", str(straight),
+                 "--eval-prompts", "0"]) == 0
     reference = torch.load(straight / "checkpoint.pt", weights_only=True)
     for part in ("unet", "text_encoder"):
         for key, value in reference["models"][part].items():
@@ -196,6 +214,9 @@ def test_bad_settings_are_refused(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--decoder-steps", "5", "--vae-batch-size", "1", "--output-dir", str(tmp_path / "d")])
     assert "decoder_steps needs vae_batch_size 2 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--prompt-tokens", "100", "--output-dir", str(tmp_path / "p")])
+    assert "prompt_tokens must be from 8 to 77" in capsys.readouterr().err
     config, resume = parse_args(["--unet-channels", "32,64", "--vae", "some/vae", "--time_budget", "3",
                                  "--output-dir", str(tmp_path / "new")])
     assert config.unet_channels == (32, 64) and config.vae_path == "some/vae" and config.time_budget == 3.0
