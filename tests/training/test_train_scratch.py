@@ -109,7 +109,7 @@ def test_published_variant_is_ready_and_generates(trained):
 
     pipe = StableDiffusionPipeline.from_pretrained(str(models / "scratch"))
     assert pipe.tokenizer.model_max_length == 16
-    long = "a small red circle at the top on a blue background " * 3  # 34 tokens
+    long = "a small red circle at the top on a blue background " * 3  # 33 tokens: 3 windows of 14
     embeds = prompt_embeddings(pipe, [long], [""])
     assert embeds["prompt_embeds"].shape[1] == 3 * 16
     request = resolve(parse_prompt(f"{long} --seed 5"), registry.ready_defaults(), "scratch", LIMITS,
