@@ -71,6 +71,8 @@ from training.common.run import (Interrupted, Run, hide_progress_bars, load_chec
 from training.manifest import training_pairs
 from training.settings import Settings, SettingsError
 
+TEXT_POSITIONS = 77  # the text encoder's positions: CLIP's window, the SD 1.x layout
+
 
 @dataclass
 class TrainingConfig:
@@ -128,7 +130,7 @@ class TrainingConfig:
     # pipeline that serves the model (longer prompts are read as several windows). CLIP's is 77; a
     # model of short captions trains ~12% faster a step at 24, since every cross-attention reads
     # only those. The text encoder keeps 77 positions, the SD 1.x layout.
-    prompt_tokens: int = 77
+    prompt_tokens: int = TEXT_POSITIONS
     caption_dropout: float = 0.1  # share of empty captions: what classifier-free guidance needs
     ema_decay: float = 0.999  # with warm-up: min(decay, (1 + step) / (10 + step))
     weight_decay: float = 1e-2
@@ -220,8 +222,9 @@ def check_config(c: TrainingConfig) -> str | None:
         return f"image_size must be a multiple of 8 (the bot's size rule), got {c.image_size}"
     if any(ch % c.vae_norm_groups for ch in c.vae_channels) or any(ch % c.unet_norm_groups for ch in c.unet_channels):
         return "every VAE / UNet channel count must be divisible by its norm groups"
-    if not 8 <= c.prompt_tokens <= 77:
-        return f"prompt_tokens must be from 8 to 77 (the text encoder's positions), got {c.prompt_tokens}"
+    if not 8 <= c.prompt_tokens <= TEXT_POSITIONS:
+        return (f"prompt_tokens must be from 8 to {TEXT_POSITIONS} (the text encoder's positions), "
+                f"got {c.prompt_tokens}")
     if c.text_width % c.text_heads:
         return "text_width must be divisible by text_heads"
     if not 0 <= c.unet_plain_levels < len(c.unet_channels):
@@ -296,7 +299,7 @@ def build_text_encoder(c: TrainingConfig):
 
     return CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=c.text_width, intermediate_size=4 * c.text_width,
-        num_hidden_layers=c.text_layers, num_attention_heads=c.text_heads, max_position_embeddings=77,
+        num_hidden_layers=c.text_layers, num_attention_heads=c.text_heads, max_position_embeddings=TEXT_POSITIONS,
         hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
         projection_dim=c.text_width,
     ))

@@ -103,11 +103,9 @@ def test_published_variant_is_ready_and_generates(trained):
 
     # The window it was trained with is the one it is served with, and a prompt longer than the
     # window is read as several windows, not cut off.
-    from diffusers import StableDiffusionPipeline
-
     from bot.engine.prompts import prompt_embeddings
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(models / "scratch"))
+    pipe = engine._resident_for(registry.get("scratch")).pipe  # the pipeline the engine serves
     assert pipe.tokenizer.model_max_length == 16
     long = "a small red circle at the top on a blue background " * 3  # 33 tokens: 3 windows of 14
     embeds = prompt_embeddings(pipe, [long], [""])
