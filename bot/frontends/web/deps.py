@@ -14,7 +14,9 @@ clients already know.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
@@ -25,6 +27,9 @@ from bot.core.jobs import Origin
 from bot.core.service import Service
 from bot.frontends.web.basic_auth import basic_credentials
 from bot.frontends.web.clients import client_address, client_key
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def get_service(request: Request) -> Service:
@@ -60,18 +65,37 @@ async def get_account(request: Request) -> Account | None:
     return await get_service(request).accounts.account_of(token) if token else None
 
 
+async def password_checked(request: Request, address: str, name: str, how: str,
+                           check: Callable[[], Awaitable[T | None]]) -> T:
+    """Run a password `check` (None: wrong name or password) as one counted try of the address:
+    429 once the address has used up its failures, 401 and a log line for a wrong pair. The try
+    counts before the slow hash is computed, so a burst sent at once cannot outrun the limit."""
+    failures = request.app.state.sign_in_failures
+    mark = failures.attempt(address)
+    result = await check()
+    if result is None:
+        log.warning("failed sign-in (%s) as %r from %s", how, name[:64], address)
+        raise UserError("sign_in_failed")
+    failures.succeeded(address, mark)
+    return result
+
+
 def get_token_admin(request: Request, secrets: Annotated[Secrets, Depends(get_secrets)],
                     address: Annotated[str, Depends(get_address)]) -> bool:
     """Whether the call carries the admin token. A wrong one counts against the address (429
-    beyond the limit), on whatever route it is tried."""
+    beyond the limit), on whatever route it is tried. The right one always works: others sharing
+    the admin's address (a LAN behind one router) cannot lock the admin out. That leaves guessing
+    unslowed only for whoever could guess a token of 16 or more random characters anyway
+    (`serve` refuses a shorter one)."""
     token = _bearer(request)
     if token is None or not secrets.admin_token:
         return False
-    failures = request.app.state.admin_failures
-    failures.check(address)
     if _is_admin_token(token, secrets):
         return True
+    failures = request.app.state.admin_failures
+    failures.check(address)
     failures.failed(address)
+    log.warning("wrong admin token from %s", address)
     return False
 
 
@@ -104,12 +128,8 @@ async def get_basic_account(request: Request, address: Annotated[str, Depends(ge
         account = await accounts.get(known[0])
         if account is not None and account.created_at == known[1]:
             return account
-    failures = request.app.state.sign_in_failures
-    failures.check(address)
-    account = await accounts.verify(*credentials)
-    if account is None:
-        failures.failed(address)
-        raise UserError("sign_in_failed")
+    account = await password_checked(request, address, credentials[0], "HTTP Basic",
+                                     lambda: accounts.verify(*credentials))
     verified.remember(*credentials, account.name, account.created_at)
     return account
 

@@ -34,7 +34,13 @@ class StreamSlots:
 
 class FailureLimit:
     """At most `limit` failures per address within `window` seconds; beyond that the address is
-    refused before the token or password is even compared, so neither can be guessed at speed."""
+    refused before the token or password is even compared, so neither can be guessed at speed.
+
+    A password check takes a fraction of a second (scrypt, off the event loop), so a burst of
+    guesses sent at once would all pass a check made before it and be counted only after it.
+    `attempt` therefore counts a try as failed before the check starts and `succeeded` takes that
+    back: of 60 guesses sent at once, the first `limit` are checked and the rest refused.
+    """
 
     def __init__(self, limit: int = 10, window: float = 60.0, refusal: str = "api_too_many_admin_failures") -> None:
         self.limit = limit
@@ -43,6 +49,7 @@ class FailureLimit:
         self.failures: dict[str, deque[float]] = defaultdict(deque)
 
     def check(self, address: str) -> None:
+        """Refuse (429) an address that has used up its failures."""
         failures = self.failures.get(address)
         if failures is None:
             return
@@ -55,3 +62,19 @@ class FailureLimit:
 
     def failed(self, address: str) -> None:
         self.failures[address].append(time.monotonic())
+
+    def attempt(self, address: str) -> float:
+        """Check the address and count this try as a failure until `succeeded` says otherwise;
+        returns the try's mark for `succeeded`."""
+        self.check(address)
+        mark = time.monotonic()
+        self.failures[address].append(mark)
+        return mark
+
+    def succeeded(self, address: str, mark: float) -> None:
+        """The try marked `mark` was right: it no longer counts."""
+        failures = self.failures.get(address)
+        if failures is not None and mark in failures:
+            failures.remove(mark)
+            if not failures:
+                del self.failures[address]

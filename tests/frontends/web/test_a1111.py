@@ -303,6 +303,15 @@ async def test_with_accounts_calls_need_http_basic_auth_and_wrong_passwords_are_
                        "Too many failed sign-ins")
 
 
+async def test_a_burst_of_basic_auth_guesses_sent_at_once_is_limited_too(make_server):
+    server = await make_server(users=True, **ACCOUNTS)
+    guesses = [server.client.get("/sdapi/v1/options", headers=basic("alice", PASSWORD if n == 40 else f"guess {n}"))
+               for n in range(60)]  # the right one among them
+    codes = [response.status_code for response in await asyncio.gather(*guesses)]
+    assert codes.count(401) == 10 and codes.count(429) == 50, codes
+    assert codes[40] == 429
+
+
 async def test_without_accounts_callers_are_told_apart_by_client_key_and_basic_auth_is_ignored(make_server):
     server = await make_server()
     key = {"X-Imagebot-User": "carol-0123456789abcdef"}

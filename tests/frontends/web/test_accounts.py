@@ -4,6 +4,9 @@ device, admin accounts, and what an anonymous caller may still reach."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import httpx
 import pytest
 
@@ -143,6 +146,31 @@ async def test_failed_sign_ins_are_limited_per_address(make_api):
                               base_url="http://localhost")
     assert (await sign_in(other, "alice")).status_code == 200
     await other.aclose()
+
+
+async def test_a_burst_of_guesses_sent_at_once_is_limited_as_one_after_another_would_be(make_api, caplog):
+    """Every try counts before its password is hashed: of 200 guesses sent together only the
+    first ten are checked, so the right password among them does not get in."""
+    api = await with_users(make_api)
+    # the right password deep in the burst
+    guesses = [sign_in(api.client, "alice", PASSWORD if n == 150 else f"guess number {n}") for n in range(200)]
+    with caplog.at_level(logging.WARNING, logger="bot.frontends.web.deps"):
+        responses = await asyncio.gather(*guesses)
+    codes = [response.status_code for response in responses]
+    assert codes.count(401) == 10 and codes.count(429) == 190, codes
+    assert codes[150] == 429
+    assert_error(responses[-1], 429, "Too many failed sign-ins")
+    failed = [record.getMessage() for record in caplog.records if "failed sign-in" in record.getMessage()]
+    assert len(failed) == 10 and all("'alice'" in line and "127.0.0.1" in line for line in failed), failed
+    assert not any("guess number" in record.getMessage() for record in caplog.records)  # passwords never
+    # a right password after a wrong one does not use up a try: nine more wrong ones still answer 401
+    fresh = device(api)
+    fresh._transport = httpx.ASGITransport(app=api.client._transport.app, client=("192.0.2.8", 1))
+    assert (await sign_in(fresh, "alice")).status_code == 200
+    for _ in range(10):
+        assert_error(await sign_in(fresh, "alice", "wrong"), 401)
+    assert_error(await sign_in(fresh, "alice", "wrong"), 429)
+    await fresh.aclose()
 
 
 async def test_without_accounts_there_is_nothing_to_sign_in_to(make_api):

@@ -218,7 +218,8 @@ async def test_wrong_admin_tokens_are_limited_per_address(api):
     for _ in range(10):
         assert (await api.client.get("/api/audit", headers=wrong)).status_code == 403
     assert_error(await api.client.get("/api/audit", headers=wrong), 429, "Too many wrong admin tokens")
-    assert_error(await api.client.get("/api/audit", headers=ADMIN), 429)  # even the right one, for a minute
-    other = {**ADMIN, "X-Forwarded-For": "203.0.113.9"}  # not believed: same address, still refused
-    assert (await api.client.get("/api/audit", headers=other)).status_code == 429
+    # the right token still works: someone sharing the admin's address cannot lock the admin out
+    assert (await api.client.get("/api/audit", headers=ADMIN)).status_code == 200
+    forged = {**wrong, "X-Forwarded-For": "203.0.113.9"}  # not believed: same address, still refused
+    assert (await api.client.get("/api/audit", headers=forged)).status_code == 429
     assert ADMIN_TOKEN not in (await api.client.get("/api/audit", headers=wrong)).text

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from bot.core.errors import UserError
 from bot.frontends.web.clients import is_trusted
-from bot.frontends.web.deps import SESSION_COOKIE, AccountDep, Address, ConfigDep, ServiceDep
+from bot.frontends.web.deps import SESSION_COOKIE, AccountDep, Address, ConfigDep, ServiceDep, password_checked
 from bot.frontends.web.schemas import SignInIn
 
 router = APIRouter()
@@ -35,12 +35,8 @@ async def sign_in(body: SignInIn, request: Request, service: ServiceDep, config:
     429 after too many failures from the address."""
     if config.web.auth != "password":
         raise UserError("accounts_off")
-    failures = request.app.state.sign_in_failures
-    failures.check(address)
-    started = await service.accounts.sign_in(body.name, body.password)
-    if started is None:
-        failures.failed(address)
-        raise UserError("sign_in_failed")
+    started = await password_checked(request, address, body.name, "page",
+                                     lambda: service.accounts.sign_in(body.name, body.password))
     response = JSONResponse({"auth": "password", "user": started.account.name, "admin": started.account.is_admin})
     response.set_cookie(SESSION_COOKIE, started.token, max_age=int(config.web.session_days * 86400), path="/",
                         httponly=True, samesite="strict", secure=came_over_https(request))
