@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,15 @@ class Origin:
     def user_key(self) -> str:
         """One user across the queue: fairness and quotas count per platform user."""
         return f"{self.platform}:{self.user_id}"
+
+    @property
+    def log_name(self) -> str:
+        """`user_key` as logs show it. A web client's key is its only credential (whoever knows it
+        acts as that client), so a log shows a short digest of it: enough to follow one client
+        through the log, useless for calling as them."""
+        if self.platform == "web" and not self.user_id.startswith(("anon-", "user:")):
+            return "web:key#" + hashlib.sha256(self.user_id.encode()).hexdigest()[:12]
+        return self.user_key
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)

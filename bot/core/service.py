@@ -228,7 +228,7 @@ class Service:
         position, eta = self._waiting_view(entry)
         self.events.publish({"type": "queued", "job": entry.id, "position": position, "eta": eta}, origin.platform)
         self.worker.told_position(entry.id, position)
-        log.info("job %d queued for %s: model=%s images=%d size=%dx%d steps=%d", entry.id, origin.user_key,
+        log.info("job %d queued for %s: model=%s images=%d size=%dx%d steps=%d", entry.id, origin.log_name,
                  request.model, request.count, request.width, request.height, request.steps)
         return Submitted(entry.id, entry.public_id, position, eta, request)
 

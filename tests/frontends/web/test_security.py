@@ -5,6 +5,7 @@ stream cap, and the admin routes with their failure limit."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 
@@ -223,3 +224,18 @@ async def test_wrong_admin_tokens_are_limited_per_address(api):
     forged = {**wrong, "X-Forwarded-For": "203.0.113.9"}  # not believed: same address, still refused
     assert (await api.client.get("/api/audit", headers=forged)).status_code == 429
     assert ADMIN_TOKEN not in (await api.client.get("/api/audit", headers=wrong)).text
+
+
+# --- 6. logs ----------------------------------------------------------------------------------------
+
+
+async def test_client_keys_never_reach_the_log(api, caplog):
+    """A client key is the caller's only credential: the log names the client by a short digest."""
+    with caplog.at_level(logging.INFO):  # the most `serve --verbose` logs
+        job = await api.submit("a fox --steps 1", ALICE)
+        await api.wait(job["id"])
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    key = ALICE["X-Imagebot-User"]
+    assert "queued for web:key#" in text, text
+    assert key not in text and key[:16] not in text
+
