@@ -15,6 +15,7 @@ import asyncio
 from typing import Any, Protocol
 
 from bot.config import Config
+from bot.core.bans import Bans
 from bot.core.errors import UserError
 from bot.core.jobs import Origin, QueuedJob
 from bot.core.moderation import check_prompt
@@ -46,8 +47,9 @@ class Catalog(Protocol):
 
 
 class Admission:
-    def __init__(self, config: Config, store: Store, catalog: Catalog) -> None:
+    def __init__(self, config: Config, store: Store, catalog: Catalog, bans: Bans) -> None:
         self.config = config
+        self.bans = bans
         self.store = store
         self.catalog = catalog
         self.storage_problem: str | None = None  # the last write's failure, until a write succeeds
@@ -56,9 +58,7 @@ class Admission:
     async def admit(self, options: RequestOptions, origin: Origin) -> tuple[GenerationRequest, QueuedJob]:
         """Resolve, check the user's quotas and insert the job; a refusal is a UserError (a full
         disk is "storage_full", nothing else stored changes)."""
-        reason = await self.store.ban_reason(origin.user_key)
-        if reason is not None:
-            raise UserError("banned", reason=reason)
+        self.bans.check(origin)
         request = await self.resolve_request(options, origin)
         check_prompt(request.prompt, origin, self.config.moderation.blocklist)
         async with self._lock:  # quota check and insert as one step, or concurrent requests slip past

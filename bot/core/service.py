@@ -19,6 +19,7 @@ from typing import Any, Callable
 from bot.config import Config
 from bot.core.accounts import Accounts
 from bot.core.admission import DEFAULT_MODEL_SETTING, CHAT_MODEL_SETTING, Admission, Catalog
+from bot.core.bans import Bans
 from bot.core.errors import UserError
 from bot.core.eta import EtaEstimator
 from bot.core.events import FINAL_EVENTS, EventBus, Subscription
@@ -86,7 +87,8 @@ class Service:
         self.events = EventBus()
         self.waiting = WaitingIndex()
         self.eta = EtaEstimator(executor.seconds_per_step)
-        self.admission = Admission(config, store, catalog)
+        self.bans = Bans(store)
+        self.admission = Admission(config, store, catalog, self.bans)
         self.describer: Callable[[Any], list[str]] | None = None  # picture -> prompts; set when configured
         self.accounts = Accounts(store, config.web.session_days * 86400)  # [web] auth = "password"
         self.uploads = UploadStore(config.storage.outputs_path(),
@@ -105,6 +107,7 @@ class Service:
             log.info("recovered after restart: requeued=%s failed=%s", list(recovery.requeued), list(recovery.failed))
         for entry in await self.store.queued():
             self.waiting.add(entry)
+        await self.bans.load()
         self.catalog.scan()
         await self.executor.start()
         self._accepting = True
@@ -152,9 +155,7 @@ class Service:
         """Prompts the configured captioning model suggests for a picture (its bytes or an upload handle)."""
         if self.describer is None:
             raise UserError("describe_not_configured")
-        reason = await self.store.ban_reason(origin.user_key)
-        if reason is not None:
-            raise UserError("banned", reason=reason)
+        self.bans.check(origin)
         if isinstance(image, (bytes, bytearray)):
             picture = await asyncio.to_thread(read_image, bytes(image), self.uploads.limits)
         else:
@@ -429,19 +430,13 @@ class Service:
         await self.store.audit(by.user_key, "reload_models", summary)
         return summary
 
-    async def ban(self, user_key: str, reason: str, by: Origin) -> None:
-        """Refuse every later request of `user_key` ("platform:id"), telling them `reason`. Admins only."""
-        _require_admin(by)
-        reason = reason.strip()
-        if not reason:
-            raise UserError("ban_needs_reason")
-        await self.store.ban(user_key, reason[:300], by.user_key)
-        await self.store.audit(by.user_key, "ban", {"user": user_key, "reason": reason[:300]})
+    async def ban(self, user_key: str, reason: str, by: Origin) -> list[str]:
+        """Refuse every later request of `user_key` ("platform:id", or "address:IP" for everyone at
+        that address), telling them `reason`; returns the keys it covers (bot/core/bans.py). Admins only."""
+        return await self.bans.ban(user_key, reason, by)
 
-    async def unban(self, user_key: str, by: Origin) -> None:
-        _require_admin(by)
-        await self.store.unban(user_key)
-        await self.store.audit(by.user_key, "unban", {"user": user_key})
+    async def unban(self, user_key: str, by: Origin) -> list[str]:
+        return await self.bans.unban(user_key, by)
 
     async def audit_log(self, by: Origin, limit: int = 50) -> list[dict[str, Any]]:
         """The latest admin actions, newest first. Admins only."""

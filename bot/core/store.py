@@ -369,10 +369,24 @@ class Store:
         await self.db.execute("DELETE FROM bans WHERE user_key = ?", (user_key,))
 
     @_exclusive
-    async def ban_reason(self, user_key: str) -> str | None:
-        async with self.db.execute("SELECT reason FROM bans WHERE user_key = ?", (user_key,)) as cursor:
-            row = await cursor.fetchone()
-        return row[0] if row else None
+    async def bans(self) -> dict[str, str]:
+        """Every banned key and its reason."""
+        async with self.db.execute("SELECT user_key, reason FROM bans") as cursor:
+            return {key: reason for key, reason in await cursor.fetchall()}
+
+    @_exclusive
+    async def bans_by(self, banned_by: str) -> list[str]:
+        async with self.db.execute("SELECT user_key FROM bans WHERE banned_by = ?", (banned_by,)) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
+
+    @_exclusive
+    async def web_users_from(self, address: str) -> list[str]:
+        """The web client keys (not accounts, not keyless callers) whose jobs came from `address`."""
+        async with self.db.execute(
+            "SELECT DISTINCT user_key FROM jobs WHERE address = ? AND platform = 'web' "
+            "AND user_key NOT LIKE 'web:user:%' AND user_key NOT LIKE 'web:anon-%'", (address,)
+        ) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
 
     @_exclusive
     async def get_setting(self, key: str) -> str | None:

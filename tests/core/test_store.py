@@ -135,11 +135,14 @@ async def test_usage_quota_counters_and_bans(store):
     await store.add_usage(ALICE.user_key, 1, now=3700.0)  # previous hour still counts
     await store.add_usage(ALICE.user_key, 1, now=100.0)  # two hours ago does not
     assert await store.usage_last_hour(ALICE.user_key, now=7300.0) == 4
-    assert await store.ban_reason(BOB.user_key) is None
+    assert await store.bans() == {}
     await store.ban(BOB.user_key, "spam", "web:admin")
-    assert await store.ban_reason(BOB.user_key) == "spam"
+    await store.ban("address:192.0.2.1", "spam", "web:admin")
+    await store.ban("web:key-from-there", "spam", "address:192.0.2.1")
+    assert await store.bans() == {BOB.user_key: "spam", "address:192.0.2.1": "spam", "web:key-from-there": "spam"}
+    assert await store.bans_by("address:192.0.2.1") == ["web:key-from-there"]
     await store.unban(BOB.user_key)
-    assert await store.ban_reason(BOB.user_key) is None
+    assert BOB.user_key not in await store.bans()
 
 
 async def test_settings_chat_settings_and_audit(store):

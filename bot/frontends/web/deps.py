@@ -5,7 +5,7 @@ Callers are told apart by the `X-Imagebot-User` header (the web page sends a ran
 or, without one, by address (bot/frontends/web/clients.py); admin calls carry
 `Authorization: Bearer $IMAGEBOT_ADMIN_TOKEN`. With `[web] auth = "password"` a caller is their
 account instead (the session cookie, bot/frontends/web/routes/session.py), and only signed-in
-callers, or ones with the admin token, get past `require_sign_in`; callers of the
+callers, or ones with the admin token, get past `require_admitted`; callers of the
 AUTOMATIC1111-compatible API may sign in with HTTP Basic auth instead (`get_api_caller`). The
 headers are read from the request, not declared as parameters, so the API schema stays what
 clients already know.
@@ -26,7 +26,7 @@ from bot.core.errors import UserError
 from bot.core.jobs import Origin
 from bot.core.service import Service
 from bot.frontends.web.basic_auth import basic_credentials
-from bot.frontends.web.clients import client_address, client_key
+from bot.frontends.web.clients import CLIENT_KEY, client_address, client_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,19 +99,28 @@ def get_token_admin(request: Request, secrets: Annotated[Secrets, Depends(get_se
     return False
 
 
-async def require_sign_in(request: Request, account: Annotated[Account | None, Depends(get_account)],
-                          token_admin: Annotated[bool, Depends(get_token_admin)]) -> None:
-    """With [web] auth = "password", 401 for a caller that is neither signed in nor holds the admin token."""
+async def require_admitted(request: Request, address: Annotated[str, Depends(get_address)],
+                           account: Annotated[Account | None, Depends(get_account)],
+                           token_admin: Annotated[bool, Depends(get_token_admin)]) -> None:
+    """The door of every API router: with [web] auth = "password", 401 for a caller that is neither
+    signed in nor holds the admin token; 403 for a banned caller (their account, client key or
+    address), on every route, even those that need no identity (a job read by its id)."""
     if request.app.state.config.web.auth == "password" and account is None and not token_admin:
         raise UserError("sign_in_required")
+    if not token_admin:
+        key = request.headers.get("x-imagebot-user") or ""
+        user_id = account.user_id if account else key if CLIENT_KEY.fullmatch(key) else f"anon-{address}"
+        get_service(request).bans.check(Origin(platform="web", user_id=user_id, address=address,
+                                               is_admin=bool(account and account.is_admin)))
 
 
 async def get_caller(request: Request, address: Annotated[str, Depends(get_address)],
                      account: Annotated[Account | None, Depends(get_account)],
                      token_admin: Annotated[bool, Depends(get_token_admin)],
-                     _: Annotated[None, Depends(require_sign_in)]) -> Origin:
-    """Who is calling: their account, else their client key, else their address; 400 for a malformed key."""
-    return _origin(request, address, account, token_admin)
+                     _: Annotated[None, Depends(require_admitted)]) -> Origin:
+    """Who is calling: their account, else their client key, else their address; 400 for a
+    malformed key, 403 for a banned caller (their key, account or address), on every route."""
+    return _unbanned(request, _origin(request, address, account, token_admin))
 
 
 async def get_basic_account(request: Request, address: Annotated[str, Depends(get_address)]) -> Account | None:
@@ -144,7 +153,12 @@ async def get_api_caller(request: Request, address: Annotated[str, Depends(get_a
     account = basic or account
     if request.app.state.config.web.auth == "password" and account is None and not token_admin:
         raise UserError("a1111_sign_in_required")
-    return _origin(request, address, account, token_admin)
+    return _unbanned(request, _origin(request, address, account, token_admin))
+
+
+def _unbanned(request: Request, caller: Origin) -> Origin:
+    get_service(request).bans.check(caller)
+    return caller
 
 
 def _origin(request: Request, address: str, account: Account | None, token_admin: bool) -> Origin:
@@ -195,4 +209,4 @@ Caller = Annotated[Origin, Depends(get_caller)]
 ApiCaller = Annotated[Origin, Depends(get_api_caller)]  # the AUTOMATIC1111-compatible API's callers
 Admin = Annotated[Origin, Depends(get_admin)]
 AccountDep = Annotated[Account | None, Depends(get_account)]
-SignedIn = Depends(require_sign_in)  # for a router's dependencies: its routes need a signed-in caller
+Admitted = Depends(require_admitted)  # for a router's dependencies: signed in where accounts are on, never banned

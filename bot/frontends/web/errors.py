@@ -22,6 +22,7 @@ STATUS_BY_KEY = {
     "admin_api_disabled": 403,
     "admin_token_missing": 401,
     "banned": 403,
+    "ban_bad_address": 422,
     "queue_full": 429,
     "address_queue_full": 429,
     "address_rate_limited": 429,

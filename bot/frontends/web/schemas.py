@@ -61,12 +61,12 @@ class DefaultModelIn(BaseModel):
 
 
 class BanIn(BaseModel):
-    """Whom to ban: "web:<client key>" (or "web:anon-<address>", "web:user:<account>"), "telegram:<user id>"
-    or "discord:<user id>"."""
+    """Whom to ban: "web:<client key>" (or "web:anon-<address>", "web:user:<account>"), "telegram:<user id>",
+    "discord:<user id>", or "address:<IP>" for every caller from a network address (bot/core/bans.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    user: str = Field(pattern=r"^(web|telegram|discord):[A-Za-z0-9_.:-]{1,64}$")
+    user: str = Field(pattern=r"^(web|telegram|discord|address):[A-Za-z0-9_.:-]{1,64}$")
     reason: str = Field(min_length=1, max_length=300)
 
 
@@ -80,7 +80,7 @@ class SignInIn(BaseModel):
 class UnbanIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user: str = Field(pattern=r"^(web|telegram|discord):[A-Za-z0-9_.:-]{1,64}$")
+    user: str = Field(pattern=r"^(web|telegram|discord|address):[A-Za-z0-9_.:-]{1,64}$")
 
 
 def submitted_json(submitted: Submitted) -> dict[str, Any]:

@@ -117,7 +117,7 @@ async def test_an_admin_account_uses_the_admin_routes_without_the_token_and_othe
     assert_error(await api.client.post("/api/admin/ban", json=ban), 401, "Sign in first")
     assert_error(await alice.post("/api/admin/ban", json=ban), 403, "Only admins")
     assert_error(await alice.get("/api/audit"), 403, "Only admins")
-    assert (await root.post("/api/admin/ban", json=ban)).json() == {"banned": "web:user:alice"}
+    assert (await root.post("/api/admin/ban", json=ban)).json() == {"banned": "web:user:alice", "covers": []}
     assert_error(await alice.post("/api/jobs", json={"prompt": "a fox"}), 403, "spam")
     entries = (await root.get("/api/audit")).json()["entries"]
     assert entries[0]["actor"] == "web:user:root" and entries[0]["action"] == "ban"

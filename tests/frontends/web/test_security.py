@@ -9,6 +9,7 @@ import logging
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bot.frontends.web.security import CONTENT_SECURITY_POLICY
@@ -212,6 +213,41 @@ async def test_admins_ban_and_unban_and_read_the_audit_log(api):
     bad = await api.client.post("/api/admin/ban", json={"user": "bob", "reason": "x"}, headers=ADMIN)
     assert_error(bad, 422)
     await api.wait(job["id"])
+
+
+def client_at(api, address: str) -> httpx.AsyncClient:
+    """A client calling the same app from another network address."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api.client._transport.app, client=(address, 1)),
+                             base_url="http://localhost", timeout=60.0)
+
+
+async def test_an_address_ban_holds_on_every_route_whatever_key_is_sent(api):
+    there, elsewhere = client_at(api, "203.0.113.7"), client_at(api, "198.51.100.2")
+    first_key = {"X-Imagebot-User": "mallory-0123456789ab"}
+    job = (await there.post("/api/jobs", json={"prompt": "a fox --steps 1"}, headers=first_key)).json()
+    await api.wait(job["id"])
+    # banning the keyless caller bans its address, and the keys seen from it
+    response = await api.client.post("/api/admin/ban", json={"user": "web:anon-203.0.113.7", "reason": "flooding"},
+                                     headers=ADMIN)
+    assert response.json() == {"banned": "web:anon-203.0.113.7",
+                               "covers": ["address:203.0.113.7", "web:mallory-0123456789ab"]}
+    routes = [("POST", "/api/jobs"), ("POST", "/api/uploads"), ("POST", "/api/describe"), ("GET", "/api/history"),
+              ("GET", f"/api/jobs/{job['id']}"), ("GET", f"/api/jobs/{job['id']}/events"),
+              ("POST", f"/api/jobs/{job['id']}/reroll"), ("GET", "/api/models")]
+    for method, path in routes:
+        for headers in ({"X-Imagebot-User": "mallory-fresh-key-0123"}, {}):  # a new key, or none
+            body = {"json": {"prompt": "a fox"}} if path == "/api/jobs" else {}
+            assert_error(await there.request(method, path, headers=headers, **body), 403, "flooding")
+    assert_error(await elsewhere.post("/api/jobs", json={"prompt": "a fox"}, headers=first_key), 403, "flooding")
+    assert (await api.client.get("/api/history", headers=BOB)).status_code == 200  # everyone else is served
+    assert (await elsewhere.get("/api/history", headers=ALICE)).status_code == 200
+    lifted = await api.client.post("/api/admin/unban", json={"user": "address:203.0.113.7"}, headers=ADMIN)
+    assert sorted(lifted.json()["covers"]) == ["web:anon-203.0.113.7", "web:mallory-0123456789ab"]
+    assert (await there.get("/api/history", headers=first_key)).status_code == 200
+    assert_error(await api.client.post("/api/admin/ban", json={"user": "address:nowhere", "reason": "x"},
+                                       headers=ADMIN), 422, "not a network address")
+    await there.aclose()
+    await elsewhere.aclose()
 
 
 async def test_wrong_admin_tokens_are_limited_per_address(api):

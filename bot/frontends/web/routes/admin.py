@@ -7,10 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from bot.frontends.web.deps import Admin, ServiceDep, SignedIn
+from bot.frontends.web.deps import Admin, ServiceDep, Admitted
 from bot.frontends.web.schemas import BanIn, DefaultModelIn, UnbanIn
 
-router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
+router = APIRouter(dependencies=[Admitted])  # signed-in callers where accounts are on; no banned one
 
 
 @router.put("/api/models/default")
@@ -26,15 +26,16 @@ async def reload_models(service: ServiceDep, admin: Admin) -> dict[str, Any]:
 
 @router.post("/api/admin/ban")
 async def ban(body: BanIn, service: ServiceDep, admin: Admin) -> dict[str, Any]:
-    """Refuse the user's every later request; they are shown `reason`."""
-    await service.ban(body.user, body.reason, admin)
-    return {"banned": body.user}
+    """Refuse the user's every later request; they are shown `reason`. `covers`: the other keys the
+    ban holds for (an address ban: the address and the client keys seen from it)."""
+    covered = await service.ban(body.user, body.reason, admin)
+    return {"banned": body.user, "covers": covered[1:]}
 
 
 @router.post("/api/admin/unban")
 async def unban(body: UnbanIn, service: ServiceDep, admin: Admin) -> dict[str, Any]:
-    await service.unban(body.user, admin)
-    return {"unbanned": body.user}
+    lifted = await service.unban(body.user, admin)
+    return {"unbanned": body.user, "covers": lifted[1:]}
 
 
 @router.get("/api/audit")

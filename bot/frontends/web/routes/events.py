@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from bot.core.jobs import FINISHED
-from bot.frontends.web.deps import Caller, Locale, ServiceDep, SignedIn
+from bot.frontends.web.deps import Caller, Locale, ServiceDep, Admitted
 from bot.frontends.web.schemas import JobId, job_json, view_json
 
-router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
+router = APIRouter(dependencies=[Admitted])  # signed-in callers where accounts are on; no banned one
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 ENDINGS = ("done", "failed", "cancelled")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
-from bot.frontends.web.deps import ConfigDep, Locale, SignedIn
+from bot.frontends.web.deps import ConfigDep, Locale, Admitted
 from bot.frontends.web.errors import error_response
 from bot.frontends.web.strings import render
 
-router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
+router = APIRouter(dependencies=[Admitted])  # signed-in callers where accounts are on; no banned one
 IMAGE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.png$")
 
 

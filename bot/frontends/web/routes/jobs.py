@@ -10,12 +10,12 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from bot.core.service import DERIVED_ACTIONS
-from bot.frontends.web.deps import Caller, Locale, ServiceDep, SignedIn
+from bot.frontends.web.deps import Caller, Locale, ServiceDep, Admitted
 from bot.frontends.web.errors import error_response
 from bot.frontends.web.schemas import DeriveIn, JobId, JobIn, job_json, submitted_json, view_json
 from bot.frontends.web.strings import render
 
-router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
+router = APIRouter(dependencies=[Admitted])  # signed-in callers where accounts are on; no banned one
 DERIVED = DERIVED_ACTIONS
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from bot.frontends.web.deps import Caller, ConfigDep, SecretsDep, ServiceDep, SignedIn
+from bot.frontends.web.deps import Caller, ConfigDep, SecretsDep, ServiceDep, Admitted
 
-router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
+router = APIRouter(dependencies=[Admitted])  # signed-in callers where accounts are on; no banned one
 
 
 @router.get("/api/models")

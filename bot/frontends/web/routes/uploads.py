@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from bot.frontends.web.deps import Caller, ServiceDep, SignedIn
+from bot.frontends.web.deps import Caller, ServiceDep, Admitted
 
-router = APIRouter(dependencies=[SignedIn])  # with [web] auth = "password": signed-in callers only
+router = APIRouter(dependencies=[Admitted])  # signed-in callers where accounts are on; no banned one
 
 
 @router.post("/api/uploads", status_code=201)
