@@ -38,7 +38,8 @@ def create_app(service: Service, config: Config, secrets: Secrets) -> FastAPI:
     app.state.config = config
     app.state.secrets = secrets
     app.state.trusted_proxies = trusted_networks(config.web)
-    app.state.streams = StreamSlots(config.web.max_streams_per_client, config.web.max_streams)
+    app.state.streams = StreamSlots(config.web.max_streams_per_client, config.web.max_streams,
+                                   config.web.max_streams_per_address)
     app.state.admin_failures = FailureLimit()
     app.state.sign_in_failures = FailureLimit(refusal="api_too_many_sign_in_failures")
     app.state.basic_verified = VerifiedCredentials()  # HTTP Basic auth of AUTOMATIC1111-style clients

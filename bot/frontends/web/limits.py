@@ -12,24 +12,34 @@ from bot.core.errors import UserError
 
 
 class StreamSlots:
-    """Caps open event streams per client and in total: each holds a connection and a
-    subscription for as long as its job runs, so one client opening thousands would starve the rest."""
+    """Caps open event streams per client key, per network address and in total: each holds a
+    connection and a subscription for as long as its job runs, so one client opening thousands
+    would starve the rest. Keys cost nothing to invent, so the address cap is what holds against
+    one machine; `[web] trusted_proxies` decides what the address is behind a proxy."""
 
-    def __init__(self, per_client: int, total: int) -> None:
+    def __init__(self, per_client: int, total: int, per_address: int = 0) -> None:
         self.per_client = per_client
+        self.per_address = per_address  # 0: no cap per address
         self.total = total
-        self.open: Counter[str] = Counter()
+        self.open: Counter[str] = Counter()  # per client key
+        self.open_from: Counter[str] = Counter()  # per address
 
-    def acquire(self, client: str) -> None:
-        """Take a slot for `client`, or refuse (429) when they, or everyone together, hold too many."""
-        if self.open[client] >= self.per_client or self.open.total() >= self.total:
+    def acquire(self, client: str, address: str = "") -> None:
+        """Take a slot for `client` at `address`, or refuse (429) when they, their address or
+        everyone together hold too many."""
+        if (self.open[client] >= self.per_client or self.open.total() >= self.total
+                or (self.per_address and address and self.open_from[address] >= self.per_address)):
             raise UserError("api_too_many_streams")
         self.open[client] += 1
+        if address:
+            self.open_from[address] += 1
 
-    def release(self, client: str) -> None:
-        self.open[client] -= 1
-        if self.open[client] <= 0:
-            del self.open[client]
+    def release(self, client: str, address: str = "") -> None:
+        for counts, key in ((self.open, client), (self.open_from, address)):
+            if key:
+                counts[key] -= 1
+                if counts[key] <= 0:
+                    del counts[key]
 
 
 class FailureLimit:

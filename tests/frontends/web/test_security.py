@@ -195,6 +195,34 @@ async def test_event_streams_are_capped_per_client(make_api):
     assert slots.open.total() == 0  # every slot given back when its stream ended
 
 
+async def test_event_streams_are_capped_per_address_whatever_keys_it_sends(make_api):
+    api = await make_api(limits={"max_steps": 500}, web={"max_streams_per_client": 2, "max_streams_per_address": 3})
+    holder = await api.hold_worker()
+    job = await api.submit("a waiting one --steps 1")
+    slots = api.client._transport.app.state.streams
+    there, elsewhere = client_at(api, "203.0.113.7"), client_at(api, "198.51.100.2")
+
+    async def follow(client, key):
+        async with client.stream("GET", f"/api/jobs/{job['id']}/events", headers={"X-Imagebot-User": key}) as response:
+            await response.aread()
+            return response.status_code
+
+    keys = ["first-key-0123456789", "first-key-0123456789", "second-key-012345678"]
+    readers = [asyncio.create_task(follow(there, key)) for key in keys]
+    while slots.open_from["203.0.113.7"] < 3:
+        await asyncio.sleep(0.01)
+    fresh = {"X-Imagebot-User": "third-key-0123456789"}  # a key never seen: the address is full anyway
+    assert_error(await there.get(f"/api/jobs/{job['id']}/events", headers=fresh), 429, "Too many open event streams")
+    other = asyncio.create_task(follow(elsewhere, "third-key-0123456789"))  # another address still gets one
+    while slots.open_from["198.51.100.2"] < 1:
+        await asyncio.sleep(0.01)
+    await api.release(holder)
+    assert await asyncio.gather(*readers, other) == [200, 200, 200, 200]
+    assert slots.open.total() == 0 and slots.open_from.total() == 0
+    await there.aclose()
+    await elsewhere.aclose()
+
+
 # --- 5. admin over HTTP -----------------------------------------------------------------------------
 
 

@@ -21,17 +21,18 @@ ENDINGS = ("done", "failed", "cancelled")
 @router.get("/api/jobs/{job_id}/events")
 async def events(job_id: JobId, request: Request, service: ServiceDep, caller: Caller,
                  locale: Locale) -> StreamingResponse:
-    """Anyone holding the job's id may follow it. Each stream holds a slot of the caller's
-    (their key, or their address: EventSource sends no headers of ours) until it ends; 429 beyond."""
+    """Anyone holding the job's id may follow it. Each stream holds a slot of the caller's (their
+    key, or their address: EventSource sends no headers of ours) and of their address until it
+    ends; 429 beyond."""
     job = await service.job(job_id)  # 404 before the stream starts
     slots = request.app.state.streams
-    slots.acquire(caller.user_id)  # 429 when the caller has too many open
+    slots.acquire(caller.user_id, caller.address)  # 429 when the caller or their address has too many open
     updates = service.subscribe(job.id)  # before reading the state: nothing falls in between
     try:
         view = await service.status(job.id)
     except BaseException:
         updates.close()
-        slots.release(caller.user_id)
+        slots.release(caller.user_id, caller.address)
         raise
 
     async def stream():
@@ -55,7 +56,7 @@ async def events(job_id: JobId, request: Request, service: ServiceDep, caller: C
                 yield sse(event["type"], event)
         finally:
             updates.close()
-            slots.release(caller.user_id)
+            slots.release(caller.user_id, caller.address)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
