@@ -3,8 +3,7 @@ the fake Bot API: Remix asks for the new prompt as a reply and varies the image 
 
 from __future__ import annotations
 
-from tests.frontends.telegram.test_telegram import (  # noqa: F401 (fixtures)
-    ALICE, BOB, buttons, fake_api, is_result, make_stack, replied_to)
+from tests.helpers.telegram import ALICE, BOB, buttons, is_result, replied_to
 
 
 async def test_subtle_strong_and_remix_from_the_buttons_under_a_photo(make_stack, fake_api):
