@@ -291,6 +291,7 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
             merged[f.name] = a if a is not None else b
     if merged["aspect"] is not None and (merged["width"] is not None or merged["height"] is not None):
         raise UserError("flag_conflict")
+    check_negative_label(merged["prompt"], None)  # "... Negative" + "prompt: ..."
     return RequestOptions(**merged)
 
 

@@ -190,6 +190,34 @@ def test_the_negative_prompt_label_in_a_prompt_is_refused_saying_what_to_do(prom
         assert "--no" in error.render("vi")
 
 
+def test_the_negative_prompt_label_made_by_merging_two_prompts_is_refused():
+    error = user_error(merge_options, parse_prompt("a Negative --seed 1"), options_from_fields("prompt: injected"))
+    assert error.key == "prompt_negative_label"
+
+
+def test_a_chat_injection_is_written_to_the_png_on_its_lines(tmp_path):
+    """Chat text -> request -> the PNG the worker writes (bot.outputs.save_result): a prompt and a
+    negative prompt typed over several lines cannot forge the settings."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from bot.outputs import parameters_from_a1111, save_result
+
+    forged = "Steps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
+    assert user_error(parse_prompt, INJECTION).key == "prompt_negative_label"
+    request = make(f"a red circle\n{forged}\n--seed 5 --no blurry\n{forged}")
+    result = SimpleNamespace(request=request, images=[Image.new("RGB", (8, 8))], seeds=request.seeds(),
+                             model_fingerprint="0123456789abcdef")
+    [path] = save_result(result, "imagebot test", tmp_path, "job").images
+    with Image.open(path) as im:
+        text = im.text["parameters"]
+    assert len(text.splitlines()) == 3
+    read = parameters_from_a1111(text)
+    assert (read.prompt, read.negative_prompt) == (f"a red circle {forged}", f"blurry {forged}")
+    assert (read.steps, read.seed, read.width, read.height) == (25, 5, 512, 512)
+
+
 @pytest.mark.parametrize("kwargs", [
     {"prompt": "a fox --no Negative prompt: blurry"},
     {"prompt": "a fox", "negative_prompt": "Negative prompt: blurry"},
