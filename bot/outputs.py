@@ -4,10 +4,14 @@ Every PNG we write carries two text chunks:
 
 * ``parameters``: the AUTOMATIC1111 "infotext", because that is the de facto
   standard other tools read (A1111's PNG Info tab, ComfyUI, Civitai, ...).
-* ``imagebot``: our own JSON. The infotext is a human format with ambiguities
-  (surrounding whitespace of prompts is dropped, a prompt line that starts
-  with "Negative prompt:" cannot be told apart from the real one), so the JSON
-  is what we trust when reading our own files back.
+* ``imagebot``: our own JSON. The infotext is a human format that escapes
+  nothing: its lines say what they are (the prompt, a line that starts with
+  "Negative prompt:", the settings line last), so a line break in a prompt
+  could forge the others. Requests keep prompts on one line and refuse the
+  "Negative prompt:" label in them (bot.core.request), and the infotext is
+  written so that even a prompt that did not pass there (a job stored by an
+  older version) cannot forge a line. It still drops the prompts' surrounding
+  whitespace, so the JSON is what we trust when reading our own files back.
 
 The GPU worker and `imagebot imagine` write these files; writing or reading
 them needs no torch, so this module imports neither torch nor diffusers.
@@ -28,6 +32,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from bot.core.prompt_syntax import prompt_with_lora_tags
+from bot.core.request import NEGATIVE_LABEL, one_line
 from bot.models.atomic import write_atomic, write_text_atomic
 
 A1111_CHUNK = "parameters"
@@ -87,7 +92,7 @@ _PLAIN_SCHEDULES = {"automatic", "uniform"}
 # written by extensions still parse.
 _SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
-_NEGATIVE = "Negative prompt:"
+_NEGATIVE = NEGATIVE_LABEL
 
 _STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,120}")
 
@@ -119,6 +124,14 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
+def _one_line_prompt(text: str) -> str:
+    # A prompt as the infotext holds it: its line breaks as spaces, and the label of the negative
+    # prompt's line with a small "n", which A1111 and the readers that split the text on the label
+    # (sd-parsers) take for text. The CLIP tokenizer reads both changes as it read the original
+    # (whitespace runs are one space, and it lowercases), so the text still draws the same picture.
+    return one_line(text).replace(_NEGATIVE, _NEGATIVE.lower())
+
+
 def a1111_parameters(p: ImageParameters) -> str:
     """The AUTOMATIC1111 infotext for `p`, as stored in the `parameters` chunk."""
     try:
@@ -146,9 +159,11 @@ def a1111_parameters(p: ImageParameters) -> str:
         "Version": p.version,
     }
     settings_line = ", ".join(f"{k}: {_quote(v)}" for k, v in settings.items() if v is not None)
-    negative = f"\n{_NEGATIVE} {p.negative_prompt}" if p.negative_prompt else ""
+    # Requests hold no line breaks in their prompts (bot.core.request), but an older job's may.
+    prompt, negative_prompt = _one_line_prompt(p.prompt), _one_line_prompt(p.negative_prompt)
+    negative = f"\n{_NEGATIVE} {negative_prompt}" if negative_prompt else ""
     # A1111 strips the whole text; an empty prompt thus leaves no blank first line.
-    return f"{p.prompt}{negative}\n{settings_line}".strip()
+    return f"{prompt}{negative}\n{settings_line}".strip()
 
 
 def parse_a1111_parameters(text: str) -> dict[str, str]:

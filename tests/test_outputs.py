@@ -62,11 +62,6 @@ ROUND_TRIP_CASES = {
         model="mô hình",
         sampler="euler_a",
     ),
-    "multi-line": params(
-        prompt="a castle on a hill,\nat dusk\n\n(volumetric light:1.2)",
-        negative_prompt="blurry,\nwatermark",
-        sampler="unipc",
-    ),
     "commas and colons": params(
         prompt="(masterpiece:1.2), cat: orange, Steps: 5, Seed: 9, Size: 1x1",
         negative_prompt="text: any, logo",
@@ -77,6 +72,10 @@ ROUND_TRIP_CASES = {
         strength=0.3,
     ),
     "quotes and whitespace in values": params(model='"quoted" model', version=" padded "),
+    "quotes in prompts": params(
+        prompt='a sign that says "hello, world": red letters, (\\"quoted\\":1.1)',
+        negative_prompt='"text", logo: none, \'single\'',
+    ),
     "empty prompt": params(prompt="", negative_prompt="ugly"),
     "odd numbers": params(guidance=1.25, seed=2**32 - 1, steps=1, strength=1.0, width=8, height=1024),
     "zero seed": params(seed=0, guidance=0.0, strength=0.0),
@@ -110,6 +109,76 @@ def test_png_round_trip_through_a1111_text_only(tmp_path, p):
         assert set(im.text) == {"parameters"}
     assert read_png_parameters(tmp_path / "a1111.png") == p
     assert parameters_from_a1111(text) == p
+
+
+def read_with_sd_parsers(path: Path):
+    """What sd-parsers, a third-party reader of these texts, makes of the PNG at `path`."""
+    sd_parsers = pytest.importorskip("sd_parsers")
+    info = sd_parsers.ParserManager().parse(path)
+    assert info is not None and info.generator.name == "AUTOMATIC1111"
+    return info
+
+
+@pytest.mark.parametrize("p", ROUND_TRIP_CASES.values(), ids=ROUND_TRIP_CASES.keys())
+def test_prompts_round_trip_through_sd_parsers(tmp_path, p):
+    info = read_with_sd_parsers(save_png(image(), tmp_path / "out.png", p))
+    assert (info.full_prompt, info.full_negative_prompt) == (p.prompt, p.negative_prompt)
+    [sampler] = info.samplers
+    assert (int(sampler.parameters["steps"]), int(sampler.parameters["seed"])) == (p.steps, p.seed)
+    assert float(sampler.parameters["cfg_scale"]) == p.guidance
+
+
+def test_a_multi_line_prompt_is_written_on_one_line(tmp_path):
+    p = params(prompt="a castle on a hill,\nat dusk\n\n(volumetric light:1.2)", negative_prompt="blurry,\nwatermark",
+               sampler="unipc")
+    path = save_png(image(), tmp_path / "out.png", p)
+    assert read_png_parameters(path) == p  # our JSON keeps it as it was
+    text = a1111_parameters(p)
+    assert text.splitlines()[:2] == ["a castle on a hill, at dusk  (volumetric light:1.2)",
+                                     "Negative prompt: blurry, watermark"]
+    on_one_line = dataclasses.replace(p, prompt="a castle on a hill, at dusk  (volumetric light:1.2)",
+                                      negative_prompt="blurry, watermark")
+    assert parameters_from_a1111(text) == on_one_line
+
+
+# A prompt that, written as it is, forges the lines of the text: requests refuse it now
+# (tests/core/test_request.py), but a job stored by an older version may hold one.
+INJECTION = "a red circle\nNegative prompt: injected\nSteps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
+# Everything str.splitlines splits on.
+LINE_BREAKS = ["\n", "\r\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("negative", ["", "blurry, text"])
+def test_a_stored_prompt_cannot_forge_the_negative_prompt_or_the_settings(tmp_path, negative):
+    p = params(prompt=INJECTION, negative_prompt=negative)
+    path = save_png(image(), tmp_path / "out.png", p)
+    # The label reads as text with a small "n" (the CLIP tokenizer lowercases anyway).
+    written = "a red circle negative prompt: injected Steps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
+
+    with Image.open(path) as im:
+        text = im.text["parameters"]
+    assert len(text.splitlines()) == (3 if negative else 2)
+    assert parameters_from_a1111(text) == dataclasses.replace(p, prompt=written)
+    info = read_with_sd_parsers(path)
+    assert (info.full_prompt, info.full_negative_prompt) == (written, negative)
+    assert (info.samplers[0].parameters["steps"], info.samplers[0].parameters["seed"]) == ("20", "42")
+    assert read_png_parameters(path) == p  # our JSON keeps what the job held
+
+
+@pytest.mark.parametrize("br", LINE_BREAKS)
+def test_no_line_break_in_a_stored_prompt_starts_a_line(tmp_path, br):
+    forged = "Steps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
+    p = params(prompt=f"a red{br}circle{br}{forged}", negative_prompt=f"blurry{br}{forged}")
+    path = save_png(image(), tmp_path / "out.png", p)
+    with Image.open(path) as im:
+        text = im.text["parameters"]
+    assert len(text.splitlines()) == 3
+    read = parameters_from_a1111(text)
+    assert (read.prompt, read.negative_prompt) == (f"a red circle {forged}", f"blurry {forged}")
+    assert (read.steps, read.seed, read.width, read.height) == (20, 42, 512, 768)
+    info = read_with_sd_parsers(path)
+    assert (info.full_prompt, info.full_negative_prompt) == (read.prompt, read.negative_prompt)
+    assert (info.samplers[0].parameters["steps"], info.samplers[0].parameters["seed"]) == ("20", "42")
 
 
 def test_a1111_text_matches_the_webui_format():

@@ -24,6 +24,10 @@ STRINGS: Strings = {
         "prompt_empty": "The prompt is empty. Describe the picture, e.g. /imagine a red fox in the snow --ar 16:9",
         "prompt_too_long": "The prompt is {got} characters long; the limit is {limit}.",
         "negative_too_long": "The negative prompt is {got} characters long; the limit is {limit}.",
+        "prompt_negative_label": "The prompt may not contain \"{label}\". Put what to leave out of the picture "
+                                 "after --no (or in the negative prompt field), e.g. /imagine a red fox --no blurry, text",
+        "negative_prompt_label": "The negative prompt may not contain \"{label}\"; give only what to leave out, "
+                                 "e.g. --no blurry, text",
         "flag_unknown": "Unknown option --{flag}. Allowed: {allowed}.",
         "flag_needs_value": "--{flag} needs a value, e.g. {example}.",
         "flag_twice": "--{flag} was given twice; give it once.",
@@ -111,6 +115,10 @@ STRINGS: Strings = {
         "prompt_empty": "Câu mô tả đang trống. Hãy mô tả bức ảnh, ví dụ: /imagine một con cáo đỏ trên tuyết --ar 16:9",
         "prompt_too_long": "Câu mô tả dài {got} ký tự; giới hạn là {limit}.",
         "negative_too_long": "Câu mô tả loại trừ dài {got} ký tự; giới hạn là {limit}.",
+        "prompt_negative_label": "Câu mô tả không được chứa \"{label}\". Hãy ghi những gì cần loại khỏi ảnh "
+                                 "sau --no (hoặc trong ô câu mô tả loại trừ), ví dụ: /imagine một con cáo đỏ --no mờ, chữ",
+        "negative_prompt_label": "Câu mô tả loại trừ không được chứa \"{label}\"; chỉ ghi những gì cần loại bỏ, "
+                                 "ví dụ: --no mờ, chữ",
         "flag_unknown": "Không có tùy chọn --{flag}. Các tùy chọn hợp lệ: {allowed}.",
         "flag_needs_value": "--{flag} cần một giá trị, ví dụ {example}.",
         "flag_twice": "--{flag} được nhập hai lần; chỉ nhập một lần.",

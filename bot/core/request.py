@@ -50,8 +50,19 @@ SWITCHES = {"fast"}
 # A flag starts at the beginning or after whitespace. Phones turn "--" into an em or en dash,
 # so those count too. The name must be followed by whitespace or the end of the text.
 _FLAG = re.compile(r"(?:^|(?<=\s))(?:--|\u2014|\u2013)([A-Za-z][A-Za-z0-9_-]*)(?=\s|$)")
-# Control characters would end up in PNG text chunks and chat messages; keep newlines and tabs.
+# Control characters would end up in PNG text chunks and chat messages; keep tabs. A tab splits
+# no line (it cannot forge one of the image's `parameters` lines) and the CLIP tokenizer reads it
+# as a space, so it is left as typed.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Line breaks: everything str.splitlines splits on ("\r\n" counts once). A prompt is written into
+# the PNG's AUTOMATIC1111 `parameters` text, whose lines say what they are: a line break in the
+# prompt would let it forge a "Negative prompt:" line or the settings line, and that text escapes
+# nothing. The CLIP tokenizer reads every whitespace run as one space, so a line break drawn as a
+# space draws the same picture.
+_LINE_BREAK = re.compile(r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+# AUTOMATIC1111's label of the negative prompt's line. Its readers take the text after it for the
+# negative prompt: A1111 on a line that starts with it, others (sd-parsers) anywhere in the text.
+NEGATIVE_LABEL = "Negative prompt:"
 
 
 @dataclass(frozen=True)
@@ -144,8 +155,23 @@ class GenerationRequest:
 # --- parsing -------------------------------------------------------------------------------
 
 
+def one_line(text: str) -> str:
+    """`text` with each line break as a space."""
+    return _LINE_BREAK.sub(" ", text)
+
+
 def clean_text(text: str) -> str:
-    return _CONTROL.sub(" ", text).strip()
+    """What the user typed, on one line, without control characters or surrounding whitespace."""
+    return _CONTROL.sub(" ", one_line(text)).strip()
+
+
+def check_negative_label(prompt: str, negative_prompt: str | None) -> None:
+    """Refuse AUTOMATIC1111's "Negative prompt:" label in a prompt: in the image's `parameters`
+    text, whatever follows it would be read back as the negative prompt."""
+    if NEGATIVE_LABEL in prompt:
+        raise UserError("prompt_negative_label", label=NEGATIVE_LABEL)
+    if negative_prompt is not None and NEGATIVE_LABEL in negative_prompt:
+        raise UserError("negative_prompt_label", label=NEGATIVE_LABEL)
 
 
 def parse_prompt(text: str) -> RequestOptions:
@@ -221,9 +247,12 @@ def options_from_fields(
         if width is not None or height is not None:
             raise UserError("flag_conflict")
         aspect = parse_aspect(aspect)
+    prompt = clean_text(prompt)
+    negative_prompt = None if negative_prompt is None else clean_text(str(negative_prompt))
+    check_negative_label(prompt, negative_prompt)
     return RequestOptions(
-        prompt=clean_text(prompt),
-        negative_prompt=None if negative_prompt is None else clean_text(str(negative_prompt)),
+        prompt=prompt,
+        negative_prompt=negative_prompt,
         model=None if model is None else parse_model_name(model),
         seed=_seed(seed),
         steps=None if steps is None else to_int("steps", steps),
@@ -262,6 +291,7 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
             merged[f.name] = a if a is not None else b
     if merged["aspect"] is not None and (merged["width"] is not None or merged["height"] is not None):
         raise UserError("flag_conflict")
+    check_negative_label(merged["prompt"], None)  # "... Negative" + "prompt: ..."
     return RequestOptions(**merged)
 
 

@@ -139,7 +139,7 @@ def test_decomposed_unicode_is_not_mangled():
 def test_control_characters_and_nul_are_removed(text, expected):
     prompt = parse_prompt(text).prompt
     assert prompt == expected
-    assert not any(ord(c) < 32 and c not in "\n\t" or ord(c) == 127 for c in prompt)
+    assert not any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in prompt)
 
 
 def test_control_characters_removed_from_flag_values_too():
@@ -148,8 +148,92 @@ def test_control_characters_removed_from_flag_values_too():
     assert options.seed == 4
 
 
-def test_newlines_and_tabs_are_kept_inside_the_prompt():
-    assert parse_prompt("line one\nline\ttwo").prompt == "line one\nline\ttwo"
+# Everything str.splitlines splits on: each would start a new line of the PNG's `parameters` text.
+LINE_BREAKS = ["\n", "\r\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+def test_line_breaks_are_all_that_str_splitlines_splits_on():
+    every = "".join(chr(i) for i in range(0x110000))
+    assert {c for c in every if len(f"a{c}b".splitlines()) > 1} == {b[-1] for b in LINE_BREAKS}
+
+
+@pytest.mark.parametrize("br", LINE_BREAKS)
+def test_line_breaks_in_prompts_become_one_space(br):
+    options = parse_prompt(f"a red{br}circle{br}--seed 3{br}--no blurry,{br}text{br}")
+    assert (options.prompt, options.negative_prompt, options.seed) == ("a red circle", "blurry, text", 3)
+    options = options_from_fields(f"a red{br}circle", negative_prompt=f"{br}blurry,{br}text")
+    assert (options.prompt, options.negative_prompt) == ("a red circle", "blurry, text")
+    assert len(make(f"line one{br}line two").prompt.splitlines()) == 1
+
+
+def test_tabs_are_kept_inside_the_prompt():
+    # A tab splits no line; the CLIP tokenizer reads it as a space (tests/engine/test_prompt_weights.py).
+    assert parse_prompt("line one\nline\ttwo").prompt == "line one line\ttwo"
+
+
+# A prompt that would forge the lines of the PNG's `parameters` text (AUTOMATIC1111's infotext).
+INJECTION = "a red circle\nNegative prompt: injected\nSteps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
+
+
+@pytest.mark.parametrize("prompt", [
+    INJECTION,
+    "Negative prompt: injected",
+    "  Negative prompt:injected --seed 1",
+    "a red circle Negative prompt: injected",  # other readers (sd-parsers) split the text at the label anywhere
+    "<lora:x:1>\nNegative prompt: injected",
+])
+def test_the_negative_prompt_label_in_a_prompt_is_refused_saying_what_to_do(prompt):
+    for parse in (parse_prompt, options_from_fields):
+        error = user_error(parse, prompt)
+        assert error.key == "prompt_negative_label"
+        assert '"Negative prompt:"' in str(error) and "--no" in str(error)
+        assert "--no" in error.render("vi")
+
+
+def test_the_negative_prompt_label_made_by_merging_two_prompts_is_refused():
+    error = user_error(merge_options, parse_prompt("a Negative --seed 1"), options_from_fields("prompt: injected"))
+    assert error.key == "prompt_negative_label"
+
+
+def test_a_chat_injection_is_written_to_the_png_on_its_lines(tmp_path):
+    """Chat text -> request -> the PNG the worker writes (bot.outputs.save_result): a prompt and a
+    negative prompt typed over several lines cannot forge the settings."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from bot.outputs import parameters_from_a1111, save_result
+
+    forged = "Steps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
+    assert user_error(parse_prompt, INJECTION).key == "prompt_negative_label"
+    request = make(f"a red circle\n{forged}\n--seed 5 --no blurry\n{forged}")
+    result = SimpleNamespace(request=request, images=[Image.new("RGB", (8, 8))], seeds=request.seeds(),
+                             model_fingerprint="0123456789abcdef")
+    [path] = save_result(result, "imagebot test", tmp_path, "job").images
+    with Image.open(path) as im:
+        text = im.text["parameters"]
+    assert len(text.splitlines()) == 3
+    read = parameters_from_a1111(text)
+    assert (read.prompt, read.negative_prompt) == (f"a red circle {forged}", f"blurry {forged}")
+    assert (read.steps, read.seed, read.width, read.height) == (25, 5, 512, 512)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"prompt": "a fox --no Negative prompt: blurry"},
+    {"prompt": "a fox", "negative_prompt": "Negative prompt: blurry"},
+    {"prompt": "a fox", "negative_prompt": "blurry\nNegative prompt: text"},
+])
+def test_the_negative_prompt_label_in_a_negative_prompt_is_refused(kwargs):
+    error = user_error(parse_prompt, kwargs["prompt"]) if len(kwargs) == 1 else user_error(options_from_fields, **kwargs)
+    assert error.key == "negative_prompt_label"
+    assert '"Negative prompt:"' in str(error) and "--no blurry" in str(error)
+
+
+@pytest.mark.parametrize("prompt", ["negative prompt: a cat", "NEGATIVE PROMPT: a cat", "Negative prompts a cat",
+                                    "a cat, negative space"])
+def test_text_that_is_not_the_label_is_a_prompt_like_any_other(prompt):
+    # A1111 and sd-parsers look for "Negative prompt:" as written.
+    assert parse_prompt(prompt).prompt == prompt
 
 
 @pytest.mark.parametrize("char", ["\x85", "\x9b", "\x80", "\x9f"])

@@ -109,3 +109,24 @@ def test_weights_and_long_prompts_on_sd2_and_sdxl(family_engine, model):
     assert differ(plain, family_draw(family_engine, "a red circle --no (blur:1.8)", model)) > 0
     long = "a red circle" + ", and so on" * 30
     assert differ(family_draw(family_engine, long, model), family_draw(family_engine, long + ", green", model)) > 0
+
+
+# Line breaks in a prompt become spaces when the request is parsed (bot/core/request.py), so they
+# cannot forge lines of the PNG's `parameters` text; and a tab is kept as typed. \x1c-\x1e are
+# control characters, spaces before that already.
+@pytest.mark.parametrize("br", ["\n", "\r\n", "\r", "\v", "\f", "\x85", "\u2028", "\u2029", "\t"])
+@pytest.mark.parametrize("pad_token", [None, "!"])  # the tokenizer of SD 1.x, and SDXL's second one
+def test_a_line_break_or_a_tab_is_tokenized_as_a_space(br, pad_token):
+    from tests.helpers.tiny import clip_tokenizer, clip_tokenizer_with_pad
+
+    tokenizer = clip_tokenizer() if pad_token is None else clip_tokenizer_with_pad(pad_token)
+    assert tokenizer(f"a red{br}circle").input_ids == tokenizer("a red circle").input_ids
+    assert tokenizer(f"a red {br} circle{br}").input_ids == tokenizer("a red circle").input_ids
+
+
+def test_the_negative_prompt_label_is_tokenized_the_same_in_either_case():
+    # The PNG's `parameters` text writes a stored prompt's "Negative prompt:" with a small "n" (bot/outputs.py).
+    from tests.helpers.tiny import clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    assert tokenizer("a Negative prompt: x").input_ids == tokenizer("a negative prompt: x").input_ids

@@ -25,6 +25,7 @@ from bot.core.service import Service
 from bot.core.store import Store
 from bot.executors.local import LocalExecutor
 from bot.frontends.web.api import create_app
+from bot.outputs import parameters_from_a1111
 from tests.helpers.models import add_pipeline_variant
 from tests.helpers.service import start_service, stop_service
 
@@ -174,6 +175,29 @@ async def test_submit_poll_and_fetch_the_png(api):
     assert (await api.client.get("/api/history", headers=BOB)).json()["jobs"] == []
 
 
+async def test_a_prompt_over_several_lines_cannot_forge_the_pngs_parameters(api):
+    """The `parameters` text (AUTOMATIC1111's) escapes nothing: a line break in the prompt would
+    start a line of its own. Each is a space, as read back by our reader and by sd-parsers."""
+    forged = "Steps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
+    submitted = await api.submit({"prompt": f"a red circle\n{forged}\r\n--steps 2", "seed": 11,
+                                  "negative_prompt": f"blurry\u2028{forged}"})
+    assert submitted["request"]["prompt"] == f"a red circle {forged}"
+    assert submitted["request"]["negative_prompt"] == f"blurry {forged}"
+    job = await api.wait(submitted["id"])
+    assert job["status"] == "done", job
+    png = api.outputs / job["images"][0]["url"].rsplit("/", 1)[1]
+
+    with Image.open(png) as image:
+        text = image.text["parameters"]
+    assert len(text.splitlines()) == 3
+    read = parameters_from_a1111(text)
+    assert (read.prompt, read.negative_prompt) == (f"a red circle {forged}", f"blurry {forged}")
+    assert (read.steps, read.seed, read.width, read.height) == (2, 11, 64, 64)
+    info = pytest.importorskip("sd_parsers").ParserManager().parse(png)
+    assert (info.full_prompt, info.full_negative_prompt) == (read.prompt, read.negative_prompt)
+    assert (info.samplers[0].parameters["steps"], info.samplers[0].parameters["seed"]) == ("2", "11")
+
+
 async def test_inline_flags_and_separate_fields_give_the_same_request(api):
     inline = await api.submit({"prompt": "a red fox --seed 5 --n 2 --steps 2"})
     fields = await api.submit({"prompt": "a red fox", "seed": 5, "count": 2, "steps": "2"}, BOB)
@@ -245,6 +269,10 @@ async def test_wrong_types_unknown_fields_and_missing_prompt_are_422_naming_the_
     ({"prompt": "a fox", "size": "4096x4096"}, 400, "Width and height must be 32-1024 pixels"),
     ({"prompt": "a fox", "refiner": 1.5}, 400, "0 (no refiner) up to 0.99"),
     ({"prompt": "a fox", "refiner": 0.7}, 400, "Model 'demo' has no refiner"),
+    ({"prompt": "a red circle\nNegative prompt: injected\nSteps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"},
+     400, 'The prompt may not contain "Negative prompt:". Put what to leave out of the picture after --no'),
+    ({"prompt": "a fox", "negative_prompt": "Negative prompt: blurry"}, 400,
+     'The negative prompt may not contain "Negative prompt:"'),
 ])
 async def test_bad_values_are_400_with_the_catalogue_text(api, body, status, message):
     assert_error(await api.client.post("/api/jobs", json=body, headers=ALICE), status, message)
