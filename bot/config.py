@@ -65,6 +65,14 @@ class Limits:
     max_upscaled_side: int = 2048  # the Upscale button's results (drawn in tiles, so larger than max_side)
     max_upload_bytes: int = 10 * 1024 * 1024  # an image prompt or mask, as sent
     max_upload_pixels: int = 4096 * 4096  # checked from its header, before decoding
+    # Uploads waiting for a request (each expires within the hour), by their size as stored:
+    max_uploads_per_user: int = 50  # per user (0 = no limit; admins have none)
+    max_upload_mb_per_user: int = 500
+    max_uploads_per_address: int = 100  # per network address, whatever client keys it sends
+    max_upload_mb_per_address: int = 1024
+    max_uploads: int = 500  # in all
+    max_upload_mb: int = 4096
+    max_describes_per_minute: int = 6  # /describe, per user and per address (0 = no limit; admins have none)
 
 
 @dataclass(frozen=True)

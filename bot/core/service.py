@@ -36,6 +36,8 @@ from bot.core.request import (
 )
 from bot.core.scheduler import Scheduler
 from bot.core.store import Store, storage_errors
+from bot.core.rates import RateLimit
+from bot.core.upload_quota import upload_quota_limits
 from bot.core.uploads import UploadLimits, UploadStore, aspect_of, read_image
 from bot.core.waiting import WaitingIndex
 from bot.core.worker import Worker
@@ -92,10 +94,12 @@ class Service:
         self.describer: Callable[[Any], list[str]] | None = None  # picture -> prompts; set when configured
         self.accounts = Accounts(store, config.web.session_days * 86400)  # [web] auth = "password"
         self.uploads = UploadStore(config.storage.outputs_path(),
-                                   UploadLimits(config.limits.max_upload_bytes, config.limits.max_upload_pixels))
+                                   UploadLimits(config.limits.max_upload_bytes, config.limits.max_upload_pixels),
+                                   upload_quota_limits(config.limits))
+        self.describes = RateLimit(config.limits.max_describes_per_minute, 60.0, "describe_rate_limited")
         scheduler = Scheduler(max_batch=config.engine.max_batch, max_switch_wait=config.queue.max_switch_wait)
         self.worker = Worker(config.queue, store, self.waiting, scheduler, executor, self.events,
-                             idle_wait=config.models.rescan_seconds or 2.0)
+                             idle_wait=config.models.rescan_seconds or 2.0, uploads=self.uploads)
         self._accepting = False
         self._last_probe = 0.0
 
@@ -131,6 +135,7 @@ class Service:
         `image` (an image prompt) and `mask` (inpainting: white is redrawn) are the bytes a user
         sent, or the handle `upload()` returned for them."""
         options = merge_options(parse_prompt(text), options_from_fields(**fields))
+        self.bans.check(origin)  # before any upload is decoded or kept
         if image is None:
             if mask is not None:
                 raise UserError("mask_needs_image")
@@ -147,15 +152,20 @@ class Service:
                 self.uploads.remove(path)
             raise
 
-    async def upload(self, data: bytes, what: str = "image") -> str:
-        """Check and keep an image (or mask) for a later `submit`; returns its handle."""
-        return await asyncio.to_thread(self.uploads.save, data, what)
+    async def upload(self, data: bytes, origin: Origin, what: str = "image") -> str:
+        """Check and keep an image (or mask) for a later `submit`; returns its handle. It counts in
+        the uploader's and their address's shares until it expires (admins have none)."""
+        self.bans.check(origin)
+        owners = () if origin.is_admin else tuple(key for key in (origin.user_key, origin.address_key) if key)
+        return await asyncio.to_thread(self.uploads.save, data, what, owners)
 
     async def describe(self, image: bytes | str, origin: Origin) -> list[str]:
         """Prompts the configured captioning model suggests for a picture (its bytes or an upload handle)."""
         if self.describer is None:
             raise UserError("describe_not_configured")
         self.bans.check(origin)
+        if not origin.is_admin:
+            self.describes.take(origin.user_key, origin.address_key)
         if isinstance(image, (bytes, bytearray)):
             picture = await asyncio.to_thread(read_image, bytes(image), self.uploads.limits)
         else:
@@ -166,13 +176,12 @@ class Service:
         return prompts
 
     async def _job_upload(self, given: bytes | str, what: str, kept: list[Path]) -> Path:
-        """The job's own copy of an uploaded image, from its bytes or its handle."""
-        sent = isinstance(given, (bytes, bytearray))
-        handle = await self.upload(bytes(given), what) if sent else given
-        path = self.uploads.keep_for_job(self.uploads.find(handle, what))
+        """The job's own copy of an uploaded image, from its bytes (no handle for later) or its handle."""
+        if isinstance(given, (bytes, bytearray)):
+            path = await asyncio.to_thread(self.uploads.save_for_job, bytes(given), what)
+        else:
+            path = self.uploads.keep_for_job(self.uploads.find(given, what))
         kept.append(path)
-        if sent:  # bytes sent with the request need no handle for later
-            self.uploads.remove(self.uploads.path(str(handle)))
         return path
 
     async def submit_derived(self, ref: JobRef, action: str, origin: Origin, index: int = 0,
@@ -190,8 +199,11 @@ class Service:
         if action == "remix":
             same.update(_remixed(prompt or ""))
         if action == "reroll":
+            # A job owns its copies of uploads (a cancelled job's go with it): the reroll gets its own.
+            init_image = self._own_copy(request.init_image)
+            mask_image = self._own_copy(request.mask_image)
             options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
-                                     init_image=request.init_image, strength=request.strength,
+                                     init_image=init_image, mask_image=mask_image, strength=request.strength,
                                      upscale=request.upscale or None, upscaler=request.upscaler,
                                      refiner=self._same_refiner(request))
         elif action in ("variation", "vary_subtle", "vary_strong", "remix", "upscale"):
@@ -211,6 +223,12 @@ class Service:
         else:
             raise ValueError(f"unknown action {action!r}")
         return await self._queue(options, origin)
+
+    def _own_copy(self, path: str | None) -> str | None:
+        """A job's own copy of an upload another job kept (other paths, such as outputs, as they are)."""
+        if path is None or Path(path).parent != self.uploads.folder:
+            return path
+        return str(self.uploads.keep_for_job(Path(path)))
 
     def _same_refiner(self, request: GenerationRequest) -> float | None:
         """The refiner setting that remakes `request`: its switch, or off (0) where the model has a
@@ -339,6 +357,7 @@ class Service:
             status = await self.store.cancel(job_id)
         if status == CANCELLED:
             self.waiting.remove(job_id)
+            self.uploads.discard_job_files(job.request.init_image, job.request.mask_image)
             self.events.publish({"type": "cancelled", "job": job_id}, job.origin.platform)
             return CANCELLED
         if status == RUNNING:

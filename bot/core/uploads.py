@@ -6,9 +6,12 @@ alone is read for the format and the pixel count, so a small file that would dec
 turned upright by its EXIF orientation and re-encoded as a plain PNG: camera metadata (GPS
 position, device) never reaches the disk.
 
-Kept uploads live in `<outputs>/uploads/` under a random name (the handle). A job records the
-file it uses in its request; an upload no job took is removed after `UNUSED_SECONDS`, and one a
-refused request brought is removed at once.
+Kept uploads live in `<outputs>/uploads/` under a random name (the handle). A JPEG stays a JPEG
+(re-encoded at high quality, far smaller than the PNG of the same pixels); anything else becomes a
+PNG. A job records its own copy of the file in its request (`job-...`); a handle is removed after
+`UNUSED_SECONDS` whether a job used it or not, one a refused request brought is removed at once,
+and a cancelled job's copy goes with it. How many handles each client and address may hold, by
+their size as stored, is bot/core/upload_quota.py's to say.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from bot.core.errors import UserError
+from bot.core.upload_quota import UploadQuota, UploadQuotaLimits
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # what Pillow reads safely and chats send
 HANDLE = re.compile(r"^[0-9a-f]{32}$")
 UNUSED_SECONDS = 3600.0  # an upload handle nobody used within this long is removed
 FOLDER = "uploads"
-MAX_WAITING = 500  # uploads kept for later requests at once (each expires after UNUSED_SECONDS)
+JOB_PREFIX = "job-"  # a job's own copy: out of the sweep's reach, removed with a cancelled job
+SUFFIXES = (".png", ".jpg")
+JPEG_QUALITY = 95  # a re-encoded JPEG upload: no visible loss at the sizes the models draw
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,11 @@ def read_image(data: bytes, limits: UploadLimits, what: str = "image") -> Image.
     """Check and decode an uploaded image; a UserError says what is allowed.
 
     `what` is "image" or "mask" (for the messages)."""
+    return read_image_and_format(data, limits, what)[0]
+
+
+def read_image_and_format(data: bytes, limits: UploadLimits, what: str = "image") -> tuple[Image.Image, str]:
+    """`read_image`, and the format the bytes came in ("PNG", "JPEG", ...)."""
     if not data:
         raise UserError("upload_empty", what=what)
     if len(data) > limits.max_bytes:
@@ -63,6 +74,7 @@ def read_image(data: bytes, limits: UploadLimits, what: str = "image") -> Image.
     with opened:
         if opened.format not in FORMATS:
             raise UserError("upload_not_image", what=what, formats=", ".join(FORMATS))
+        source_format = opened.format
         width, height = opened.size
         if width < 1 or height < 1 or width * height > limits.max_pixels:
             raise UserError("upload_too_many_pixels", what=what, size=f"{width}x{height}", limit=limits.max_pixels)
@@ -79,7 +91,7 @@ def read_image(data: bytes, limits: UploadLimits, what: str = "image") -> Image.
         except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt pixel data
             raise UserError("upload_not_image", what=what, formats=", ".join(FORMATS)) from error
     image.info = {}  # nothing of the original's metadata travels on
-    return image
+    return image, source_format
 
 
 def aspect_of(image_size: tuple[int, int]) -> tuple[int, int]:
@@ -91,74 +103,111 @@ def aspect_of(image_size: tuple[int, int]) -> tuple[int, int]:
 
 
 class UploadStore:
-    """Uploaded images on disk under random names, removed when no job took them."""
+    """Uploaded images on disk under random names, removed when they expire or their job is cancelled."""
 
-    def __init__(self, outputs: Path, limits: UploadLimits) -> None:
+    def __init__(self, outputs: Path, limits: UploadLimits, quota: UploadQuotaLimits = UploadQuotaLimits()) -> None:
         self.folder = Path(outputs) / FOLDER
         self.limits = limits
+        self.quota = UploadQuota(quota)
+        for path in self._handles():  # kept before a restart: they count in the total until they expire
+            self.quota.add(path.stem, (), path.stat().st_size)
 
-    def save(self, data: bytes, what: str = "image") -> str:
-        """Check, normalise and keep an image; returns its handle. CPU work: run it off the event loop."""
-        image = read_image(data, self.limits, what)
-        if what == "mask":
-            image = image.convert("L")
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def save(self, data: bytes, what: str = "image", owners: tuple[str, ...] = ()) -> str:
+        """Check, normalise and keep an image for later requests; returns its handle. `owners`: the
+        user and address keys whose shares it counts in (none for an admin). CPU work: run it off
+        the event loop."""
+        encoded, suffix = self.encode(data, what)
         self.sweep()
-        if sum(1 for p in self.folder.glob("*.png") if not p.name.startswith("job-")) >= MAX_WAITING:
-            raise UserError("uploads_full")  # strangers must not fill the disk with images nobody uses
+        self.quota.check(owners, len(encoded))  # strangers must not fill the disk with images nobody uses
         handle = secrets.token_hex(16)
-        partial = self.folder / f".{handle}.tmp"
-        image.save(partial, format="PNG")
-        partial.replace(self.path(handle))
+        self._write(self.folder / f"{handle}{suffix}", encoded)
+        self.quota.add(handle, owners, len(encoded))
         return handle
 
-    def path(self, handle: str) -> Path:
-        return self.folder / f"{handle}.png"
+    def save_for_job(self, data: bytes, what: str = "image") -> Path:
+        """An image sent with its request: kept at once as the job's own file, with no handle."""
+        encoded, suffix = self.encode(data, what)
+        path = self.folder / f"{JOB_PREFIX}{secrets.token_hex(16)}{suffix}"
+        self._write(path, encoded)
+        return path
+
+    def encode(self, data: bytes, what: str) -> tuple[bytes, str]:
+        """The checked image as it will be stored: its bytes and file suffix. A mask is grey levels
+        in a PNG (exact edges); a JPEG photo stays a JPEG; anything else becomes a PNG."""
+        image, source_format = read_image_and_format(data, self.limits, what)
+        out = io.BytesIO()
+        if what == "mask":
+            image.convert("L").save(out, format="PNG")
+            return out.getvalue(), ".png"
+        if source_format == "JPEG":
+            image.save(out, format="JPEG", quality=JPEG_QUALITY)
+            return out.getvalue(), ".jpg"
+        image.save(out, format="PNG")
+        return out.getvalue(), ".png"
+
+    def _write(self, path: Path, encoded: bytes) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self.folder / f".{path.name}.tmp"
+        partial.write_bytes(encoded)
+        partial.replace(path)
 
     def find(self, handle: object, what: str = "image") -> Path:
         """The file of a handle the caller holds; a UserError when it is unknown or expired."""
         if not isinstance(handle, str) or not HANDLE.fullmatch(handle.strip().lower()):
             raise UserError("upload_unknown", what=what)
-        path = self.path(handle.strip().lower())
-        if not path.is_file():
-            raise UserError("upload_unknown", what=what)
-        return path
+        for suffix in SUFFIXES:
+            path = self.folder / f"{handle.strip().lower()}{suffix}"
+            if path.is_file():
+                return path
+        raise UserError("upload_unknown", what=what)
 
     def size_of(self, path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
 
     def remove(self, path: str | Path | None) -> None:
+        """Remove an upload (a handle's file or a job's copy); paths outside the folder are left alone."""
         if path is not None and Path(path).parent == self.folder:
             Path(path).unlink(missing_ok=True)
+            self.quota.drop(Path(path).stem)
 
-    def sweep(self, now: float | None = None, used: set[str] | None = None) -> int:
-        """Remove uploads older than UNUSED_SECONDS that no job uses (`used`: file names jobs hold;
-        None = jobs keep their own copies, so any old handle is unused). Returns how many went."""
+    def sweep(self, now: float | None = None) -> int:
+        """Remove handles older than UNUSED_SECONDS (jobs keep their own copies). Returns how many went."""
         now = time.time() if now is None else now
         removed = 0
-        if not self.folder.is_dir():
-            return 0
-        for path in self.folder.iterdir():
-            if path.name.startswith("job-") or (used is not None and path.name in used):
-                continue
+        for path in self._handles():
             try:
                 if now - path.stat().st_mtime > UNUSED_SECONDS:
                     path.unlink()
+                    self.quota.drop(path.stem)
                     removed += 1
             except FileNotFoundError:
-                pass
+                self.quota.drop(path.stem)
         return removed
+
+    def _handles(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return [path for path in self.folder.iterdir()
+                if path.suffix in SUFFIXES and not path.name.startswith((JOB_PREFIX, "."))]
 
     def keep_for_job(self, path: Path) -> Path:
         """A copy of an upload that belongs to one job (out of the sweep's reach); a hard link, so
         it costs no space. The handle stays usable for another request until it expires."""
-        kept = self.folder / f"job-{secrets.token_hex(16)}.png"
+        kept = self.folder / f"{JOB_PREFIX}{secrets.token_hex(16)}{path.suffix}"
         try:
             os.link(path, kept)
+        except FileNotFoundError:
+            raise UserError("upload_unknown", what="image") from None
         except OSError:  # a file system without hard links
             shutil.copyfile(path, kept)
         return kept
+
+    def discard_job_files(self, *paths: str | Path | None) -> None:
+        """A cancelled job's own copies of its uploads: nothing will read them again."""
+        for path in paths:
+            if path is not None and Path(path).name.startswith(JOB_PREFIX):
+                self.remove(path)
 
 
 def _mib(size: int) -> str:

@@ -30,6 +30,7 @@ from bot.core.executor import BatchItem, Executor, ExecutorUnavailable, Outcome,
 from bot.core.jobs import Job
 from bot.core.scheduler import Scheduler
 from bot.core.store import Store
+from bot.core.uploads import UploadStore
 from bot.core.waiting import WaitingIndex
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ MAX_BACKOFF = 30.0
 
 class Worker:
     def __init__(self, settings: QueueConfig, store: Store, waiting: WaitingIndex, scheduler: Scheduler,
-                 executor: Executor, events: EventBus, idle_wait: float = 2.0) -> None:
+                 executor: Executor, events: EventBus, idle_wait: float = 2.0,
+                 uploads: UploadStore | None = None) -> None:
         self.settings = settings
+        self.uploads = uploads  # a cancelled job's copies of its uploads are removed with it
         self.store = store
         self.waiting = waiting
         self.scheduler = scheduler
@@ -277,6 +280,7 @@ class Worker:
                               error_key="worker_crashed", error_params={"attempts": job.attempts})
         if outcome.cancelled or outcome.requeue:
             await self.store.mark_cancelled(job.id)
+            self._discard_uploads(job)
             event: dict[str, Any] = {"type": "cancelled", "job": job.id}
         elif outcome.error is not None:
             await self.store.fail(job.id, outcome.error, outcome.error_key, outcome.error_params)
@@ -298,11 +302,17 @@ class Worker:
             if job_id in self._cancel_requested:
                 if await self.store.mark_cancelled(job_id):
                     job = await self.store.get(job_id)
+                    if job is not None:
+                        self._discard_uploads(job)
                     self.events.publish({"type": "cancelled", "job": job_id}, job.origin.platform if job else "")
                 self._cancel_requested.discard(job_id)
             else:
                 await self._give_back(job_id)
             self._held.discard(job_id)
+
+    def _discard_uploads(self, job: Job) -> None:
+        if self.uploads is not None:
+            self.uploads.discard_job_files(job.request.init_image, job.request.mask_image)
 
     async def _give_back(self, job_id: int) -> None:
         if await self.store.requeue(job_id):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import random
 import struct
 import time
 import zlib
@@ -17,6 +19,7 @@ from bot.core.errors import UserError
 from bot.core.jobs import Origin
 from bot.core.request import parse_prompt
 from bot.core.resolve import resolve
+from bot.core.upload_quota import UploadQuotaLimits
 from bot.core.uploads import UNUSED_SECONDS, UploadLimits, UploadStore, aspect_of, read_image
 from bot.models.variant import VariantDefaults
 from bot.stack import open_stack
@@ -83,7 +86,7 @@ def test_exif_orientation_is_applied_and_metadata_stripped(tmp_path):
     store = UploadStore(tmp_path, LIMITS)
     handle = store.save(out.getvalue())
     saved = Image.open(store.find(handle))
-    assert saved.format == "PNG" and saved.size == (20, 40)  # upright
+    assert saved.format == "JPEG" and saved.size == (20, 40)  # upright, and a JPEG still
     top = saved.convert("RGB").getpixel((10, 5))
     assert top[2] > 200 and top[0] < 60, top  # the blue half is on top once turned upright
     assert not saved.getexif() and "exif" not in saved.info and b"SecretCam" not in store.find(handle).read_bytes()
@@ -111,6 +114,64 @@ def test_handles_are_checked_and_unused_uploads_expire(tmp_path):
     with pytest.raises(UserError):
         store.find(handle)
     assert kept.is_file()  # a job's own copy stays with the job
+
+
+def noisy(size: int, seed: int = 0) -> Image.Image:
+    """Pixels that no encoder can compress: the worst case for the size an upload is stored at."""
+    return Image.frombytes("RGB", (size, size), random.Random(seed).randbytes(size * size * 3))
+
+
+def test_a_jpeg_stays_a_jpeg_far_smaller_than_its_png_and_masks_stay_png(tmp_path):
+    out = io.BytesIO()
+    noisy(512).save(out, format="JPEG", quality=90)
+    store = UploadStore(tmp_path, UploadLimits(max_bytes=10 * 1024 * 1024, max_pixels=1000 * 1000))
+    stored = store.find(store.save(out.getvalue()))
+    as_png = len(png_bytes(Image.open(io.BytesIO(out.getvalue())).convert("RGB")))
+    assert stored.suffix == ".jpg" and stored.stat().st_size < as_png / 2, (stored.stat().st_size, as_png)
+    assert store.quota.total_size == stored.stat().st_size  # counted as stored
+    mask = store.find(store.save(out.getvalue(), "mask"), "mask")
+    assert mask.suffix == ".png" and Image.open(mask).mode == "L"  # exact edges
+
+
+def test_uploads_are_shared_out_per_user_and_per_address_by_their_size_as_stored(tmp_path):
+    quota = UploadQuotaLimits(per_user=2, per_user_bytes=10 ** 9, per_address=3, per_address_bytes=10 ** 9,
+                              total=100, total_bytes=10 ** 9)
+    store = UploadStore(tmp_path, UploadLimits(max_bytes=10 * 1024 * 1024, max_pixels=1000 * 1000), quota)
+    data = png_bytes(Image.new("RGB", (8, 8)))
+    one, another = ("web:one", "address:203.0.113.7"), ("web:another", "address:203.0.113.7")
+    first = store.save(data, owners=one)
+    store.save(data, owners=one)
+    with pytest.raises(UserError) as refused:
+        store.save(data, owners=one)
+    assert refused.value.key == "user_uploads_full" and refused.value.params["limit"] == 2
+    store.save(data, owners=another)  # a new key from the same address: the address's share is what is left
+    with pytest.raises(UserError) as refused:
+        store.save(data, owners=another)
+    assert refused.value.key == "address_uploads_full" and refused.value.params["count"] == 3
+    store.save(data, owners=("web:elsewhere", "address:198.51.100.2"))  # everyone else is served
+    store.remove(store.find(first))  # gone: its share is free again
+    store.save(data, owners=one)
+    old = time.time() - UNUSED_SECONDS - 10
+    for path in store.folder.iterdir():
+        os.utime(path, (old, old))
+    assert store.sweep() == 4 and store.quota.count == {} and store.quota.total_size == 0  # expired: all free
+
+    by_size = UploadStore(tmp_path / "sized", LIMITS, UploadQuotaLimits(per_user_bytes=len(png_bytes(noisy(64))) * 2))
+    by_size.save(png_bytes(noisy(64, 1)), owners=one)
+    by_size.save(png_bytes(noisy(64, 2)), owners=one)
+    with pytest.raises(UserError) as refused:
+        by_size.save(png_bytes(noisy(64, 3)), owners=one)
+    assert refused.value.key == "user_uploads_full"
+
+
+def test_the_pool_remembers_uploads_kept_before_a_restart(tmp_path):
+    store = UploadStore(tmp_path, LIMITS, UploadQuotaLimits(total=2))
+    store.save(png_bytes(Image.new("RGB", (8, 8))))
+    store.save(png_bytes(Image.new("RGB", (8, 8))))
+    restarted = UploadStore(tmp_path, LIMITS, UploadQuotaLimits(total=2))
+    with pytest.raises(UserError) as refused:
+        restarted.save(png_bytes(Image.new("RGB", (8, 8))))
+    assert refused.value.key == "uploads_full"
 
 
 def test_aspect_follows_the_image():
@@ -180,7 +241,7 @@ async def test_a_refused_request_leaves_no_upload_behind(service):
         await service.submit("a fox --steps 999", ALICE, image=data)
     with pytest.raises(UserError, match="1000000"):
         await service.submit("a fox", ALICE, image=png_header_claiming(5000, 5000))
-    handle = await service.upload(data)
+    handle = await service.upload(data, ALICE)
     with pytest.raises(UserError, match="strength"):
         await service.submit("a fox --strength 7", ALICE, image=handle, mask=handle)
     assert sorted(p.name for p in service.uploads.folder.iterdir()) == [f"{handle}.png"]
@@ -189,10 +250,30 @@ async def test_a_refused_request_leaves_no_upload_behind(service):
 
 
 async def test_an_upload_handle_serves_several_requests_with_a_mask(service):
-    handle = await service.upload(png_bytes(Image.new("RGB", (64, 64))))
-    mask = await service.upload(png_bytes(Image.new("L", (64, 64), 255)), "mask")
+    handle = await service.upload(png_bytes(Image.new("RGB", (64, 64))), ALICE)
+    mask = await service.upload(png_bytes(Image.new("L", (64, 64), 255)), ALICE, "mask")
     first = await service.submit("a fox", ALICE, image=handle, mask=mask)
     second = await service.submit("a cat", ALICE, image=handle)
     assert first.request.mask_image and Path(first.request.mask_image).is_file()
     assert first.request.init_image != second.request.init_image and second.request.mask_image is None
     assert first.request.batch_key() != second.request.batch_key()  # inpainting runs on its own
+
+
+async def test_a_cancelled_jobs_copy_of_its_upload_goes_with_it_and_a_reroll_has_its_own(service):
+    data = png_bytes(Image.new("RGB", (64, 64), "green"))
+    running = await service.submit("a fox", ALICE, image=data)  # held at the executor's gate
+    while (await service.job(running.public_id)).status != "running":
+        await asyncio.sleep(0.01)
+    waiting = await service.submit("a cat", ALICE, image=data)
+    rerolled = await service.submit_derived(waiting.public_id, "reroll", ALICE)
+    sources = [Path(s.request.init_image) for s in (running, waiting, rerolled)]
+    assert len(set(sources)) == 3 and all(path.is_file() for path in sources)
+    assert await service.cancel(waiting.public_id, ALICE) == "cancelled"  # a waiting job: at once
+    assert not sources[1].exists() and sources[2].is_file()  # the reroll keeps its own copy
+    assert await service.cancel(running.public_id, ALICE) == "cancelling"
+    service.executor.gate.set()
+    finished = await service.wait_finished(running.public_id)
+    assert finished.status == "cancelled" and not sources[0].exists()
+    with pytest.raises(UserError, match="unknown or has expired"):  # its copy is gone: said, not a crash
+        await service.submit_derived(waiting.public_id, "reroll", ALICE)
+

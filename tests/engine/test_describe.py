@@ -41,9 +41,9 @@ def test_candidates_are_different_words_of_the_model_and_repeatable(tiny_blip):
     assert len(Describer(tiny_blip, "cpu", candidates=1).describe(picture)) == 1
 
 
-async def stack_with(tmp_path, describe: dict):
+async def stack_with(tmp_path, describe: dict, **limits):
     config = config_from_dict({"storage": {"state_dir": str(tmp_path / "state"), "models_dir": str(tmp_path / "models")},
-                               "limits": {"min_side": 32}, "describe": describe})
+                               "limits": {"min_side": 32, **limits}, "describe": describe})
     fake_model_store(Path(config.storage.models_dir))
     return await open_stack(config, FakeExecutor())
 
@@ -53,7 +53,7 @@ async def test_the_service_describes_uploads_and_says_how_to_add_a_model(tmp_pat
     try:
         prompts = await stack.service.describe(png(), ALICE)
         assert prompts == Describer(tiny_blip, "cpu").describe(Image.new("RGB", (40, 40), "red"))
-        handle = await stack.service.upload(png())
+        handle = await stack.service.upload(png(), ALICE)
         assert await stack.service.describe(handle, ALICE) == prompts
         with pytest.raises(UserError, match="not a picture"):
             await stack.service.describe(b"not an image", ALICE)
@@ -75,3 +75,23 @@ async def test_the_service_describes_uploads_and_says_how_to_add_a_model(tmp_pat
             await stack.service.describe(png(), ALICE)
     finally:
         await stack.close()
+
+
+async def test_describing_is_limited_per_user_and_per_address(tmp_path, tiny_blip):
+    stack = await stack_with(tmp_path, {"model": str(tiny_blip), "device": "cpu"}, max_describes_per_minute=2)
+    there = [Origin("web", key, chat_id="web", address="203.0.113.7") for key in ("first-key-0123", "second-key-012")]
+    try:
+        for _ in range(2):
+            await stack.service.describe(png(), there[0])
+        with pytest.raises(UserError) as refused:
+            await stack.service.describe(png(), there[0])
+        assert refused.value.key == "describe_rate_limited" and refused.value.params["limit"] == 2
+        with pytest.raises(UserError) as refused:  # a new key from the same address does not help
+            await stack.service.describe(png(), there[1])
+        assert refused.value.key == "describe_rate_limited"
+        assert await stack.service.describe(png(), ALICE)  # everyone else is served
+        admin = Origin("web", "root", chat_id="web", address="203.0.113.7", is_admin=True)
+        assert await stack.service.describe(png(), admin)
+    finally:
+        await stack.close()
+

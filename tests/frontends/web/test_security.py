@@ -11,9 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from bot.frontends.web.security import CONTENT_SECURITY_POLICY
-from tests.frontends.web.test_api import ADMIN, ADMIN_TOKEN, ALICE, BOB, assert_error, api, make_api  # noqa: F401
+from tests.frontends.web.test_api import ADMIN, ADMIN_TOKEN, ALICE, BOB, assert_error, api, make_api, png  # noqa: F401
 
 STATIC = Path(__file__).resolve().parents[3] / "bot" / "frontends" / "web" / "static"
 
@@ -219,6 +220,27 @@ async def test_event_streams_are_capped_per_address_whatever_keys_it_sends(make_
     await api.release(holder)
     assert await asyncio.gather(*readers, other) == [200, 200, 200, 200]
     assert slots.open.total() == 0 and slots.open_from.total() == 0
+    await there.aclose()
+    await elsewhere.aclose()
+
+
+async def test_one_client_cannot_fill_the_upload_pool_with_any_number_of_keys(make_api):
+    api = await make_api(limits={"max_uploads_per_user": 2, "max_uploads_per_address": 3})
+    there, elsewhere = client_at(api, "203.0.113.7"), client_at(api, "198.51.100.2")
+    body = png(Image.new("RGB", (32, 32), "green"))
+
+    async def upload(client, key):
+        return await client.post("/api/uploads", content=body,
+                                 headers={"X-Imagebot-User": key, "Content-Type": "image/png"})
+
+    for _ in range(2):
+        assert (await upload(there, "first-key-0123456789")).status_code == 201
+    assert_error(await upload(there, "first-key-0123456789"), 429, "You already keep 2 uploaded images",
+                 "the limit is 2 images")
+    assert (await upload(there, "second-key-012345678")).status_code == 201
+    assert_error(await upload(there, "third-key-0123456789"), 429, "Your network address already keeps 3")
+    assert (await upload(elsewhere, "fourth-key-012345678")).status_code == 201  # everyone else is served
+    assert (await upload(api.client, "root-0123456789abcdef")).status_code == 201
     await there.aclose()
     await elsewhere.aclose()
 

@@ -15,8 +15,9 @@ router = APIRouter(dependencies=[Admitted])  # signed-in callers where accounts 
 
 @router.post("/api/uploads", status_code=201)
 async def upload(request: Request, service: ServiceDep, caller: Caller, kind: str = "image") -> dict[str, Any]:
-    """`?kind=mask` for a mask (kept as grey levels). The handle is random: whoever holds it may use it."""
+    """`?kind=mask` for a mask (kept as grey levels). The handle is random: whoever holds it may use
+    it. 429 past the caller's or their address's share of waiting uploads ([limits])."""
     what = "mask" if kind == "mask" else "image"
-    handle = await service.upload(await request.body(), what)
+    handle = await service.upload(await request.body(), caller, what)
     width, height = service.uploads.size_of(service.uploads.find(handle, what))
     return {"handle": handle, "kind": what, "width": width, "height": height}
