@@ -166,7 +166,10 @@ class WebConfig:
     limit_concurrency: int = 1024  # connections uvicorn serves at once; more are answered 503
     timeout_keep_alive: int = 5  # seconds an idle keep-alive connection is held open
     timeout_header: float = 10.0  # seconds a connection may take to send a request's head, else it is closed
-    max_connections: int = 4096  # open at once (and always some 128 below the open-file limit); past it the oldest idle one is closed
+    # Open at once, and always some 128 below the open-file limit and 256 or more below
+    # limit_concurrency (half of one under 512), so idle connections cannot bring on its 503s; past
+    # it the oldest idle one is closed.
+    max_connections: int = 4096
     # "password": only signed-in users (`imagebot users add`) may use the page and the API.
     auth: Literal["none", "password"] = "none"
     session_days: float = 30.0  # how long a sign-in lasts

@@ -136,12 +136,14 @@ def _start_web(app, listeners: list[socket.socket], web: WebConfig) -> tuple[uvi
     # limit_concurrency: past it uvicorn answers 503 at once instead of taking on every connection
     # a client opens; timeout_keep_alive: idle connections do not hold a slot for long; the
     # protocol closes connections that never finish a request and keeps the number open below the
-    # file limit (bot/frontends/web/connections.py); proxy_headers off: X-Forwarded-For and
+    # file limit and below limit_concurrency, so that idle ones cannot bring on those 503s
+    # (bot/frontends/web/connections.py); proxy_headers off: X-Forwarded-For and
     # X-Forwarded-Proto are believed only from [web] trusted_proxies, which the app checks itself.
     from bot.frontends.web.connections import ACCEPT_BATCH, Connections, connection_cap, fold_out_of_files_logs
 
     fold_out_of_files_logs()
-    connections = Connections(connection_cap(web.max_connections), web.timeout_header)
+    connections = Connections(connection_cap(web.max_connections, web.limit_concurrency or None, len(listeners)),
+                              web.timeout_header)
     server = _WebServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                        http=connections.protocol(), backlog=ACCEPT_BATCH, proxy_headers=False,
                                        limit_concurrency=web.limit_concurrency or None,

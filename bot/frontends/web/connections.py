@@ -1,11 +1,14 @@
 """Holding up on an open network: connections that never finish a request are closed, the number
-open at once stays below the process's open-file limit (the oldest idle one makes way for a new
-one), and running out of file descriptors anyway is logged once a minute, not once per attempt.
+open at once stays below the process's open-file limit and below uvicorn's `limit_concurrency` (the
+oldest idle one makes way for a new one), and running out of file descriptors anyway is logged once
+a minute, not once per attempt.
 
 uvicorn holds a connection that sends nothing, or half a request line, for good (its keep-alive
-timeout only starts after a response), and counts `limit_concurrency` only when a request arrives.
-At the file limit asyncio's accept loop logs a traceback each time it retries. So the HTTP protocol
-here is uvicorn's h11 one with a header timeout and a cap, and a log filter folds those lines.
+timeout only starts after a response), and counts `limit_concurrency` only when a request arrives:
+it answers 503 to every request, /healthz included, while `limit_concurrency` connections are open,
+idle or not. At the file limit asyncio's accept loop logs a traceback each time it retries. So the
+HTTP protocol here is uvicorn's h11 one with a header timeout and a cap, and a log filter folds
+those lines.
 """
 
 from __future__ import annotations
@@ -22,12 +25,23 @@ ACCEPT_BATCH = 128  # connections accepted per turn of the event loop (uvicorn's
 OUT_OF_FILES = "socket.accept() out of system resource"  # what asyncio logs when accept() fails with EMFILE
 
 
-def connection_cap(configured: int) -> int:
-    """At most `configured` connections, and few enough that they cannot use up the file limit."""
+def connection_cap(configured: int, limit_concurrency: int | None = None, listeners: int = 1) -> int:
+    """At most `configured` connections, few enough that they cannot use up the file limit, and
+    enough fewer than `limit_concurrency` (None: no limit) that uvicorn never counts that many and
+    answers 503, whatever connections a client holds open; `listeners`: the listening sockets."""
+    cap = configured
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return configured
-    return max(16, min(configured, soft - FD_RESERVE))
+    if soft != resource.RLIM_INFINITY:
+        cap = max(16, min(cap, soft - FD_RESERVE))
+    if limit_concurrency:
+        # A connection closed to make way leaves uvicorn's count only at connection_lost, on the
+        # event loop's next turn, and a turn brings in up to ACCEPT_BATCH new connections per
+        # listening socket: under a flood the count stands ACCEPT_BATCH per listener above the cap
+        # for a turn (measured: cap + 128 with one listener, cap + 256 with two). One more batch
+        # is kept spare (768 of the default 1,024 with one listener); a small limit gets half.
+        headroom = min(ACCEPT_BATCH * (max(1, listeners) + 1), limit_concurrency // 2)
+        cap = min(cap, max(1, limit_concurrency - headroom))
+    return cap
 
 
 class Connections:
