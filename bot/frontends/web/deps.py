@@ -119,8 +119,8 @@ async def get_caller(request: Request, address: Annotated[str, Depends(get_addre
                      token_admin: Annotated[bool, Depends(get_token_admin)],
                      _: Annotated[None, Depends(require_admitted)]) -> Origin:
     """Who is calling: their account, else their client key, else their address; 400 for a
-    malformed key, 403 for a banned caller (their key, account or address), on every route."""
-    return _unbanned(request, _origin(request, address, account, token_admin))
+    malformed key (banned callers were turned away by `require_admitted`)."""
+    return _origin(request, address, account, token_admin)
 
 
 async def get_basic_account(request: Request, address: Annotated[str, Depends(get_address)]) -> Account | None:
@@ -153,11 +153,8 @@ async def get_api_caller(request: Request, address: Annotated[str, Depends(get_a
     account = basic or account
     if request.app.state.config.web.auth == "password" and account is None and not token_admin:
         raise UserError("a1111_sign_in_required")
-    return _unbanned(request, _origin(request, address, account, token_admin))
-
-
-def _unbanned(request: Request, caller: Origin) -> Origin:
-    get_service(request).bans.check(caller)
+    caller = _origin(request, address, account, token_admin)
+    get_service(request).bans.check(caller)  # 403 for a banned caller, as on the other routers
     return caller
 
 

@@ -517,9 +517,9 @@ async def test_a_photo_with_a_caption_is_drawn_from(make_stack, fake_api, models
     text_result = Image.open(outputs / from_text.images[0].file)
     assert distance(image_result, source) < distance(text_result, source) - 10
     assert drawn.params["caption"].startswith("a red circle on a blue background")
-    # The upload lies with the job, normalised to a PNG without the phone's metadata.
+    # The upload lies with the job: Telegram's JPEG stays a JPEG, without the phone's metadata.
     kept = Image.open(from_image.request.init_image)
-    assert kept.format == "PNG" and kept.size == (128, 128) and not kept.getexif()
+    assert kept.format == "JPEG" and kept.size == (128, 128) and not kept.getexif()
 
 
 async def test_image_prompts_in_groups_replies_and_refusals(make_stack, fake_api, models_dir):

@@ -283,11 +283,13 @@ async def test_an_address_ban_holds_on_every_route_whatever_key_is_sent(api):
                                "covers": ["address:203.0.113.7", "web:mallory-0123456789ab"]}
     routes = [("POST", "/api/jobs"), ("POST", "/api/uploads"), ("POST", "/api/describe"), ("GET", "/api/history"),
               ("GET", f"/api/jobs/{job['id']}"), ("GET", f"/api/jobs/{job['id']}/events"),
-              ("POST", f"/api/jobs/{job['id']}/reroll"), ("GET", "/api/models")]
+              ("POST", f"/api/jobs/{job['id']}/reroll"), ("GET", "/api/models"), ("GET", "/sdapi/v1/sd-models"),
+              ("POST", "/sdapi/v1/txt2img")]
     for method, path in routes:
         for headers in ({"X-Imagebot-User": "mallory-fresh-key-0123"}, {}):  # a new key, or none
-            body = {"json": {"prompt": "a fox"}} if path == "/api/jobs" else {}
-            assert_error(await there.request(method, path, headers=headers, **body), 403, "flooding")
+            body = {"json": {"prompt": "a fox"}} if path in ("/api/jobs", "/sdapi/v1/txt2img") else {}
+            response = await there.request(method, path, headers=headers, **body)
+            assert response.status_code == 403 and "flooding" in response.text, (path, response.text)
     assert_error(await elsewhere.post("/api/jobs", json={"prompt": "a fox"}, headers=first_key), 403, "flooding")
     assert (await api.client.get("/api/history", headers=BOB)).status_code == 200  # everyone else is served
     assert (await elsewhere.get("/api/history", headers=ALICE)).status_code == 200
