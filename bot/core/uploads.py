@@ -35,6 +35,7 @@ from bot.core.upload_quota import UploadQuota, UploadQuotaLimits
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # what Pillow reads safely and chats send
 HANDLE = re.compile(r"^[0-9a-f]{32}$")
 UNUSED_SECONDS = 3600.0  # an upload handle nobody used within this long is removed
+SWEEP_SECONDS = 60.0  # how often saving an upload looks for expired ones
 FOLDER = "uploads"
 JOB_PREFIX = "job-"  # a job's own copy: out of the sweep's reach, removed with a cancelled job
 SUFFIXES = (".png", ".jpg")
@@ -109,6 +110,7 @@ class UploadStore:
         self.folder = Path(outputs) / FOLDER
         self.limits = limits
         self.quota = UploadQuota(quota)
+        self._next_sweep = 0.0
         for path in self._handles():  # kept before a restart: they count in the total until they expire
             self.quota.add(path.stem, (), path.stat().st_size)
 
@@ -117,7 +119,9 @@ class UploadStore:
         user and address keys whose shares it counts in (none for an admin). CPU work: run it off
         the event loop."""
         encoded, suffix = self.encode(data, what)
-        self.sweep()
+        if time.monotonic() >= self._next_sweep:  # a walk over the folder: once a minute, not per upload
+            self.sweep()
+            self._next_sweep = time.monotonic() + SWEEP_SECONDS
         self.quota.check(owners, len(encoded))  # strangers must not fill the disk with images nobody uses
         handle = secrets.token_hex(16)
         self._write(self.folder / f"{handle}{suffix}", encoded)
