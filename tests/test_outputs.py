@@ -24,6 +24,7 @@ from bot.outputs import (  # noqa: E402
     save_images,
     save_png,
 )
+from tests.helpers.infotext import FORGED_SETTINGS, INJECTION, read_back, read_with_sd_parsers  # noqa: E402
 
 
 def params(**changes) -> ImageParameters:
@@ -111,14 +112,6 @@ def test_png_round_trip_through_a1111_text_only(tmp_path, p):
     assert parameters_from_a1111(text) == p
 
 
-def read_with_sd_parsers(path: Path):
-    """What sd-parsers, a third-party reader of these texts, makes of the PNG at `path`."""
-    sd_parsers = pytest.importorskip("sd_parsers")
-    info = sd_parsers.ParserManager().parse(path)
-    assert info is not None and info.generator.name == "AUTOMATIC1111"
-    return info
-
-
 @pytest.mark.parametrize("p", ROUND_TRIP_CASES.values(), ids=ROUND_TRIP_CASES.keys())
 def test_prompts_round_trip_through_sd_parsers(tmp_path, p):
     info = read_with_sd_parsers(save_png(image(), tmp_path / "out.png", p))
@@ -143,7 +136,6 @@ def test_a_multi_line_prompt_is_written_on_one_line(tmp_path):
 
 # A prompt that, written as it is, forges the lines of the text: requests refuse it now
 # (tests/core/test_request.py), but a job stored by an older version may hold one.
-INJECTION = "a red circle\nNegative prompt: injected\nSteps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
 # Everything str.splitlines splits on.
 LINE_BREAKS = ["\n", "\r\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
 
@@ -167,18 +159,11 @@ def test_a_stored_prompt_cannot_forge_the_negative_prompt_or_the_settings(tmp_pa
 
 @pytest.mark.parametrize("br", LINE_BREAKS)
 def test_no_line_break_in_a_stored_prompt_starts_a_line(tmp_path, br):
-    forged = "Steps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
+    forged = FORGED_SETTINGS
     p = params(prompt=f"a red{br}circle{br}{forged}", negative_prompt=f"blurry{br}{forged}")
-    path = save_png(image(), tmp_path / "out.png", p)
-    with Image.open(path) as im:
-        text = im.text["parameters"]
-    assert len(text.splitlines()) == 3
-    read = parameters_from_a1111(text)
+    read = read_back(save_png(image(), tmp_path / "out.png", p))
     assert (read.prompt, read.negative_prompt) == (f"a red circle {forged}", f"blurry {forged}")
     assert (read.steps, read.seed, read.width, read.height) == (20, 42, 512, 768)
-    info = read_with_sd_parsers(path)
-    assert (info.full_prompt, info.full_negative_prompt) == (read.prompt, read.negative_prompt)
-    assert (info.samplers[0].parameters["steps"], info.samplers[0].parameters["seed"]) == ("20", "42")
 
 
 def test_a1111_text_matches_the_webui_format():

@@ -17,6 +17,7 @@ from bot.core.request import (
 )
 from bot.core.resolve import resolve, size_for_aspect, snap8
 from bot.models.variant import VariantDefaults
+from tests.helpers.infotext import FORGED_SETTINGS, INJECTION, read_back
 
 LIMITS = Limits()  # max_prompt_chars=1000, max_steps=50, max_guidance=30, sides 32-1024, 1 Mpx, 4 images
 SD15 = VariantDefaults()  # 512x512, 25 steps, guidance 7, dpm++
@@ -172,7 +173,6 @@ def test_tabs_are_kept_inside_the_prompt():
 
 
 # A prompt that would forge the lines of the PNG's `parameters` text (AUTOMATIC1111's infotext).
-INJECTION = "a red circle\nNegative prompt: injected\nSteps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
 
 
 @pytest.mark.parametrize("prompt", [
@@ -202,18 +202,15 @@ def test_a_chat_injection_is_written_to_the_png_on_its_lines(tmp_path):
 
     from PIL import Image
 
-    from bot.outputs import parameters_from_a1111, save_result
+    from bot.outputs import save_result
 
-    forged = "Steps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
+    forged = FORGED_SETTINGS
     assert user_error(parse_prompt, INJECTION).key == "prompt_negative_label"
     request = make(f"a red circle\n{forged}\n--seed 5 --no blurry\n{forged}")
     result = SimpleNamespace(request=request, images=[Image.new("RGB", (8, 8))], seeds=request.seeds(),
                              model_fingerprint="0123456789abcdef")
     [path] = save_result(result, "imagebot test", tmp_path, "job").images
-    with Image.open(path) as im:
-        text = im.text["parameters"]
-    assert len(text.splitlines()) == 3
-    read = parameters_from_a1111(text)
+    read = read_back(path)
     assert (read.prompt, read.negative_prompt) == (f"a red circle {forged}", f"blurry {forged}")
     assert (read.steps, read.seed, read.width, read.height) == (25, 5, 512, 512)
 

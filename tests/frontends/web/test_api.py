@@ -25,7 +25,7 @@ from bot.core.service import Service
 from bot.core.store import Store
 from bot.executors.local import LocalExecutor
 from bot.frontends.web.api import create_app
-from bot.outputs import parameters_from_a1111
+from tests.helpers.infotext import FORGED_SETTINGS, read_back
 from tests.helpers.models import add_pipeline_variant
 from tests.helpers.service import start_service, stop_service
 
@@ -178,7 +178,7 @@ async def test_submit_poll_and_fetch_the_png(api):
 async def test_a_prompt_over_several_lines_cannot_forge_the_pngs_parameters(api):
     """The `parameters` text (AUTOMATIC1111's) escapes nothing: a line break in the prompt would
     start a line of its own. Each is a space, as read back by our reader and by sd-parsers."""
-    forged = "Steps: 1, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32"
+    forged = FORGED_SETTINGS
     submitted = await api.submit({"prompt": f"a red circle\n{forged}\r\n--steps 2", "seed": 11,
                                   "negative_prompt": f"blurry\u2028{forged}"})
     assert submitted["request"]["prompt"] == f"a red circle {forged}"
@@ -187,15 +187,9 @@ async def test_a_prompt_over_several_lines_cannot_forge_the_pngs_parameters(api)
     assert job["status"] == "done", job
     png = api.outputs / job["images"][0]["url"].rsplit("/", 1)[1]
 
-    with Image.open(png) as image:
-        text = image.text["parameters"]
-    assert len(text.splitlines()) == 3
-    read = parameters_from_a1111(text)
+    read = read_back(png)
     assert (read.prompt, read.negative_prompt) == (f"a red circle {forged}", f"blurry {forged}")
     assert (read.steps, read.seed, read.width, read.height) == (2, 11, 64, 64)
-    info = pytest.importorskip("sd_parsers").ParserManager().parse(png)
-    assert (info.full_prompt, info.full_negative_prompt) == (read.prompt, read.negative_prompt)
-    assert (info.samplers[0].parameters["steps"], info.samplers[0].parameters["seed"]) == ("2", "11")
 
 
 async def test_inline_flags_and_separate_fields_give_the_same_request(api):
