@@ -78,7 +78,7 @@ STRINGS: Strings = {
         "model_is_inpainting": "'{name}' is an inpainting model: it redraws a marked region of an existing image and cannot draw from a prompt alone. For new images use one of: {available}.",
         "init_image_missing": "The start image {got} does not exist.",
         "banned": "You cannot use this bot: {reason}",
-        "queue_full": "You already have {count} jobs waiting; the limit is {limit}. Wait for one to finish or cancel one.",
+        "queue_full": "Jobs you have waiting: {count}; the limit is {limit}. Wait for one to finish or cancel one.",
         "rate_limited": "You have made {count} requests in the last hour; the limit is {limit}. Try again later.",
         "not_admin": "Only admins can do that.",
         "ban_bad_address": "{address} is not a network address: ban one as address:203.0.113.7 or address:2001:db8::7.",

@@ -39,7 +39,7 @@ async def test_a_user_with_the_most_jobs_waiting_is_told_the_limit_and_others_ar
 
     assert queued(await ask(stack, fake, command("imagine", prompt="a fox --steps 1")))
     answer = await ask(stack, fake, command("imagine", prompt="another fox --steps 1"))
-    assert refused(answer, "You already have 1 jobs waiting; the limit is 1. "
+    assert refused(answer, "Jobs you have waiting: 1; the limit is 1. "
                            "Wait for one to finish or cancel one."), answer
     answer = await ask(stack, fake, command("imagine", prompt="một con cáo --steps 1", locale="vi"))
     assert refused(answer, "Bạn đang có 1 yêu cầu chờ; giới hạn là 1. Hãy đợi một yêu cầu xong hoặc hủy bớt."), answer

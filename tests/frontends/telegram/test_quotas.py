@@ -32,7 +32,7 @@ async def test_a_user_with_the_most_jobs_waiting_is_told_the_limit_and_others_ar
     (waiting,) = await bot.wait_job(ALICE)
     await bot.status_text(status.result["message_id"], f"#{short_id(waiting.public_id)} queued: position 1")
     await refused(bot, ALICE, "/imagine another fox --steps 1",
-                  "You already have 1 jobs waiting; the limit is 1. Wait for one to finish or cancel one.")
+                  "Jobs you have waiting: 1; the limit is 1. Wait for one to finish or cancel one.")
     await refused(bot, ALICE_VI, "một con cáo --steps 1",  # a plain prompt in a private chat
                   "Bạn đang có 1 yêu cầu chờ; giới hạn là 1. Hãy đợi một yêu cầu xong hoặc hủy bớt.")
     assert [job.id for job in await bot.jobs_of(ALICE)] == [waiting.id]  # the refused requests queued nothing

@@ -658,7 +658,7 @@ async def test_queue_quota_per_user_and_admins_are_exempt(make_api):
     await api.submit("a slow one --steps 200")
     await api.submit("a slow one --steps 200")
     assert_error(await api.client.post("/api/jobs", json={"prompt": "a third"}, headers=ALICE), 429,
-                 "You already have 2 jobs waiting; the limit is 2.")
+                 "Jobs you have waiting: 2; the limit is 2.")
     assert (await api.client.post("/api/jobs", json={"prompt": "a cat"}, headers=BOB)).status_code == 202
     for _ in range(3):
         assert (await api.client.post("/api/jobs", json={"prompt": "a cat"}, headers=ADMIN)).status_code == 202
