@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the bot: web page and API, plus Discord/Telegram when their "
                                 "tokens are set")
     serve.add_argument("--host", help="address the web page listens on (default: [web] host, 127.0.0.1; "
-                       "0.0.0.0 for every network: read README, 'Security', first)")
+                       "0.0.0.0 for every network: read docs/security.md first)")
     serve.add_argument("--port", type=_port, help="port of the web page (default: [web] port, 7860)")
 
     commands.add_parser("doctor", help="what the bot would run on: torch, device, number format, attention, "
@@ -314,7 +314,7 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
     if args.models_command == "list":
         entries = registry.entries()
         if not entries:
-            print(f"No models in {config.storage.models_dir}. See README, 'Adding models'.")
+            print(f"No models in {config.storage.models_dir}. See docs/models.md.")
             return 0
         rows = [("NAME", "KIND", "BASE", "STATUS", "DEFAULTS")]
         for entry in entries:

@@ -36,7 +36,7 @@ class StorageConfig:
     state_dir: str = "state"  # the database and generated images live here
     database: str = ""  # default: <state_dir>/imagebot.sqlite3
     outputs: str = ""  # default: <state_dir>/outputs
-    models_dir: str = "models"
+    models_dir: str = "models"  # the model store: one folder per variant, hot-loaded while running
 
     def database_path(self) -> Path:
         return Path(self.database or Path(self.state_dir) / "imagebot.sqlite3")
@@ -47,19 +47,19 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class ModelsConfig:
-    default: str = "demo"
+    default: str = "demo"  # the variant a request without --model uses (admins change it with /model NAME)
     rescan_seconds: float = 2.0  # how often the model store is checked for new/changed variants
     allow_download: bool = True  # hub variants may be fetched on first use where online
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_prompt_chars: int = 1000
-    max_steps: int = 50
-    max_guidance: float = 30.0
+    max_prompt_chars: int = 1000  # characters of a prompt, flags included
+    max_steps: int = 50  # denoising steps a request may ask for
+    max_guidance: float = 30.0  # guidance scale (--cfg) a request may ask for
     min_side: int = 32  # the shipped demo model draws 32 px images
-    max_side: int = 1024
-    max_pixels: int = 1024 * 1024
+    max_side: int = 1024  # pixels of either side a model draws
+    max_pixels: int = 1024 * 1024  # width x height a model draws
     max_images: int = 4  # images per request
     max_loras: int = 3  # LoRAs one request may apply at once (<lora:NAME:W> tags and --lora)
     max_upscaled_side: int = 2048  # the Upscale button's results (drawn in tiles, so larger than max_side)
@@ -67,20 +67,20 @@ class Limits:
     max_upload_pixels: int = 4096 * 4096  # checked from its header, before decoding
     # Uploads waiting for a request (each expires within the hour), by their size as stored:
     max_uploads_per_user: int = 50  # per user (0 = no limit; admins have none)
-    max_upload_mb_per_user: int = 500
+    max_upload_mb_per_user: int = 500  # ... and their size as stored, in MiB
     max_uploads_per_address: int = 100  # per network address, whatever client keys it sends
-    max_upload_mb_per_address: int = 1024
+    max_upload_mb_per_address: int = 1024  # ... and their size as stored, in MiB
     max_uploads: int = 500  # in all
-    max_upload_mb: int = 4096
+    max_upload_mb: int = 4096  # ... and their size as stored, in MiB
     max_describes_per_minute: int = 6  # /describe, per user and per address (0 = no limit; admins have none)
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto: CUDA, else Apple's mps, else the CPU
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # auto: float16 on GPUs, float32 on CPU
     attention: Literal["auto", "sdpa", "xformers"] = "auto"  # auto = PyTorch SDPA
-    channels_last: bool = False
+    channels_last: bool = False  # a memory layout that speeds up convolutions on some GPUs
     compile: bool = False  # torch.compile the UNet (slow first call, faster after)
     cpu_offload: Literal["none", "model", "sequential"] = "none"  # CUDA only: trade speed for memory
     vae_tiling_pixels: int = 1024 * 1024  # decode in tiles above this many pixels (0 = never)
@@ -100,14 +100,14 @@ class ExecutorConfig:
     """Where batches run: "local" (this machine's `[engine] device`/`devices`) or "ray" (Ray Serve
     replicas on a cluster; `pip install -e ".[ray]"`)."""
 
-    kind: Literal["local", "ray"] = "local"
+    kind: Literal["local", "ray"] = "local"  # "local": this machine; "ray": Ray Serve replicas
     # "local": start a Ray instance inside `imagebot serve` (one machine, several GPUs);
     # "auto": the cluster started on this machine with `ray start`; "HOST:6379": that cluster's head.
     address: str = "local"
     replicas_min: int = 1  # replicas kept running; autoscaling on queued batches between min and max
-    replicas_max: int = 1
+    replicas_max: int = 1  # the most replicas autoscaling starts
     gpus_per_replica: float = 1.0  # 0 = CPU replicas
-    cpus_per_replica: float = 1.0
+    cpus_per_replica: float = 1.0  # CPU cores Ray reserves for each replica
     max_models_per_replica: int = 2  # variants a replica keeps loaded (least recently used goes first)
     max_ongoing_requests: int = 1  # batches sent to a replica at once (one runs, the rest wait there)
     models_dir: str = ""  # where replicas find models/ (a folder every node sees); "" = [storage] models_dir
@@ -152,9 +152,9 @@ class ModerationConfig:
 
 @dataclass(frozen=True)
 class WebConfig:
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 7860
+    enabled: bool = True  # serve the page and the HTTP API
+    host: str = "127.0.0.1"  # this machine only; "0.0.0.0" serves every network (docs/security.md first)
+    port: int = 7860  # the port of the page and both HTTP APIs
     # Host names the page may be reached by (a request naming another Host is refused: DNS
     # rebinding). Empty = localhost, 127.0.0.1, [::1] and `host` when it names one; "*" = any.
     allowed_hosts: tuple[str, ...] = ()
@@ -191,10 +191,10 @@ class TelegramConfig:
     allowed_chats: tuple[int, ...] = ()  # chat ids the bot answers in; empty = every chat
     base_url: str = ""  # Bot API server, e.g. "http://127.0.0.1:8081/bot" for a local one; "" = api.telegram.org
     base_file_url: str = ""  # its file URL ("" = derived from base_url)
-    mode: Literal["polling", "webhook"] = "polling"
+    mode: Literal["polling", "webhook"] = "polling"  # polling needs no public address; webhook does
     webhook_url: str = ""  # webhook mode: the public HTTPS URL Telegram posts updates to
     webhook_listen: str = "127.0.0.1"  # webhook mode: where the bot's own HTTP server listens
-    webhook_port: int = 8443
+    webhook_port: int = 8443  # webhook mode: the port the bot's own HTTP server listens on
     edit_interval_group: float = 3.0  # seconds between progress edits in groups
     edit_interval_private: float = 1.0  # ... and in private chats
     previews: bool = True  # show the half-made image while it is generated

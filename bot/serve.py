@@ -176,7 +176,7 @@ def _log_models(stack: Stack, config: Config) -> None:
     models = [e.name for e in stack.registry.entries() if e.ready]
     log.info("serving models: %s (default %s)", ", ".join(models) or "none", config.models.default)
     if not models:
-        log.warning("no models in %s: requests will be refused until one is added (see README, 'Adding models')",
+        log.warning("no models in %s: requests will be refused until one is added (see docs/models.md)",
                     config.storage.models_dir)
 
 

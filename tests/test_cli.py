@@ -289,7 +289,7 @@ def test_empty_model_store_says_where_to_put_a_model(work, capsys, tmp_path):
 
     code, out, err = run_main(["models", "list"], capsys)
     assert code == 0 and err == ""
-    assert out == f"No models in {empty}. See README, 'Adding models'.\n"
+    assert out == f"No models in {empty}. See docs/models.md.\n"
 
 
 @pytest.mark.parametrize("override", ['scheduler = "bogus"', "width = 100"])

@@ -58,7 +58,7 @@ def test_demo_draws_what_it_is_asked(engine):
     results = engine.generate([request(engine, "demo", p.prompt, p.seed) for p in prompts])
     verdicts = [shapes.judge(r.images[0], p.spec) for r, p in zip(results, prompts)]
     score = shapes.score(verdicts)
-    # Over 100 prompts the shipped model's scores are in the README; 12 prompts leave some slack.
+    # Over 100 prompts the shipped model's scores are in docs/training.md; 12 prompts leave some slack.
     assert score["colours_ok"] >= 10 / 12, verdicts
     assert score["shape_kind_ok"] >= 10 / 12, verdicts
 
@@ -71,7 +71,7 @@ def test_demo_draws_sizes_and_places(engine):
     verdicts = [shapes.judge(r.images[0], p.spec) for r, p in zip(results, prompts)]
     score = shapes.score(verdicts)
     assert score["n_position_ok"] >= 8 and score["n_size_ok"] >= 6 and score["n_held_out_colours_ok"] >= 2
-    # Over 200 prompts: position 99.4%, size and held-out pairs 100% (README); 12 leave some slack.
+    # Over 200 prompts: position 99.4%, size and held-out pairs 100% (docs/training.md); 12 leave some slack.
     assert score["position_ok"] >= 0.75 and score["size_ok"] >= 0.75, verdicts
     assert score["colours_ok"] >= 10 / 12 and score["held_out_colours_ok"] >= 0.5, verdicts
 
@@ -87,7 +87,7 @@ def test_demo_finetuned_draws_the_new_concept_and_keeps_the_old_ones(engine):
     assert tuned_hearts >= 6 and tuned_hearts >= base_hearts + 2, (tuned_hearts, base_hearts)
     assert sum(shapes.judge(r.images[0])["shape_colour"] == p.spec.colour for r, p in zip(tuned, hearts)) >= 6
     # Prior preservation over the whole vocabulary (same prompts and seeds as the base): shape kinds
-    # stay what they were (none of 100 plain prompts changes, README; over the previous base 3% did,
+    # stay what they were (none of 100 plain prompts changes, docs/training.md; over the previous base 3% did,
     # squares that pass the heart test or come out round). The first LoRA changed 31%.
     prompts = shapes.held_out_prompts(18, seed=6, modifiers=False)
     before = engine.generate([request(engine, "demo", p.prompt, p.seed) for p in prompts])

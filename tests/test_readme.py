@@ -1,7 +1,9 @@
-"""The README's commands are true: every `imagebot ...`, `python -m ...` and `python bench/...`
-command in its shell blocks names a command that exists, with options that command accepts, and
-the files it reads from the repository (`--config`, `--queries-file`) exist; `imagine` prompts
-parse, with their inline flags, and name models that ship.
+"""The README and the pages in docs/ are true: every `imagebot ...`, `python -m ...` and
+`python bench/...` command in their shell blocks names a command that exists, with options that
+command accepts, and the files it reads from the repository (`--config`, `--queries-file`) exist;
+`imagine` prompts parse, with their inline flags, and name models that ship. Every link between
+them leads to a file and a heading that exist, the configuration reference is the one bot/config.py
+generates, and the README stays a first read (300 lines at most).
 
 Each distinct command's `--help` is asked once, from a real process, and the README's options are
 looked up in it. Running the commands themselves is left to the tests of each command (most need a
@@ -20,16 +22,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README_LINES = 300
 # `imagebot data` and `imagebot train` hand over to training/: their second word is a command too.
 TWO_WORD = {"data", "train", "models", "users"}
 READS_FROM_REPO = ("--config", "--queries-file")
 
 
 def shell_commands() -> list[list[str]]:
-    """Every simple command in the README's ```bash blocks, as tokens (comments and quotes handled)."""
+    """Every simple command in the pages' ```bash blocks, as tokens (comments and quotes handled)."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+    blocks = [block for page in PAGES for block in re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), re.S)]
+    for block in blocks:
         text = block.replace("\\\n", " ")
         for line in text.splitlines():
             lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
@@ -82,8 +86,47 @@ def help_text(head: tuple[str, ...]) -> str:
 COMMANDS = [found for command in shell_commands() if (found := ours(command))]
 
 
-def test_the_readme_has_commands_to_check():
+def test_the_pages_have_commands_to_check():
     assert len(COMMANDS) >= 20, COMMANDS
+
+
+def test_the_readme_is_a_first_read():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines <= README_LINES, f"README.md has {lines} lines; move detail into docs/"
+
+
+def headings(page: Path) -> set[str]:
+    """The anchors GitHub makes of a page's headings (outside code blocks)."""
+    found, in_code = set(), False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            text = line.lstrip("#").strip().lower()
+            found.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(page.relative_to(ROOT)) for page in PAGES])
+def test_every_link_leads_to_a_file_and_heading_that_exist(page):
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name}: {target} leads nowhere"
+        if anchor and linked.suffix == ".md":
+            assert anchor in headings(linked), f"{page.name}: {target}: no such heading in {linked.name}"
+
+
+def test_the_configuration_reference_is_the_one_the_code_generates():
+    from tests.helpers.config_reference import BEGIN, END, reference
+
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    written = page[page.index(BEGIN):page.index(END) + len(END)]
+    assert written == reference(), ("docs/configuration.md's reference differs from bot/config.py: "
+                                    "paste in the output of python -m tests.helpers.config_reference")
 
 
 @pytest.mark.parametrize("head,rest", COMMANDS, ids=[" ".join(h[2:] if h[1] == "-m" else h[1:]) + " "

@@ -22,7 +22,7 @@ def pick_device(config: EngineConfig) -> torch.device:
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if config.device == "cuda" and not cuda:
         raise EngineSetupError("engine.device is 'cuda' but torch sees no CUDA GPU. Install a CUDA build of "
-                               "torch (see README, 'Installing') or set engine.device = \"auto\".")
+                               "torch (see docs/install.md) or set engine.device = \"auto\".")
     if config.device == "mps" and not mps:
         raise EngineSetupError("engine.device is 'mps' but Apple's Metal backend is not available here; "
                                "set engine.device = \"auto\".")

@@ -42,7 +42,7 @@ def load_upscaler(spec: VariantSpec, device: torch.device, dtype: torch.dtype) -
         from spandrel import ImageModelDescriptor, ModelLoader  # a heavy import, only where upscalers are used
     except ImportError:
         raise UpscalerError(f"upscaler '{spec.name}' needs spandrel, which is not installed: "
-                            "pip install -e \".[upscale]\" (README, 'Installing')") from None
+                            "pip install -e \".[upscale]\" (docs/install.md)") from None
 
     assert spec.file is not None
     try:

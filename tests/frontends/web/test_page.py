@@ -496,7 +496,7 @@ def test_screenshot(page, tmp_path):
     page.evaluate("window.scrollTo(0, 0)")
     artifact = tmp_path / "screenshot.png"
     page.screenshot(path=str(artifact))
-    artifacts = REPO / "test-artifacts"  # kept after the run (git ignores it); docs/ has the README's copy
+    artifacts = REPO / "test-artifacts"  # kept after the run (git ignores it); docs/ has the copy the README shows
     artifacts.mkdir(exist_ok=True)
     shutil.copyfile(artifact, artifacts / "screenshot.png")
     for path in (artifact, artifacts / "screenshot.png"):

@@ -1,5 +1,5 @@
 """The API's routes can be found and walked: each lives in a router of bot/frontends/web/routes/,
-and together they are the URLs clients rely on (README, 'HTTP API')."""
+and together they are the URLs clients rely on (docs/api.md)."""
 
 from __future__ import annotations
 
