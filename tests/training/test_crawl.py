@@ -9,6 +9,7 @@ import logging
 import random
 import threading
 import urllib.parse
+import urllib.robotparser
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -326,7 +327,7 @@ def test_network_errors_are_retried_then_reported(tmp_path):
     sleeps = Sleeps()
     # Port 9 on localhost: nothing listens, the connection is refused.
     fetcher = Fetcher(allow_private_addresses=True, delay=0, retries=2, backoff=1.0, timeout=2, sleep=sleeps)
-    fetcher._robots["http://127.0.0.1:9"] = crawl.urllib.robotparser.RobotFileParser()
+    fetcher._robots["http://127.0.0.1:9"] = urllib.robotparser.RobotFileParser()
     fetcher._robots["http://127.0.0.1:9"].allow_all = True
     with pytest.raises(FetchError) as info:
         fetcher.get("http://127.0.0.1:9/a.png")
@@ -439,7 +440,7 @@ def test_cli_reports_a_failed_search(tmp_path, capsys):
 def test_robots_crawl_delay_lengthens_the_delay(server):
     sleeps = Sleeps()
     fetcher = Fetcher(allow_private_addresses=True, delay=1.0, retries=0, clock=lambda: 0.0, sleep=sleeps)
-    robots = crawl.urllib.robotparser.RobotFileParser()
+    robots = urllib.robotparser.RobotFileParser()
     robots.parse(["User-agent: ImageChatbot-crawler", "Crawl-delay: 4", "Disallow: /private/"])
     robots.modified()
     fetcher._robots[server.base] = robots  # as if read from the site
