@@ -21,7 +21,7 @@ variant of the model store, in two flavours:
     python -m training.finetune --resume runs/finetune/checkpoint.pt --max-train-steps 800
 
 The shipped demo model learns a new shape, "a red zwx heart on a white background" (instance
-images rendered by training/concept.py; how long it takes is in the README, "The demo model"):
+images rendered by training/concept.py; how long it takes is in docs/training.md, "The demo model"):
 
     python -m training.finetune --config training/configs/demo-finetuned.toml --models-dir models
 

@@ -1,6 +1,6 @@
 """Train a small Stable Diffusion model from scratch and publish it into the model store.
 
-The shipped demo model (how long it takes on a CPU is in the README, "The demo model"; `python
+The shipped demo model (how long it takes on a CPU is in docs/training.md, "The demo model"; `python
 bench/training.py` measures steps per second on the machine at hand):
 
     python -m training.train_scratch --config training/configs/demo.toml --name demo --models-dir models
@@ -15,7 +15,7 @@ Other uses:
     python -m training.train_scratch --data manifest --manifest data/logs-train.json --image-size 64
     python -m training.train_scratch --vae runs/demo/vae --config training/configs/demo.toml  # reuse a VAE
 
-The recipe (measured in the README, "The demo model"): (a) a tiny AutoencoderKL (32 px -> 8x8x4) is
+The recipe (measured in docs/training.md, "The demo model"): (a) a tiny AutoencoderKL (32 px -> 8x8x4) is
 trained first on the images; (b) every image is encoded once, latents scaled to unit variance (the
 factor is recorded as the VAE's `scaling_factor`), and a UNet2DConditionModel is trained jointly
 with a small CLIP text encoder on them: epsilon prediction, scaled_linear betas, 10% empty
