@@ -64,7 +64,7 @@ from typing import Any, Callable, Protocol
 
 from PIL import Image
 
-from bot.models.atomic import write_atomic
+from bot.files.atomic import write_atomic
 from training.manifest import (
     DEFAULT_DUP_DISTANCE,
     ManifestError,
@@ -581,7 +581,7 @@ def inspect_image(body: bytes, *, min_side: int = 64, max_pixels: int = 40_000_0
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers see the old or the new file, whole (bot.models.atomic.write_atomic)."""
+    """Readers see the old or the new file, whole (bot.files.atomic.write_atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: f.write(json.dumps(data, ensure_ascii=False, indent=1) + "\n"))
 

@@ -83,7 +83,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bot.models.atomic import write_atomic, write_text_atomic
+from bot.files.atomic import write_atomic, write_text_atomic
 from bot.models.publish import publish_variant
 from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, VariantDefaults
 from training.common.data import Batches, Dataset, grid, load_image

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bot.models.atomic import write_text_atomic
+from bot.files.atomic import write_text_atomic
 from bot.models.publish import publish_variant
 from training import shapes
 from training.common.data import Batches, Dataset, grid, load_image, to_pil, to_unit_range
