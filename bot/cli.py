@@ -19,9 +19,10 @@ from typing import Sequence
 
 from bot import __version__, logs
 from bot.config import Config, ConfigError, Secrets, load_config
-from bot.core.errors import UserError
+from bot.core.errors import UserError, model_refusal
 from bot.core.request import merge_options, options_from_fields, parse_prompt
 from bot.core.resolve import resolve
+from bot.models.errors import ModelUnavailable
 
 log = logging.getLogger("imagebot")
 
@@ -282,7 +283,10 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
     request = resolve(merge_options(inline, explicit), registry.ready_defaults(), config.models.default,
                       config.limits, models_dir=config.storage.models_dir, unavailable=registry.unavailable(),
                       lora_bases=registry.lora_bases())
-    registry.get(request.model)  # a broken variant says why before torch is even imported
+    try:
+        registry.get(request.model)  # a broken variant says why before torch is even imported
+    except ModelUnavailable as unavailable:
+        raise model_refusal(unavailable) from None
 
     from tqdm import tqdm
 

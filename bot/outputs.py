@@ -33,7 +33,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from bot.core.prompt_syntax import prompt_with_lora_tags
 from bot.core.request import NEGATIVE_LABEL, one_line
-from bot.models.atomic import write_atomic, write_text_atomic
+from bot.files.atomic import write_atomic, write_text_atomic
 
 A1111_CHUNK = "parameters"
 IMAGEBOT_CHUNK = "imagebot"

@@ -3,7 +3,7 @@
 Scripts (`python -m training.<name>`, or `imagebot train|data ...`): train_scratch, finetune,
 evaluate, to_single_file, concept and data_cli (crawl, caption, manifest commands). What the training scripts
 share lives in training.common; datasets in manifest.py, shapes.py and concept.py; settings in
-settings.py; atomic writes and publishing in bot.models. No script imports another script.
+settings.py; atomic writes in bot.files, publishing in bot.models. No script imports another script.
 train_scratch, finetune and the crawl keep their stages in modules named after them (scratch_*,
 finetune_*, crawl_*), each script's own module holding its settings and the order of the stages.
 """

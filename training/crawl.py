@@ -37,7 +37,7 @@ from typing import Any
 
 from PIL import Image
 
-from bot.models.atomic import write_atomic
+from bot.files.atomic import write_atomic
 from training.crawl_http import CrawlError, Disallowed, Fetcher, FetchError
 from training.crawl_providers import PROVIDERS, Provider
 from training.manifest import (
@@ -107,7 +107,7 @@ def inspect_image(body: bytes, *, min_side: int = 64, max_pixels: int = 40_000_0
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers see the old or the new file, whole (bot.models.atomic.write_atomic)."""
+    """Readers see the old or the new file, whole (bot.files.atomic.write_atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: f.write(json.dumps(data, ensure_ascii=False, indent=1) + "\n"))
 

@@ -57,7 +57,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.models.atomic import write_atomic, write_text_atomic
+from bot.files.atomic import write_atomic, write_text_atomic
 from training import shapes
 from training.common.run import run_script
 from training.settings import Settings, SettingsError

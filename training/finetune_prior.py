@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bot.models.atomic import write_atomic, write_text_atomic
+from bot.files.atomic import write_atomic, write_text_atomic
 from bot.models.variant import VariantDefaults
 from training.common.networks import quietly_to
 from training.common.run import Run, log

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from bot.models.atomic import write_atomic
+from bot.files.atomic import write_atomic
 
 FORMATS = (".json", ".jsonl", ".csv", ".txt")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

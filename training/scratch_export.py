@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bot.models.atomic import write_text_atomic
+from bot.files.atomic import write_text_atomic
 from bot.models.publish import publish_variant
 from training import shapes
 from training.common.data import grid

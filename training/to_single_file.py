@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from bot.models.atomic import write_file_atomic
+from bot.files.atomic import write_file_atomic
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -380,7 +380,7 @@ def export_single_file(pipe_or_folder, out_path: Path, *, half: bool = False) ->
     """Write ``out_path`` (.safetensors, original key layout) from a pipeline object or a saved pipeline folder.
 
     ``half`` stores floating-point weights as float16 (the usual ~2 GB SD 1.5 file instead of ~4 GB).
-    The file is written atomically (bot.models.atomic), so a crash never leaves a half-written
+    The file is written atomically (bot.files.atomic), so a crash never leaves a half-written
     checkpoint where a loader would pick it up.
     """
     from safetensors.torch import save_file

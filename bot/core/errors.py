@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bot.core.messages import CORE
+from bot.models.errors import ModelUnavailable
 
 
 class UserError(Exception):
@@ -21,6 +22,14 @@ class UserError(Exception):
     def render(self, locale: str | None) -> str:
         """The core's wording in the user's language."""
         return CORE.render(self.key, locale, **self.params)
+
+
+def model_refusal(unavailable: ModelUnavailable) -> UserError:
+    """The model store's ModelUnavailable as the refusal a person reads: bot/models sits below the
+    core and words nothing, so whoever asks the registry for a user's variant translates here."""
+    if unavailable.problem is not None:
+        return UserError("model_broken", name=unavailable.name, error=unavailable.problem)
+    return UserError("unknown_model", got=unavailable.name, available=", ".join(unavailable.available) or "none")
 
 
 class Cancelled(Exception):

@@ -1,8 +1,9 @@
 """/describe: candidate prompts for a picture, from the captioning model the admin points to
 (`[describe] model`, the BLIP folder `imagebot data caption` uses).
 
-The model loads on first use and stays loaded. Its answers are several beams of one search, so
-the candidates differ in wording, not at random: the same picture gets the same candidates.
+The model loads on first use and stays loaded. Its answers are several beams of one search
+(bot.engine.captioner), so the candidates differ in wording, not at random: the same picture gets
+the same candidates.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from bot.core.errors import UserError
-from training.caption import CaptionError, Captioner
+from bot.engine.captioner import CaptionError, Captioner
 
 MAX_NEW_TOKENS = 30
 
@@ -30,19 +30,7 @@ class Describer:
     def describe(self, image: Image.Image) -> list[str]:
         """Up to `candidates` different prompts for `image` (CPU/GPU work: call it off the event loop)."""
         with self._lock:
-            captioner = self._load()
-            inputs = captioner.processor(images=[image.convert("RGB")], return_tensors="pt").to(captioner.device)
-            inputs["pixel_values"] = inputs["pixel_values"].to(captioner.model.dtype)
-            beams = max(self.candidates, 2)
-            with torch.inference_mode():
-                tokens = captioner.model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=beams,
-                                                  num_return_sequences=beams, do_sample=False)
-            texts = captioner.processor.batch_decode(tokens, skip_special_tokens=True)
-        unique: list[str] = []
-        for text in (" ".join(t.split()) for t in texts):
-            if text and text not in unique:
-                unique.append(text)
-        return unique[: self.candidates]
+            return self._load().candidates(image, self.candidates)
 
     def _load(self) -> Captioner:
         if self._captioner is None:

@@ -23,7 +23,7 @@ from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
 from PIL import Image
 
 from bot.config import EngineConfig
-from bot.core.errors import Cancelled, UserError
+from bot.core.errors import Cancelled, UserError, model_refusal
 from bot.core.prompt_syntax import strip_lora_tags
 from bot.core.request import GenerationRequest
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
@@ -32,6 +32,7 @@ from bot.engine.inpaint import inpainting_pipeline, load_mask, paste_unmasked
 from bot.engine.interrupt import stoppable
 from bot.engine.loader import load_base_pipeline, load_lora, model_bytes, weight_file_bytes
 from bot.engine.prompts import needs_embeddings, prompt_embeddings
+from bot.models.errors import ModelUnavailable
 from bot.models.registry import Registry
 from bot.models.spec import VariantSpec
 from bot.engine.schedulers import make_scheduler
@@ -166,10 +167,10 @@ class Engine:
             raise ValueError(f"requests in one batch must share model, size, steps, guidance and scheduler: {keys}")
         first = requests[0]
         self.refresh()
-        spec = self.registry.get(first.model)
+        spec = self._spec(first.model)
         wanted_loras = first.loras
         if first.mask_image is not None and spec.inpaint:
-            spec = self.registry.get(spec.inpaint)  # the model's own inpainting model
+            spec = self._spec(spec.inpaint)  # the model's own inpainting model
             wanted_loras = ()  # LoRAs are made for the model, not for its inpainting model
         fast_lora = self._fast_lora(spec) if first.fast else None
         pipe, resident, loras = self._activate(spec, wanted_loras, fast_lora)
@@ -218,12 +219,12 @@ class Engine:
         """Make `spec`, with the request's LoRAs (and the fast mode's LCM-LoRA, if given) on top,
         what the next pipeline call uses; load what is missing. Returns the pipeline, its resident
         model and the request's LoRAs with their fingerprints."""
-        base_spec = self.registry.get(spec.base or "") if spec.kind == "lora" else spec
+        base_spec = self._spec(spec.base or "") if spec.kind == "lora" else spec
         wanted: dict[str, tuple[VariantSpec, float]] = {}
         if spec.kind == "lora":
             wanted[spec.name] = (spec, spec.scale)
         for name, weight in loras:  # a weight in the request wins over the variant's own scale
-            lora = spec if name == spec.name else self.registry.get(name)
+            lora = spec if name == spec.name else self._spec(name)
             if lora.kind != "lora" or lora.base != base_spec.name:  # the store changed since admission
                 raise UserError("lora_wrong_base", got=name, base=lora.base or name, model=spec.name,
                                 available=", ".join(n for n, b in self.registry.lora_bases().items()
@@ -261,19 +262,27 @@ class Engine:
         resident.pipe.delete_adapters(name)
         del resident.adapters[name]
 
+    def _spec(self, name: str) -> VariantSpec:
+        """The usable variant `name`; a variant the store cannot hand out is a refusal (UserError)
+        the person who asked for it reads."""
+        try:
+            return self.registry.get(name)
+        except ModelUnavailable as unavailable:
+            raise model_refusal(unavailable) from None
+
     def _fast_lora(self, spec: VariantSpec) -> VariantSpec | None:
         """The LCM-LoRA of a variant's fast mode: its own, else its base's; None for an LCM or
         Turbo model, which is fast by itself."""
         name = spec.fast_lora
         if name is None and spec.kind == "lora":
-            name = self.registry.get(spec.base or "").fast_lora
-        return self.registry.get(name) if name else None
+            name = self._spec(spec.base or "").fast_lora
+        return self._spec(name) if name else None
 
     def _refiner(self, request: GenerationRequest) -> DiffusionPipeline:
         """The refiner pipeline that finishes `request`: next to its base when the memory budget
         holds both, else in its place (the base loads again for its next batch)."""
         assert request.refiner
-        spec = self.registry.get(request.refiner)
+        spec = self._spec(request.refiner)
         resident = self._resident_for(spec)
         if resident.adapters:
             resident.pipe.disable_lora()
@@ -531,7 +540,7 @@ class Engine:
 
     def _upscaler_for(self, name: str) -> Upscaler:
         try:
-            spec = self.registry.get(name)
+            spec = self._spec(name)
         except UserError as error:
             raise UserError("upscaler_missing", name=name, error=str(error)) from None
         if spec.kind != "upscaler":

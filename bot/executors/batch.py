@@ -10,9 +10,10 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bot.core.errors import Cancelled, UserError
+from bot.core.errors import Cancelled, UserError, model_refusal
 from bot.core.executor import BatchItem, CancelProbe, Outcome, StepProgress
 from bot.core.jobs import ImageResult
+from bot.models.errors import ModelUnavailable
 from bot.models.registry import Registry
 from bot.outputs import save_result
 
@@ -46,7 +47,10 @@ def run_batch(engine, registry: Registry, items: Sequence[BatchItem], progress: 
 
     try:
         engine.refresh()
-        spec = registry.get(items[0].request.model)
+        try:
+            spec = registry.get(items[0].request.model)
+        except ModelUnavailable as unavailable:
+            raise model_refusal(unavailable) from None  # answered as a refusal below, like the engine's
         xl = spec.arch == "sdxl"
         results = engine.generate([item.request for item in items], on_progress=on_step, should_cancel=should_stop)
     except Cancelled:

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from bot.config import Config
 from bot.core.executor import BatchItem, CancelProbe, ExecutorUnavailable, Outcome, ProgressSink, StepProgress
 from bot.executors.batch import timed_out
-from bot.models.atomic import write_atomic
+from bot.files.atomic import write_atomic
 from bot.models.registry import Registry
 
 log = logging.getLogger(__name__)

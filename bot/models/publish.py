@@ -44,9 +44,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from bot.models.atomic import fsync_dir, fsync_file, write_text_atomic
+from bot.files.atomic import fsync_dir, fsync_file, write_text_atomic
+from bot.files.toml_writer import to_toml
 from bot.models.spec import VARIANT_FILE, read_variant
-from bot.models.toml_writer import to_toml
 from bot.models.variant import MODEL_NAME
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

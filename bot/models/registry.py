@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
-from bot.core.errors import UserError
+from bot.models.errors import ModelUnavailable
 from bot.models.spec import GENERATING_KINDS, VARIANT_FILE, VariantError, VariantSpec, read_variant
 from bot.models.variant import MODEL_NAME, VariantDefaults, VariantOverride, overridden
 
@@ -93,13 +93,12 @@ class Registry:
             return self._entries.get(name)
 
     def get(self, name: str) -> VariantSpec:
-        """The spec of a usable variant, or a UserError saying why there is none."""
+        """The spec of a usable variant, or ModelUnavailable saying why there is none."""
         entry = self.entry(name)
         if entry is None or entry.disabled:
-            available = ", ".join(self.ready_defaults()) or "none"
-            raise UserError("unknown_model", got=name, available=available)
+            raise ModelUnavailable(name, available=list(self.ready_defaults()))
         if entry.error or entry.spec is None:
-            raise UserError("model_broken", name=name, error=entry.error)
+            raise ModelUnavailable(name, problem=entry.error or "")
         return entry.spec
 
     def ready_defaults(self) -> dict[str, VariantDefaults]:

@@ -10,7 +10,7 @@ import pytest
 from bot.models import publish
 from bot.models.publish import publish_variant
 from bot.models.registry import Registry
-from bot.models.toml_writer import to_toml
+from bot.files.toml_writer import to_toml
 from tests.helpers.models import add_pipeline_variant
 
 

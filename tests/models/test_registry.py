@@ -21,8 +21,9 @@ import pytest
 from safetensors.numpy import save_file
 
 from bot.config import config_from_dict
-from bot.core.errors import UserError
+from bot.core.errors import model_refusal
 from bot.models import registry as registry_module
+from bot.models.errors import ModelUnavailable
 from bot.models.registry import Registry, ScanChanges, VariantEntry
 from bot.models.variant import VariantDefaults, VariantOverride
 
@@ -291,10 +292,10 @@ def test_enabled_false_disables_a_variant(good_store):
     assert entry.disabled and not entry.ready and entry.error is None
     assert set(registry.ready_defaults()) == {"good"}
     assert registry.unavailable() == {}  # disabled is not broken
-    with pytest.raises(UserError) as info:
+    with pytest.raises(ModelUnavailable) as info:
         registry.get("other")
-    assert info.value.key == "unknown_model"
-    assert "Available: good." in str(info.value)
+    assert (info.value.problem, info.value.available) == (None, ("good",))
+    assert "Available: good." in str(model_refusal(info.value))
 
 
 def test_disabling_a_broken_variant_hides_it_from_unavailable(good_store):
@@ -487,10 +488,10 @@ def test_broken_variant_says_what_to_fix_and_leaves_the_others_alone(good_store,
         assert text in entry.error, entry.error
     assert registry.unavailable()["v"] == entry.error
     assert "v" not in registry.ready_defaults()
-    with pytest.raises(UserError) as info:
+    with pytest.raises(ModelUnavailable) as info:
         registry.get("v")
-    assert info.value.key == "model_broken"
-    assert str(info.value) == f"Model 'v' cannot be used right now: {entry.error}"
+    assert info.value.problem == entry.error
+    assert str(model_refusal(info.value)) == f"Model 'v' cannot be used right now: {entry.error}"
 
     # The others are untouched.
     assert only_entry(registry, "good").ready
@@ -583,26 +584,29 @@ def test_get_of_an_unknown_name_lists_the_available_models(good_store):
     write_variant(good_store, "alpha", 'kind = "pipeline"\n', fake_pipeline_files())
     write_variant(good_store, "broken", 'kind = "nope"\n')
     registry = scanned(good_store)
-    with pytest.raises(UserError) as info:
+    with pytest.raises(ModelUnavailable) as info:
         registry.get("nothere")
-    assert info.value.key == "unknown_model"
-    assert str(info.value) == "There is no model 'nothere'. Available: alpha, good."
+    refusal = model_refusal(info.value)
+    assert refusal.key == "unknown_model"
+    assert str(refusal) == "There is no model 'nothere'. Available: alpha, good."
 
 
 def test_get_with_nothing_available_says_none(store):
     registry = scanned(store)
-    with pytest.raises(UserError, match="Available: none"):
+    with pytest.raises(ModelUnavailable) as info:
         registry.get("demo")
+    assert "Available: none" in str(model_refusal(info.value))
 
 
 def test_get_of_a_broken_variant_gives_the_reason(good_store):
     write_variant(good_store, "broken", 'file = "gone.safetensors"\n')
     registry = scanned(good_store)
-    with pytest.raises(UserError) as info:
+    with pytest.raises(ModelUnavailable) as info:
         registry.get("broken")
-    assert info.value.key == "model_broken"
-    assert "Model 'broken' cannot be used right now" in str(info.value)
-    assert "file = 'gone.safetensors' does not exist" in str(info.value)
+    refusal = model_refusal(info.value)
+    assert refusal.key == "model_broken"
+    assert "Model 'broken' cannot be used right now" in str(refusal)
+    assert "file = 'gone.safetensors' does not exist" in str(refusal)
 
 
 def test_entries_unavailable_and_ready_defaults(good_store):

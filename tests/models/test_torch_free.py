@@ -1,6 +1,6 @@
-"""The model store format runs without torch (bot/models, a layering rule of docs/architecture.md): a fresh
-interpreter imports every bot.models module, publishes a variant, scans the store, and neither
-torch nor diffusers is loaded."""
+"""The model store format runs without torch (bot/models, a layering rule of docs/architecture.md):
+a fresh interpreter imports every bot.models module, publishes a variant, scans the store, and
+neither torch nor diffusers is loaded."""
 
 import subprocess
 import sys

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bot.engine.captioner import Captioner
 from tests.helpers.blip import WORDS, save_tiny_blip
 from training import data_cli
-from training.caption import Captioner, caption_records
+from training.caption import caption_records
 from training.manifest import Record, read_manifest, write_manifest
 
 

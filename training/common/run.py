@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from bot.models.atomic import write_atomic, write_text_atomic
-from bot.models.toml_writer import to_toml
+from bot.files.atomic import write_atomic, write_text_atomic
+from bot.files.toml_writer import to_toml
 
 
 def log(message: str) -> None:
