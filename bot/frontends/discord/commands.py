@@ -17,7 +17,7 @@ from discord import app_commands
 
 from bot.config import Config
 from bot.core.errors import UserError
-from bot.core.jobs import QUEUED, Origin, is_public_id, short_id
+from bot.core.jobs import Origin, is_public_id, short_id
 from bot.core.messages import FALLBACK_LOCALE
 from bot.core.request import MAX_SEED, SCHEDULERS, parse_prompt
 from bot.core.resolve import MIN_STRENGTH
@@ -26,10 +26,12 @@ from bot.core.uploads import FORMATS
 from bot.frontends.discord.access import PLATFORM, check_channel, origin_of
 from bot.frontends.discord import describing
 from bot.frontends.discord.delivery import TRANSIENT, Delivery
+from bot.frontends.discord.listings import history_text, models_text, queue_text
 from bot.frontends.discord.render import status_text
 from bot.frontends.discord.strings import STRINGS, explain, render
 from bot.frontends.discord.views import RemixModal
-from bot.frontends.text import clip, without_paths
+from bot.frontends.listings import read_history, read_models, read_queue, usable_names
+from bot.frontends.text import clip
 from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
@@ -221,32 +223,12 @@ class Commands:
     # --- looking things up ----------------------------------------------------------------------
 
     async def queue(self, interaction: discord.Interaction) -> str:
-        locale = str(interaction.locale)
-        views = await self.service.queue_of(origin_of(interaction, self.discord))
-        if not views:
-            return render("dc_queue_empty", locale)
-        lines = []
-        for view in views:
-            job = short_id(view.job.public_id)
-            if view.job.status == QUEUED:
-                line = render("dc_queue_waiting", locale, job=job, position=view.position)
-                if view.eta_seconds:
-                    line += " " + render("dc_eta", locale, seconds=round(view.eta_seconds))
-            elif view.step is not None:
-                line = render("dc_queue_running", locale, job=job, step=view.step, total=view.total)
-            else:
-                line = render("dc_starting", locale, job=job)
-            lines.append(f"{line} {_quote(view.job.request.prompt)}")
-        return "\n".join(lines)
+        lines = await read_queue(self.service, origin_of(interaction, self.discord))
+        return queue_text(lines, str(interaction.locale))
 
     async def history(self, interaction: discord.Interaction) -> str:
-        locale = str(interaction.locale)
-        jobs = await self.service.history(origin_of(interaction, self.discord), HISTORY_SIZE)
-        if not jobs:
-            return render("dc_history_empty", locale)
-        return "\n".join(render("dc_history_item", locale, job=short_id(job.public_id),
-                                status=render(f"dc_status_{job.status}", locale),
-                                prompt=_quote(job.request.prompt)) for job in jobs)
+        lines = await read_history(self.service, origin_of(interaction, self.discord), HISTORY_SIZE)
+        return history_text(lines, str(interaction.locale))
 
     async def cancel(self, interaction: discord.Interaction, job: Optional[str]) -> str:
         """/cancel: the caller's latest unfinished job; /cancel job:a3f09c: theirs by its short id
@@ -274,7 +256,7 @@ class Commands:
         if default:
             lines.append(await self.set_default(interaction, default, scope))
         if not lines:
-            lines.append(await self._model_list(origin, locale))
+            lines.append(models_text(await read_models(self.service, origin), locale))
             if origin.is_admin:
                 lines.append(render("dc_models_admin_hint", locale))
         return "\n".join(lines)
@@ -313,28 +295,6 @@ class Commands:
             raise UserError("not_admin")
         return origin
 
-    async def _model_list(self, origin: Any, locale: str) -> str:
-        variants = await self.service.list_variants(origin)
-        if not variants:
-            return render("dc_models_none", locale)
-        default = await self.service.default_model(origin)
-        lines = [render("dc_models_header", locale, default=default)]
-        for variant in variants:
-            tags = []
-            if variant["default"]:
-                tags.append(render("dc_tag_default", locale))
-            if variant["loaded"]:
-                tags.append(render("dc_tag_loaded", locale))
-            if variant["status"] == "broken":
-                tags.append(render("dc_tag_broken", locale, error=without_paths(variant["error"] or "")))
-            elif variant["status"] == "disabled":
-                tags.append(render("dc_tag_disabled", locale))
-            line = f"• **{variant['name']}**" + (f" ({', '.join(tags)})" if tags else "")
-            if variant["description"]:
-                line += f": {variant['description']}"
-            lines.append(line)
-        return "\n".join(lines)
-
     async def settings(self, interaction: discord.Interaction, flags: Optional[str], scope: str, clear: bool) -> str:
         locale = str(interaction.locale)
         origin = origin_of(interaction, self.discord)
@@ -364,7 +324,7 @@ class Commands:
 
     async def model_choices(self, current: str) -> list[app_commands.Choice[str]]:
         wanted = current.strip().lower()
-        names = [v["name"] for v in await self.service.list_variants() if v["status"] == "ready"]
+        names = usable_names(await self.service.list_variants())
         return [app_commands.Choice(name=n, value=n) for n in names if wanted in n.lower()][:25]
 
     # --- registration ---------------------------------------------------------------------------
@@ -527,7 +487,3 @@ async def read_attachment(attachment: discord.Attachment, limit: int) -> bytes:
     if attachment.content_type and not attachment.content_type.startswith("image/"):
         raise UserError("upload_not_image", what="image", formats=", ".join(FORMATS))
     return await attachment.read()
-
-
-def _quote(prompt: str, limit: int = 80) -> str:
-    return "“" + clip(prompt.replace("\n", " "), limit) + "”"
