@@ -4,8 +4,10 @@
 `bot.frontends.discord`; its modules import the library as `import discord` (absolute), which is
 never this package.
 
-Modules: client (lifecycle), commands (slash commands and clicks), views (persistent buttons),
-delivery (progress and results), render (texts, embeds, files), access (admins, channels, age-restricted channels).
+Modules: client (lifecycle), slash (the commands as Discord sees them), commands (what commands and
+clicks do), interactions (answering in time, errors), views (persistent buttons), delivery (progress
+and results), render (texts, embeds, files), listings (/queue, /history and /model's list),
+access (admins, channels, age-restricted channels).
 """
 
 from __future__ import annotations

@@ -12,9 +12,11 @@ import aiohttp
 import discord
 
 from bot.config import Config
-from bot.frontends.discord.commands import CatalogueTranslator, Commands, Tree
+from bot.frontends.discord import slash
+from bot.frontends.discord.commands import Commands
 from bot.frontends.discord.delivery import Delivery
 from bot.frontends.discord.describing import DescribeButton
+from bot.frontends.discord.interactions import CatalogueTranslator, Tree
 from bot.frontends.discord.views import ResultButton
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ class DiscordFrontend:
     async def setup(self) -> None:
         # Persistent buttons: one pattern answers every result's buttons, also those sent before a restart.
         self.client.add_dynamic_items(ResultButton, DescribeButton)
-        self.commands.register(self.client.tree)
+        slash.register(self.client.tree, self.commands, self.config.limits)
         await self.client.tree.set_translator(CatalogueTranslator())
         await self._sync()
         await self.delivery.start()

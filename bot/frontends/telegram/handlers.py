@@ -25,13 +25,14 @@ from bot.core.jobs import Origin, is_public_id, short_id
 from bot.core.prompt_syntax import prompt_with_lora_tags
 from bot.core.request import parse_prompt
 from bot.core.service import Service, Submitted
-from bot.frontends.telegram import describing, images, keyboards
+from bot.frontends.listings import read_history, read_models, read_queue
+from bot.frontends.telegram import describing, images, keyboards, listings
 from bot.frontends.telegram.delivery import reply_kwargs, send_png
 from bot.frontends.telegram.errors import loggable
 from bot.frontends.telegram.status_message import delete_quietly
 from bot.frontends.telegram.strings import explain, render
-from bot.frontends.telegram.texts import MAX_ALERT, MAX_TEXT, eta
-from bot.frontends.text import clip, without_paths
+from bot.frontends.telegram.texts import MAX_ALERT, MAX_TEXT
+from bot.frontends.text import clip
 from bot.frontends.wording import reworded
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ COMMANDS = {
 }
 HISTORY_LENGTH = 10
 MAX_OPEN_REMIXES = 1000  # Remix questions remembered; the oldest is forgotten first
-HISTORY_PROMPT_CHARS = 60
 
 Handler = Callable[[Message, Origin, str, ContextTypes.DEFAULT_TYPE], Awaitable[None]]
 
@@ -225,38 +225,11 @@ class Handlers:
         await reply(message, text)
 
     async def queue(self, message: Message, origin: Origin, args: str, context) -> None:
-        views = await self.service.queue_of(origin)
-        if not views:
-            await reply(message, render("tg_queue_empty", origin.locale))
-            return
-        lines = [render("tg_queue_title", origin.locale)]
-        for view in sorted(views, key=lambda v: v.job.id):
-            prompt = clip(view.job.request.prompt, HISTORY_PROMPT_CHARS)
-            job = short_id(view.job.public_id)
-            if view.position is not None:
-                line = render("tg_queue_waiting", origin.locale, job=job, position=view.position, prompt=prompt)
-            elif view.step is not None and view.total:
-                line = render("tg_queue_running", origin.locale, job=job, step=view.step, total=view.total,
-                              prompt=prompt)
-            else:
-                line = render("tg_queue_starting", origin.locale, job=job, prompt=prompt)
-            remaining = eta(view.eta_seconds, origin.locale)
-            lines.append(f"{line} · {remaining}" if remaining else line)
-        await reply(message, "\n".join(lines))
+        await reply(message, listings.queue_text(await read_queue(self.service, origin), origin.locale))
 
     async def history(self, message: Message, origin: Origin, args: str, context) -> None:
-        jobs = await self.service.history(origin, HISTORY_LENGTH)
-        if not jobs:
-            await reply(message, render("tg_history_empty", origin.locale))
-            return
-        lines = [render("tg_history_title", origin.locale)]
-        for job in jobs:
-            seeds = ", ".join(str(image.seed) for image in job.images) or "-"
-            status = render(f"tg_state_{job.status}", origin.locale)
-            prompt = clip(job.request.prompt, HISTORY_PROMPT_CHARS)
-            lines.append(render("tg_history_item", origin.locale, job=short_id(job.public_id), status=status,
-                                model=job.request.model, seeds=seeds, prompt=prompt))
-        await reply(message, "\n".join(lines))
+        lines = await read_history(self.service, origin, HISTORY_LENGTH)
+        await reply(message, listings.history_text(lines, origin.locale))
 
     # --- changing things -------------------------------------------------------------------------
 
@@ -308,7 +281,8 @@ class Handlers:
         words = args.split()
         locale = origin.locale
         if not words:
-            await reply(message, await self._models_text(origin))
+            listing = await read_models(self.service, origin)
+            await reply(message, listings.models_text(listing, locale, is_admin=origin.is_admin))
         elif words == ["reload"]:
             summary = await self.service.reload_models(origin)
             none = render("tg_none", locale)
@@ -323,23 +297,6 @@ class Handlers:
             await reply(message, render("tg_model_set_chat", locale, name=words[0]))
         else:
             await reply(message, render("tg_model_usage", locale))
-
-    async def _models_text(self, origin: Origin) -> str:
-        locale = origin.locale
-        variants = await self.service.list_variants(origin)
-        current = await self.service.default_model(origin)
-        lines = [render("tg_models_title", locale, current=current, default=await self.service.default_model())]
-        for variant in variants:
-            if variant["status"] == "ready":
-                key = "tg_models_item_loaded" if variant["loaded"] else "tg_models_item"
-                lines.append(render(key, locale, name=variant["name"], description=variant["description"] or "-"))
-            else:
-                lines.append(render("tg_models_item_broken", locale, name=variant["name"],
-                                    error=clip(without_paths(variant["error"] or variant["status"]), 200)))
-        if len(lines) == 1:
-            lines.append(render("tg_none", locale))
-        lines.append("" if origin.is_admin else render("tg_models_hint", locale))
-        return clip("\n".join(lines).strip(), MAX_TEXT)
 
     async def settings(self, message: Message, origin: Origin, args: str, context) -> None:
         """/settings shows the chat's default flags; /settings --ar 3:2 --steps 30 --no blurry sets
