@@ -24,6 +24,7 @@ from bot.core.errors import UserError
 from bot.core.eta import EtaEstimator
 from bot.core.events import FINAL_EVENTS, EventBus, Subscription
 from bot.core.executor import Executor
+from bot.core.option_values import parse_model_name
 from bot.core.jobs import (CANCELLED, DELIVERED, DELIVERY_FAILED, QUEUED, RUNNING, Job, Origin, QueuedJob,
                            is_public_id)
 from bot.core.request import (
@@ -31,7 +32,6 @@ from bot.core.request import (
     RequestOptions,
     merge_options,
     options_from_fields,
-    parse_model_name,
     parse_prompt,
 )
 from bot.core.scheduler import Scheduler

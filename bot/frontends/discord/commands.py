@@ -19,7 +19,7 @@ from bot.config import Config
 from bot.core.errors import UserError
 from bot.core.jobs import QUEUED, Origin, is_public_id, short_id
 from bot.core.messages import FALLBACK_LOCALE
-from bot.core.request import MAX_SEED, SCHEDULERS, parse_prompt
+from bot.core.request import MAX_SEED, parse_prompt
 from bot.core.resolve import MIN_STRENGTH
 from bot.core.service import JobRef
 from bot.core.uploads import FORMATS
@@ -31,6 +31,7 @@ from bot.frontends.discord.strings import STRINGS, explain, render
 from bot.frontends.discord.views import RemixModal
 from bot.frontends.text import clip, without_paths
 from bot.frontends.wording import reworded
+from bot.models.variant import SCHEDULERS
 
 log = logging.getLogger(__name__)
 
