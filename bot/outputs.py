@@ -8,7 +8,7 @@ Every PNG we write carries two text chunks:
   nothing: its lines say what they are (the prompt, a line that starts with
   "Negative prompt:", the settings line last), so a line break in a prompt
   could forge the others. Requests keep prompts on one line and refuse the
-  "Negative prompt:" label in them (bot.core.request), and the infotext is
+  "Negative prompt:" label in them (bot.core.prompt_text), and the infotext is
   written so that even a prompt that did not pass there (a job stored by an
   older version) cannot forge a line. It still drops the prompts' surrounding
   whitespace, so the JSON is what we trust when reading our own files back.
@@ -32,7 +32,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from bot.core.prompt_syntax import prompt_with_lora_tags
-from bot.core.request import NEGATIVE_LABEL, one_line
+from bot.core.prompt_text import NEGATIVE_LABEL, one_line
 from bot.files.atomic import write_atomic, write_text_atomic
 
 A1111_CHUNK = "parameters"
@@ -159,7 +159,7 @@ def a1111_parameters(p: ImageParameters) -> str:
         "Version": p.version,
     }
     settings_line = ", ".join(f"{k}: {_quote(v)}" for k, v in settings.items() if v is not None)
-    # Requests hold no line breaks in their prompts (bot.core.request), but an older job's may.
+    # Requests hold no line breaks in their prompts (bot.core.prompt_text), but an older job's may.
     prompt, negative_prompt = _one_line_prompt(p.prompt), _one_line_prompt(p.negative_prompt)
     negative = f"\n{_NEGATIVE} {negative_prompt}" if negative_prompt else ""
     # A1111 strips the whole text; an empty prompt thus leaves no blank first line.

@@ -57,8 +57,8 @@ async def open_stack(config: Config, executor: Executor | None = None) -> Stack:
     if config.describe.model:
         from bot.engine.describe import Describer  # torch: only where /describe is set up
 
-        service.describer = Describer(config.describe.model, config.describe.device,
-                                      config.describe.candidates).describe
+        service.pictures.describer = Describer(config.describe.model, config.describe.device,
+                                               config.describe.candidates).describe
     try:
         await service.start()
     except BaseException:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from bot.core.errors import UserError
+from bot.core.errors import UserError, require_admin
 from bot.core.jobs import Origin
 from bot.core.store import Store
 
@@ -50,7 +50,7 @@ class Bans:
 
     async def ban(self, key: str, reason: str, by: Origin) -> list[str]:
         """Ban `key` (a user, or `address:<IP>`); returns every key the ban covers. Admins only."""
-        _require_admin(by)
+        require_admin(by)
         reason = reason.strip()[:REASON_CHARS]
         if not reason:
             raise UserError("ban_needs_reason")
@@ -69,7 +69,7 @@ class Bans:
 
     async def unban(self, key: str, by: Origin) -> list[str]:
         """Lift the ban of `key`, and for an address the bans it brought along. Admins only."""
-        _require_admin(by)
+        require_admin(by)
         address = address_of(key)
         lifted = [key]
         if address is not None:
@@ -94,8 +94,3 @@ def address_of(key: str) -> str | None:
             except ValueError:
                 raise UserError("ban_bad_address", address=text[:64]) from None
     return None
-
-
-def _require_admin(origin: Origin) -> None:
-    if not origin.is_admin:
-        raise UserError("not_admin")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bot.core.messages import CORE
 from bot.models.errors import ModelUnavailable
+
+if TYPE_CHECKING:  # bot.core.jobs imports this module
+    from bot.core.jobs import Origin
 
 
 class UserError(Exception):
@@ -34,3 +39,9 @@ def model_refusal(unavailable: ModelUnavailable) -> UserError:
 
 class Cancelled(Exception):
     """The job was cancelled while it ran; not an error of the user or of the machine."""
+
+
+def require_admin(origin: Origin) -> None:
+    """Refuse anyone but an admin: setting defaults, bans, the audit log, reloading models."""
+    if not origin.is_admin:
+        raise UserError("not_admin")

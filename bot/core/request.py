@@ -5,18 +5,22 @@ Two ways in, one way out. Chat text carries Midjourney-style inline flags
 and CLI flags arrive as keyword options. Both become `RequestOptions` (only what the user said),
 and `bot.core.resolve.resolve()` turns that into a complete, validated `GenerationRequest`. Every
 refusal is a `UserError` a chat user can act on.
+
+This module holds the two dataclasses and the flags; reading one value (a number, a size, a LoRA
+list) is `bot.core.option_values`, and keeping text on one line without forged labels is
+`bot.core.prompt_text`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from bot.core.errors import UserError
-from bot.core.prompt_syntax import parse_lora_weight
-from bot.models.variant import MODEL_NAME, SCHEDULERS
+from bot.core.option_values import (LORA_EXAMPLE, parse_aspect, parse_loras, parse_model_name, parse_refiner,
+                                    parse_scheduler, parse_seed, parse_size, shorten, to_bool, to_float, to_int)
+from bot.core.prompt_text import check_negative_label, clean_text
 
 MAX_SEED = 2**32 - 1
 
@@ -36,7 +40,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "model": ("model", "--model finetuned"),
     "scheduler": ("scheduler", "--scheduler euler_a"),
     "sampler": ("scheduler", "--sampler euler_a"),
-    "lora": ("loras", "--lora demo-finetuned:0.8"),
+    "lora": ("loras", LORA_EXAMPLE),
     "fast": ("fast", "--fast"),
     "strength": ("strength", "--strength 0.6"),
     "iw": ("image_weight", "--iw 1"),
@@ -50,19 +54,6 @@ SWITCHES = {"fast"}
 # A flag starts at the beginning or after whitespace. Phones turn "--" into an em or en dash,
 # so those count too. The name must be followed by whitespace or the end of the text.
 _FLAG = re.compile(r"(?:^|(?<=\s))(?:--|\u2014|\u2013)([A-Za-z][A-Za-z0-9_-]*)(?=\s|$)")
-# Control characters would end up in PNG text chunks and chat messages; keep tabs. A tab splits
-# no line (it cannot forge one of the image's `parameters` lines) and the CLIP tokenizer reads it
-# as a space, so it is left as typed.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# Line breaks: everything str.splitlines splits on ("\r\n" counts once). A prompt is written into
-# the PNG's AUTOMATIC1111 `parameters` text, whose lines say what they are: a line break in the
-# prompt would let it forge a "Negative prompt:" line or the settings line, and that text escapes
-# nothing. The CLIP tokenizer reads every whitespace run as one space, so a line break drawn as a
-# space draws the same picture.
-_LINE_BREAK = re.compile(r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
-# AUTOMATIC1111's label of the negative prompt's line. Its readers take the text after it for the
-# negative prompt: A1111 on a line that starts with it, others (sd-parsers) anywhere in the text.
-NEGATIVE_LABEL = "Negative prompt:"
 
 
 @dataclass(frozen=True)
@@ -155,25 +146,6 @@ class GenerationRequest:
 # --- parsing -------------------------------------------------------------------------------
 
 
-def one_line(text: str) -> str:
-    """`text` with each line break as a space."""
-    return _LINE_BREAK.sub(" ", text)
-
-
-def clean_text(text: str) -> str:
-    """What the user typed, on one line, without control characters or surrounding whitespace."""
-    return _CONTROL.sub(" ", one_line(text)).strip()
-
-
-def check_negative_label(prompt: str, negative_prompt: str | None) -> None:
-    """Refuse AUTOMATIC1111's "Negative prompt:" label in a prompt: in the image's `parameters`
-    text, whatever follows it would be read back as the negative prompt."""
-    if NEGATIVE_LABEL in prompt:
-        raise UserError("prompt_negative_label", label=NEGATIVE_LABEL)
-    if negative_prompt is not None and NEGATIVE_LABEL in negative_prompt:
-        raise UserError("negative_prompt_label", label=NEGATIVE_LABEL)
-
-
 def parse_prompt(text: str) -> RequestOptions:
     """Split chat text into the prompt and its inline flags.
 
@@ -254,7 +226,7 @@ def options_from_fields(
         prompt=prompt,
         negative_prompt=negative_prompt,
         model=None if model is None else parse_model_name(model),
-        seed=_seed(seed),
+        seed=parse_seed(seed),
         steps=None if steps is None else to_int("steps", steps),
         guidance=None if guidance is None else to_float("guidance", guidance),
         width=None if width is None else to_int("width", width),
@@ -298,125 +270,3 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
 # How a RequestOptions field is called in messages (the flag a user would type).
 _FIELD_FLAG = {"negative_prompt": "no", "width": "size", "height": "size", "guidance": "cfg",
                "count": "n", "aspect": "ar", "image_weight": "iw", "loras": "lora"}
-
-
-def _seed(value: object) -> int | None:
-    """-1 means "random", as in AUTOMATIC1111 and ComfyUI."""
-    if value is None:
-        return None
-    seed = to_int("seed", value)
-    return None if seed == -1 else seed
-
-
-def to_int(name: str, value: object) -> int:
-    if isinstance(value, bool):
-        raise UserError("not_integer", name=name, got=value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    text = str(value).strip()
-    if re.fullmatch(r"[+-]?\d{1,40}", text):
-        return int(text)
-    raise UserError("not_integer", name=name, got=shorten(text))
-
-
-def to_bool(name: str, value: object) -> bool:
-    """A switch: JSON true/false, or on/off, yes/no, true/false, 1/0 as typed."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("on", "yes", "true", "1"):
-        return True
-    if text in ("off", "no", "false", "0"):
-        return False
-    raise UserError("not_switch", name=name, got=shorten(text))
-
-
-def to_float(name: str, value: object) -> float:
-    if isinstance(value, bool):
-        raise UserError("not_number", name=name, got=value)
-    if isinstance(value, (int, float)):
-        try:
-            number = float(value)
-        except OverflowError:
-            raise UserError("not_number", name=name, got=shorten(str(value))) from None
-    else:
-        text = str(value).strip()
-        if not re.fullmatch(r"[+-]?(\d{1,6}(\.\d*)?|\.\d+)", text):
-            raise UserError("not_number", name=name, got=shorten(text))
-        number = float(text)
-    if not math.isfinite(number):
-        raise UserError("not_number", name=name, got=value)
-    return number
-
-
-def parse_size(value: object) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d{1,6})\s*[xX×*]\s*(\d{1,6})\s*", str(value))
-    if not match:
-        raise UserError("bad_size", got=shorten(str(value)))
-    return int(match.group(1)), int(match.group(2))
-
-
-def parse_aspect(value: object) -> tuple[int, int]:
-    if isinstance(value, tuple) and len(value) == 2:
-        value = f"{value[0]}:{value[1]}"
-    match = re.fullmatch(r"\s*(\d{1,3})\s*[:/xX]\s*(\d{1,3})\s*", str(value))
-    if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
-        raise UserError("bad_aspect", got=shorten(str(value)))
-    w, h = int(match.group(1)), int(match.group(2))
-    if not 0.25 <= w / h <= 4:
-        raise UserError("aspect_out_of_range", got=f"{w}:{h}")
-    return w, h
-
-
-def parse_loras(value: object) -> tuple[tuple[str, float], ...] | None:
-    """`--lora NAME:W` values: "a:0.8, b" (text), or a list of such texts or [name, weight] pairs
-    (JSON). A missing weight is 1."""
-    if isinstance(value, str):
-        parts: list[object] = [part for part in re.split(r"[,\s]+", value) if part]
-    elif isinstance(value, (list, tuple)):
-        parts = list(value)
-    else:
-        raise UserError("flag_needs_value", flag="lora", example=FLAGS["lora"][1])
-    loras = []
-    for part in parts:
-        if isinstance(part, (list, tuple)) and len(part) == 2:
-            name, weight = part
-        elif isinstance(part, str):
-            name, _, weight = part.partition(":")
-            weight = weight or "1"
-        else:
-            raise UserError("flag_needs_value", flag="lora", example=FLAGS["lora"][1])
-        name = parse_model_name(name)
-        loras.append((name, parse_lora_weight(name, str(weight))))
-    return tuple(loras) or None
-
-
-def parse_refiner(value: object) -> float:
-    """Where the refiner takes over, as a fraction of the steps: 0 (no refiner) up to below 1.
-    "off" is 0 too."""
-    if isinstance(value, str) and value.strip().lower() in ("off", "no", "none"):
-        return 0.0
-    switch = to_float("refiner", value)
-    if not 0 <= switch < 1:
-        raise UserError("refiner_out_of_range", got=switch)
-    return switch
-
-
-def parse_model_name(value: object) -> str:
-    name = str(value).strip()
-    if not MODEL_NAME.fullmatch(name):
-        raise UserError("bad_model_name", got=shorten(name))
-    return name
-
-
-def parse_scheduler(value: object) -> str:
-    name = str(value).strip().lower().replace(" ", "_")
-    if name not in SCHEDULERS:
-        raise UserError("unknown_scheduler", got=shorten(name), allowed=", ".join(SCHEDULERS))
-    return name
-
-
-def shorten(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

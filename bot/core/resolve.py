@@ -12,8 +12,9 @@ from typing import Mapping
 
 from bot.config import Limits
 from bot.core.errors import UserError
+from bot.core.option_values import shorten
 from bot.core.prompt_syntax import check_prompt_syntax, lora_tags
-from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions, shorten
+from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions
 from bot.models.variant import FAST_MAX_GUIDANCE, FAST_MAX_STEPS, MODEL_NAME, VariantDefaults
 
 MIN_STRENGTH = 0.1  # below this an image prompt comes back almost untouched

@@ -2,8 +2,11 @@
 
 A slim facade over parts with one job each: `Admission` (validation, quotas, defaults), the
 `WaitingIndex` (the queue's fair order in memory), the `Worker` (feeds the executor), the
-`EventBus` and the `EtaEstimator`. SQLite is the truth; memory only makes reading it cheap and
-wakes things up. Every refusal is a `UserError` the frontend can show as it is, and the rules of
+`EventBus`, the `EtaEstimator`, `Bans`, `Pictures` (uploads, image prompts, /describe),
+`DerivedJobs` (reroll, variations, Remix, upscale) and `ModelView` (the models list, choosing the
+default model). Its methods that belong to a part only hand the call on, so frontends need to
+know the facade alone. SQLite is the truth; memory only makes reading it cheap and wakes things
+up. Every refusal is a `UserError` the frontend can show as it is, and the rules of
 who may do what (cancel, delete, change defaults) live here, not in the frontends.
 """
 
@@ -12,72 +15,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bot.config import Config
 from bot.core.accounts import Accounts
-from bot.core.admission import DEFAULT_MODEL_SETTING, CHAT_MODEL_SETTING, Admission, Catalog
+from bot.core.admission import Admission, Catalog
 from bot.core.bans import Bans
-from bot.core.errors import UserError
+from bot.core.derived import DerivedJobs
+from bot.core.errors import UserError, require_admin
 from bot.core.eta import EtaEstimator
 from bot.core.events import FINAL_EVENTS, EventBus, Subscription
 from bot.core.executor import Executor
 from bot.core.jobs import (CANCELLED, DELIVERED, DELIVERY_FAILED, QUEUED, RUNNING, Job, Origin, QueuedJob,
                            is_public_id)
-from bot.core.request import (
-    GenerationRequest,
-    RequestOptions,
-    merge_options,
-    options_from_fields,
-    parse_model_name,
-    parse_prompt,
-)
-from bot.core.scheduler import Scheduler
-from bot.core.store import Store, storage_errors
+from bot.core.model_view import ModelView
+from bot.core.pictures import Pictures
 from bot.core.rates import RateLimit
+from bot.core.request import GenerationRequest, RequestOptions, merge_options, options_from_fields, parse_prompt
+from bot.core.scheduler import Scheduler
+from bot.core.service_types import Health, JobRef, JobView, Submitted
+from bot.core.store import Store, storage_errors
 from bot.core.upload_quota import upload_quota_limits
-from bot.core.uploads import UploadLimits, UploadStore, aspect_of, read_image
+from bot.core.uploads import UploadLimits, UploadStore
 from bot.core.waiting import WaitingIndex
 from bot.core.worker import Worker
 
 log = logging.getLogger(__name__)
 
-UPSCALE_STRENGTH = 0.35  # an upscale without an upscaler keeps the composition and redraws the detail
 HEALTH_PROBE_SECONDS = 1.0  # while the database is failing, /healthz tries a write at most this often
 WAIT_RECHECK_SECONDS = 30.0  # wait_finished reads the job again this often without an event
 
-DERIVED_ACTIONS = ("reroll", "variation", "vary_subtle", "vary_strong", "remix", "upscale")
-
-__all__ = ["Catalog", "JobView", "Service", "Submitted", "Subscription"]
-
-
-JobRef = int | str  # a job's public id (str), or its internal id (int) inside the process
-
-
-@dataclass(frozen=True)
-class Submitted:
-    job_id: int  # internal
-    public_id: str
-    position: int  # 1 = next to run
-    eta_seconds: float | None
-    request: GenerationRequest
-
-
-@dataclass(frozen=True)
-class JobView:
-    job: Job
-    position: int | None  # None once started or finished
-    eta_seconds: float | None
-    step: int | None = None  # progress of a running job
-    total: int | None = None
-
-
-@dataclass(frozen=True)
-class Health:
-    ok: bool
-    problems: tuple[str, ...]
+# What frontends import from here: the facade and the values it takes and hands back.
+__all__ = ["Catalog", "Health", "JobRef", "JobView", "Service", "Submitted", "Subscription"]
 
 
 class Service:
@@ -91,12 +60,14 @@ class Service:
         self.eta = EtaEstimator(executor.seconds_per_step)
         self.bans = Bans(store)
         self.admission = Admission(config, store, catalog, self.bans)
-        self.describer: Callable[[Any], list[str]] | None = None  # picture -> prompts; set when configured
         self.accounts = Accounts(store, config.web.session_days * 86400)  # [web] auth = "password"
         self.uploads = UploadStore(config.storage.outputs_path(),
                                    UploadLimits(config.limits.max_upload_bytes, config.limits.max_upload_pixels),
                                    upload_quota_limits(config.limits))
-        self.describes = RateLimit(config.limits.max_describes_per_minute, 60.0, "describe_rate_limited")
+        self.pictures = Pictures(self.uploads, self.bans, RateLimit(config.limits.max_describes_per_minute, 60.0,
+                                                                    "describe_rate_limited"))
+        self.derived = DerivedJobs(config, self.uploads, catalog)
+        self.models = ModelView(catalog, executor, store, self.admission)
         scheduler = Scheduler(max_batch=config.engine.max_batch, max_switch_wait=config.queue.max_switch_wait)
         self.worker = Worker(config.queue, store, self.waiting, scheduler, executor, self.events,
                              idle_wait=config.models.rescan_seconds or 2.0, uploads=self.uploads)
@@ -136,107 +107,22 @@ class Service:
         sent, or the handle `upload()` returned for them."""
         options = merge_options(parse_prompt(text), options_from_fields(**fields))
         self.bans.check(origin)  # before any upload is decoded or kept
-        if image is None:
-            if mask is not None:
-                raise UserError("mask_needs_image")
+        async with self.pictures.attached(options, image, mask) as options:
             return await self._queue(options, origin)
-        kept: list[Path] = []
-        try:
-            source = await self._job_upload(image, "image", kept)
-            said_size = options.width is not None or options.height is not None or options.aspect is not None
-            shape = {} if said_size else {"aspect": aspect_of(self.uploads.size_of(source))}
-            masked = {"mask_image": str(await self._job_upload(mask, "mask", kept))} if mask is not None else {}
-            return await self._queue(replace(options, init_image=str(source), **shape, **masked), origin)
-        except BaseException:
-            for path in kept:  # a refused request leaves nothing behind
-                self.uploads.remove(path)
-            raise
 
     async def upload(self, data: bytes, origin: Origin, what: str = "image") -> str:
-        """Check and keep an image (or mask) for a later `submit`; returns its handle. It counts in
-        the uploader's and their address's shares until it expires (admins have none)."""
-        self.bans.check(origin)
-        owners = () if origin.is_admin else tuple(key for key in (origin.user_key, origin.address_key) if key)
-        return await asyncio.to_thread(self.uploads.save, data, what, owners)
+        """Check and keep an image (or mask) for a later `submit`; returns its handle (bot/core/pictures.py)."""
+        return await self.pictures.upload(data, origin, what)
 
     async def describe(self, image: bytes | str, origin: Origin) -> list[str]:
-        """Prompts the configured captioning model suggests for a picture (its bytes or an upload handle)."""
-        if self.describer is None:
-            raise UserError("describe_not_configured")
-        self.bans.check(origin)
-        if not origin.is_admin:
-            self.describes.take(origin.user_key, origin.address_key)
-        if isinstance(image, (bytes, bytearray)):
-            picture = await asyncio.to_thread(read_image, bytes(image), self.uploads.limits)
-        else:
-            picture = await asyncio.to_thread(_open_rgb, self.uploads.find(image))
-        prompts = await asyncio.to_thread(self.describer, picture)
-        if not prompts:
-            raise UserError("describe_nothing")
-        return prompts
-
-    async def _job_upload(self, given: bytes | str, what: str, kept: list[Path]) -> Path:
-        """The job's own copy of an uploaded image, from its bytes (no handle for later) or its handle."""
-        if isinstance(given, (bytes, bytearray)):
-            path = await asyncio.to_thread(self.uploads.save_for_job, bytes(given), what)
-        else:
-            path = self.uploads.keep_for_job(self.uploads.find(given, what))
-        kept.append(path)
-        return path
+        """Prompts the configured captioning model suggests for a picture (bot/core/pictures.py)."""
+        return await self.pictures.describe(image, origin)
 
     async def submit_derived(self, ref: JobRef, action: str, origin: Origin, index: int = 0,
                              prompt: str | None = None) -> Submitted:
-        """A new job from a finished one: "reroll" (same settings, new seed); "vary_subtle" or
-        "vary_strong" (image `index` redrawn close to it, or loosely; "variation" is the strong one,
-        as V1-V4 buttons made before both existed ask for); "remix" (a strong variation drawn with
-        the edited `prompt`, whose inline flags apply too); "upscale" (image `index` at twice the
-        size)."""
-        source = await self.job(ref)
-        request = source.request
-        same = dict(prompt=request.prompt, negative_prompt=request.negative_prompt, model=request.model,
-                    steps=request.steps, guidance=request.guidance, scheduler=request.scheduler,
-                    loras=request.loras or None, fast=request.fast or None)
-        if action == "remix":
-            same.update(_remixed(prompt or ""))
-        if action == "reroll":
-            # A job owns its copies of uploads (a cancelled job's go with it): the reroll gets its own.
-            init_image = self._own_copy(request.init_image)
-            mask_image = self._own_copy(request.mask_image)
-            options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
-                                     init_image=init_image, mask_image=mask_image, strength=request.strength,
-                                     upscale=request.upscale or None, upscaler=request.upscaler,
-                                     refiner=self._same_refiner(request))
-        elif action in ("variation", "vary_subtle", "vary_strong", "remix", "upscale"):
-            if source.status != "done" or not 0 <= index < len(source.images):
-                raise UserError("no_such_image", job=ref, index=index + 1)
-            image = str(self.config.storage.outputs_path() / source.images[index].file)
-            if action == "upscale":
-                upscaler = self.config.upscale.model or None
-                options = RequestOptions(**same, width=request.width * 2, height=request.height * 2, count=1,
-                                         init_image=image, upscale=True, upscaler=upscaler,
-                                         strength=self.config.upscale.strength if upscaler else UPSCALE_STRENGTH)
-            else:
-                options = RequestOptions(**same, width=request.width, height=request.height, count=request.count,
-                                         init_image=image,
-                                         strength=self.config.variations.subtle if action == "vary_subtle"
-                                         else self.config.variations.strong)
-        else:
-            raise ValueError(f"unknown action {action!r}")
+        """A new job from a finished one: reroll, variations, Remix, upscale (bot/core/derived.py)."""
+        options = self.derived.options(await self.job(ref), ref, action, index, prompt)
         return await self._queue(options, origin)
-
-    def _own_copy(self, path: str | None) -> str | None:
-        """A job's own copy of an upload another job kept (other paths, such as outputs, as they are)."""
-        if path is None or Path(path).parent != self.uploads.folder:
-            return path
-        return str(self.uploads.keep_for_job(Path(path)))
-
-    def _same_refiner(self, request: GenerationRequest) -> float | None:
-        """The refiner setting that remakes `request`: its switch, or off (0) where the model has a
-        refiner that did not run."""
-        if request.refiner:
-            return request.refiner_switch
-        defaults = self.catalog.ready_defaults().get(request.model)
-        return 0.0 if request.init_image is None and defaults is not None and defaults.refiner else None
 
     async def _queue(self, options: RequestOptions, origin: Origin) -> Submitted:
         if not self._accepting:
@@ -398,56 +284,14 @@ class Service:
     # --- models and administration -------------------------------------------------------------
 
     async def set_default_variant(self, scope: str, name: str, by: Origin) -> None:
-        """scope "global", or "chat" (the chat of `by`). Admins only; the model must be usable."""
-        _require_admin(by)
-        name = parse_model_name(name)
-        self.catalog.scan_if_due()
-        ready = self.catalog.ready_defaults()
-        if name not in ready:
-            unavailable = self.catalog.unavailable()
-            if name in unavailable:
-                raise UserError("model_broken", name=name, error=unavailable[name])
-            raise UserError("unknown_model", got=name, available=", ".join(sorted(ready)) or "none")
-        if scope == "global":
-            await self.store.set_setting(DEFAULT_MODEL_SETTING, name)
-        else:
-            await self.store.set_chat_setting(by.platform, by.chat_id, CHAT_MODEL_SETTING, name)
-        await self.store.audit(by.user_key, "set_default_model", {"scope": scope, "chat": by.chat_id, "model": name})
+        """scope "global", or "chat" (the chat of `by`); admins only (bot/core/model_view.py)."""
+        await self.models.set_default_variant(scope, name, by)
 
     async def list_variants(self, origin: Origin | None = None) -> list[dict[str, Any]]:
-        self.catalog.scan_if_due()
-        default = await self.default_model(origin)
-        loaded = getattr(self.executor, "loaded_models", lambda: {})()
-        attached = {lora for loras in loaded.values() for lora in loras}
-        # Where each variant is resident (devices, or Ray nodes and replicas): for admins only,
-        # since it names the machines behind the bot.
-        where = getattr(self.executor, "placement", dict)() if origin is not None and origin.is_admin else {}
-        out = []
-        for entry in self.catalog.entries():
-            spec = entry.spec
-            if spec is not None and spec.kind == "upscaler":
-                continue  # not a model to draw with; the Upscale button uses it
-            out.append({
-                "name": entry.name,
-                "kind": spec.kind if spec else None,
-                "base": spec.base if spec else None,
-                "description": spec.description if spec else "",
-                "examples": list(spec.examples) if spec else [],
-                "status": "disabled" if entry.disabled else "broken" if entry.error else "ready",
-                "error": entry.error,
-                "loaded": entry.name in loaded or entry.name in attached,
-                "default": entry.name == default,
-                "defaults": asdict(spec.defaults) if spec else None,
-                **({"where": where.get(entry.name, [])} if where else {}),
-            })
-        return out
+        return await self.models.list_variants(origin)
 
     async def reload_models(self, by: Origin) -> dict[str, list[str]]:
-        _require_admin(by)
-        changes = self.catalog.scan()
-        summary = {"added": sorted(changes.added), "changed": sorted(changes.changed), "removed": sorted(changes.removed)}
-        await self.store.audit(by.user_key, "reload_models", summary)
-        return summary
+        return await self.models.reload_models(by)
 
     async def ban(self, user_key: str, reason: str, by: Origin) -> list[str]:
         """Refuse every later request of `user_key` ("platform:id", or "address:IP" for everyone at
@@ -459,7 +303,7 @@ class Service:
 
     async def audit_log(self, by: Origin, limit: int = 50) -> list[dict[str, Any]]:
         """The latest admin actions, newest first. Admins only."""
-        _require_admin(by)
+        require_admin(by)
         return await self.store.audit_log(limit)
 
     # --- health and metrics ----------------------------------------------------------------------------
@@ -489,27 +333,3 @@ class Service:
                 "executor_capacity": self.worker.capacity, "jobs_requeued": self.worker.requeued,
                 **self.executor.metrics()}
 
-
-def _open_rgb(path: Path) -> Any:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def _require_admin(origin: Origin) -> None:
-    if not origin.is_admin:
-        raise UserError("not_admin")
-
-
-def _remixed(text: str) -> dict[str, Any]:
-    """What an edited Remix prompt changes: the prompt, and any setting its inline flags name
-    (but not the size: the image being varied has one)."""
-    edited = parse_prompt(text)
-    if not edited.prompt:
-        raise UserError("no_remix_prompt")
-    changes = {name: value for name, value in asdict(edited).items()
-               if value is not None and name not in ("width", "height", "aspect", "count", "init_image",
-                                                      "strength", "seed")}
-    changes["loras"] = edited.loras  # the edited text shows every LoRA as a tag (remix_text); none stays
-    return changes

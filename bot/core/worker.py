@@ -13,7 +13,8 @@ raises fails the batch's jobs with the reason instead; the next batch runs as us
 that cannot reach its workers (`ExecutorUnavailable`: a Ray cluster that is down) gives the jobs
 back unchanged, without counting an attempt, and the loop backs off until it is reachable again.
 An outcome marked `requeue` (a replica died under the batch) puts its job back in the queue within
-`max_attempts`; the same seed makes the same image on the next try.
+`max_attempts`; the same seed makes the same image on the next try. After each batch the waiting
+jobs hear their new places (`PositionAnnouncer`, bot/core/positions.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bot.core.eta import RunningBatch
 from bot.core.events import EventBus
 from bot.core.executor import BatchItem, Executor, ExecutorUnavailable, Outcome, StepProgress
 from bot.core.jobs import Job
+from bot.core.positions import PositionAnnouncer
 from bot.core.scheduler import Scheduler
 from bot.core.store import Store
 from bot.core.uploads import UploadStore
@@ -60,7 +62,7 @@ class Worker:
         self._held: set[int] = set()  # claimed by this worker, outcome not recorded yet
         self._batch_tasks: dict[asyncio.Task, RunningBatch] = {}
         self._cancel_requested: set[int] = set()
-        self._announced: dict[int, int] = {}  # waiting job -> the position it was last told
+        self.positions = PositionAnnouncer(waiting, events)
         self._wake = asyncio.Event()
         self._stopping = False
         self._was_idle = True
@@ -117,7 +119,7 @@ class Worker:
 
     def told_position(self, job_id: int, position: int) -> None:
         """The job's follower already knows this position (it was in the "queued" answer)."""
-        self._announced[job_id] = position
+        self.positions.told(job_id, position)
 
     def request_cancel(self, job_id: int) -> None:
         """Stop a running job at its next step."""
@@ -322,38 +324,6 @@ class Worker:
             log.info("job %d requeued: it runs again later", job_id)
         self._held.discard(job_id)
 
-    # --- telling waiting jobs where they are -------------------------------------------------------
-
     async def announce_positions(self) -> None:
-        """Tell waiting jobs their new position after a batch. A job followed on its own (a web
-        page) hears every change; a chat frontend, which follows its whole platform and edits a
-        message per job, hears it once the job has moved up by a tenth since it last heard, and at
-        every step of the last `CLOSE` places, so a job hears O(log n) times in all however long
-        the queue. That walks the queue once per batch, in memory; nothing is read from the store."""
-        platforms = self.events.platforms_followed()
-        announced: dict[int, int] = {}
-        if platforms:
-            entries = ((job, index) for index, job in enumerate(self.waiting.in_order(), start=1))
-        else:
-            entries = ((job, self.waiting.position(job_id)) for job_id in self.events.jobs_followed()
-                       if (job := self.waiting.get(job_id)) is not None)
-        for job, position in entries:
-            platform = job.user_key.split(":", 1)[0]
-            if not self.events.watching(job.id, platform):
-                continue
-            told = self._announced.get(job.id)
-            if told is not None and not _worth_telling(position, told, self.events.watching(job.id)):
-                announced[job.id] = told
-                continue
-            announced[job.id] = position
-            self.events.publish({"type": "position", "job": job.id, "position": position}, platform)
-        self._announced = announced
-
-
-CLOSE = 10  # the last places before a job runs: every change is announced
-
-
-def _worth_telling(position: int, told: int, followed_alone: bool) -> bool:
-    if position == told:
-        return False
-    return followed_alone or position <= CLOSE or position <= told * 0.9
+        """Tell waiting jobs their new position after a batch (bot/core/positions.py)."""
+        self.positions.announce()

@@ -8,7 +8,8 @@ import pytest
 from bot.core.jobs import ImageResult, Origin, is_public_id
 from bot.core.request import GenerationRequest
 from bot.core.schema import MIGRATIONS
-from bot.core.store import Store, batch_key_text
+from bot.core.store import Store
+from bot.core.store_jobs import batch_key_text
 
 ALICE = Origin("web", "alice", chat_id="c1", reply={"reply_to": 42}, locale="vi")
 BOB = Origin("telegram", "bob", chat_id="c2")

@@ -10,10 +10,11 @@ import torch
 
 from bot.config import EngineConfig, Limits
 from bot.core.errors import Cancelled, UserError
-from bot.core.request import SCHEDULERS, parse_prompt
+from bot.core.request import parse_prompt
 from bot.core.resolve import resolve
 from bot.engine.engine import Engine
 from bot.models.registry import Registry
+from bot.models.variant import SCHEDULERS
 from tests.helpers.models import add_pipeline_variant
 from tests.helpers.tiny import save_tiny_lora, save_tiny_pipeline
 from training.to_single_file import export_single_file

@@ -17,7 +17,7 @@ from discord import app_commands
 from bot.config import Config
 from bot.core.errors import UserError
 from bot.core.jobs import Origin, is_public_id, short_id
-from bot.core.request import SCHEDULERS, parse_prompt
+from bot.core.request import parse_prompt
 from bot.core.service import JobRef
 from bot.core.uploads import FORMATS
 from bot.frontends.discord.access import PLATFORM, check_channel, origin_of
@@ -31,6 +31,7 @@ from bot.frontends.discord.views import RemixModal
 from bot.frontends.listings import read_history, read_models, read_queue, usable_names
 from bot.frontends.text import clip
 from bot.frontends.wording import reworded
+from bot.models.variant import SCHEDULERS
 
 log = logging.getLogger(__name__)
 

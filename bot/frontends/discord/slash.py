@@ -14,7 +14,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Limits
-from bot.core.request import MAX_SEED, SCHEDULERS
+from bot.core.request import MAX_SEED
+from bot.models.variant import SCHEDULERS
 from bot.core.resolve import MIN_STRENGTH
 from bot.frontends.discord.commands import Commands
 from bot.frontends.discord.interactions import answer, command_text, text_reply

@@ -28,7 +28,7 @@ from bot import __version__
 from bot.config import Limits
 from bot.core.errors import UserError
 from bot.core.jobs import Job
-from bot.core.request import parse_model_name, shorten
+from bot.core.option_values import parse_model_name, shorten
 from bot.core.service import JobView
 from bot.frontends.web.body_limit import MAX_BODY_BYTES
 from bot.frontends.web.strings import render

@@ -10,7 +10,7 @@ from PIL import Image
 
 from bot.core.jobs import short_id
 from bot.config import VariationsConfig
-from bot.core.service import UPSCALE_STRENGTH
+from bot.core.derived import UPSCALE_STRENGTH
 from tests.helpers.discord import EPHEMERAL, callback, has_result, original, stop_stack
 from tests.helpers.fake_discord import ADMIN, ALICE, BOB, click, command, custom_ids
 

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from bot.core.service import DERIVED_ACTIONS
+from bot.core.derived import DERIVED_ACTIONS
 from bot.frontends.web.deps import Caller, Locale, ServiceDep, Admitted
 from bot.frontends.web.errors import error_response
 from bot.frontends.web.schemas import DeriveIn, JobId, JobIn, job_json, submitted_json, view_json

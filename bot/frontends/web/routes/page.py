@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
-from bot.core.request import SCHEDULERS
 from bot.frontends.web.deps import ConfigDep
 from bot.frontends.web.strings import catalogue_for
+from bot.models.variant import SCHEDULERS
 
 router = APIRouter()
 STATIC = Path(__file__).resolve().parents[1] / "static"
