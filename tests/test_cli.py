@@ -26,6 +26,7 @@ from tests.helpers.models import add_pipeline_variant
 from tests.helpers.ports import free_port
 
 IMAGEBOT = Path(sys.executable).with_name("imagebot")
+REPO = Path(__file__).resolve().parents[1]
 DEMO_DEFAULTS = "64x64, 3 steps, cfg 7, dpm++"
 DEAD_PORT = free_port()
 NO_SERVER = f"no server answered at http://127.0.0.1:{DEAD_PORT}; loading the model here"
@@ -41,8 +42,11 @@ def write_config(folder: Path, models: Path, extra: str = "") -> Path:
 
 
 def cli_env() -> dict[str, str]:
+    """The environment of the real command: this checkout's code first (the console script may
+    belong to an install of another one), no config named, no hub."""
     env = {k: v for k, v in os.environ.items() if k != "IMAGEBOT_CONFIG"}
     env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
 
 
@@ -412,6 +416,6 @@ def test_doctor_says_what_serve_would_run_on(work, capsys, monkeypatch, tiny_pip
     assert "attention: PyTorch SDPA" in out and re.search(r"memory: [\d.]+ GiB free of [\d.]+ GiB", out)
     assert f"models in {work.models}: demo; default 'demo'" in out
     assert "model broken: cannot be used: " in out and "model_index.json" in out
-    assert "web: would listen on http://127.0.0.1:7860" in out
+    assert f"web: would listen on http://127.0.0.1:{DEAD_PORT}" in out
     assert "discord: would start (DISCORD_TOKEN set)" in out and "telegram: off (TELEGRAM_TOKEN not set)" in out
     assert "a-token-for-the-check-only" not in out
