@@ -13,6 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
+from http.cookiejar import CookieJar
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +25,7 @@ from tests.helpers.models import add_pipeline_variant
 from tests.helpers.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "correct horse battery"
 SERVER_MAX_STEPS = 7  # the server's [limits] max_steps; the command's own config keeps the default 50
 
 
@@ -54,11 +57,11 @@ def healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_pipeline_dir):
-    """`imagebot serve` on a free port; `cli_config` is the command's own config, whose [web]
-    port names that server (and whose state folder is its own: the client key lives there)."""
-    root = tmp_path_factory.mktemp("remote")
+@contextmanager
+def running_server(root: Path, tiny_pipeline_dir: Path, web: str = ""):
+    """`imagebot serve` on a free port (`web`: more of its [web] section); `cli_config` is the
+    command's own config, whose [web] port names that server and whose state folder is its own
+    (the client key lives there)."""
     models = root / "models"
     models.mkdir()
     add_pipeline_variant(models, "demo", tiny_pipeline_dir, 'kind = "pipeline"\n[defaults]\nsteps = 1\n')
@@ -66,13 +69,18 @@ def server(tmp_path_factory, tiny_pipeline_dir):
     config = root / "server.toml"
     config.write_text(f"[storage]\nstate_dir = '{root / 'server-state'}'\nmodels_dir = '{models}'\n\n"
                       f"[engine]\ndevice = 'cpu'\n\n[limits]\nmin_side = 32\nmax_steps = {SERVER_MAX_STEPS}\n\n"
-                      f"[models]\nrescan_seconds = 0.0\n\n[web]\nport = {port}\n", encoding="utf-8")
+                      f"[models]\nrescan_seconds = 0.0\n\n[web]\nport = {port}\n{web}", encoding="utf-8")
     cli = root / "cli"
     cli.mkdir()
     cli_config = cli / "config.toml"
     cli_config.write_text(f"[storage]\nstate_dir = '{cli / 'state'}'\nmodels_dir = '{models}'\n\n"
                           f"[engine]\ndevice = 'cpu'\n\n[limits]\nmin_side = 32\n\n[web]\nport = {port}\n",
                           encoding="utf-8")
+    if "password" in web:
+        added = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "users", "add", "alice",
+                                "--password-stdin"], cwd=root, env=env_for_cli(), input=PASSWORD + "\n",
+                               capture_output=True, text=True, timeout=120)
+        assert added.returncode == 0, added.stderr
     log = root / "serve.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(config), "serve"], cwd=root,
@@ -93,6 +101,19 @@ def server(tmp_path_factory, tiny_pipeline_dir):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_pipeline_dir):
+    with running_server(tmp_path_factory.mktemp("remote"), tiny_pipeline_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def password_server(tmp_path_factory, tiny_pipeline_dir):
+    """A server with [web] auth = "password" and one user, alice."""
+    with running_server(tmp_path_factory.mktemp("remote-auth"), tiny_pipeline_dir, 'auth = "password"\n') as running:
+        yield running
 
 
 def history(server) -> list[dict]:
@@ -194,3 +215,95 @@ def test_a_refused_request_exits_2_with_the_servers_message(server, args, messag
     # The server's limit (the command's own config allows 50 steps): the server checked it.
     assert result.stderr.splitlines() == [message]
     assert len(history(server)) == jobs
+
+
+# --- a server that wants a sign-in ---------------------------------------------------------
+
+
+def test_signed_in_with_the_environments_name_and_password(password_server, tmp_path):
+    result = imagebot(["--config", str(password_server.cli_config), "imagine", "a red fox --seed 5", "--size", "32x32",
+                       "-o", str(tmp_path)], password_server.cli, IMAGEBOT_USER="alice", IMAGEBOT_PASSWORD=PASSWORD)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"using the server at {password_server.url}"]
+    [path] = [Path(line) for line in result.stdout.splitlines()]
+    assert read_png_parameters(path).seed == 5
+    # The job is alice's: signed in as her, its history lists it, and its file is those bytes.
+    session = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    body = json.dumps({"name": "alice", "password": PASSWORD}).encode()
+    session.open(urllib.request.Request(password_server.url + "/api/session", data=body,
+                                        headers={"Content-Type": "application/json"}), timeout=30).close()
+    with session.open(password_server.url + "/api/history", timeout=10) as response:
+        [job] = json.loads(response.read())["jobs"]
+    assert job["request"]["prompt"] == "a red fox" and job["request"]["seed"] == 5
+    served = password_server.outputs / job["images"][0]["url"].rsplit("/", 1)[1]
+    assert served.read_bytes() == path.read_bytes()
+
+
+def test_a_wrong_password_exits_2_with_the_servers_message(password_server):
+    result = imagebot(["--config", str(password_server.cli_config), "imagine", "a fox"], password_server.cli,
+                      IMAGEBOT_USER="alice", IMAGEBOT_PASSWORD="not the password")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == ["imagebot: Wrong user name or password."]
+
+
+def test_without_credentials_the_server_flag_exits_2_and_the_default_runs_here(password_server, tmp_path):
+    wanted = f"the server at {password_server.url} wants a sign-in: set IMAGEBOT_USER and IMAGEBOT_PASSWORD"
+    forced = imagebot(["--config", str(password_server.cli_config), "imagine", "a fox", "--server",
+                       password_server.url], password_server.cli)
+    assert forced.returncode == 2 and forced.stdout == ""
+    assert forced.stderr.splitlines() == [f"imagebot: {wanted}"]
+
+    served = sorted(password_server.outputs.glob("*.png")) if password_server.outputs.exists() else []
+    alone = imagebot(["--config", str(password_server.cli_config), "imagine", "a fox --seed 9", "--size", "32x32",
+                      "-o", str(tmp_path)], password_server.cli)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stderr.splitlines() == [f"{wanted}; loading the model here"]
+    [path] = [Path(line) for line in alone.stdout.splitlines()]
+    assert read_png_parameters(path).seed == 9
+    assert (sorted(password_server.outputs.glob("*.png")) if password_server.outputs.exists() else []) == served
+
+
+# --- where the server is -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host, url", [
+    ("127.0.0.1", "http://127.0.0.1:7860"),
+    ("0.0.0.0", "http://127.0.0.1:7860"),  # listening everywhere: reached here on the loopback
+    ("::", "http://[::1]:7860"),
+    ("::1", "http://[::1]:7860"),
+    ("box.lan", "http://box.lan:7860"),
+])
+def test_the_configured_server_address(host, url):
+    from bot.remote import configured_url
+
+    assert configured_url(host, 7860) == url
+
+
+@pytest.mark.parametrize("given, url", [
+    ("http://127.0.0.1:7860", "http://127.0.0.1:7860"),
+    ("http://127.0.0.1:7860/", "http://127.0.0.1:7860"),
+    ("box.lan:8000", "http://box.lan:8000"),
+    ("https://bot.example.org/imagebot/", "https://bot.example.org/imagebot"),
+])
+def test_server_urls(given, url):
+    from bot.remote import server_url
+
+    assert server_url(given) == url
+
+
+@pytest.mark.parametrize("given", ["ftp://box", "http://", "http://box:port", "http://box/?a=1"])
+def test_bad_server_urls(given):
+    from bot.remote import RemoteError, server_url
+
+    with pytest.raises(RemoteError, match="--server must be a URL"):
+        server_url(given)
+
+
+def test_the_client_key_is_kept(tmp_path):
+    from bot.remote import CLIENT_KEY, client_key
+
+    key = client_key(tmp_path / "state")
+    assert CLIENT_KEY.fullmatch(key) and client_key(tmp_path / "state") == key
+    assert (tmp_path / "state" / "cli-client-key").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "state" / "cli-client-key").write_text("not a key!\n")
+    assert client_key(tmp_path / "state") != key  # a damaged file is replaced
