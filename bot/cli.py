@@ -23,6 +23,7 @@ from bot.core.errors import UserError, model_refusal
 from bot.core.request import merge_options, options_from_fields, parse_prompt
 from bot.core.resolve import resolve
 from bot.models.errors import ModelUnavailable
+from bot.remote import RemoteError
 
 log = logging.getLogger("imagebot")
 
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     imagine.add_argument("--fast", action="store_true", default=None,
                          help="the model's fast mode (an LCM-LoRA or an LCM/Turbo model): 1-8 steps, guidance 0-2")
     imagine.add_argument("-o", "--output", type=Path, help="folder for the PNGs (default: the configured outputs)")
+    where = imagine.add_mutually_exclusive_group()
+    where.add_argument("--server", metavar="URL",
+                       help="go through the server at URL (exit 2 when none answers); default: the configured "
+                       "one ([web] host and port) when it answers, else the model is loaded here")
+    where.add_argument("--local", action="store_true", help="load the model here, even when a server answers")
 
     commands.add_parser("data", help="dataset tools: manifests, image folders, crawling, captions (imagebot data --help)")
     commands.add_parser("train", help="offline training: scratch | finetune | evaluate (imagebot train --help)")
@@ -125,6 +131,9 @@ def _run(args: argparse.Namespace) -> int:
     except (UserError, ConfigError) as error:
         print(f"imagebot: {error}", file=sys.stderr)
         return 2
+    except RemoteError as error:
+        print(f"imagebot: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("imagebot: interrupted", file=sys.stderr)
         return 130
@@ -270,6 +279,71 @@ def _new_password(args: argparse.Namespace) -> str:
 
 
 def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
+    """Through the server when one can be used (the configured one, or --server), else here;
+    one line on stderr says which (none for --local)."""
+    if args.init_image is not None and not args.init_image.is_file():
+        raise UserError("init_image_missing", got=str(args.init_image))
+    if args.local:
+        return _imagine_here(args, config, None)
+    from bot import remote
+
+    if args.server is None and not config.web.enabled:
+        return _imagine_here(args, config, "the config turns the web server off ([web] enabled); "
+                             "loading the model here")
+    url = remote.server_url(args.server) if args.server else remote.configured_url(config.web.host, config.web.port)
+    try:
+        server = remote.connect(url, config.storage.state_dir, remote.credentials_from_env())
+    except remote.Unusable as why:
+        if args.server:
+            raise RemoteError(str(why), why.exit_code) from None
+        return _imagine_here(args, config, f"{why}; loading the model here")
+    try:
+        return _imagine_there(args, config, server)
+    finally:
+        server.sign_out()
+
+
+def _imagine_there(args: argparse.Namespace, config: Config, server) -> int:
+    """POST /api/jobs with the command's options, follow the job, download its images."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    body = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "model": args.model, "seed": args.seed,
+            "steps": args.steps, "guidance": args.guidance, "size": args.size, "aspect": args.aspect,
+            "count": args.count, "scheduler": args.scheduler, "strength": args.strength, "loras": args.lora,
+            "refiner": args.refiner, "fast": args.fast}
+    submitted = server.submit(body, args.init_image)
+    print(f"using the server at {server.url}", file=sys.stderr)
+    request = submitted.get("request") or {}
+    count = int(request.get("count") or 1)
+    label = f"{count} image{'s' if count > 1 else ''}"
+    with tqdm(total=request.get("steps"), desc=label, unit="step", delay=2, disable=not sys.stderr.isatty()) as bar:
+        def show(job: dict) -> None:
+            progress = job.get("progress") or {}
+            if job.get("status") == "queued" and job.get("position"):
+                bar.set_description(f"{label}, waiting (place {job['position']})", refresh=False)
+            elif progress.get("step") is not None:
+                bar.set_description(label, refresh=False)
+                if progress.get("total") and progress["total"] != bar.total:
+                    bar.total = progress["total"]
+                bar.update(max(0, progress["step"] - bar.n))
+
+        job = server.follow(submitted["id"], show)
+    out_dir = args.output or config.storage.outputs_path()
+    seed = (job.get("request") or request).get("seed")
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{seed}-{secrets.token_hex(2)}"
+    images, grid = server.download(job, Path(out_dir), stem)
+    for path in images:
+        print(path)
+    if grid is not None:
+        print(grid)
+    log.info("made %d image(s) on %s in %.1f s", len(images), server.url, time.perf_counter() - started)
+    return 0
+
+
+def _imagine_here(args: argparse.Namespace, config: Config, note: str | None) -> int:
+    """The model loaded in this process; `note` (which path, and why) goes to stderr once the
+    request is known to be good, so bad input stays one line."""
     inline = parse_prompt(args.prompt)
     explicit = options_from_fields(
         negative_prompt=args.negative_prompt, model=args.model, seed=args.seed, steps=args.steps,
@@ -277,8 +351,6 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
         scheduler=args.scheduler, strength=args.strength, loras=args.lora, refiner=args.refiner, fast=args.fast,
         init_image=str(args.init_image) if args.init_image else None,
     )
-    if args.init_image is not None and not args.init_image.is_file():
-        raise UserError("init_image_missing", got=str(args.init_image))
     registry = _registry(config)
     request = resolve(merge_options(inline, explicit), registry.ready_defaults(), config.models.default,
                       config.limits, models_dir=config.storage.models_dir, unavailable=registry.unavailable(),
@@ -287,6 +359,8 @@ def cmd_imagine(args: argparse.Namespace, config: Config) -> int:
         registry.get(request.model)  # a broken variant says why before torch is even imported
     except ModelUnavailable as unavailable:
         raise model_refusal(unavailable) from None
+    if note:
+        print(note, file=sys.stderr)
 
     from tqdm import tqdm
 
