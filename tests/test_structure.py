@@ -1,6 +1,7 @@
 """How the test suite is laid out: each test module stands alone. What several modules share lives in
 tests/helpers/ (names and fixtures) or in a conftest.py (fixtures), never in a test module that others
-import: importing one would also collect its fixtures and tie two files' tests together."""
+import: importing one would also collect its fixtures and tie two files' tests together. And the
+slow groups stay marked, so that `-m "not browser"` leaves out every test that starts Chromium."""
 
 from __future__ import annotations
 
@@ -68,3 +69,25 @@ def test_no_module_under_tests_imports_a_test_module():
     if offenders:
         pytest.fail("A test module imports another; move what they share into tests/helpers/ "
                     "(or fixtures into a conftest.py):\n" + "\n".join(offenders))
+
+
+def marks(source: str) -> set[str]:
+    """The marks a module's `pytestmark` names (`pytest.mark.NAME`, alone or in a list)."""
+    found: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+            found.update(n.attr for n in ast.walk(node.value) if isinstance(n, ast.Attribute)
+                         and isinstance(n.value, ast.Attribute) and n.value.attr == "mark")
+    return found
+
+
+def test_every_module_that_drives_chromium_is_marked_browser():
+    """`-m "not browser"` must leave out every test that starts Chromium (through tests/helpers/page.py)."""
+    assert marks('pytestmark = [pytest.mark.train, pytest.mark.usefixtures("x")]\n') == {"train", "usefixtures"}
+    browsing = [path for path in sorted(TESTS.rglob("test_*.py"))
+                if {"tests.helpers.page", "playwright", "playwright.sync_api"}
+                & imported_modules(path.read_text(encoding="utf-8"), module_name(path))]
+    assert len(browsing) >= 5
+    unmarked = [str(path.relative_to(REPO)) for path in browsing
+                if "browser" not in marks(path.read_text(encoding="utf-8"))]
+    assert not unmarked, f"these start Chromium; add `pytestmark = pytest.mark.browser`: {unmarked}"
