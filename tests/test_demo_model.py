@@ -15,6 +15,8 @@ from bot.engine.engine import Engine
 from bot.models.registry import Registry
 from training import shapes
 
+pytestmark = pytest.mark.train
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 

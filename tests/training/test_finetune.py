@@ -26,7 +26,7 @@ LIMITS = Limits(min_side=16)
 PROMPT = "a yellow zwx star on a blue background"
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.train, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ TINY = [
 ]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.train, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import logging
 import httpx
 import pytest
 
-from tests.frontends.web.test_api import ADMIN, ADMIN_TOKEN, ALICE, assert_error, make_api  # noqa: F401
+from tests.helpers.api import ADMIN, ADMIN_TOKEN, ALICE, assert_error
 
 PASSWORD = "a long enough password"
 ACCOUNTS = {"web": {"auth": "password"}}

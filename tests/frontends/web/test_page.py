@@ -24,6 +24,8 @@ from tests.helpers.page import (
     ADMIN_TOKEN, DESCRIPTION, DESKTOP, EXAMPLES, REPO, Server, VARIANT_TOML, card_by_id, cards, job_id, load, new_card, new_context, open_advanced, open_menu, open_page, png_size, scroll_width, seeds, seen, submit, wait_done,
 )
 
+pytestmark = pytest.mark.browser
+
 
 def test_page_loads_without_errors(page):
     expect(page).to_have_title("Image Chatbot")

@@ -15,6 +15,8 @@ from tests.helpers.models import add_pipeline_variant
 from tests.helpers.page import REPO, VARIANT_TOML, Server, new_context, open_page, submit, wait_done
 from tests.helpers.ports import free_port
 
+pytestmark = pytest.mark.browser
+
 PASSWORD = "a long enough password"
 
 

@@ -8,10 +8,13 @@ import io
 import urllib.request
 
 import numpy as np
+import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
 from tests.helpers.page import submit, wait_done
+
+pytestmark = pytest.mark.browser
 
 
 def source_png() -> tuple[np.ndarray, bytes]:

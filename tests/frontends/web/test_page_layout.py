@@ -21,6 +21,8 @@ from tests.helpers.page import (
     open_page, scroll_width, seeds,
 )
 
+pytestmark = pytest.mark.browser
+
 VIEWS = {
     "desktop": {"viewport": {"width": 1280, "height": 800}},
     "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True,

@@ -3,9 +3,12 @@ image's prompt, and sending the edited prompt varies that image with it."""
 
 from __future__ import annotations
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.helpers.page import new_card, submit, wait_done
+
+pytestmark = pytest.mark.browser
 
 
 def open_lightbox(page, card):

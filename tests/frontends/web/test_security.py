@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from bot.frontends.web.security import CONTENT_SECURITY_POLICY
-from tests.frontends.web.test_api import ADMIN, ADMIN_TOKEN, ALICE, BOB, assert_error, api, make_api, png  # noqa: F401
+from tests.helpers.api import ADMIN, ADMIN_TOKEN, ALICE, BOB, assert_error, png
 
 STATIC = Path(__file__).resolve().parents[3] / "bot" / "frontends" / "web" / "static"
 

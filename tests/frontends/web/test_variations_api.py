@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.frontends.web.test_api import ALICE, api, assert_error, make_api  # noqa: F401
+from tests.helpers.api import ALICE, assert_error
 from tests.helpers.tiny import save_tiny_lora
 
 
