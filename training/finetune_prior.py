@@ -5,6 +5,7 @@ base, prompts, size and drawing settings reuses them and draws only the missing 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -31,6 +32,7 @@ def class_images(pipe, c: FinetuneConfig, base: BaseModel, defaults: VariantDefa
     the cache in `folder` where present; the j-th image of a given key is drawn with seed j, so a
     top-up draws exactly the missing ones. Returns (image, caption) pairs, how many were drawn and
     reused."""
+    from bot.engine.batch_invariance import batch_invariant
     from bot.engine.schedulers import make_scheduler
 
     prompts = class_prompt_list(c)
@@ -52,20 +54,25 @@ def class_images(pipe, c: FinetuneConfig, base: BaseModel, defaults: VariantDefa
         scheduler = pipe.scheduler
         pipe.scheduler = make_scheduler(defaults.scheduler, scheduler.config)
         quietly_to(pipe, dtype, device)
+        # On the CPU a class image is the base's drawing of its prompt and seed whatever else is in
+        # its batch (bot/engine/batch_invariance.py), so a top-up or another batch size draws the
+        # same pictures; the modules run their own kernels again for training.
+        invariant = batch_invariant(pipe) if torch.device(device).type == "cpu" else contextlib.nullcontext()
         try:
-            for start in range(0, len(missing), c.sample_batch_size):
-                chunk = missing[start: start + c.sample_batch_size]
-                images = pipe([prompts[j % len(prompts)] for j in chunk],
-                              negative_prompt=[defaults.negative_prompt] * len(chunk)
-                              if defaults.negative_prompt else None,
-                              num_inference_steps=defaults.steps, guidance_scale=defaults.guidance,
-                              height=c.resolution, width=c.resolution,
-                              generator=[torch.Generator().manual_seed(j) for j in chunk]).images
-                for j, image in zip(chunk, images):
-                    write_atomic(folder / wanted[j], lambda f: image.save(f, format="PNG"), binary=True)
-                    index[wanted[j]] = {"key": key, "seed": j}
-                # The index after every batch: an interrupted run keeps what it drew.
-                write_text_atomic(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
+            with invariant:
+                for start in range(0, len(missing), c.sample_batch_size):
+                    chunk = missing[start: start + c.sample_batch_size]
+                    images = pipe([prompts[j % len(prompts)] for j in chunk],
+                                  negative_prompt=[defaults.negative_prompt] * len(chunk)
+                                  if defaults.negative_prompt else None,
+                                  num_inference_steps=defaults.steps, guidance_scale=defaults.guidance,
+                                  height=c.resolution, width=c.resolution,
+                                  generator=[torch.Generator().manual_seed(j) for j in chunk]).images
+                    for j, image in zip(chunk, images):
+                        write_atomic(folder / wanted[j], lambda f: image.save(f, format="PNG"), binary=True)
+                        index[wanted[j]] = {"key": key, "seed": j}
+                    # The index after every batch: an interrupted run keeps what it drew.
+                    write_text_atomic(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
         finally:
             pipe.scheduler = scheduler
     return ([(folder / file, prompts[j % len(prompts)]) for j, file in enumerate(wanted)], len(missing),

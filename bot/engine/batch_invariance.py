@@ -12,14 +12,17 @@ the threads), which is the same arithmetic for every sample whatever the batch s
 fast batched as oneDNN. Group norms run batched on NCHW tensors (their channels-last kernel, which
 a one-sample tensor can fall into, differs by batch size), and the one-row-per-sample linear
 layers run one sample at a time; they are tiny. Attention and the large matrix products over all
-tokens are batch-invariant on the CPU as they are, so they stay batched. The VAE, which runs once
-per image rather than once per step, encodes and decodes one image at a time. `bench/service.py`
+tokens are batch-invariant on the CPU as they are, so they stay batched. The text encoders get the
+same treatment (their pooled output goes through a one-row-per-prompt projection). The VAE, which
+runs once per image rather than once per step, encodes and decodes one image at a time. `bench/service.py`
 measures the throughput of both modes; tests check the pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
+from collections.abc import Iterator
 
 import torch
 
@@ -28,9 +31,39 @@ def make_pipeline_batch_invariant(pipe) -> None:
     denoiser = getattr(pipe, "unet", None)
     if denoiser is not None:
         make_batch_invariant(denoiser)
+    # The text encoders see every prompt of the batch at once; their pooled outputs go through a
+    # projection of one row per prompt, whose kernel changes with the number of rows.
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name, None)
+        if isinstance(encoder, torch.nn.Module):
+            make_batch_invariant(encoder)
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "enable_slicing"):
         vae.enable_slicing()  # encodes and decodes one image at a time: once per image, not per step
+
+
+@contextlib.contextmanager
+def batch_invariant(pipe) -> Iterator[None]:
+    """The pipeline in batch-invariant mode for a while (drawing images with a model that is
+    trained next, whose modules must then run their own kernels again)."""
+    make_pipeline_batch_invariant(pipe)
+    try:
+        yield
+    finally:
+        for name in ("unet", "text_encoder", "text_encoder_2"):
+            component = getattr(pipe, name, None)
+            if isinstance(component, torch.nn.Module):
+                undo_batch_invariant(component)
+        vae = getattr(pipe, "vae", None)
+        if vae is not None and hasattr(vae, "disable_slicing"):
+            vae.disable_slicing()
+
+
+def undo_batch_invariant(*modules: torch.nn.Module) -> None:
+    for root in modules:
+        for module in root.modules():
+            if module.__dict__.pop("_imagebot_per_sample", False):
+                del module.forward  # the class's own forward again
 
 
 def make_batch_invariant(*modules: torch.nn.Module) -> None:
