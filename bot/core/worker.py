@@ -234,7 +234,8 @@ class Worker:
         by_id = {job.id: job for job in jobs}
         self.batches += 1
         for job in jobs:
-            self.events.publish({"type": "started", "job": job.id, "batch": list(ids)}, job.origin.platform)
+            self.events.publish({"type": "started", "job": job.id, "batch": list(ids)}, job.origin.platform,
+                               job.origin.user_key)
 
         def on_progress(update: StepProgress) -> None:
             if running not in self.in_flight:
@@ -243,7 +244,8 @@ class Worker:
             running.previews.update(update.previews)
             for job_id in ids:
                 self.events.publish({"type": "progress", "job": job_id, "step": update.step, "total": update.total,
-                                     "preview": job_id in update.previews}, by_id[job_id].origin.platform)
+                                     "preview": job_id in update.previews}, by_id[job_id].origin.platform,
+                                    by_id[job_id].origin.user_key)
 
         try:
             outcomes = await self.executor.run([BatchItem(job.id, job.request, job.public_id) for job in jobs], on_progress,
@@ -292,7 +294,7 @@ class Worker:
             log.info("job %d done: %d image(s)", job.id, len(outcome.images))
         self._held.discard(job.id)
         self._cancel_requested.discard(job.id)
-        self.events.publish(event, platform)
+        self.events.publish(event, platform, job.origin.user_key)
 
     async def _give_back_held(self) -> None:
         """Jobs claimed by a pass that failed go back to the queue (or end, if cancelled meanwhile).
@@ -304,7 +306,8 @@ class Worker:
                     job = await self.store.get(job_id)
                     if job is not None:
                         self._discard_uploads(job)
-                    self.events.publish({"type": "cancelled", "job": job_id}, job.origin.platform if job else "")
+                    self.events.publish({"type": "cancelled", "job": job_id}, job.origin.platform if job else "",
+                                       job.origin.user_key if job else None)
                 self._cancel_requested.discard(job_id)
             else:
                 await self._give_back(job_id)
@@ -325,28 +328,31 @@ class Worker:
     # --- telling waiting jobs where they are -------------------------------------------------------
 
     async def announce_positions(self) -> None:
-        """Tell waiting jobs their new position after a batch. A job followed on its own (a web
-        page) hears every change; a chat frontend, which follows its whole platform and edits a
-        message per job, hears it once the job has moved up by a tenth since it last heard, and at
-        every step of the last `CLOSE` places, so a job hears O(log n) times in all however long
-        the queue. That walks the queue once per batch, in memory; nothing is read from the store."""
+        """Tell waiting jobs their new position after a batch. A job followed on its own (an API
+        client) or with all its user's jobs (a web page) hears every change; a chat frontend, which
+        follows its whole platform and edits a message per job, hears it once the job has moved up
+        by a tenth since it last heard, and at every step of the last `CLOSE` places, so a job
+        hears O(log n) times in all however long the queue. That walks the queue once per batch, in
+        memory; nothing is read from the store."""
         platforms = self.events.platforms_followed()
+        users = self.events.users_followed()
         announced: dict[int, int] = {}
-        if platforms:
+        if platforms or users:
             entries = ((job, index) for index, job in enumerate(self.waiting.in_order(), start=1))
         else:
             entries = ((job, self.waiting.position(job_id)) for job_id in self.events.jobs_followed()
                        if (job := self.waiting.get(job_id)) is not None)
         for job, position in entries:
             platform = job.user_key.split(":", 1)[0]
-            if not self.events.watching(job.id, platform):
+            if not self.events.watching(job.id, platform, job.user_key):
                 continue
             told = self._announced.get(job.id)
-            if told is not None and not _worth_telling(position, told, self.events.watching(job.id)):
+            alone = self.events.watching(job.id) or job.user_key in users
+            if told is not None and not _worth_telling(position, told, alone):
                 announced[job.id] = told
                 continue
             announced[job.id] = position
-            self.events.publish({"type": "position", "job": job.id, "position": position}, platform)
+            self.events.publish({"type": "position", "job": job.id, "position": position}, platform, job.user_key)
         self._announced = announced
 
 
