@@ -160,7 +160,7 @@ class WebConfig:
     allowed_hosts: tuple[str, ...] = ()
     # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For is believed; empty = none.
     trusted_proxies: tuple[str, ...] = ()
-    max_streams_per_client: int = 8  # open event streams (GET /api/jobs/ID/events) per client key
+    max_streams_per_client: int = 8  # open event streams (GET /api/events, /api/jobs/ID/events) per client key
     max_streams_per_address: int = 32  # ... per network address, whatever keys it sends (0 = no cap)
     max_streams: int = 512  # ... and in all
     limit_concurrency: int = 1024  # connections uvicorn serves at once; more are answered 503

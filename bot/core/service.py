@@ -131,7 +131,8 @@ class Service:
         self.waiting.add(entry)
         self.worker.wake()
         position, eta = self._waiting_view(entry)
-        self.events.publish({"type": "queued", "job": entry.id, "position": position, "eta": eta}, origin.platform)
+        self.events.publish({"type": "queued", "job": entry.id, "position": position, "eta": eta}, origin.platform,
+                           origin.user_key)
         self.worker.told_position(entry.id, position)
         log.info("job %d queued for %s: model=%s images=%d size=%dx%d steps=%d", entry.id, origin.log_name,
                  request.model, request.count, request.width, request.height, request.steps)
@@ -189,9 +190,14 @@ class Service:
         """The user's unfinished jobs with positions and ETAs."""
         return [self._view(job) for job in await self.store.jobs_of(origin.user_key, (QUEUED, RUNNING))]
 
-    def subscribe(self, job_id: int | None = None, platform: str | None = None) -> Subscription:
-        """Follow events; subscribe before reading the job's state so nothing falls in between."""
-        return self.events.subscribe(job_id, platform)
+    async def finished_since(self, origin: Origin, since: float) -> list[Job]:
+        """The user's jobs that finished at or after `since` (what a follower that was away missed)."""
+        return await self.store.finished_since(origin.user_key, since)
+
+    def subscribe(self, job_id: int | None = None, platform: str | None = None, user: str | None = None) -> Subscription:
+        """Follow events of one job, of every job of a platform, or of every job of one user (their
+        user key); subscribe before reading the job's state so nothing falls in between."""
+        return self.events.subscribe(job_id, platform, user)
 
     async def wait_finished(self, ref: JobRef) -> Job:
         """The job once it has finished (done, failed or cancelled), woken by its events; the store
@@ -244,7 +250,7 @@ class Service:
         if status == CANCELLED:
             self.waiting.remove(job_id)
             self.uploads.discard_job_files(job.request.init_image, job.request.mask_image)
-            self.events.publish({"type": "cancelled", "job": job_id}, job.origin.platform)
+            self.events.publish({"type": "cancelled", "job": job_id}, job.origin.platform, job.origin.user_key)
             return CANCELLED
         if status == RUNNING:
             self.worker.request_cancel(job_id)

@@ -198,6 +198,12 @@ class JobRows(StoreConnection):
         return await self._select("user_key = ? ORDER BY id DESC LIMIT ?", (user_key, limit), order=False)
 
     @serialized
+    async def finished_since(self, user_key: str, since: float, limit: int = 100) -> list[Job]:
+        """The user's jobs that finished at or after `since` (a time.time()), oldest first."""
+        return await self._select("user_key = ? AND status IN ('done', 'failed', 'cancelled') AND finished_at >= ? "
+                                  "ORDER BY finished_at LIMIT ?", (user_key, since, limit), order=False)
+
+    @serialized
     async def jobs_of(self, user_key: str, statuses: Sequence[str]) -> list[Job]:
         marks = ",".join("?" * len(statuses))
         return await self._select(f"user_key = ? AND status IN ({marks})", (user_key, *statuses))

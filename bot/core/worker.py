@@ -236,7 +236,8 @@ class Worker:
         by_id = {job.id: job for job in jobs}
         self.batches += 1
         for job in jobs:
-            self.events.publish({"type": "started", "job": job.id, "batch": list(ids)}, job.origin.platform)
+            self.events.publish({"type": "started", "job": job.id, "batch": list(ids)}, job.origin.platform,
+                                job.origin.user_key)
 
         def on_progress(update: StepProgress) -> None:
             if running not in self.in_flight:
@@ -245,7 +246,8 @@ class Worker:
             running.previews.update(update.previews)
             for job_id in ids:
                 self.events.publish({"type": "progress", "job": job_id, "step": update.step, "total": update.total,
-                                     "preview": job_id in update.previews}, by_id[job_id].origin.platform)
+                                     "preview": job_id in update.previews}, by_id[job_id].origin.platform,
+                                    by_id[job_id].origin.user_key)
 
         try:
             outcomes = await self.executor.run([BatchItem(job.id, job.request, job.public_id) for job in jobs], on_progress,
@@ -294,7 +296,7 @@ class Worker:
             log.info("job %d done: %d image(s)", job.id, len(outcome.images))
         self._held.discard(job.id)
         self._cancel_requested.discard(job.id)
-        self.events.publish(event, platform)
+        self.events.publish(event, platform, job.origin.user_key)
 
     async def _give_back_held(self) -> None:
         """Jobs claimed by a pass that failed go back to the queue (or end, if cancelled meanwhile).
@@ -306,7 +308,8 @@ class Worker:
                     job = await self.store.get(job_id)
                     if job is not None:
                         self._discard_uploads(job)
-                    self.events.publish({"type": "cancelled", "job": job_id}, job.origin.platform if job else "")
+                    self.events.publish({"type": "cancelled", "job": job_id}, job.origin.platform if job else "",
+                                        job.origin.user_key if job else None)
                 self._cancel_requested.discard(job_id)
             else:
                 await self._give_back(job_id)

@@ -25,7 +25,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from tests.helpers.models import add_pipeline_variant  # noqa: E402
 from tests.helpers.ports import free_port  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]  # tests/helpers/page.py -> the checkout the server runs from
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]

@@ -37,14 +37,14 @@ async def test_anonymous_callers_are_told_to_sign_in_and_only_the_page_and_healt
     api = await with_users(make_api)
     job_id = "0" * 24
     for method, path in [("POST", "/api/jobs"), ("GET", "/api/history"), ("GET", f"/api/jobs/{job_id}"),
-                         ("DELETE", f"/api/jobs/{job_id}"), ("GET", f"/api/jobs/{job_id}/events"),
+                         ("DELETE", f"/api/jobs/{job_id}"), ("GET", f"/api/jobs/{job_id}/events"), ("GET", "/api/events"),
                          ("GET", f"/api/jobs/{job_id}/preview"), ("POST", f"/api/jobs/{job_id}/reroll"),
                          ("GET", "/api/models"), ("GET", "/api/images/x-0.png"), ("GET", "/api/audit"),
                          ("POST", "/api/models/reload"), ("POST", "/api/admin/ban")]:
         response = await api.client.request(method, path, headers=ALICE, json={} if method == "POST" else None)
         body = assert_error(response, 401, "Sign in first", "POST /api/session")
         assert body["key"] == "sign_in_required"
-    for path in ("/healthz", "/", "/static/app.js", "/api/messages", "/api/options"):
+    for path in ("/healthz", "/", "/static/main.js", "/api/messages", "/api/options"):
         assert (await api.client.get(path)).status_code == 200, path
     assert (await api.client.get("/api/session")).json() == {"auth": "password", "user": None, "admin": False}
 

@@ -8,6 +8,7 @@ from bot.frontends.web.routes import ROUTERS
 URLS = {
     ("POST", "/api/jobs"), ("POST", "/api/jobs/{job_id}/{action}"), ("GET", "/api/jobs/{job_id}"),
     ("DELETE", "/api/jobs/{job_id}"), ("GET", "/api/jobs/{job_id}/preview"), ("GET", "/api/jobs/{job_id}/events"),
+    ("GET", "/api/events"),
     ("GET", "/api/history"), ("GET", "/api/models"), ("PUT", "/api/models/default"), ("POST", "/api/models/reload"),
     ("GET", "/api/images/{file}"), ("GET", "/"), ("GET", "/api/messages"), ("GET", "/api/options"),
     ("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/api/admin/ban"), ("POST", "/api/admin/unban"),

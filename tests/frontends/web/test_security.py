@@ -154,12 +154,37 @@ async def test_a_cross_site_form_post_to_a_derive_route_is_refused(api):
 
 
 async def test_every_answer_carries_the_security_headers(api):
-    for path in ("/", "/api/options", "/api/jobs/nothing", "/static/app.js"):
+    for path in ("/", "/api/options", "/api/jobs/nothing", "/static/main.js"):
         response = await api.client.get(path, headers={"Host": "evil.example"} if path == "/api/options" else {})
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["referrer-policy"] == "no-referrer"
         assert response.headers["x-frame-options"] == "DENY"
+
+
+async def test_the_page_scripts_are_modules_served_as_javascript(api):
+    """One module script from this server (allowed by script-src 'self'); main.js imports the rest,
+    each a file here, by a relative path (no build step, nothing from elsewhere), none too long."""
+    html = (STATIC / "index.html").read_text()
+    assert re.findall(r"<script[^>]*>", html) == ['<script type="module" src="/static/main.js">']
+    assert "script-src 'self'" in CONTENT_SECURITY_POLICY
+    imported, queue = set(), ["main.js"]
+    while queue:
+        name = queue.pop()
+        if name in imported:
+            continue
+        imported.add(name)
+        source = (STATIC / name).read_text()
+        assert len(source.splitlines()) <= 300, name
+        assert not re.search(r"\b(window|globalThis|self)\.\w+\s*=[^=]", source), name  # nothing shared but by imports
+        for target in re.findall(r'^import [^;]*? from "([^"]+)";$', source, re.MULTILINE):
+            assert target.startswith("./") and target.endswith(".js"), (name, target)
+            queue.append(target[2:])
+    assert imported == {path.name for path in STATIC.glob("*.js")}  # every script is reached from main.js
+    for name in imported:
+        response = await api.client.get(f"/static/{name}")
+        assert response.status_code == 200, name
+        assert response.headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript"), name
 
 
 def test_the_page_works_under_the_content_security_policy():

@@ -1,0 +1,71 @@
+// The models and options the server offers, and what follows the model the next prompt will use:
+// the welcome text, the examples and the placeholders of the prompt box and the drawer.
+
+import { api } from "./api.js";
+import { $, button, runPrompt } from "./dom.js";
+import { t } from "./i18n.js";
+import { get, set } from "./store.js";
+
+export async function loadOptions() {
+  const options = await api("/api/options");
+  const scheduler = $("#scheduler");
+  const current = scheduler.value;
+  scheduler.replaceChildren(new Option(t("ui_auto"), ""), ...options.schedulers.map((name) => new Option(name, name)));
+  scheduler.value = current;
+  $("#steps").max = options.limits.max_steps;
+  $("#count").max = options.limits.max_images;
+  $("#guidance").max = options.limits.max_guidance;
+  updateModelInfo();
+}
+
+// The models, and whether the admin token (if any) works: a wrong one (or one the server no
+// longer has) is not kept.
+export async function loadModels() {
+  const data = await api("/api/models", { admin: true });
+  const token = get("adminToken");
+  const admin = data.admin || { enabled: true, unlocked: Boolean(token) };
+  const changes = { models: data.models, defaultModel: data.default, admin };
+  if (token && !admin.unlocked) {
+    sessionStorage.removeItem("imagebot.admin");
+    Object.assign(changes, { adminToken: "", adminProblem: admin.enabled ? "wrong" : "" });
+  } else if (token) {
+    sessionStorage.setItem("imagebot.admin", token);
+  }
+  const select = $("#model");
+  const current = select.value;
+  select.replaceChildren(new Option(t("ui_model_default", { name: data.default }), ""),
+    ...data.models.filter((m) => m.status === "ready").map((m) => new Option(m.name, m.name)));
+  select.value = current;
+  set(changes);
+  updateModelInfo();
+}
+
+export function currentModel() {
+  const name = $("#model").value || get("defaultModel");
+  return get("models").find((m) => m.name === name);
+}
+
+export function updateModelInfo() {
+  const model = currentModel();
+  const examples = model?.examples || [];
+  $("#welcome-model").textContent = t("ui_welcome_model", { name: model?.name || get("defaultModel") || "?" });
+  $("#welcome-description").textContent = model?.description || "";
+  $("#examples").replaceChildren(...examples.map((prompt) => {
+    const item = document.createElement("li");
+    item.append(button(prompt, () => runPrompt(prompt), "example"));
+    return item;
+  }));
+  $("#welcome-examples-label").hidden = $("#examples").hidden = !examples.length;
+  $("#prompt").placeholder = examples.length ? t("ui_placeholder_example", { example: examples[0] })
+    : t("ui_placeholder_plain");
+  const defaults = model?.defaults;
+  if (!defaults) return;
+  $("#negative").placeholder = defaults.negative_prompt || t("ui_none");
+  $("#size").placeholder = `${defaults.width}x${defaults.height}`;
+  $("#steps").placeholder = String(defaults.steps);
+  $("#guidance").placeholder = String(defaults.guidance);
+  $("#seed").placeholder = t("ui_seed_random");
+  $("#count").placeholder = "1";
+  const automatic = $("#scheduler").options[0];
+  if (automatic) automatic.textContent = t("ui_model_default", { name: defaults.scheduler });
+}
