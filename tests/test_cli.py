@@ -36,8 +36,10 @@ def write_config(folder: Path, models: Path, extra: str = "") -> Path:
     """config.toml on `models`; its [web] port is one nothing listens on, so `imagine` finds no
     server there and loads the model itself (tests/test_cli_remote.py goes through a server)."""
     path = folder / "config.toml"
+    # One torch thread, set by the engine itself: a run in this process and one in a fresh process
+    # then do the same arithmetic, whatever thread counts earlier tests left behind.
     path.write_text(f"[storage]\nmodels_dir = '{models}'\n\n[web]\nport = {DEAD_PORT}\n\n"
-                    f"[limits]\nmin_side = 32\n{extra}", encoding="utf-8")
+                    f"[engine]\nthreads = 1\n\n[limits]\nmin_side = 32\n{extra}", encoding="utf-8")
     return path
 
 

@@ -13,6 +13,8 @@ from tests.helpers.models import add_pipeline_variant
 from tests.helpers.page import VARIANT_TOML, Server, cards, job_id, load, new_context, seen, wait_done
 from tests.helpers.ports import free_port
 
+pytestmark = pytest.mark.browser
+
 JOBS = 12
 STEPS = 12
 
