@@ -230,7 +230,7 @@ class Server:
     def download(self, job: dict[str, Any], out_dir: Path, stem: str) -> tuple[list[Path], Path | None]:
         """The finished job's images as the local path names them: `{stem}-{i}.png`, a grid
         `{stem}-grid.png` for several, and `{stem}.json` listing their parameters, written last."""
-        from bot.models.atomic import write_atomic
+        from bot.files.atomic import write_atomic
 
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -261,7 +261,7 @@ def refusal(error: urllib.error.HTTPError) -> RemoteError:
 
 def write_manifest(out_dir: Path, stem: str, images: list[Path], grid: Path | None) -> None:
     """`{stem}.json` as the local path writes it, from the parameters the server put in the PNGs."""
-    from bot.models.atomic import write_text_atomic
+    from bot.files.atomic import write_text_atomic
     from bot.outputs import read_png_parameters
 
     try:
