@@ -38,8 +38,8 @@ class Pictures:
 
     async def describe(self, image: bytes | str, origin: Origin) -> list[str]:
         """Prompts the configured captioning model suggests for a picture (its bytes or an upload handle)."""
-        if self.describer is None:
-            raise UserError("describe_not_configured")
+        if self.describer is None:  # only an admin is told how to set it up
+            raise UserError("describe_not_configured_admin" if origin.is_admin else "describe_not_configured")
         self.bans.check(origin)
         if not origin.is_admin:
             self.describes.take(origin.user_key, origin.address_key)

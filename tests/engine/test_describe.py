@@ -64,7 +64,11 @@ async def test_the_service_describes_uploads_and_says_how_to_add_a_model(tmp_pat
     try:
         with pytest.raises(UserError) as caught:
             await stack.service.describe(png(), ALICE)
-        assert caught.value.key == "describe_not_configured"
+        assert caught.value.key == "describe_not_configured"  # a user is not told how to set it up
+        assert "config.toml" not in str(caught.value)
+        with pytest.raises(UserError) as caught:
+            await stack.service.describe(png(), Origin("web", "root", chat_id="web", is_admin=True))
+        assert caught.value.key == "describe_not_configured_admin"
         assert '[describe] model = "models/blip-base"' in str(caught.value)
     finally:
         await stack.close()

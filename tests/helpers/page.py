@@ -287,6 +287,19 @@ def open_advanced(page):
     expect(page.locator("#advanced")).to_be_visible()
 
 
+def show_admin(page, tap: bool = False) -> None:
+    """Show the Admin view: by its tab once the page is an admin's (a working token, an admin
+    account), else from Advanced settings > Admin sign-in, where a visitor enters the token."""
+    press = (lambda locator: locator.tap()) if tap else (lambda locator: locator.click())
+    if page.locator("#tab-admin").is_visible():
+        press(page.locator("#tab-admin"))
+    else:
+        if page.locator("#advanced").is_hidden():
+            press(page.locator("#advanced-toggle"))
+        press(page.locator("#admin-entry"))
+    expect(page.locator("#view-admin")).to_be_visible()
+
+
 def seen(page, card) -> dict:
     return page.evaluate("id => window.__seen[id]", job_id(card))
 

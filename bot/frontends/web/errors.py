@@ -39,6 +39,7 @@ STATUS_BY_KEY = {
     "address_uploads_full": 429,
     "describe_rate_limited": 429,
     "describe_not_configured": 501,
+    "describe_not_configured_admin": 501,
     "describe_broken": 503,
     "api_too_many_streams": 429,
     "api_too_many_admin_failures": 429,

@@ -411,8 +411,12 @@ async def test_cancel_a_running_job(make_api):
     job = await api.wait(running["id"])
     assert job["status"] == "cancelled" and job["images"] == []
     assert not list(api.outputs.glob(f"{running['id']}-*"))
-    assert (await api.wait(after["id"]))["status"] == "done"  # the queue moves on
-    assert_error(await api.client.get(f"/api/jobs/{running['id']}/preview"), 404, "No preview")
+    done = await api.wait(after["id"])
+    assert done["status"] == "done"  # the queue moves on
+    # a finished job's previews are gone; a request for one still on its way is no error
+    assert (await api.client.get(f"/api/jobs/{running['id']}/preview")).status_code == 204
+    moved = await api.client.get(f"/api/jobs/{after['id']}/preview")
+    assert (moved.status_code, moved.headers["location"]) == (303, done["images"][0]["url"])
 
 
 async def test_only_the_owner_or_an_admin_cancels(make_api):
@@ -688,7 +692,10 @@ async def test_describe_suggests_prompts_for_a_picture(make_api, tmp_path):
     assert (await api.client.post(f"/api/describe?image={handle}", headers=ALICE)).json()["prompts"] == prompts
 
 
-async def test_describe_without_a_model_says_how_to_add_one(api):
-    answer = await api.client.post("/api/describe", content=png(Image.new("RGB", (8, 8))),
-                                   headers={**ALICE, "Content-Type": "image/png"})
+async def test_describe_without_a_model_tells_only_an_admin_how_to_add_one(api):
+    picture = png(Image.new("RGB", (8, 8)))
+    answer = await api.client.post("/api/describe", content=picture, headers={**ALICE, "Content-Type": "image/png"})
+    assert_error(answer, 501, "not set up on this server")
+    assert "huggingface-cli" not in answer.text and "config.toml" not in answer.text
+    answer = await api.client.post("/api/describe", content=picture, headers={**ADMIN, "Content-Type": "image/png"})
     assert_error(answer, 501, "[describe] model", "huggingface-cli download")

@@ -21,7 +21,7 @@ from playwright.sync_api import expect
 from tests.helpers.models import add_pipeline_variant
 
 from tests.helpers.page import (
-    ADMIN_TOKEN, DESCRIPTION, DESKTOP, EXAMPLES, REPO, Server, VARIANT_TOML, card_by_id, cards, job_id, load, new_card, new_context, open_advanced, open_menu, open_page, png_size, scroll_width, seeds, seen, submit, wait_done,
+    ADMIN_TOKEN, DESCRIPTION, DESKTOP, EXAMPLES, REPO, Server, VARIANT_TOML, card_by_id, cards, job_id, load, new_card, new_context, open_advanced, open_menu, open_page, png_size, scroll_width, seeds, seen, show_admin, submit, wait_done,
 )
 
 pytestmark = pytest.mark.browser
@@ -32,7 +32,9 @@ def test_page_loads_without_errors(page):
     expect(page.locator("h1")).to_have_text("Image Chatbot")
     for name, label in (("chat", "Chat"), ("gallery", "Gallery"), ("admin", "Admin")):
         expect(page.locator(f"#tab-{name}")).to_have_text(label)
+    for name in ("chat", "gallery"):
         expect(page.locator(f"#tab-{name}")).to_be_visible()
+    expect(page.locator("#tab-admin")).to_be_hidden()  # for admins only: a visitor has not entered the token
     expect(page.locator("#tab-chat")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#view-chat")).to_be_visible()
     expect(page.locator("#view-admin")).to_be_hidden()
@@ -292,8 +294,8 @@ def test_admin_default_model_and_reload(page, server, tiny_pipeline_dir):
     def model(name):
         return models.filter(has=page.locator("strong", has_text=re.compile(f"^{name}$")))
 
-    page.click("#tab-admin")
-    expect(page.locator("#view-admin")).to_be_visible()
+    expect(page.locator("#tab-admin")).to_be_hidden()  # a visitor's page has no Admin tab
+    show_admin(page)
     expect(models.locator("strong")).to_have_text(["demo", "other"])
     expect(model("demo").locator(".tag")).to_contain_text("default")
     expect(model("demo").locator('[data-action="set-default"]')).to_have_count(0)
@@ -334,7 +336,7 @@ def test_admin_default_model_and_reload(page, server, tiny_pipeline_dir):
         wait_done(page, card, images=1)
         # a variant copied into the model store meanwhile (variant.toml last), picked up by Reload
         # (copied after the tab has listed the models: listing also rescans, every 2 s at most)
-        page.click("#tab-admin")
+        show_admin(page)
         expect(models.locator("strong")).to_have_text(["demo", "other"])
         add_pipeline_variant(server.models, "third", tiny_pipeline_dir, VARIANT_TOML)
         page.click("#admin-reload")
@@ -398,7 +400,7 @@ def test_phone_viewport(browser, server):
         page.tap("#advanced-toggle")
         expect(page.locator("#steps")).to_be_visible()
         fits()
-        page.tap("#tab-admin")
+        show_admin(page, tap=True)
         expect(page.locator("#admin-models > li")).not_to_have_count(0)
         assert scroll_width(page) <= 390
         assert page.errors.page == []
@@ -423,9 +425,15 @@ def test_keyboard_only(page):
     page.keyboard.press("ArrowRight")
     expect(page.locator("#tab-gallery")).to_be_focused()
     expect(page.locator("#view-gallery")).to_be_visible()
-    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")  # a visitor has no Admin tab: round to the chat
+    expect(page.locator("#tab-chat")).to_be_focused()
+    expect(page.locator("#view-chat")).to_be_visible()
+    # the token goes in from Advanced settings > Admin sign-in
+    focus_by_keys(page, "Tab", "#advanced-toggle")
+    page.keyboard.press("Enter")
+    focus_by_keys(page, "Tab", "#admin-entry")
+    page.keyboard.press("Enter")
     expect(page.locator("#view-admin")).to_be_visible()
-    page.keyboard.press("Tab")
     expect(page.locator("#admin-token")).to_be_focused()
     page.keyboard.type(ADMIN_TOKEN)
     page.keyboard.press("Enter")
@@ -617,7 +625,7 @@ def test_grid_link_and_model_command_for_admins(page, server):
     page.fill("#prompt", "/model other")
     page.press("#prompt", "Enter")
     expect(page.locator(".bubble.bot").last).to_contain_text("admin token")
-    page.click("#tab-admin")
+    show_admin(page)
     page.fill("#admin-token", ADMIN_TOKEN)
     page.click("#admin-login button[type=submit]")
     page.click("#tab-chat")

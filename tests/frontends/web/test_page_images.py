@@ -38,6 +38,8 @@ def test_a_picked_image_with_a_painted_mask_is_redrawn_only_there(page, server):
     expect(page.locator("#attachment-status")).to_have_text("Starting from your image (64x64)")
     expect(page.locator("#image-button")).to_have_attribute("aria-pressed", "true")
 
+    expect(page.locator("#strength")).to_be_hidden()  # behind the chip: the prompt box stays compact
+    page.click("#attachment-options")
     page.click("#vary-region")
     canvas = page.locator("#mask-canvas")
     expect(canvas).to_be_visible()
@@ -72,8 +74,9 @@ def test_paste_and_drop_attach_a_picture_and_vary_region_opens_on_a_result(page,
     }"""
     page.evaluate(attach, [list(data), "paste"])
     expect(page.locator("#attachment-status")).to_have_text("Starting from your image (64x64)")
-    page.click("#describe-image")  # this server has no captioning model: the page says how to add one
-    expect(page.locator("#form-error")).to_contain_text("[describe] model")
+    page.click("#attachment-options")  # this server has no captioning model: Describe is off, and says why
+    expect(page.locator("#describe-image")).to_be_disabled()
+    expect(page.locator("#describe-note")).to_have_text("Describe is not set up on this server.")
     page.click("#attachment-remove")
     expect(page.locator("#attachment")).to_be_hidden()
     page.evaluate(attach, [list(data), "drop"])

@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 
 from tests.helpers.page import (
     ADMIN_TOKEN, DESCRIPTION, EXAMPLES, WAIT_MS, card_by_id, cards, job_id, load, new_card, new_context,
-    open_page, scroll_width, seeds,
+    open_page, scroll_width, seeds, show_admin,
 )
 
 pytestmark = pytest.mark.browser
@@ -366,7 +366,7 @@ def test_admin_says_what_is_locked_and_why(browser, server, view, lang):
     context, page, t = open_view(browser, server, view, lang)
     state = page.locator("#admin-state")
     try:
-        press(page, "#tab-admin")
+        show_admin(page, tap=page.view == "phone")
         expect(page.locator("#admin-models > li")).to_have_count(2)
         expect(state).to_have_text(t("ui_admin_locked"))
         for selector in ("#admin-state", "#admin-token", "#admin-unlock", "#admin-reload"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 
 from bot.core.derived import DERIVED_ACTIONS
 from bot.frontends.web.deps import Caller, Locale, ServiceDep, Admitted
@@ -52,8 +52,15 @@ async def cancel(job_id: JobId, service: ServiceDep, caller: Caller) -> dict[str
 
 @router.get("/api/jobs/{job_id}/preview")
 async def preview(job_id: JobId, service: ServiceDep, locale: Locale) -> Response:
+    """The latest preview of a running job. Once the job has finished its previews are gone: a
+    request still on its way then gets the first image of a finished job (303), or nothing (204),
+    rather than an error."""
     job = await service.job(job_id)  # 404 for a job that does not exist
     data = service.preview(job.id)
+    if data is None and job.status == "done" and job.images:
+        return RedirectResponse(f"/api/images/{job.images[0].file}", status_code=303)
+    if data is None and job.status in ("failed", "cancelled", "done"):
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
     if data is None:
         return error_response(404, render("api_no_preview", locale), "no_preview")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
-from bot.frontends.web.deps import ConfigDep
+from bot.frontends.web.deps import ConfigDep, ServiceDep
 from bot.frontends.web.strings import catalogue_for
 from bot.models.variant import SCHEDULERS
 
@@ -30,6 +30,8 @@ async def messages(locale: str | None = None) -> dict[str, str]:
 
 
 @router.get("/api/options")
-async def options(config: ConfigDep) -> dict[str, Any]:
-    """What a request may contain: the limits and the scheduler names."""
-    return {"limits": asdict(config.limits), "schedulers": list(SCHEDULERS)}
+async def options(config: ConfigDep, service: ServiceDep) -> dict[str, Any]:
+    """What a request may contain: the limits and the scheduler names; and whether /describe has a
+    captioning model to answer with (the page offers Describe only then)."""
+    return {"limits": asdict(config.limits), "schedulers": list(SCHEDULERS),
+            "describe": service.pictures.describer is not None}

@@ -7,11 +7,12 @@ import { scrollToNewest } from "./scroll.js";
 import { addJob } from "./store.js";
 import { showTab } from "./tabs.js";
 
-// The answer of a POST that queued a job (`action`: how it was derived from another, if it was).
-export function start(created, action = null) {
+// The answer of a POST that queued a job (`action`: how it was derived from another, if it was, or
+// "image" for one started from an attached picture; `note`: what its card says of it besides).
+export function start(created, action = null, note = null) {
   showTab("chat");
   addJob({ id: created.id, status: "queued", position: created.position, eta: created.eta,
-           request: created.request, images: [], grid: null, action });
+           request: created.request, images: [], grid: null, action, note });
   scrollToNewest();
 }
 

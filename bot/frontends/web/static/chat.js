@@ -28,14 +28,18 @@ function jobCard(job) {
   return card;
 }
 
-// What a derived job was asked for, as its card says it (a job from the history has no action: guessed).
-const DERIVED_NOTE = { upscale: "upscale", vary_subtle: "subtle variation", vary_strong: "variation", remix: "remix" };
+// What a job started from an image was asked for, as its card says it: a mask makes it "Vary region"
+// (inpainting); else how it was derived (a job from the history has no action: guessed).
+const DERIVED_NOTE = { upscale: "upscale", vary_subtle: "subtle variation", vary_strong: "variation", remix: "remix",
+                       image: "from your image" };
 
 function describe(request, action) {
   let text = request.prompt;
   if (request.negative_prompt) text += ` --no ${request.negative_prompt}`;
-  if (request.init_image && DERIVED_NOTE[action]) text += ` (${DERIVED_NOTE[action]})`;
-  else if (request.init_image) text += request.count === 1 && request.strength < 0.5 ? " (upscale)" : " (variation)";
+  if (request.upscale) text += " (upscale)";
+  else if (request.mask_image) text += " (vary region)";
+  else if (request.init_image && DERIVED_NOTE[action]) text += ` (${DERIVED_NOTE[action]})`;
+  else if (request.init_image) text += " (variation)";
   return `${text}  —  ${request.width}x${request.height}, ${request.model}`;
 }
 
@@ -44,6 +48,9 @@ function render(data) {
   const asked = $(".bubble.user", card);
   const text = describe(data.request, data.action);
   if (asked.textContent !== text) asked.textContent = text;
+  const note = $(".note", card);
+  if (note.textContent !== (data.note || "")) note.textContent = data.note || "";
+  note.hidden = !data.note;
   const status = $(".status", card);
   const bar = $(".bar", card);
   status.classList.toggle("failed", data.status === "failed");
@@ -66,8 +73,10 @@ function render(data) {
   }
   bar.hidden = !ACTIVE.includes(data.status);
   const preview = $(".preview", card);
-  if (!ACTIVE.includes(data.status)) preview.hidden = true;
-  else if (data.preview && preview.getAttribute("src") !== data.preview) {
+  if (!ACTIVE.includes(data.status)) {
+    preview.hidden = true;
+    preview.removeAttribute("src"); // a finished job's preview is gone: never ask for it again
+  } else if (data.preview && preview.getAttribute("src") !== data.preview) {
     preview.src = data.preview;
     preview.hidden = false;
   }

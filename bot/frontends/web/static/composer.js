@@ -7,10 +7,10 @@ import { $, FINE_POINTER, showError } from "./dom.js";
 import { openDrawer } from "./drawer.js";
 import { t } from "./i18n.js";
 import { echo, say } from "./log.js";
-import { currentModel, loadModels, updateModelInfo } from "./models.js";
+import { currentModel, helpText, loadModels, updateModelInfo } from "./models.js";
 import { ACTIVE, allJobs, get, set } from "./store.js";
 import { showTab } from "./tabs.js";
-import { attachmentFields, removeAttachment } from "./uploads.js";
+import { attachedSize, attachmentFields, removeAttachment } from "./uploads.js";
 
 const SETTINGS = ["negative_prompt", "model", "aspect", "size", "steps", "guidance", "seed", "count", "scheduler"];
 
@@ -27,10 +27,15 @@ async function submitPrompt(prompt) {
     if (value !== "") body[name] = value;
   }
   if ($("#fast").checked) body.fast = true;
-  Object.assign(body, await attachmentFields()); // an image prompt and its mask
+  const size = attachedSize();
+  const fields = await attachmentFields(); // an image prompt and its mask
+  Object.assign(body, fields);
   const created = await api("/api/jobs", { method: "POST", body });
   removeAttachment();
-  start(created);
+  // A picture whose shape the model cannot draw exactly is drawn at the model's nearest size: say so.
+  const { width, height } = created.request;
+  const resized = size && (size.width !== width || size.height !== height);
+  start(created, fields.image ? "image" : null, resized ? t("ui_size_note", { width, height }) : null);
 }
 
 async function runCommand(text) {
@@ -42,7 +47,7 @@ async function runCommand(text) {
       return submitPrompt(argument);
     case "/help":
       echo(text);
-      return say(t("ui_help"));
+      return say(helpText());
     case "/model":
     case "/models": {
       echo(text);

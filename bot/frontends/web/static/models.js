@@ -15,6 +15,7 @@ export async function loadOptions() {
   $("#steps").max = options.limits.max_steps;
   $("#count").max = options.limits.max_images;
   $("#guidance").max = options.limits.max_guidance;
+  set({ options });
   updateModelInfo();
 }
 
@@ -45,6 +46,25 @@ export function currentModel() {
   return get("models").find((m) => m.name === name);
 }
 
+// /help: the inline flags, each with a value the model the next prompt uses accepts (its own size,
+// steps and guidance; a refiner or a fast mode only where it has one).
+export function helpText() {
+  const model = currentModel();
+  const defaults = model?.defaults || { width: 512, height: 512, steps: 25, guidance: 7 };
+  const limits = get("options").limits || {};
+  const schedulers = get("options").schedulers || [];
+  const options = ["--ar 3:2", `--size ${defaults.width}x${defaults.height}`, "--seed 42", t("ui_help_no"),
+                   `--steps ${defaults.steps}`, `--cfg ${defaults.guidance}`];
+  const most = Math.min(4, limits.max_images ?? 4);
+  if (most > 1) options.push(`--n ${most}`);
+  options.push("--model NAME");
+  const scheduler = schedulers.includes("euler_a") ? "euler_a" : schedulers[0];
+  if (scheduler) options.push(`--scheduler ${scheduler}`);
+  if (defaults.refiner) options.push(`--refiner ${defaults.refiner_switch} ${t("ui_help_refiner")}`);
+  if (defaults.fast_steps) options.push(`--fast ${t("ui_help_fast")}`);
+  return t("ui_help", { model: model?.name || get("defaultModel") || "?", options: options.join(", ") });
+}
+
 export function updateModelInfo() {
   const model = currentModel();
   const examples = model?.examples || [];
@@ -59,6 +79,9 @@ export function updateModelInfo() {
   $("#prompt").placeholder = examples.length ? t("ui_placeholder_example", { example: examples[0] })
     : t("ui_placeholder_plain");
   const defaults = model?.defaults;
+  // Fast mode is offered only for a model that has one (a variant with fast_steps).
+  $("#fast-field").hidden = !defaults?.fast_steps;
+  if (!defaults?.fast_steps) $("#fast").checked = false;
   if (!defaults) return;
   $("#negative").placeholder = defaults.negative_prompt || t("ui_none");
   $("#size").placeholder = `${defaults.width}x${defaults.height}`;

@@ -9,6 +9,7 @@ const state = {
   user: localStorage.getItem("imagebot.user") || newUserId(), // this browser's client key
   models: [],
   defaultModel: "",
+  options: { limits: {}, schedulers: [], describe: true }, // GET /api/options: limits, schedulers, /describe
   admin: { enabled: true, unlocked: false },
   adminToken: sessionStorage.getItem("imagebot.admin") || "",
   adminProblem: "", // "wrong" | "empty" | "": what the last unlock attempt got wrong

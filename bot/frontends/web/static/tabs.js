@@ -3,7 +3,7 @@
 
 import { $ } from "./dom.js";
 import { chatShown, leaveChat, returnToChat, updateJump } from "./scroll.js";
-import { set } from "./store.js";
+import { get, set, subscribe } from "./store.js";
 
 export const TABS = ["chat", "gallery", "admin"];
 
@@ -22,17 +22,38 @@ export function showTab(name) {
   updateJump();
 }
 
+// The Admin tab is there for admins only: an admin account, or a browser that entered a working
+// admin token. Without accounts the token is entered from "Admin sign-in" at the foot of Advanced
+// settings (offered when the server has an admin token at all); the tab stays while it is shown.
+function isAdmin() {
+  return Boolean(get("session").admin || get("admin").unlocked);
+}
+
+function updateAdminTab() {
+  const { enabled } = get("admin");
+  const shown = isAdmin() || get("tab").name === "admin";
+  $("#tab-admin").hidden = !shown;
+  $("#admin-entry").hidden = shown || !enabled || get("session").auth === "password";
+}
+
 function tabKeys(event) {
-  const position = TABS.indexOf(event.target.id.replace("tab-", ""));
-  const next = { ArrowRight: position + 1, ArrowLeft: position - 1, Home: 0, End: TABS.length - 1 }[event.key];
+  const tabs = TABS.filter((tab) => !$(`#tab-${tab}`).hidden);
+  const position = tabs.indexOf(event.target.id.replace("tab-", ""));
+  const next = { ArrowRight: position + 1, ArrowLeft: position - 1, Home: 0, End: tabs.length - 1 }[event.key];
   if (next === undefined) return;
   event.preventDefault();
-  const name = TABS[(next + TABS.length) % TABS.length];
+  const name = tabs[(next + tabs.length) % tabs.length];
   showTab(name);
   $(`#tab-${name}`).focus();
 }
 
 export function setupTabs() {
+  subscribe(["admin", "session", "tab"], updateAdminTab);
+  $("#admin-entry").addEventListener("click", () => {
+    showTab("admin");
+    $("#admin-token").focus();
+  });
+  updateAdminTab();
   for (const tab of TABS) {
     $(`#tab-${tab}`).addEventListener("click", () => showTab(tab));
     $(`#tab-${tab}`).addEventListener("keydown", tabKeys);

@@ -1,5 +1,7 @@
 // Image prompts: a picture from the file picker, the clipboard or a drop becomes the start of the
-// next job ("Vary region" adds a mask: mask.js); /describe suggests prompts for it.
+// next job ("Vary region" adds a mask: mask.js); /describe suggests prompts for it. The prompt box
+// shows the picture as one small chip; its strength, the mask editor and Describe open from it in a
+// panel over the chat, so the chat keeps its room.
 
 import { upload, api } from "./api.js";
 import { $, runPrompt, showError } from "./dom.js";
@@ -7,11 +9,27 @@ import { t } from "./i18n.js";
 import { addToLog, echo } from "./log.js";
 import { clearMask, maskBlob, maskIsEmpty, maskShown, setupMask, showMaskEditor, sizeMask } from "./mask.js";
 import { scrollToNewest } from "./scroll.js";
+import { get, subscribe } from "./store.js";
 import { showTab } from "./tabs.js";
 
-let attached = null; // {handle, width, height, url} of the uploaded picture
+let attached = null; // {handle, width, height, url, name} of the uploaded picture
 
-async function attachImage(blob) {
+export function showAttachmentPanel(shown) {
+  $("#attachment-panel").hidden = !shown;
+  $("#attachment-options").setAttribute("aria-expanded", String(shown));
+}
+
+// Describe needs a captioning model on the server: without one it is off, with the reason (and,
+// for an admin, how to set it up).
+function updateDescribe() {
+  const configured = get("options").describe !== false;
+  const admin = Boolean(get("session").admin || get("admin").unlocked);
+  $("#describe-image").disabled = !configured;
+  $("#describe-note").hidden = configured;
+  $("#describe-note").textContent = configured ? "" : t(admin ? "ui_describe_off_admin" : "ui_describe_off");
+}
+
+async function attachImage(blob, name = "") {
   showError("");
   if (!blob || !(blob.type || "").startsWith("image/")) {
     showError(t("ui_not_an_image"));
@@ -27,9 +45,11 @@ async function attachImage(blob) {
     return false;
   }
   removeAttachment();
-  attached = { ...uploaded, url: URL.createObjectURL(blob) };
+  attached = { ...uploaded, url: URL.createObjectURL(blob), name: name || blob.name || "" };
   const image = $("#attachment-image");
-  image.src = attached.url;
+  image.src = $("#attachment-thumb").src = attached.url;
+  $("#attachment-name").textContent = attached.name;
+  $("#attachment-name").title = attached.name;
   image.alt = t("ui_attached_image", { width: uploaded.width, height: uploaded.height });
   sizeMask(uploaded.width, uploaded.height);
   $("#attachment-status").textContent = t("ui_attached_image", { width: uploaded.width, height: uploaded.height });
@@ -44,11 +64,17 @@ export function removeAttachment() {
   attached = null;
   clearMask();
   showMaskEditor(false);
+  showAttachmentPanel(false);
   $("#attachment").hidden = true;
   $("#attachment-status").textContent = "";
   $("#strength").value = "";
   $("#image-button").setAttribute("aria-pressed", "false");
   $("#image-file").value = "";
+}
+
+// The size of the attached picture ({width, height}), or null.
+export function attachedSize() {
+  return attached && { width: attached.width, height: attached.height };
 }
 
 // What the next job takes from here: the picture, its strength and a painted mask.
@@ -65,8 +91,10 @@ export async function attachmentFields() {
 export async function varyRegion(job, index) {
   showTab("chat");
   const response = await fetch(job.images[index].url);
-  if (!response.ok || !(await attachImage(await response.blob()))) return;
+  const name = t("ui_image_of", { index: index + 1, count: job.images.length });
+  if (!response.ok || !(await attachImage(await response.blob(), name))) return;
   showMaskEditor(true);
+  showAttachmentPanel(true);
   $("#prompt").value = job.request.prompt;
   $("#vary-region").focus({ preventScroll: true });
 }
@@ -124,6 +152,20 @@ export function setupImagePrompts() {
     if (file) attachImage(file);
   });
   $("#attachment-remove").addEventListener("click", removeAttachment);
+  $("#attachment-options").addEventListener("click", () => showAttachmentPanel($("#attachment-panel").hidden));
+  $("#attachment-panel-close").addEventListener("click", () => {
+    showAttachmentPanel(false);
+    $("#attachment-options").focus();
+  });
+  $("#attachment-panel").addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    event.preventDefault();
+    event.stopPropagation();
+    showAttachmentPanel(false);
+    $("#attachment-options").focus();
+  });
+  subscribe(["options", "session", "admin"], updateDescribe);
+  updateDescribe();
   $("#describe-image").addEventListener("click", describeAttached);
   setupMask();
   // A pasted picture (Ctrl+V anywhere on the page) or one dropped on the chat.
