@@ -12,6 +12,12 @@ STRINGS: Strings = {
     "en": {
         # the page
         "ui_title": "Image Chatbot",
+        "ui_note_upscale": "upscale",
+        "ui_note_vary_region": "vary region",
+        "ui_note_vary_subtle": "subtle variation",
+        "ui_note_variation": "variation",
+        "ui_note_remix": "remix",
+        "ui_note_from_image": "from your image",
         "ui_tab_chat": "Chat",
         "ui_tab_gallery": "Gallery",
         "ui_tab_admin": "Admin",
@@ -189,6 +195,12 @@ STRINGS: Strings = {
     "vi": {
         # the page
         "ui_title": "Image Chatbot",
+        "ui_note_upscale": "phóng to",
+        "ui_note_vary_region": "vẽ lại vùng",
+        "ui_note_vary_subtle": "biến thể nhẹ",
+        "ui_note_variation": "biến thể",
+        "ui_note_remix": "phối lại",
+        "ui_note_from_image": "từ ảnh của bạn",
         "ui_tab_chat": "Trò chuyện",
         "ui_tab_gallery": "Thư viện",
         "ui_tab_admin": "Quản trị",

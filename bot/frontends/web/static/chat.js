@@ -30,16 +30,17 @@ function jobCard(job) {
 
 // What a job started from an image was asked for, as its card says it: a mask makes it "Vary region"
 // (inpainting); else how it was derived (a job from the history has no action: guessed).
-const DERIVED_NOTE = { upscale: "upscale", vary_subtle: "subtle variation", vary_strong: "variation", remix: "remix",
-                       image: "from your image" };
+const DERIVED_NOTE = { upscale: "ui_note_upscale", vary_subtle: "ui_note_vary_subtle", vary_strong: "ui_note_variation",
+                       remix: "ui_note_remix", image: "ui_note_from_image" };
 
 function describe(request, action) {
   let text = request.prompt;
   if (request.negative_prompt) text += ` --no ${request.negative_prompt}`;
-  if (request.upscale) text += " (upscale)";
-  else if (request.mask_image) text += " (vary region)";
-  else if (request.init_image && DERIVED_NOTE[action]) text += ` (${DERIVED_NOTE[action]})`;
-  else if (request.init_image) text += " (variation)";
+  let note = null;
+  if (request.upscale) note = "ui_note_upscale";
+  else if (request.mask_image) note = "ui_note_vary_region";
+  else if (request.init_image) note = DERIVED_NOTE[action] || "ui_note_variation";
+  if (note) text += ` (${t(note)})`;
   return `${text}  —  ${request.width}x${request.height}, ${request.model}`;
 }
 
