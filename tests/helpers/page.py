@@ -4,6 +4,7 @@ the small helpers the page tests share (fixtures are registered in tests/fronten
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -154,19 +156,32 @@ class Server:
             pass
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_pipeline_dir):
-    root = tmp_path_factory.mktemp("webpage")
-    srv = Server(root, free_port())
+@contextlib.contextmanager
+def serving(root: Path, pipeline_dir: Path, variants: dict[str, str], queue: str = "",
+            server: type[Server] = Server, before_start: Callable[[Server], None] | None = None) -> Iterator[Server]:
+    """A page server on `pipeline_dir` under the variant names given (name -> variant.toml), with
+    extra `[queue]` lines; `before_start` runs once its config is written (to add users, say)."""
+    srv = server(root, free_port())
     srv.models.mkdir()
-    add_pipeline_variant(srv.models, "demo", tiny_pipeline_dir, VARIANT_TOML)
-    add_pipeline_variant(srv.models, "other", tiny_pipeline_dir, VARIANT_TOML)
+    for name, toml in variants.items():
+        add_pipeline_variant(srv.models, name, pipeline_dir, toml)
     srv.write_config()
+    if queue:
+        srv.config.write_text(srv.config.read_text().replace("[queue]\n", f"[queue]\n{queue}"))
+    if before_start is not None:
+        before_start(srv)
     srv.start()
     try:
         yield srv
     finally:
         srv.stop(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_pipeline_dir):
+    with serving(tmp_path_factory.mktemp("webpage"), tiny_pipeline_dir,
+                 {"demo": VARIANT_TOML, "other": VARIANT_TOML}) as srv:
+        yield srv
 
 
 # --- the browser -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from tests.helpers.discord import EPHEMERAL, callback, has_result, original
-from tests.helpers.fake_discord import command, with_attachment
+from tests.helpers.fake_discord import ADMIN, command, with_attachment
 
 REPO = Path(__file__).resolve().parents[3]
 PROMPT = "a red circle on a blue background"
@@ -98,11 +98,13 @@ async def test_describe_answers_prompts_whose_buttons_imagine_them(make_stack, f
     job = await stack.service.job(1)
     assert job.request.prompt == prompts[0].replace("\\", "") and job.origin.user_id == str(BOB)
 
+    # Without a captioning model a user is told it is not set up; only an admin is told how.
     no_model = await make_stack()
-    no_model_payload = with_attachment(command("describe"), "image", fake.attach("again.png", data))
-    no_model.dispatch(no_model_payload)
-    refused = (await fake.wait_for("POST", callback(no_model_payload))).json
-    assert refused["data"]["flags"] & EPHEMERAL and "[describe] model" in refused["data"]["content"]
+    for user, said in ((BOB, "not set up on this server"), (ADMIN, "[describe] model")):
+        no_model_payload = with_attachment(command("describe", user=user), "image", fake.attach("again.png", data))
+        no_model.dispatch(no_model_payload)
+        refused = (await fake.wait_for("POST", callback(no_model_payload))).json
+        assert refused["data"]["flags"] & EPHEMERAL and said in refused["data"]["content"], refused
 
 
 async def test_imagine_from_an_image_in_a_message_asks_for_the_prompt(make_stack, fake):

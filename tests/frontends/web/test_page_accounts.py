@@ -11,9 +11,7 @@ import sys
 import pytest
 from playwright.sync_api import expect
 
-from tests.helpers.models import add_pipeline_variant
-from tests.helpers.page import REPO, VARIANT_TOML, Server, new_context, open_page, submit, wait_done
-from tests.helpers.ports import free_port
+from tests.helpers.page import REPO, VARIANT_TOML, Server, new_context, open_page, serving, submit, wait_done
 
 pytestmark = pytest.mark.browser
 
@@ -36,18 +34,13 @@ class AccountsServer(Server):
 
 @pytest.fixture(scope="module")
 def accounts_server(tmp_path_factory, tiny_pipeline_dir):
-    root = tmp_path_factory.mktemp("accounts")
-    srv = AccountsServer(root, free_port())
-    srv.models.mkdir()
-    add_pipeline_variant(srv.models, "demo", tiny_pipeline_dir, VARIANT_TOML)
-    srv.write_config()
-    srv.add_user("alice")
-    srv.add_user("root", "--admin")
-    srv.start()
-    try:
+    def add_users(srv: AccountsServer) -> None:
+        srv.add_user("alice")
+        srv.add_user("root", "--admin")
+
+    with serving(tmp_path_factory.mktemp("accounts"), tiny_pipeline_dir, {"demo": VARIANT_TOML},
+                 server=AccountsServer, before_start=add_users) as srv:
         yield srv
-    finally:
-        srv.stop(timeout=30)
 
 
 def sign_in(page, name: str, password: str = PASSWORD) -> None:

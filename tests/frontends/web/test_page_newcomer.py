@@ -11,10 +11,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests.helpers.models import add_pipeline_variant
-from tests.helpers.page import (ADMIN_TOKEN, VARIANT_TOML, Server, new_context, open_advanced, open_page, submit,
+from tests.helpers.page import (ADMIN_TOKEN, VARIANT_TOML, new_context, open_advanced, open_page, serving, submit,
                                 wait_done)
-from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -25,17 +23,9 @@ FAST_TOML = VARIANT_TOML.replace("steps = 3\n", "steps = 3\nfast_steps = 2\n")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_pipeline_dir):
     """The demo model (no fast mode) as the default, and "quick", one with a fast mode."""
-    root = tmp_path_factory.mktemp("newcomer")
-    srv = Server(root, free_port())
-    srv.models.mkdir()
-    add_pipeline_variant(srv.models, "demo", tiny_pipeline_dir, VARIANT_TOML)
-    add_pipeline_variant(srv.models, "quick", tiny_pipeline_dir, FAST_TOML)
-    srv.write_config()
-    srv.start()
-    try:
+    with serving(tmp_path_factory.mktemp("newcomer"), tiny_pipeline_dir,
+                 {"demo": VARIANT_TOML, "quick": FAST_TOML}) as srv:
         yield srv
-    finally:
-        srv.stop(timeout=30)
 
 
 def picture(width: int, height: int) -> bytes:

@@ -9,9 +9,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.helpers.models import add_pipeline_variant
-from tests.helpers.page import VARIANT_TOML, Server, cards, job_id, load, new_context, seen, wait_done
-from tests.helpers.ports import free_port
+from tests.helpers.page import VARIANT_TOML, cards, job_id, load, new_context, seen, serving, wait_done
 
 pytestmark = pytest.mark.browser
 
@@ -22,17 +20,9 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_pipeline_dir):
     """The page tests' server, with room for a dozen waiting jobs per user (10 by default)."""
-    root = tmp_path_factory.mktemp("webstream")
-    srv = Server(root, free_port())
-    srv.models.mkdir()
-    add_pipeline_variant(srv.models, "demo", tiny_pipeline_dir, VARIANT_TOML)
-    srv.write_config()
-    srv.config.write_text(srv.config.read_text().replace("[queue]\n", f"[queue]\nmax_queued_per_user = {JOBS}\n"))
-    srv.start()
-    try:
+    with serving(tmp_path_factory.mktemp("webstream"), tiny_pipeline_dir, {"demo": VARIANT_TOML},
+                 queue=f"max_queued_per_user = {JOBS}\n") as srv:
         yield srv
-    finally:
-        srv.stop(timeout=30)
 
 
 def test_twelve_jobs_from_one_page_all_show_progress_and_results(browser, server):

@@ -7,18 +7,21 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from bot.core.errors import UserError
+from bot.core.events import Subscription
 from bot.core.jobs import FINISHED
 from bot.frontends.web.deps import Caller, Locale, ServiceDep, Admitted
 from bot.frontends.web.schemas import JobId, job_json, view_json
 
 router = APIRouter(dependencies=[Admitted])  # signed-in callers where accounts are on; no banned one
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+KEEPALIVE = ": keep-alive\n\n"
 ENDINGS = ("done", "failed", "cancelled")
 RESUME_MARGIN_SECONDS = 10.0  # jobs that finished this long before the last event seen are told again
 RETRY_MS = 3000  # how long an EventSource waits before it reconnects
@@ -46,11 +49,9 @@ async def events(job_id: JobId, request: Request, service: ServiceDep, caller: C
             yield sse("state", view_json(view, locale))
             if view.job.status in FINISHED:
                 return
-            while True:
-                try:
-                    event = await updates.next(KEEPALIVE_SECONDS)
-                except asyncio.TimeoutError:
-                    yield ": keep-alive\n\n"
+            async for event in kept_alive(updates):
+                if event is None:
+                    yield KEEPALIVE
                     continue
                 if event["type"] in ENDINGS:
                     yield sse(event["type"], job_json(await service.job(job.id), locale))
@@ -96,11 +97,9 @@ async def caller_events(request: Request, service: ServiceDep, caller: Caller, l
             yield f"retry: {RETRY_MS}\n\n"
             for data in snapshot:
                 yield sse("state", data, event_id())
-            while True:
-                try:
-                    event = await updates.next(KEEPALIVE_SECONDS)
-                except asyncio.TimeoutError:
-                    yield ": keep-alive\n\n"
+            async for event in kept_alive(updates):
+                if event is None:
+                    yield KEEPALIVE
                     continue
                 job_id = public.get(event["job"])
                 if job_id is None or event["type"] in ENDINGS:
@@ -120,6 +119,16 @@ async def caller_events(request: Request, service: ServiceDep, caller: Caller, l
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+async def kept_alive(updates: Subscription) -> AsyncIterator[dict[str, Any] | None]:
+    """The subscription's events, and None after each KEEPALIVE_SECONDS without one (the stream
+    then sends a comment line, which keeps proxies from closing a quiet stream)."""
+    while True:
+        try:
+            yield await updates.next(KEEPALIVE_SECONDS)
+        except asyncio.TimeoutError:
+            yield None
 
 
 def resumed_from(last_event_id: str | None) -> float | None:
