@@ -1,5 +1,5 @@
 """`imagebot imagine` through a running `imagebot serve`: a client of the bot's own HTTP API
-(README, "HTTP API"), on the standard library alone.
+(docs/api.md), on the standard library alone.
 
 Going through the server puts the command line in the same line as everyone else: the server's
 warm model, its queue, its limits and quotas and its blocklist apply, and the job shows in the
