@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from bot.outputs import read_png_parameters
 from tests.helpers.models import add_pipeline_variant
 from tests.helpers.ports import free_port
+from tests.helpers.serve_process import serve_process
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery"
@@ -47,14 +47,6 @@ def get_json(url: str, key: str) -> dict:
     request = urllib.request.Request(url, headers={"X-Imagebot-User": key})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @contextmanager
@@ -82,25 +74,10 @@ def running_server(root: Path, tiny_pipeline_dir: Path, web: str = ""):
                                capture_output=True, text=True, timeout=120)
         assert added.returncode == 0, added.stderr
     log = root / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(config), "serve"], cwd=root,
-                                   env=env_for_cli(), stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while not healthy(url):
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    try:
+    with serve_process(config, root, env_for_cli(), url, log, start_seconds=180):
         yield SimpleNamespace(url=url, port=port, cli=cli, cli_config=cli_config,
                               outputs=root / "server-state" / "outputs", log=log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +18,7 @@ import pytest
 
 from bot.frontends.web.connections import FD_RESERVE
 from tests.helpers.ports import free_port
+from tests.helpers.serve_process import healthy, serve_process
 
 REPO = Path(__file__).resolve().parents[1]
 FILE_LIMIT = 1024
@@ -75,28 +73,9 @@ def server(tmp_path, request):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     for name in ("IMAGEBOT_CONFIG", "DISCORD_TOKEN", "TELEGRAM_TOKEN", "IMAGEBOT_ADMIN_TOKEN"):
         env.pop(name, None)
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(config), "serve"], cwd=tmp_path,
-                                   env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit_files)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while not healthy(url):
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    try:
+    with serve_process(config, tmp_path, env, url, log, preexec_fn=limit_files):
         yield url, port, log, limits
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
-def healthy(url: str, timeout: float = 2) -> bool:
-    return health(url, timeout)[0] == 200
 
 
 def health(url: str, timeout: float) -> tuple[int | str, float]:
