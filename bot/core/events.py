@@ -91,16 +91,17 @@ class EventBus:
 
     def _discard(self, subscription: Subscription) -> None:
         if subscription.job_id is not None:
-            subscribers = self._by_job.get(subscription.job_id)
-            if subscribers is not None:
-                subscribers.discard(subscription)
-                if not subscribers:
-                    del self._by_job[subscription.job_id]
+            _remove(self._by_job, subscription.job_id, subscription)
         elif subscription.user is not None:
-            subscribers = self._by_user.get(subscription.user)
-            if subscribers is not None:
-                subscribers.discard(subscription)
-                if not subscribers:
-                    del self._by_user[subscription.user]
+            _remove(self._by_user, subscription.user, subscription)
         else:
             self._by_platform[subscription.platform].discard(subscription)
+
+
+def _remove(index: dict[Any, set[Subscription]], key: Any, subscription: Subscription) -> None:
+    """Take `subscription` out of `index[key]`, and the key with its last one (no empty sets pile up)."""
+    subscribers = index.get(key)
+    if subscribers is not None:
+        subscribers.discard(subscription)
+        if not subscribers:
+            del index[key]

@@ -19,6 +19,7 @@ class RateLimit:
         self.window = window
         self.refusal = refusal
         self.times: dict[str, deque[float]] = defaultdict(deque)
+        self._next_sweep = 0.0
 
     def take(self, *keys: str | None) -> None:
         if not self.limit:
@@ -33,6 +34,9 @@ class RateLimit:
                 raise UserError(self.refusal, count=len(times), limit=self.limit)
         for key in present:
             self.times[key].append(now)
-        if len(self.times) > SWEEP_ABOVE:  # forget keys with nothing in the window: memory stays bounded
+        # Forget keys with nothing in the window, at most once a window: memory stays bounded and
+        # a crowd of recent callers does not make every call walk them all.
+        if len(self.times) > SWEEP_ABOVE and now >= self._next_sweep:
+            self._next_sweep = now + self.window
             for key in [key for key, times in self.times.items() if times[-1] <= now - self.window]:
                 del self.times[key]

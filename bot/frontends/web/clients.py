@@ -40,13 +40,16 @@ def client_address(connection: HTTPConnection, trusted: tuple[Network, ...]) -> 
     return address
 
 
-def client_key(connection: HTTPConnection, address: str) -> str:
-    """The caller's user id: their valid client key, else `anon-<address>`; a malformed key is refused."""
+def client_key(connection: HTTPConnection, address: str, refuse_malformed: bool = True) -> str:
+    """The caller's user id: their valid client key, else `anon-<address>`; a malformed key is
+    refused (or, with `refuse_malformed` off, taken as no key)."""
     key = connection.headers.get("x-imagebot-user")
     if key is None or key == "":
         return f"anon-{address}"
     if not CLIENT_KEY.fullmatch(key):
-        raise UserError("bad_client_key")
+        if refuse_malformed:
+            raise UserError("bad_client_key")
+        return f"anon-{address}"
     return key
 
 

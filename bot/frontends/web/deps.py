@@ -26,7 +26,7 @@ from bot.core.errors import UserError
 from bot.core.jobs import Origin
 from bot.core.service import Service
 from bot.frontends.web.basic_auth import basic_credentials
-from bot.frontends.web.clients import CLIENT_KEY, client_address, client_key
+from bot.frontends.web.clients import client_address, client_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,8 +108,8 @@ async def require_admitted(request: Request, address: Annotated[str, Depends(get
     if request.app.state.config.web.auth == "password" and account is None and not token_admin:
         raise UserError("sign_in_required")
     if not token_admin:
-        key = request.headers.get("x-imagebot-user") or ""
-        user_id = account.user_id if account else key if CLIENT_KEY.fullmatch(key) else f"anon-{address}"
+        # A malformed key is refused where the caller is needed (get_caller); here it is no key.
+        user_id = account.user_id if account else client_key(request, address, refuse_malformed=False)
         get_service(request).bans.check(Origin(platform="web", user_id=user_id, address=address,
                                                is_admin=bool(account and account.is_admin)))
 
