@@ -77,7 +77,7 @@ def main() -> None:
 
     # The same pipeline object the engine uses, called directly as diffusers documents it.
     engine.generate(batch[:1])
-    pipe = engine._resident["tiny"].pipe
+    pipe = engine.residency.models["tiny"].pipe
     one = batch[0]
 
     def direct() -> None:
@@ -111,19 +111,19 @@ def lora_table(engine: Engine, repeat: int) -> None:
     loads = []
     for _ in range(repeat):
         spec = engine.registry.get("style-a")
-        resident = engine._resident["tiny"]
+        resident = engine.residency.models["tiny"]
         if "style-a" in resident.adapters:
-            engine._drop_adapter(resident, "style-a")
+            engine.residency.drop_adapter(resident, "style-a")
         started = time.perf_counter()
-        engine._activate(engine.registry.get("tiny"), [("style-a", 1.0)])
+        engine.residency.activate(engine.registry.get("tiny"), [("style-a", 1.0)])
         loads.append(time.perf_counter() - started)
     load = statistics.median(loads)
-    engine._activate(engine.registry.get("tiny"), [("style-b", 1.0)])  # both loaded from here on
+    engine.residency.activate(engine.registry.get("tiny"), [("style-b", 1.0)])  # both loaded from here on
     switches = []
     for index in range(repeat * 10):
         name = ("style-a", "style-b")[index % 2]
         started = time.perf_counter()
-        engine._activate(engine.registry.get("tiny"), [(name, 0.8)])
+        engine.residency.activate(engine.registry.get("tiny"), [(name, 0.8)])
         switches.append(time.perf_counter() - started)
     switch = statistics.median(switches)
     print(f"LoRA load from disk:   {load * 1000:6.1f} ms  (first use of a LoRA)")

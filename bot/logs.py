@@ -60,9 +60,11 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
-# The ML libraries are chatty (progress bars, deprecation notes, bitsandbytes' note about a missing
-# optional `kernels` package when peft imports it); users need our messages. Errors still show.
-CHATTY = ("diffusers", "transformers", "accelerate", "huggingface_hub", "peft", "bitsandbytes")
+# The ML libraries are chatty (progress bars, deprecation notes, bitsandbytes' notes about its
+# optional `kernels` when peft imports it, torchao's registration notes); users need our messages.
+# Errors still show.
+CHATTY = ("diffusers", "transformers", "accelerate", "huggingface_hub", "peft", "bitsandbytes", "kernels", "torchao",
+          "torch.utils._pytree")
 # Loggers that would print a secret at INFO: httpx logs every request URL, and the Telegram Bot
 # API's URLs contain the bot token.
 LEAKY = ("httpx",)

@@ -11,6 +11,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+import bot.engine.families as families
 from bot.core.errors import UserError
 from bot.models.spec import VariantSpec
 
@@ -43,16 +44,10 @@ def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: b
         if spec.kind == "pipeline":
             return DiffusionPipeline.from_pretrained(str(spec.folder), torch_dtype=dtype, local_files_only=True)
         if spec.kind == "single_file":
-            from bot.engine.single_file import detect_file_arch, load_single_file
-
-            assert spec.file is not None
-            if spec.file.suffix.lower() != ".safetensors" and not spec.allow_pickle:
-                raise ValueError(f"{spec.file.name} is a pickle checkpoint; set allow_pickle = true if you trust it")
-            # The family decides the pipeline class and tokenizers even where the variant brings its
-            # own component configs (config = "..."): those only give the sizes.
-            arch = spec.arch if spec.arch != "auto" else detect_file_arch(spec.file)
-            return load_single_file(spec.file, arch, config_dir=spec.config_dir,
-                                    torch_dtype=dtype, allow_pickle=spec.allow_pickle)
+            family = families.by_name(spec.defaults.family.name)
+            if family.load_file is None:
+                raise ValueError(f"{family.traits.label} models do not load from a single file")
+            return family.load_file(spec, dtype)
         if spec.kind == "hub":
             return _load_from_hub(spec, dtype, allow_download)
     except UserError:

@@ -21,6 +21,18 @@ from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
 from bot.core.prompt_syntax import has_weights, weighted_fragments
 
 
+def clip_call_arguments(pipe: Any, prompts: Sequence[str], negatives: Sequence[str], request: Any) -> dict[str, Any]:
+    """The text and guidance keyword arguments of a CLIP-family pipeline call (SD 1.x, 2.x, SDXL)."""
+    if needs_embeddings(pipe, [*prompts, *negatives]):
+        # Weights or a prompt over the text encoder's window: compel encodes them.
+        text: dict[str, Any] = prompt_embeddings(pipe, prompts, negatives)
+    elif not any(negatives) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        text = dict(prompt=list(prompts), negative_prompt=None)  # SDXL's own convention for "no negative prompt"
+    else:
+        text = dict(prompt=list(prompts), negative_prompt=list(negatives))
+    return {**text, "guidance_scale": request.guidance}
+
+
 def needs_embeddings(pipe: Any, texts: Sequence[str]) -> bool:
     """Whether any text uses weights or is longer than the text encoder reads at once; False for
     pipelines compel cannot encode for (no CLIP tokenizer)."""

@@ -13,6 +13,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
     LCMScheduler,
     PNDMScheduler,
@@ -39,3 +40,13 @@ assert set(_TABLE) == set(SCHEDULERS), "bot.models.variant.SCHEDULERS and this t
 def make_scheduler(name: str, model_config: Mapping[str, Any]):
     cls, options = _TABLE[name]
     return cls.from_config(dict(model_config), **options)
+
+
+# The flow-matching families (SD 3.5, FLUX, Z-Image, Qwen-Image) were trained for one sampler: their
+# Euler, with the shift the model's scheduler config sets. Name -> the scheduler class.
+_FLOW_TABLE: dict[str, type] = {"euler": FlowMatchEulerDiscreteScheduler}
+FLOW_SCHEDULERS = tuple(_FLOW_TABLE)
+
+
+def make_flow_scheduler(name: str, model_config: Mapping[str, Any]):
+    return _FLOW_TABLE[name].from_config(dict(model_config))

@@ -137,3 +137,15 @@ def load_single_file(
         local_files_only=True,
         **kwargs,
     )
+
+
+def load_spec_file(spec, dtype: torch.dtype):
+    """The pipeline of a single-file variant (an SD 1.x/2.x/SDXL checkpoint): the family decides the
+    pipeline class and tokenizers even where the variant brings its own component configs
+    (config = "..."): those only give the sizes."""
+    assert spec.file is not None
+    if spec.file.suffix.lower() != ".safetensors" and not spec.allow_pickle:
+        raise ValueError(f"{spec.file.name} is a pickle checkpoint; set allow_pickle = true if you trust it")
+    arch = spec.arch if spec.arch != "auto" else detect_file_arch(spec.file)
+    return load_single_file(spec.file, arch, config_dir=spec.config_dir, torch_dtype=dtype,
+                            allow_pickle=spec.allow_pickle)

@@ -31,7 +31,6 @@ def run_batch(engine, registry: Registry, items: Sequence[BatchItem], progress: 
 
     ids = tuple(item.job_id for item in items)
     last_preview = 0.0
-    xl = False
 
     def on_step(update) -> None:
         nonlocal last_preview
@@ -41,17 +40,18 @@ def run_batch(engine, registry: Registry, items: Sequence[BatchItem], progress: 
             last_preview = now
             first = 0
             for item in items:
-                previews[item.job_id] = latent_preview(update.latents[first], xl=xl)
+                preview = latent_preview(update.latents[first], update.family)
+                if preview is not None:
+                    previews[item.job_id] = preview
                 first += item.request.count
         progress(StepProgress(ids, update.step, update.total, previews))
 
     try:
         engine.refresh()
         try:
-            spec = registry.get(items[0].request.model)
+            registry.get(items[0].request.model)  # a variant gone from the store is a refusal
         except ModelUnavailable as unavailable:
             raise model_refusal(unavailable) from None  # answered as a refusal below, like the engine's
-        xl = spec.arch == "sdxl"
         results = engine.generate([item.request for item in items], on_progress=on_step, should_cancel=should_stop)
     except Cancelled:
         if time.monotonic() > deadline:

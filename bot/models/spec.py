@@ -20,6 +20,7 @@ variant.toml:
     refiner = "sdxl-refiner"     # a refiner variant that finishes this model's images (SDXL)
     refiner_switch = 0.8         # the fraction of the steps this model runs before the refiner takes over
     inpaint = "sd15-inpainting"  # the variant that repaints masked regions for this one (else this one does)
+    family = "flux1-dev"         # pipeline, hub: the model family, where the folder or repo name cannot tell
 
     [defaults]                   # all optional
     steps = 25
@@ -52,8 +53,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import bot.engine.families as families
 from bot.models.families import FAMILIES, detect_family, read_safetensors_header
-from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, VariantDefaults, check_defaults
+from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, FamilyTraits, VariantDefaults, check_defaults
 
 VARIANT_FILE = "variant.toml"
 KINDS = ("pipeline", "single_file", "lora", "hub", "upscaler")
@@ -63,7 +65,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ARCH_NATIVE_SIZE = {name: size for name, (_, size) in FAMILIES.items()}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOP_KEYS = {"kind", "description", "examples", "file", "arch", "config", "base", "scale", "repo", "revision",
-             "allow_pickle", "defaults", "refiner", "refiner_switch", "inpaint", "fast_lora"}
+             "allow_pickle", "defaults", "refiner", "refiner_switch", "inpaint", "fast_lora", "family"}
 # The types variant.toml may use for each default (a whole number is a fine guidance).
 _DEFAULT_KEYS = {name: (int, float) if kind is float else kind for name, kind in DEFAULT_TYPES.items()}
 
@@ -112,34 +114,19 @@ def read_variant(folder: Path) -> VariantSpec:
         raise VariantError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
     spec_fields: dict[str, Any] = {"description": _get(data, "description", str, ""), "examples": _examples(data)}
-    native = 512
+    native = 0  # the family's, unless the model's configs say
     role = "text2image"
+    family = _named_family(data)
     if kind == "pipeline":
         if not (folder / "model_index.json").is_file():
             raise VariantError("a pipeline variant needs model_index.json in its folder "
                                "(a diffusers save_pretrained() folder)")
+        family = family or _pipeline_family(folder)
         native = _pipeline_native_size(folder)
         role = _pipeline_role(folder)
     elif kind == "single_file":
-        file = _inside(folder, _get(data, "file", str, None), "file", required=True)
-        allow_pickle = _get(data, "allow_pickle", bool, False)
-        if file.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-            raise VariantError(f"{file.name} is a pickled checkpoint, which can run arbitrary code when loaded; "
-                               "convert it to .safetensors, or set allow_pickle = true if you trust it")
-        if file.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
-            raise VariantError(f"file must be a .safetensors checkpoint, got {file.name}")
-        arch = _get(data, "arch", str, "auto")
-        if arch not in SINGLE_FILE_ARCHS:
-            raise VariantError(f"arch must be one of {', '.join(SINGLE_FILE_ARCHS)}, got {arch!r}")
-        config_value = _get(data, "config", str, None)
-        config_dir = _inside(folder, config_value, "config", required=False) if config_value else None
-        family = arch if arch != "auto" else _guess_arch(file)
-        role = FAMILIES.get(family, ("text2image", 512))[0]
-        if config_dir is not None:
-            native = _pipeline_native_size(config_dir)
-        else:
-            native = ARCH_NATIVE_SIZE.get(family, 512)
-        spec_fields.update(file=file, arch=arch, config_dir=config_dir, allow_pickle=allow_pickle)
+        native, role, found = _single_file_fields(folder, data, spec_fields)
+        family = family or found
     elif kind == "lora":
         base = _get(data, "base", str, None)
         if not base or not MODEL_NAME.fullmatch(base):
@@ -168,7 +155,7 @@ def read_variant(folder: Path) -> VariantSpec:
         if not repo or not _REPO_ID.fullmatch(repo) or ".." in repo:
             raise VariantError("a hub variant needs repo = \"owner/name\", e.g. stabilityai/stable-diffusion-2-1")
         spec_fields.update(repo=repo, revision=_get(data, "revision", str, None))
-        native = 768 if repo.rstrip("/").endswith("stable-diffusion-2-1") else 512
+        native = 768 if repo.rstrip("/").endswith("stable-diffusion-2-1") else 0
         role = "refiner" if "refiner" in repo.lower() else "inpainting" if "inpaint" in repo.lower() else role
 
     fast_lora = _get(data, "fast_lora", str, None)
@@ -186,11 +173,37 @@ def read_variant(folder: Path) -> VariantSpec:
         own_defaults["fast_steps"] = 6
     if kind == "lora" and ("refiner" in data or "refiner_switch" in data):
         raise VariantError("a LoRA uses its base's refiner; set refiner in the base's variant.toml")
-    traits = _read_refiner(data, role)
-    defaults = VariantDefaults(**{"width": native, "height": native, **own_defaults, "role": role, **traits})
+    defaults = _variant_defaults(own_defaults, family or families.DEFAULT.traits, native, role,
+                                 _read_refiner(data, role))
     return VariantSpec(name=folder.name, kind=kind, folder=folder, defaults=defaults,
                        own_defaults=tuple(sorted(own_defaults.items())),
                        fingerprint=_fingerprint(folder), **spec_fields)
+
+
+def _single_file_fields(folder: Path, data: Mapping[str, Any],
+                        spec_fields: dict[str, Any]) -> tuple[int, str, FamilyTraits | None]:
+    """A single checkpoint file's keys, checked into `spec_fields`; its native size, role and family."""
+    file = _inside(folder, _get(data, "file", str, None), "file", required=True)
+    allow_pickle = _get(data, "allow_pickle", bool, False)
+    if file.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise VariantError(f"{file.name} is a pickled checkpoint, which can run arbitrary code when loaded; "
+                           "convert it to .safetensors, or set allow_pickle = true if you trust it")
+    if file.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
+        raise VariantError(f"file must be a .safetensors checkpoint, got {file.name}")
+    arch = _get(data, "arch", str, "auto")
+    if arch not in SINGLE_FILE_ARCHS:
+        raise VariantError(f"arch must be one of {', '.join(SINGLE_FILE_ARCHS)}, got {arch!r}")
+    config_value = _get(data, "config", str, None)
+    config_dir = _inside(folder, config_value, "config", required=False) if config_value else None
+    detected = arch if arch != "auto" else _guess_arch(file)
+    role = FAMILIES.get(detected, ("text2image", 512))[0]
+    if config_dir is not None:
+        native = _pipeline_native_size(config_dir)
+    else:
+        native = ARCH_NATIVE_SIZE.get(detected, 512)
+    found = families.for_arch(detected)
+    spec_fields.update(file=file, arch=arch, config_dir=config_dir, allow_pickle=allow_pickle)
+    return native, role, found.traits if found else None
 
 
 def _infer_kind(data: Mapping[str, Any]) -> str:
@@ -295,12 +308,60 @@ def _pipeline_role(folder: Path) -> str:
 
 
 def _pipeline_native_size(folder: Path) -> int:
-    """The resolution the model was trained at: UNet sample size times the VAE's factor of 8."""
+    """The resolution the model was trained at: UNet sample size times the VAE's factor of 8 (0 when
+    the configs do not say: the family's native size then)."""
     try:
         config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
         return int(config["sample_size"]) * 8
     except (OSError, ValueError, KeyError, TypeError):
-        return 512
+        return 0
+
+
+def _named_family(data: Mapping[str, Any]) -> FamilyTraits | None:
+    """`family = "..."` in variant.toml, checked."""
+    name = _get(data, "family", str, None)
+    if name is None:
+        return None
+    try:
+        return families.by_name(name).traits
+    except KeyError as error:
+        raise VariantError(str(error.args[0])) from None
+
+
+def _pipeline_family(folder: Path) -> FamilyTraits:
+    """The family of a pipeline folder, from its model_index.json; one the bot cannot run is refused."""
+    found = families.for_pipeline_folder(folder)
+    if found is None:
+        try:
+            class_name = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            class_name = None
+        raise VariantError(f"model_index.json names the pipeline {class_name!r}, which is no model family this bot "
+                           f"runs (families: {', '.join(families.names())}); if it is one of them, say which with "
+                           "family = \"...\" in variant.toml")
+    return found.traits
+
+
+def _variant_defaults(own: Mapping[str, Any], family: FamilyTraits, native: int, role: str,
+                      refiner: Mapping[str, Any]) -> VariantDefaults:
+    """What the variant draws with: its own [defaults] over its family's, at its native size."""
+    _check_family_defaults(own, family)
+    native = native or family.native_size
+    return VariantDefaults(**{"width": native, "height": native, "steps": family.steps, "guidance": family.guidance,
+                              "scheduler": family.scheduler, "fast_scheduler": family.fast_scheduler,
+                              **own, "role": role, "family": family, **refiner})
+
+
+def _check_family_defaults(values: Mapping[str, Any], family: FamilyTraits) -> None:
+    """Defaults the family cannot draw with: a scheduler it has not, sides off its size grid."""
+    for key in ("scheduler", "fast_scheduler"):
+        if key in values and values[key] not in family.schedulers:
+            raise VariantError(f"defaults.{key} = {values[key]!r} is not a scheduler {family.label} can use "
+                               f"(it can use: {', '.join(family.schedulers)})")
+    for side in ("width", "height"):
+        if side in values and values[side] % family.size_step:
+            raise VariantError(f"defaults.{side} must be a multiple of {family.size_step} for {family.label}, "
+                               f"got {values[side]}")
 
 
 def _guess_arch(file: Path) -> str:

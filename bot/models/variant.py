@@ -14,8 +14,37 @@ from typing import Any, Mapping
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-# Short scheduler names; the engine maps each to a diffusers scheduler class.
+# Short scheduler names; the engine maps each to a diffusers scheduler class (for the flow-matching
+# families, "euler" is their flow-matching Euler).
 SCHEDULERS = ("dpm++", "dpm++_karras", "euler", "euler_a", "ddim", "pndm", "heun", "unipc", "lcm")
+
+# How a family uses the guidance number: "cfg" classifier-free guidance over a negative prompt;
+# "distilled" a guidance embedding the model was distilled with (FLUX.1 dev: no negative prompt, one
+# pass per step); "none" the model takes no guidance at all (FLUX.1 schnell).
+GUIDANCE_KINDS = ("cfg", "distilled", "none")
+
+
+@dataclass(frozen=True)
+class FamilyTraits:
+    """What a model family can do and what it draws best with: read at submit to set defaults and
+    refuse what the family does not have. Each family module in bot/engine/families/ declares one."""
+
+    name: str = "sd1"  # the family's short name, e.g. "flux1-dev"
+    label: str = "Stable Diffusion 1.x"  # what users read, e.g. "FLUX.1 [dev]"
+    native_size: int = 512  # the side it was trained at
+    size_step: int = 8  # sides are multiples of this (the VAE's factor times the transformer's patch)
+    steps: int = 25
+    guidance: float = 7.0
+    scheduler: str = "dpm++"
+    schedulers: tuple[str, ...] = SCHEDULERS  # the scheduler names it can draw with
+    guidance_kind: str = "cfg"  # one of GUIDANCE_KINDS
+    negative_prompt: bool = True  # whether a negative prompt does anything (true CFG can add it: true_cfg)
+    prompt_weights: bool = True  # AUTOMATIC1111 (word:1.3) weights (CLIP text encoders, through compel)
+    prompt_tokens: int = 77  # tokens its text encoder reads in one window (longer CLIP prompts take more)
+    loras: bool = True
+    img2img: bool = True
+    inpaint: bool = True
+    fast_scheduler: str = "lcm"  # the scheduler of its fast mode (a few-step LoRA or a turbo model)
 
 
 @dataclass(frozen=True)
@@ -44,6 +73,11 @@ class VariantDefaults:
     role: str = "text2image"  # one of ROLES
     refiner: str = ""  # the variant that finishes this model's images ("": none)
     refiner_switch: float = 0.8  # the fraction of the steps this model runs before its refiner takes over
+    # The model family (SD 1.x, FLUX.1 dev, ...): what it can do, from its family module.
+    family: FamilyTraits = FamilyTraits()
+    # FLUX.1 dev and other guidance-distilled models: true classifier-free guidance at this scale
+    # (above 1) makes a negative prompt work, at twice the time per step. 0: off.
+    true_cfg: float = 0.0
 
 # What a fast mode may use: LCM and Turbo models draw in a few steps at low guidance; more steps or
 # guidance burn their images.
@@ -54,7 +88,7 @@ FAST_MAX_GUIDANCE = 2.0
 # refiner). inpainting: 9 input channels, redraws a masked region of an image.
 ROLES = ("text2image", "refiner", "inpainting")
 # VariantDefaults fields that describe the model itself rather than drawing defaults.
-MODEL_TRAITS = ("role", "refiner", "refiner_switch")
+MODEL_TRAITS = ("role", "refiner", "refiner_switch", "family")
 
 DEFAULT_TYPES: dict[str, type] = {name: kind for name, kind in typing.get_type_hints(VariantDefaults).items()
                                   if name not in MODEL_TRAITS}

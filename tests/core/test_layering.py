@@ -31,12 +31,18 @@ BOT_PARTS = tuple(sorted(f"bot.{p.stem}" for p in (ROOT / "bot").iterdir()
 class Rule:
     layer: str  # a folder, relative to the repository root
     banned: tuple[str, ...]  # modules (and everything below them) it never imports
+    allowed: tuple[str, ...] = ()  # ... except these (and everything below them)
+
+
+# The model families' declarations: importable without torch (checked below), read by the model
+# store for each variant's family and traits.
+FAMILIES = "bot.engine.families"
 
 
 RULES = (
     Rule("bot/frontends", TORCH + SQL),
     Rule("bot/core", TORCH + PLATFORM_SDKS + ("bot.engine", "bot.executors", "bot.frontends")),
-    Rule("bot/models", TORCH + ("bot.core", "bot.engine", "bot.executors", "bot.frontends")),
+    Rule("bot/models", TORCH + ("bot.core", "bot.engine", "bot.executors", "bot.frontends"), allowed=(FAMILIES,)),
     Rule("bot/files", TORCH + tuple(part for part in BOT_PARTS if part != "bot.files")),
     Rule("bot/engine", ("training", "bot.frontends")),
     Rule("training", ("bot.frontends",)),
@@ -81,7 +87,8 @@ def broken_arrows(rule: Rule, root: Path = ROOT) -> list[str]:
     assert modules, f"{rule.layer} has no modules: the rule checks nothing"
     return [f"{path.relative_to(root)} imports {name}"
             for path in modules for name in sorted(imported_modules(path, root))
-            if any(is_within(name, banned) for banned in rule.banned)]
+            if any(is_within(name, banned) for banned in rule.banned)
+            and not any(is_within(name, allowed) for allowed in rule.allowed)]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=[rule.layer for rule in RULES])
@@ -123,6 +130,7 @@ def test_every_engine_module_is_torch_code():
     publishing them and writing images never wait for torch to load."""
     modules = {module_name(p): imported_modules(p) for p in (ROOT / "bot" / "engine").rglob("*.py")
                if p.name != "__init__.py"}
+    del modules[f"{FAMILIES}.base"]  # the vocabulary of the family declarations, read without torch
     assert modules
     torch_code = {name for name, imported in modules.items() if any(is_within(i, t) for i in imported for t in TORCH)}
     while more := {name for name, imported in modules.items() if imported & torch_code} - torch_code:
@@ -183,3 +191,40 @@ def test_the_core_serves_a_job_without_torch_or_platform_libraries(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["done", "loaded: []"]
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """What a module imports when it is imported (not inside its functions)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add(node.module or "")
+    return names
+
+
+def test_family_modules_import_only_declarations_at_the_top():
+    """The model store imports the families package, so what a family module imports when imported
+    must be declarations too: the standard library, the model store's vocabulary and its own package.
+    Its hooks import the torch code they run when called."""
+    allowed = ("__future__", "bot.models.variant", FAMILIES, "json", "pathlib", "dataclasses", "typing")
+    modules = sorted((ROOT / "bot" / "engine" / "families").glob("*.py"))
+    assert len(modules) > 3
+    stray = [f"{path.relative_to(ROOT)} imports {name}" for path in modules for name in sorted(top_level_imports(path))
+             if not any(is_within(name, ok) for ok in allowed)]
+    assert stray == []
+
+
+def test_the_family_catalogue_loads_without_torch():
+    script = textwrap.dedent("""
+        import sys
+        import bot.engine.families as families
+        import bot.models.registry
+        print(len(families.ALL), sorted(n for n in ("torch", "diffusers", "transformers", "compel") if n in sys.modules))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    count, loaded = result.stdout.strip().split(" ", 1)
+    assert int(count) >= 3 and loaded == "[]"

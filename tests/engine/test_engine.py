@@ -124,7 +124,7 @@ def test_cancellation_takes_effect_inside_a_step_not_only_after_it(models_dir):
 
 
 def engine_pipe_unet(engine):
-    [resident] = engine._resident.values()
+    [resident] = engine.residency.models.values()
     return resident.pipe.unet
 
 
@@ -263,7 +263,7 @@ def test_out_of_memory_retries_with_smaller_batches(models_dir):
     req = request(engine, "a cat --n 4 --seed 8")
     [expected] = engine.generate([req])
 
-    pipe = engine._resident["demo"].pipe
+    pipe = engine.residency.models["demo"].pipe
     real_forward = pipe.unet.forward
 
     def forward_with_little_memory(sample, *args, **kwargs):
@@ -281,7 +281,7 @@ def test_out_of_memory_retries_with_smaller_batches(models_dir):
 def test_out_of_memory_for_a_single_image_is_a_user_error(models_dir):
     engine = make_engine(models_dir)
     generate_one(engine, "warm up")
-    pipe = engine._resident["demo"].pipe
+    pipe = engine.residency.models["demo"].pipe
 
     def always_full(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")

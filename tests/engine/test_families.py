@@ -42,7 +42,7 @@ def generate(engine: Engine, text: str, model: str, **kwargs) -> np.ndarray:
 
 
 def resident_pipe(engine: Engine, name: str):
-    return engine._resident[name].pipe
+    return engine.residency.models[name].pipe
 
 
 @pytest.fixture
@@ -217,7 +217,7 @@ def test_inpainting_model_is_detected_loaded_and_refused_for_text_to_image(store
     engine = make_engine(store)
     spec = engine.registry.get("inpaint")
     assert spec.defaults.role == "inpainting"
-    pipe = engine._activate(spec)[0]
+    pipe = engine.residency.activate(spec)[0].pipe
     assert type(pipe).__name__ == "StableDiffusionInpaintPipeline" and pipe.unet.config.in_channels == 9
     with pytest.raises(UserError) as error:
         request(engine, "a fox", "inpaint")
@@ -261,8 +261,8 @@ def test_inpainting_single_file_loads_as_an_inpainting_model(store, tiny_inpaint
     engine = make_engine(store)
     spec = engine.registry.get("inpaint-file")
     assert spec.defaults.role == "inpainting"
-    from_file = engine._activate(spec)[0]
-    from_folder = engine._activate(engine.registry.get("inpaint"))[0]
+    from_file = engine.residency.activate(spec)[0].pipe
+    from_folder = engine.residency.activate(engine.registry.get("inpaint"))[0].pipe
     assert type(from_file).__name__ == "StableDiffusionInpaintPipeline"
 
     # Both redraw a masked region the same way (what an inpainting request will run).

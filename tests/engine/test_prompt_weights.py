@@ -57,7 +57,7 @@ def test_the_negative_prompt_takes_weights_too(engine):
 
 def test_a_word_past_the_77th_token_still_changes_the_image(engine):
     long = SCENE + ", and so on" * 30  # about 100 tokens: past what CLIP reads at once
-    tokenizer = engine._resident_for(engine.registry.get("demo")).pipe.tokenizer
+    tokenizer = engine.residency.resident_for(engine.registry.get("demo")).pipe.tokenizer
     assert len(tokenizer.tokenize(long)) > 77
     assert differ(draw(engine, long), draw(engine, long + ", green")) > 0
 

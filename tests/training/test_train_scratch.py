@@ -105,7 +105,7 @@ def test_published_variant_is_ready_and_generates(trained):
     # window is read as several windows, not cut off.
     from bot.engine.prompts import prompt_embeddings
 
-    pipe = engine._resident_for(registry.get("scratch")).pipe  # the pipeline the engine serves
+    pipe = engine.residency.resident_for(registry.get("scratch")).pipe  # the pipeline the engine serves
     assert pipe.tokenizer.model_max_length == 16
     long = "a small red circle at the top on a blue background " * 3  # 33 tokens: 3 windows of 14
     embeds = prompt_embeddings(pipe, [long], [""])

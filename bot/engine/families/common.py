@@ -1,0 +1,48 @@
+"""Hooks several families share, as thin forwarders that import their torch code when called.
+
+A family module stays importable without torch (the model store and the core read its traits), so
+it names these instead of importing the engine modules that do the work.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+def clip_call_arguments(pipe: Any, prompts: Sequence[str], negatives: Sequence[str], request: Any) -> dict:
+    """CLIP text encoders (SD 1.x, 2.x, SDXL): A1111 weights and long prompts through compel."""
+    from bot.engine.prompts import clip_call_arguments as arguments
+
+    return arguments(pipe, prompts, negatives, request)
+
+
+def sd_scheduler(name: str, config: Mapping[str, Any]) -> Any:
+    """The discrete-time schedulers of the UNet families, built from the model's own config."""
+    from bot.engine.schedulers import make_scheduler
+
+    return make_scheduler(name, config)
+
+
+def flow_scheduler(name: str, config: Mapping[str, Any]) -> Any:
+    """The flow-matching families' scheduler, from the model's own config (shift, dynamic shifting)."""
+    from bot.engine.schedulers import make_flow_scheduler
+
+    return make_flow_scheduler(name, config)
+
+
+def sd_single_file(spec: Any, dtype: Any) -> Any:
+    """An original-layout SD 1.x/2.x/SDXL checkpoint with the shipped architecture configs."""
+    from bot.engine.single_file import load_spec_file
+
+    return load_spec_file(spec, dtype)
+
+
+def read_config(folder: Path, component: str) -> dict:
+    """A component's config.json in a pipeline folder ({} when missing or unreadable)."""
+    try:
+        config = json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
