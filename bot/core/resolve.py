@@ -12,6 +12,7 @@ from typing import Mapping
 
 from bot.config import Limits
 from bot.core.errors import UserError
+from bot.core.family_rules import check_family, snap
 from bot.core.option_values import shorten
 from bot.core.prompt_syntax import check_prompt_syntax, lora_tags
 from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions
@@ -20,31 +21,27 @@ from bot.models.variant import FAST_MAX_GUIDANCE, FAST_MAX_STEPS, MODEL_NAME, Va
 MIN_STRENGTH = 0.1  # below this an image prompt comes back almost untouched
 
 
-def snap8(value: float) -> int:
-    """Latents are 1/8 of the image size, so sides must be multiples of 8."""
-    return max(8, int(round(value / 8)) * 8)
-
-
-def size_for_aspect(aspect: tuple[int, int], native: tuple[int, int]) -> tuple[int, int]:
+def size_for_aspect(aspect: tuple[int, int], native: tuple[int, int], step: int = 8) -> tuple[int, int]:
     """Keep the model's native pixel count (what it was trained at) with the asked shape."""
     area = native[0] * native[1]
     width = math.sqrt(area * aspect[0] / aspect[1])
-    return snap8(width), snap8(width * aspect[1] / aspect[0])
+    return snap(width, step), snap(width * aspect[1] / aspect[0], step)
 
 
-def fit_to_limits(size: tuple[int, int], limits: Limits) -> tuple[int, int]:
-    """Scale a size worked out from an aspect ratio into the limits, keeping its shape.
+def fit_to_limits(size: tuple[int, int], limits: Limits, step: int = 8) -> tuple[int, int]:
+    """Scale a size worked out from an aspect ratio into the limits, keeping its shape, on the
+    family's grid of `step` pixels.
 
     Only for sizes the bot chose: a size the user typed is refused with a message instead.
     """
     width, height = size
     grow = max(1.0, limits.min_side / min(width, height))
     scale = min(grow, limits.max_side / max(width, height), math.sqrt(limits.max_pixels / (width * height)))
-    low = -(-limits.min_side // 8) * 8
-    high = limits.max_side // 8 * 8
+    low = -(-limits.min_side // step) * step
+    high = limits.max_side // step * step
 
     def fit(side: float) -> int:
-        return min(high, max(low, int(side * scale) // 8 * 8))
+        return min(high, max(low, int(side * scale) // step * step))
 
     return fit(width), fit(height)
 
@@ -84,14 +81,16 @@ def resolve(
         raise UserError("negative_too_long", got=len(negative), limit=limits.max_prompt_chars)
     check_prompt_syntax(options.prompt)
     check_prompt_syntax(negative)
+    check_family(model, defaults, options, negative)
     loras = resolve_loras(options, model, variants, lora_bases or {}, limits.max_loras)
 
+    step = defaults.family.size_step
     if options.aspect is not None:
         native = (defaults.width, defaults.height)
-        width, height = fit_to_limits(size_for_aspect(options.aspect, native), model_limits(limits, defaults))
+        width, height = fit_to_limits(size_for_aspect(options.aspect, native, step), model_limits(limits, defaults), step)
     else:
-        width = snap8(options.width) if options.width is not None else defaults.width
-        height = snap8(options.height) if options.height is not None else defaults.height
+        width = snap(options.width, step) if options.width is not None else defaults.width
+        height = snap(options.height, step) if options.height is not None else defaults.height
     if options.upscale:
         _check_upscaled_size(width, height, limits)  # tiles at the model's own size: no model limit
     else:
@@ -120,6 +119,8 @@ def resolve(
     if options.mask_image is not None and options.init_image is None:
         raise UserError("mask_needs_image")
     refiner, switch = _refiner(model, defaults, options)
+    if steps < 2:  # base and refiner each need a step of their own
+        refiner, switch = None, None
 
     return GenerationRequest(
         prompt=options.prompt,

@@ -263,7 +263,7 @@ def _read_defaults(data: Any) -> dict[str, Any]:
         check_defaults(values, "defaults")
     except ValueError as error:
         raise VariantError(str(error)) from None
-    for key in ("guidance", "fast_guidance"):
+    for key in ("guidance", "fast_guidance", "true_cfg"):
         if key in values:
             values[key] = float(values[key])
     return values
@@ -358,6 +358,9 @@ def _check_family_defaults(values: Mapping[str, Any], family: FamilyTraits) -> N
         if key in values and values[key] not in family.schedulers:
             raise VariantError(f"defaults.{key} = {values[key]!r} is not a scheduler {family.label} can use "
                                f"(it can use: {', '.join(family.schedulers)})")
+    if values.get("negative_prompt") and not family.negative_prompt and not values.get("true_cfg", 0) > 1:
+        raise VariantError(f"defaults.negative_prompt has no effect on {family.label} models: they have no negative "
+                           "prompt unless true_cfg (e.g. 4) is set too")
     for side in ("width", "height"):
         if side in values and values[side] % family.size_step:
             raise VariantError(f"defaults.{side} must be a multiple of {family.size_step} for {family.label}, "

@@ -131,6 +131,9 @@ def check_defaults(values: Mapping[str, Any], where: str) -> None:
             raise ValueError(f"{where}.{side} ({values[side]}) is over {where}.max_side ({values['max_side']})")
     if values.get("strength") is not None and not 0.1 <= values["strength"] <= 1:
         raise ValueError(f"{where}.strength must be 0.1-1, got {values['strength']}")
+    true_cfg = values.get("true_cfg")
+    if true_cfg is not None and not (true_cfg == 0 or 1 < true_cfg <= 20):
+        raise ValueError(f"{where}.true_cfg must be 0 (off) or above 1 (e.g. 4), up to 20, got {true_cfg}")
     if values.get("steps") is not None and values["steps"] < 1:
         raise ValueError(f"{where}.steps must be at least 1, got {values['steps']}")
     if values.get("fast_scheduler") is not None and values["fast_scheduler"] not in SCHEDULERS:

@@ -15,7 +15,8 @@ from bot.core.request import (
     options_from_fields,
     parse_prompt,
 )
-from bot.core.resolve import resolve, size_for_aspect, snap8
+from bot.core.family_rules import snap
+from bot.core.resolve import resolve, size_for_aspect
 from bot.models.variant import VariantDefaults
 from tests.helpers.infotext import FORGED_SETTINGS, INJECTION, read_back
 
@@ -512,7 +513,7 @@ def test_allowed_aspect_always_gives_a_size_within_limits(native, aspect):
     (0, 8), (1, 8), (8, 8), (11, 8), (13, 16), (512, 512), (770, 768), (764, 768), (1023, 1024), (682.67, 680),
 ])
 def test_snap8(value, expected):
-    assert snap8(value) == expected
+    assert snap(value, 8) == expected
 
 
 @pytest.mark.parametrize("size, expected", [

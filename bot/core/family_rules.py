@@ -1,0 +1,55 @@
+"""What a model family cannot do, refused when a request is made, never silently ignored.
+
+Each family module (bot/engine/families/) declares its traits; the model store hands them to the
+core with the variant's defaults. A request for something the family does not have (a negative
+prompt on a guidance-distilled model, (word:1.3) weights on a T5 or LLM text encoder, a sampler the
+flow-matching families were not made for) is refused here with a message that names the family and
+says what works instead. Sizes are not refused but snapped to the family's grid.
+"""
+
+from __future__ import annotations
+
+import re
+
+from bot.core.errors import UserError
+from bot.core.prompt_syntax import strip_lora_tags
+from bot.core.request import RequestOptions
+from bot.models.variant import VariantDefaults
+
+# (text:1.3): an explicit AUTOMATIC1111 weight. Plain brackets are read as text by encoders that
+# have no weights, so only an explicit number is taken for a weight they cannot honour.
+_EXPLICIT_WEIGHT = re.compile(r"(?<!\\)\([^()]*:\s*[+-]?(\d+(\.\d*)?|\.\d+)\s*\)")
+
+
+def snap(value: float, step: int) -> int:
+    """A side on the family's size grid: latents are 1/8 of the image and a transformer's patches
+    may cover 2x2 latents, so sides are multiples of 8 or 16."""
+    return max(step, int(round(value / step)) * step)
+
+
+def check_family(model: str, defaults: VariantDefaults, options: RequestOptions, negative: str) -> None:
+    """Refuse what `model`'s family cannot do; `negative` is the negative prompt the request will use."""
+    family = defaults.family
+    label = family.label
+    if options.negative_prompt and not negative_prompt_works(defaults):
+        raise UserError("family_no_negative", model=model, family=label)
+    if not family.prompt_weights and any(_EXPLICIT_WEIGHT.search(strip_lora_tags(text))
+                                         for text in (options.prompt, negative)):
+        raise UserError("family_no_weights", model=model, family=label)
+    if options.scheduler is not None and options.scheduler not in family.schedulers:
+        raise UserError("family_scheduler", model=model, family=label, got=options.scheduler,
+                        allowed=", ".join(family.schedulers))
+    if options.guidance is not None and family.guidance_kind == "none":
+        raise UserError("family_no_guidance", model=model, family=label)
+    if options.mask_image is not None and not family.inpaint:
+        raise UserError("family_no_inpaint", family=label)
+    if options.init_image is not None and not (family.img2img or options.mask_image is not None):
+        raise UserError("family_no_img2img", family=label)
+    if (options.loras or options.prompt and "<lora:" in options.prompt.lower()) and not family.loras:
+        raise UserError("family_no_loras", model=model, family=label)
+
+
+def negative_prompt_works(defaults: VariantDefaults) -> bool:
+    """A negative prompt needs classifier-free guidance: the family's own, or true CFG switched on
+    for a guidance-distilled model."""
+    return defaults.family.negative_prompt or defaults.true_cfg > 1
