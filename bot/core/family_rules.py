@@ -49,6 +49,13 @@ def check_family(model: str, defaults: VariantDefaults, options: RequestOptions,
         raise UserError("family_no_loras", model=model, family=label)
 
 
+def check_guidance(model: str, defaults: VariantDefaults, options: RequestOptions, guidance: float) -> None:
+    """A negative prompt the user gave needs guidance above the family's threshold to do anything."""
+    family = defaults.family
+    if options.negative_prompt and family.guidance_kind == "cfg" and guidance <= family.cfg_above:
+        raise UserError("negative_needs_cfg", model=model, low=f"{family.cfg_above:g}", got=f"{guidance:g}")
+
+
 def negative_prompt_works(defaults: VariantDefaults) -> bool:
     """A negative prompt needs classifier-free guidance: the family's own, or true CFG switched on
     for a guidance-distilled model."""

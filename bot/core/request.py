@@ -107,6 +107,9 @@ class GenerationRequest:
     mask_image: str | None = None  # path of the inpainting mask (white = redraw), with init_image
     refiner: str | None = None  # the refiner variant that runs the last steps (SDXL), if any
     refiner_switch: float | None = None  # the fraction of the steps the model runs before the refiner
+    # A guidance-distilled model (FLUX.1) run with true classifier-free guidance at this scale, as
+    # its variant sets it: the negative prompt then works. 0: off.
+    true_cfg: float = 0.0
 
     def seeds(self) -> list[int]:
         """One seed per image, as AUTOMATIC1111 does: seed, seed+1, ..."""
@@ -129,6 +132,8 @@ class GenerationRequest:
             key += ("upscale", self.upscaler)
         if self.loras:
             key += (self.loras,)
+        if self.true_cfg:
+            key += ("true_cfg", self.true_cfg)
         return key
 
     def to_dict(self) -> dict[str, Any]:

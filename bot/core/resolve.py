@@ -12,7 +12,7 @@ from typing import Mapping
 
 from bot.config import Limits
 from bot.core.errors import UserError
-from bot.core.family_rules import check_family, snap
+from bot.core.family_rules import check_family, check_guidance, snap
 from bot.core.option_values import shorten
 from bot.core.prompt_syntax import check_prompt_syntax, lora_tags
 from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions
@@ -105,6 +105,7 @@ def resolve(
     _check_range("steps", steps, 1, FAST_MAX_STEPS if fast else limits.max_steps)
     guidance = (defaults.fast_guidance if fast else defaults.guidance) if options.guidance is None else options.guidance
     _check_range("guidance", guidance, 0, min(FAST_MAX_GUIDANCE, limits.max_guidance) if fast else limits.max_guidance)
+    check_guidance(model, defaults, options, guidance)
     count = 1 if options.count is None else options.count
     _check_range("count", count, 1, limits.max_images)
     seed = secrets.randbelow(MAX_SEED + 1) if options.seed is None else options.seed
@@ -142,6 +143,7 @@ def resolve(
         upscaler=options.upscaler if options.upscale and options.init_image else None,
         refiner=refiner,
         refiner_switch=switch,
+        true_cfg=defaults.true_cfg if defaults.true_cfg > 1 else 0.0,
     )
 
 

@@ -39,6 +39,7 @@ class FamilyTraits:
     schedulers: tuple[str, ...] = SCHEDULERS  # the scheduler names it can draw with
     guidance_kind: str = "cfg"  # one of GUIDANCE_KINDS
     negative_prompt: bool = True  # whether a negative prompt does anything (true CFG can add it: true_cfg)
+    cfg_above: float = 1.0  # classifier-free guidance (and so the negative prompt) runs above this guidance
     prompt_weights: bool = True  # AUTOMATIC1111 (word:1.3) weights (CLIP text encoders, through compel)
     prompt_tokens: int = 77  # tokens its text encoder reads in one window (longer CLIP prompts take more)
     loras: bool = True
