@@ -49,7 +49,10 @@ def tiny_vae() -> AutoencoderKL:
     )
 
 
-def tiny_text_encoder(hidden_size: int = 32) -> CLIPTextModel:
+def tiny_text_encoder(hidden_size: int = 32, with_projection: bool = False):
+    """A CLIP-L-shaped text encoder (quick_gelu, pad = end of text); `with_projection` as SDXL and SD3's first."""
+    from transformers import CLIPTextModelWithProjection
+
     config = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=hidden_size,
@@ -62,7 +65,7 @@ def tiny_text_encoder(hidden_size: int = 32) -> CLIPTextModel:
         pad_token_id=49407,
         projection_dim=hidden_size,
     )
-    return CLIPTextModel(config)
+    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
 
 def clip_tokenizer() -> CLIPTokenizer:
