@@ -52,13 +52,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from bot.models.families import FAMILIES, detect_family, read_safetensors_header
+from bot.models.families import FAMILIES, UNET_FAMILIES, detect_family, read_safetensors_header
 from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, VariantDefaults, check_defaults
 
 VARIANT_FILE = "variant.toml"
 KINDS = ("pipeline", "single_file", "lora", "hub", "upscaler")
 GENERATING_KINDS = ("pipeline", "single_file", "lora", "hub")  # an upscaler only enlarges images
-SINGLE_FILE_ARCHS = ("auto", *FAMILIES)
+# What a single_file variant may name: the whole-pipeline checkpoints bot/engine/single_file.py loads
+# (a FLUX.1 or SD 3 file holds a transformer only, which needs the rest of a pipeline besides).
+SINGLE_FILE_ARCHS = ("auto", *UNET_FAMILIES)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ARCH_NATIVE_SIZE = {name: size for name, (_, size) in FAMILIES.items()}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
