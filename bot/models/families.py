@@ -91,7 +91,8 @@ FLUX_LAYOUTS = (
                  "single_transformer_blocks.0.norm.linear.weight"),
                 "x_embedder.weight", "proj_out.weight", "time_text_embed.guidance_embedder.linear_1.weight"),
 )
-# A tensor name that only one transformer layout has -> (family or FLUX layout, the other names it needs).
+# A tensor name that marks a transformer layout -> (family or FLUX.1 layout, the other names it needs),
+# tried in order: a diffusers FLUX.1 file has SD 3's marker too, so FLUX.1 goes first.
 TRANSFORMER_MARKERS: tuple[tuple[str, str | _FluxLayout, tuple[str, ...]], ...] = (
     ("double_blocks.0.img_attn.qkv.weight", FLUX_LAYOUTS[0], ()),
     ("single_transformer_blocks.0.attn.to_q.weight", FLUX_LAYOUTS[1], ("transformer_blocks.0.attn.to_q.weight",)),
