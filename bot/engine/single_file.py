@@ -20,11 +20,13 @@ from typing import Any
 
 import torch
 
-from bot.models.families import FAMILIES, detect_family, read_safetensors_header
+from bot.models.families import UNET_FAMILIES, detect_family, read_safetensors_header
 
 ARCHS_DIR = Path(__file__).resolve().parent / "archs"
 CLIP_TOKENIZER_DIR = ARCHS_DIR / "clip_tokenizer"
-ARCH_NAMES = tuple(FAMILIES)  # sd15, sd21, sd21-v, sdxl, sdxl-refiner and the three inpainting families
+# sd15, sd21, sd21-v, sdxl, sdxl-refiner and the three inpainting families: the whole-pipeline checkpoints.
+# A FLUX.1 or SD 3 file holds a transformer only (bot/engine/transformer_files.py loads it).
+ARCH_NAMES = tuple(UNET_FAMILIES)
 ARCH_FILE = "imagebot_arch.json"
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

@@ -60,6 +60,8 @@ from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, FamilyTraits, VariantD
 VARIANT_FILE = "variant.toml"
 KINDS = ("pipeline", "single_file", "lora", "hub", "upscaler")
 GENERATING_KINDS = ("pipeline", "single_file", "lora", "hub")  # an upscaler only enlarges images
+# What a single_file variant may name: the whole-pipeline checkpoints bot/engine/single_file.py loads
+# (a FLUX.1 or SD 3 file holds a transformer only, which needs the rest of a pipeline besides).
 SINGLE_FILE_ARCHS = ("auto", *FAMILIES)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ARCH_NATIVE_SIZE = {name: size for name, (_, size) in FAMILIES.items()}
@@ -349,6 +351,7 @@ def _variant_defaults(own: Mapping[str, Any], family: FamilyTraits, native: int,
     native = native or family.native_size
     return VariantDefaults(**{"width": native, "height": native, "steps": family.steps, "guidance": family.guidance,
                               "scheduler": family.scheduler, "fast_scheduler": family.fast_scheduler,
+                              "fast_steps": family.fast_steps,
                               **own, "role": role, "family": family, **refiner})
 
 

@@ -46,6 +46,7 @@ class FamilyTraits:
     img2img: bool = True
     inpaint: bool = True
     fast_scheduler: str = "lcm"  # the scheduler of its fast mode (a few-step LoRA or a turbo model)
+    fast_steps: int = 0  # a few-step model (schnell, turbo): --fast is how it always draws
 
 
 @dataclass(frozen=True)

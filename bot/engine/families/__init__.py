@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bot.engine.families import sd1, sd2, sdxl
+from bot.engine.families import flux1, flux2, qwenimage, sd1, sd2, sd3, sdxl, zimage
 from bot.engine.families.base import Family
 
-_MODULES = (sd1, sd2, sdxl)
+_MODULES = (sd1, sd2, sdxl, sd3, flux1, flux2, zimage, qwenimage)
 ALL: tuple[Family, ...] = tuple(family for module in _MODULES for family in module.FAMILIES)
 _BY_NAME = {family.name: family for family in ALL}
 DEFAULT = sd1.FAMILY  # what an unknown hub model is taken for

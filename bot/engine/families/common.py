@@ -32,6 +32,24 @@ def flow_scheduler(name: str, config: Mapping[str, Any]) -> Any:
     return make_flow_scheduler(name, config)
 
 
+def transformer_file(spec: Any, dtype: Any) -> Any:
+    """A diffusion transformer from one file (original or diffusers layout, .safetensors or GGUF)
+    in the pipeline of the variant that `components = "..."` names (text encoders, VAE, tokenizers)."""
+    from bot.engine.transformer_files import load_transformer_pipeline
+
+    return load_transformer_pipeline(spec, dtype)
+
+
+def flow_text_arguments(prompts: Sequence[str], negatives: Sequence[str], guidance: float, *,
+                        tokens: int, negative: bool = True, **extra: Any) -> dict:
+    """Plain text for pipelines that encode it themselves (T5 and LLM text encoders have no
+    A1111 weights), read up to `tokens` tokens natively."""
+    arguments: dict[str, Any] = dict(prompt=list(prompts), guidance_scale=guidance, max_sequence_length=tokens)
+    if negative:
+        arguments["negative_prompt"] = list(negatives)
+    return {**arguments, **extra}
+
+
 def sd_single_file(spec: Any, dtype: Any) -> Any:
     """An original-layout SD 1.x/2.x/SDXL checkpoint with the shipped architecture configs."""
     from bot.engine.single_file import load_spec_file
