@@ -303,7 +303,7 @@ class Engine:
             self._enforce_budget(keep=set(), incoming=weight_file_bytes(spec))
         started = time.perf_counter()
         log.info("loading model %s (%s) on %s as %s", spec.name, spec.kind, self.device, self.dtype)
-        pipe = load_base_pipeline(spec, self.dtype, self.allow_download)
+        pipe = load_base_pipeline(spec, self.dtype, self.allow_download, quantize_for=self.device)
         self._place(pipe)
         resident = _Resident(spec, pipe, dict(pipe.scheduler.config), model_bytes(pipe))
         self._count_load(time.perf_counter() - started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 
 import torch
 from diffusers import DiffusionPipeline
@@ -12,6 +13,8 @@ from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from bot.core.errors import UserError
+from bot.engine.quantize import (QuantizeUnsupported, check_supported, default_components, missing_components,
+                                 quantization_config, quantize_loaded, quantized_file_bytes, tensor_bytes)
 from bot.models.spec import VariantSpec
 
 log = logging.getLogger(__name__)
@@ -32,16 +35,41 @@ class ModelLoadError(RuntimeError):
     """A variant's files are present but could not be loaded; names the variant and the cause."""
 
 
-def load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) -> DiffusionPipeline:
-    """Load a full model (pipeline folder, single checkpoint file or hub id)."""
+def load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool, *,
+                       quantize_for: torch.device | None = None,
+                       components: Sequence[str] | None = None) -> DiffusionPipeline:
+    """Load a full model (pipeline folder, single checkpoint file or hub id).
+
+    With `quantize_for` (the device the model will run on), the variant's `quantize` applies to
+    `components` (by default the denoiser); without it the weights load as they are stored, as
+    training needs them. A mode the device cannot run raises ModelLoadError saying what would."""
+    quantize = spec.quantize if quantize_for is not None else "none"
+    if quantize != "none":
+        assert quantize_for is not None
+        try:
+            check_supported(quantize, quantize_for)
+        except QuantizeUnsupported as error:
+            raise ModelLoadError(f"model '{spec.name}' cannot be loaded here: {error}") from None
     with _ONE_LOAD_AT_A_TIME:
-        return _load_base_pipeline(spec, dtype, allow_download)
+        pipe = _load_base_pipeline(spec, dtype, allow_download, quantize, quantize_for,
+                                   tuple(components) if components is not None else default_components(spec))
+    if quantize != "none" and components is not None and missing_components(pipe, components):
+        log.warning("model %s: quantize names components it does not have: %s", spec.name,
+                    ", ".join(missing_components(pipe, components)))
+    return pipe
 
 
-def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) -> DiffusionPipeline:
+def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool, quantize: str,
+                        device: torch.device | None, components: tuple[str, ...]) -> DiffusionPipeline:
+    # single_file quantizes after loading (diffusers' pipeline from_single_file takes no
+    # quantization config); the others quantize while loading, never holding the full weights.
     try:
+        config = None
+        if device is not None and spec.kind != "single_file":
+            config = quantization_config(quantize, components, device, dtype)
         if spec.kind == "pipeline":
-            return DiffusionPipeline.from_pretrained(str(spec.folder), torch_dtype=dtype, local_files_only=True)
+            return DiffusionPipeline.from_pretrained(str(spec.folder), torch_dtype=dtype, local_files_only=True,
+                                                     quantization_config=config)
         if spec.kind == "single_file":
             from bot.engine.single_file import detect_file_arch, load_single_file
 
@@ -51,10 +79,13 @@ def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: b
             # The family decides the pipeline class and tokenizers even where the variant brings its
             # own component configs (config = "..."): those only give the sizes.
             arch = spec.arch if spec.arch != "auto" else detect_file_arch(spec.file)
-            return load_single_file(spec.file, arch, config_dir=spec.config_dir,
+            pipe = load_single_file(spec.file, arch, config_dir=spec.config_dir,
                                     torch_dtype=dtype, allow_pickle=spec.allow_pickle)
+            if device is not None:
+                quantize_loaded(pipe, quantize, components, device, dtype)
+            return pipe
         if spec.kind == "hub":
-            return _load_from_hub(spec, dtype, allow_download)
+            return _load_from_hub(spec, dtype, allow_download, config)
     except UserError:
         raise
     except Exception as error:  # diffusers raises many types; the user needs the variant and the cause
@@ -62,11 +93,11 @@ def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: b
     raise ModelLoadError(f"model '{spec.name}' of kind {spec.kind} is not a full model")
 
 
-def _load_from_hub(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) -> DiffusionPipeline:
+def _load_from_hub(spec: VariantSpec, dtype: torch.dtype, allow_download: bool, config) -> DiffusionPipeline:
     offline = not allow_download or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     try:
         return DiffusionPipeline.from_pretrained(spec.repo, revision=spec.revision, torch_dtype=dtype,
-                                                 local_files_only=offline)
+                                                 local_files_only=offline, quantization_config=config)
     except (OSError, ValueError) as error:
         # Missing from the local cache, and either offline or the download failed.
         log.warning("hub model %s (%s) unavailable: %s", spec.name, spec.repo, error)
@@ -91,22 +122,29 @@ def _load_lora(pipe: DiffusionPipeline, spec: VariantSpec) -> None:
 
 
 def model_bytes(pipe: DiffusionPipeline) -> int:
-    """Memory held by a pipeline's weights (what the resident-model budget counts)."""
+    """Memory held by a pipeline's weights (what the resident-model budget counts), quantized
+    weights at what they store."""
     total = 0
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in component.parameters())
-            total += sum(t.numel() * t.element_size() for t in component.buffers())
+            total += sum(tensor_bytes(t) for t in component.parameters())
+            total += sum(tensor_bytes(t) for t in component.buffers())
     return total
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
 
-def weight_file_bytes(spec: VariantSpec) -> int:
+def weight_file_bytes(spec: VariantSpec, components: Sequence[str] | None = None) -> int:
     """The size of a variant's weight files on disk: what loading it will roughly take in memory
-    (0 for a hub model, whose files are elsewhere)."""
+    (0 for a hub model, whose files are elsewhere), with the quantized `components` (by default
+    the denoiser) at their quantized size when the variant says quantize."""
     if spec.kind == "hub":
         return 0
+    if spec.quantize != "none":
+        estimate = quantized_file_bytes(spec, tuple(components) if components is not None
+                                        else default_components(spec))
+        if estimate is not None:
+            return estimate
     files = [spec.file] if spec.kind == "single_file" and spec.file is not None else spec.folder.rglob("*")
     return sum(path.stat().st_size for path in files if path.suffix.lower() in WEIGHT_SUFFIXES and path.is_file())
