@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from diffusers import DiffusionPipeline
@@ -45,12 +46,13 @@ def load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bo
     training needs them. A mode the device cannot run raises ModelLoadError saying what would."""
     quantize = spec.quantize if quantize_for is not None else "none"
     if quantize != "none":
-        assert quantize_for is not None
         try:
             check_supported(quantize, quantize_for)
         except QuantizeUnsupported as error:
             raise ModelLoadError(f"model '{spec.name}' cannot be loaded here: {error}") from None
-    with _ONE_LOAD_AT_A_TIME:
+    # bitsandbytes weights load straight onto the current CUDA device: make that the engine's.
+    on_device = torch.cuda.device(quantize_for) if quantize != "none" and quantize_for.type == "cuda" else nullcontext()
+    with _ONE_LOAD_AT_A_TIME, on_device:
         pipe = _load_base_pipeline(spec, dtype, allow_download, quantize, quantize_for,
                                    tuple(components) if components is not None else default_components(spec))
     if quantize != "none" and components is not None and missing_components(pipe, components):

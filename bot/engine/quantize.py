@@ -35,7 +35,9 @@ FP8_CAPABILITY = (8, 9)
 # What one weight of a quantized linear layer takes; its scales (one per row for int8 and fp8,
 # one per 64 weights for nf4) add well under 5 % and are left out of the estimates.
 BYTES_PER_WEIGHT = {"int8": 1.0, "fp8": 1.0, "nf4": 0.5}
-# Where each component's tensors sit in an original-layout (single-file) checkpoint.
+# Where each component's tensors sit in an original-layout (single-file) checkpoint. The SDXL
+# refiner's one encoder sits at embedders.0; naming it text_encoder_2 there finds nothing to shrink,
+# and the estimate errs on the large side.
 _SINGLE_FILE_PREFIXES = {"unet": ("model.diffusion_model.",),
                          "text_encoder": ("cond_stage_model.", "conditioner.embedders.0."),
                          "text_encoder_2": ("conditioner.embedders.1.",)}
