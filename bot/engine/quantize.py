@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 INSTALL = "pip install 'imagebot[quantize]'"
 _LIBRARY = {"int8": "torchao", "fp8": "torchao", "nf4": "bitsandbytes"}
 FP8_CAPABILITY = (8, 9)
-# What one weight of a quantized linear layer takes; its scales (one per row for int8 and fp8,
-# one per 64 weights for nf4) add well under 5 % and are left out of the estimates.
-BYTES_PER_WEIGHT = {"int8": 1.0, "fp8": 1.0, "nf4": 0.5}
+# What one weight of a quantized linear layer takes with its share of the scales: int8 and fp8
+# keep one scale per row (a few bytes per thousands of weights, left out); nf4 packs two weights in
+# a byte and keeps a float32 scale per block of 64 weights (4/64 of a byte more per weight).
+BYTES_PER_WEIGHT = {"int8": 1.0, "fp8": 1.0, "nf4": 0.5 + 4 / 64}
 # Where each component's tensors sit in an original-layout (single-file) checkpoint. The SDXL
 # refiner's one encoder sits at embedders.0; naming it text_encoder_2 there finds nothing to shrink,
 # and the estimate errs on the large side.
@@ -228,10 +229,10 @@ def quantized_file_bytes(spec: VariantSpec, components: Sequence[str]) -> int | 
 
     An approximation: every 2-D floating tensor of a quantized component counts as a linear
     weight at the mode's size (BYTES_PER_WEIGHT; int8 is about half of float16/bfloat16 and a
-    quarter of float32, nf4 a quarter of float16); everything else (convolutions, norms, biases,
-    embeddings) at its size in the file. A pickled file, whose tensors cannot be listed without
-    loading it, counts as float16 weights throughout in a quantized component's folder, and at its
-    size as a single-file checkpoint."""
+    quarter of float32, nf4 a little over a quarter of float16); everything else (convolutions,
+    norms, biases, embeddings) at its size in the file. A pickled file, whose tensors cannot be
+    listed without loading it, counts as float16 weights throughout in a quantized component's
+    folder, and at its size as a single-file checkpoint."""
     if spec.quantize == "none" or spec.kind == "hub":
         return None
     per_weight = BYTES_PER_WEIGHT[spec.quantize]

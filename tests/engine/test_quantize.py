@@ -65,6 +65,17 @@ def test_an_int8_variant_draws_nearly_the_image_of_the_unquantized_one(store):
     assert difference.mean() < 1.0 and difference.max() <= 8, (difference.mean(), difference.max())
 
 
+def test_an_int8_image_is_pixel_identical_alone_or_in_a_batch(store):
+    engine = make_engine(store)
+    registry = engine.registry
+    requests = [resolve(parse_prompt(text), registry.ready_defaults(), "q-int8", Limits(min_side=32))
+                for text in ("a cat --seed 1 --n 2 --steps 2 --size 64x64", "a dog --seed 5 --steps 2 --size 64x64")]
+    batched = engine.generate(requests)
+    [alone] = engine.generate([requests[1]])
+    assert engine.stats.batches == 2
+    assert np.array_equal(np.asarray(batched[1].images[0]), np.asarray(alone.images[0]))
+
+
 def test_int8_weights_are_counted_at_what_they_store(store):
     """The tiny UNet is mostly convolutions; only its linear layers are quantized, each to a
     quarter of float32 plus one scale per row, and the budget counts exactly that."""
