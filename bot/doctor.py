@@ -1,8 +1,8 @@
 """`imagebot doctor`: what the bot would run on and with, before anything is started.
 
 One line per fact, each saying what to do when it is not what you want: torch and its build, the
-device, number format and attention the engine would pick, free memory, the models, and which
-frontends `serve` would start.
+device, number format and attention the engine would pick, free memory, the models (and the memory
+each full model will take, quantized or not), and which frontends `serve` would start.
 """
 
 from __future__ import annotations
@@ -72,7 +72,41 @@ def _model_lines(config: Config) -> list[str]:
              f"default {config.models.default!r}"
              + ("" if config.models.default in ready else " (NOT ready: set [models] default or add it)")]
     lines += [f"model {entry.name}: cannot be used: {entry.error}" for entry in entries if entry.error]
+    return lines + _model_size_lines(config, [entry.spec for entry in entries if entry.ready and entry.spec])
+
+
+def _model_size_lines(config: Config, specs) -> list[str]:
+    """What each ready full model will take on the engine's device (the estimate the memory
+    budget counts before loading), with its quantize mode and what it quantizes; or why the mode
+    cannot run here."""
+    from bot.engine.devices import EngineSetupError, pick_device
+    from bot.engine.loader import weight_file_bytes
+    from bot.engine.quantize import QuantizeUnsupported, check_supported, default_components
+    from bot.models.spec import FULL_MODEL_KINDS
+
+    try:
+        device = pick_device(config.engine)
+    except EngineSetupError:  # the device line says why already
+        return []
+    lines = []
+    for spec in specs:
+        if spec.kind not in FULL_MODEL_KINDS:
+            continue
+        try:
+            check_supported(spec.quantize, device)
+        except QuantizeUnsupported as error:
+            lines.append(f"model {spec.name}: cannot be used here: {error}")
+            continue
+        components = default_components(spec)
+        size = weight_file_bytes(spec, components)
+        what = f"~{_size(size)} on {device.type}" if size else f"size not known until downloaded; runs on {device.type}"
+        lines.append(f"model {spec.name}: {what}" + (f" ({spec.quantize}: {', '.join(components)})"
+                                                     if spec.quantize != "none" else ""))
     return lines
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 / 10 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def _frontend_lines(config: Config, secrets: Secrets) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from diffusers import DiffusionPipeline
@@ -13,6 +15,8 @@ from transformers.utils import logging as transformers_logging
 
 import bot.engine.families as families
 from bot.core.errors import UserError
+from bot.engine.quantize import (QuantizeUnsupported, check_supported, default_components, missing_components,
+                                 quantization_config, quantize_loaded, quantized_file_bytes, tensor_bytes)
 from bot.models.spec import VariantSpec
 
 log = logging.getLogger(__name__)
@@ -33,23 +37,52 @@ class ModelLoadError(RuntimeError):
     """A variant's files are present but could not be loaded; names the variant and the cause."""
 
 
-def load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) -> DiffusionPipeline:
-    """Load a full model (pipeline folder, single checkpoint file or hub id)."""
-    with _ONE_LOAD_AT_A_TIME:
-        return _load_base_pipeline(spec, dtype, allow_download)
+def load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool, *,
+                       quantize_for: torch.device | None = None,
+                       components: Sequence[str] | None = None) -> DiffusionPipeline:
+    """Load a full model (pipeline folder, single checkpoint file or hub id).
+
+    With `quantize_for` (the device the model will run on), the variant's `quantize` applies to
+    `components` (by default the denoiser); without it the weights load as they are stored, as
+    training needs them. A mode the device cannot run raises ModelLoadError saying what would."""
+    quantize = spec.quantize if quantize_for is not None else "none"
+    if quantize != "none":
+        try:
+            check_supported(quantize, quantize_for)
+        except QuantizeUnsupported as error:
+            raise ModelLoadError(f"model '{spec.name}' cannot be loaded here: {error}") from None
+    # bitsandbytes weights load straight onto the current CUDA device: make that the engine's.
+    on_device = torch.cuda.device(quantize_for) if quantize != "none" and quantize_for.type == "cuda" else nullcontext()
+    with _ONE_LOAD_AT_A_TIME, on_device:
+        pipe = _load_base_pipeline(spec, dtype, allow_download, quantize, quantize_for,
+                                   tuple(components) if components is not None else default_components(spec))
+    if quantize != "none" and components is not None and missing_components(pipe, components):
+        log.warning("model %s: quantize names components it does not have: %s", spec.name,
+                    ", ".join(missing_components(pipe, components)))
+    return pipe
 
 
-def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) -> DiffusionPipeline:
+def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bool, quantize: str,
+                        device: torch.device | None, components: tuple[str, ...]) -> DiffusionPipeline:
+    # single_file quantizes after loading (diffusers' pipeline from_single_file takes no
+    # quantization config); the others quantize while loading, never holding the full weights.
     try:
+        config = None
+        if device is not None and spec.kind != "single_file":
+            config = quantization_config(quantize, components, device, dtype)
         if spec.kind == "pipeline":
-            return DiffusionPipeline.from_pretrained(str(spec.folder), torch_dtype=dtype, local_files_only=True)
+            return DiffusionPipeline.from_pretrained(str(spec.folder), torch_dtype=dtype, local_files_only=True,
+                                                     quantization_config=config)
         if spec.kind == "single_file":
             family = families.by_name(spec.defaults.family.name)
             if family.load_file is None:
                 raise ValueError(f"{family.traits.label} models do not load from a single file")
-            return family.load_file(spec, dtype)
+            pipe = family.load_file(spec, dtype)
+            if device is not None:
+                quantize_loaded(pipe, quantize, components, device, dtype)
+            return pipe
         if spec.kind == "hub":
-            return _load_from_hub(spec, dtype, allow_download)
+            return _load_from_hub(spec, dtype, allow_download, config)
     except UserError:
         raise
     except Exception as error:  # diffusers raises many types; the user needs the variant and the cause
@@ -57,11 +90,11 @@ def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: b
     raise ModelLoadError(f"model '{spec.name}' of kind {spec.kind} is not a full model")
 
 
-def _load_from_hub(spec: VariantSpec, dtype: torch.dtype, allow_download: bool) -> DiffusionPipeline:
+def _load_from_hub(spec: VariantSpec, dtype: torch.dtype, allow_download: bool, config) -> DiffusionPipeline:
     offline = not allow_download or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     try:
         return DiffusionPipeline.from_pretrained(spec.repo, revision=spec.revision, torch_dtype=dtype,
-                                                 local_files_only=offline)
+                                                 local_files_only=offline, quantization_config=config)
     except (OSError, ValueError) as error:
         # Missing from the local cache, and either offline or the download failed.
         log.warning("hub model %s (%s) unavailable: %s", spec.name, spec.repo, error)
@@ -86,22 +119,29 @@ def _load_lora(pipe: DiffusionPipeline, spec: VariantSpec) -> None:
 
 
 def model_bytes(pipe: DiffusionPipeline) -> int:
-    """Memory held by a pipeline's weights (what the resident-model budget counts)."""
+    """Memory held by a pipeline's weights (what the resident-model budget counts), quantized
+    weights at what they store."""
     total = 0
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in component.parameters())
-            total += sum(t.numel() * t.element_size() for t in component.buffers())
+            total += sum(tensor_bytes(t) for t in component.parameters())
+            total += sum(tensor_bytes(t) for t in component.buffers())
     return total
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".ckpt", ".pt", ".pth")
 
 
-def weight_file_bytes(spec: VariantSpec) -> int:
+def weight_file_bytes(spec: VariantSpec, components: Sequence[str] | None = None) -> int:
     """The size of a variant's weight files on disk: what loading it will roughly take in memory
-    (0 for a hub model, whose files are elsewhere)."""
+    (0 for a hub model, whose files are elsewhere), with the quantized `components` (by default
+    the denoiser) at their quantized size when the variant says quantize."""
     if spec.kind == "hub":
         return 0
+    if spec.quantize != "none":
+        estimate = quantized_file_bytes(spec, tuple(components) if components is not None
+                                        else default_components(spec))
+        if estimate is not None:
+            return estimate
     files = [spec.file] if spec.kind == "single_file" and spec.file is not None else spec.folder.rglob("*")
     return sum(path.stat().st_size for path in files if path.suffix.lower() in WEIGHT_SUFFIXES and path.is_file())

@@ -170,11 +170,12 @@ class Residency:
                 self.evict(spec.name)
             # Make room before loading, not after, so two big models are never in memory together
             # beyond the budget; the size on disk stands in for the size in memory.
-            self.enforce_budget(keep=set(), incoming=weight_file_bytes(spec))
+            family = families.by_name(spec.defaults.family.name)
+            self.enforce_budget(keep=set(), incoming=weight_file_bytes(spec, family.quantizable))
         started = time.perf_counter()
         log.info("loading model %s (%s) on %s as %s", spec.name, spec.kind, self.device, self.dtype)
-        family = families.by_name(spec.defaults.family.name)
-        pipe = load_base_pipeline(spec, self.dtype, self.allow_download)
+        pipe = load_base_pipeline(spec, self.dtype, self.allow_download, quantize_for=self.device,
+                                  components=family.quantizable)
         self._place(pipe, family)
         resident = Resident(spec, family, pipe, dict(pipe.scheduler.config), model_bytes(pipe))
         self.count_load(time.perf_counter() - started)

@@ -21,6 +21,8 @@ variant.toml:
     refiner_switch = 0.8         # the fraction of the steps this model runs before the refiner takes over
     inpaint = "sd15-inpainting"  # the variant that repaints masked regions for this one (else this one does)
     family = "flux1-dev"         # pipeline, hub: the model family, where the folder or repo name cannot tell
+    quantize = "none"            # pipeline, single_file, hub: none | int8 | nf4 | fp8, smaller weights for the
+                                 # denoiser (and a family's big text encoders); see docs/models.md
 
     [defaults]                   # all optional
     steps = 25
@@ -59,6 +61,9 @@ from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, FamilyTraits, VariantD
 
 VARIANT_FILE = "variant.toml"
 KINDS = ("pipeline", "single_file", "lora", "hub", "upscaler")
+FULL_MODEL_KINDS = ("pipeline", "single_file", "hub")  # what loads whole models, and so can quantize them
+# int8: torchao int8 weights (CPU and CUDA); nf4: bitsandbytes 4-bit (CUDA); fp8: torchao float8 (CUDA 8.9+).
+QUANTIZE_MODES = ("none", "int8", "nf4", "fp8")
 GENERATING_KINDS = ("pipeline", "single_file", "lora", "hub")  # an upscaler only enlarges images
 # What a single_file variant may name: the whole-pipeline checkpoints bot/engine/single_file.py loads
 # (a FLUX.1 or SD 3 file holds a transformer only, which needs the rest of a pipeline besides).
@@ -67,7 +72,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ARCH_NATIVE_SIZE = {name: size for name, (_, size) in FAMILIES.items()}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOP_KEYS = {"kind", "description", "examples", "file", "arch", "config", "base", "scale", "repo", "revision",
-             "allow_pickle", "defaults", "refiner", "refiner_switch", "inpaint", "fast_lora", "family"}
+             "allow_pickle", "defaults", "refiner", "refiner_switch", "inpaint", "fast_lora", "quantize", "family"}
 # The types variant.toml may use for each default (a whole number is a fine guidance).
 _DEFAULT_KEYS = {name: (int, float) if kind is float else kind for name, kind in DEFAULT_TYPES.items()}
 
@@ -96,6 +101,7 @@ class VariantSpec:
     allow_pickle: bool = False
     fast_lora: str | None = None  # the LoRA variant --fast applies (an LCM-LoRA)
     inpaint: str | None = None  # the variant that repaints masked regions for this one
+    quantize: str = "none"  # one of QUANTIZE_MODES: how the big components' weights are stored in memory
 
 
 def read_variant(folder: Path) -> VariantSpec:
@@ -170,6 +176,7 @@ def read_variant(folder: Path) -> VariantSpec:
     if inpaint is not None and not MODEL_NAME.fullmatch(inpaint):
         raise VariantError(f"inpaint must name another variant, got {inpaint!r}")
     spec_fields["inpaint"] = inpaint
+    spec_fields["quantize"] = _read_quantize(data, kind)
     own_defaults = _read_defaults(data.get("defaults", {}))
     if fast_lora is not None and "fast_steps" not in own_defaults:
         own_defaults["fast_steps"] = 6
@@ -269,6 +276,22 @@ def _read_defaults(data: Any) -> dict[str, Any]:
         if key in values:
             values[key] = float(values[key])
     return values
+
+
+def _read_quantize(data: Mapping[str, Any], kind: str) -> str:
+    """`quantize = "int8"`, checked; only a full model has weights of its own to store smaller."""
+    if "quantize" not in data:
+        return "none"
+    if kind == "lora":
+        raise VariantError("a LoRA runs on its base's weights, stored as the base says; "
+                           "set quantize in the base's variant.toml")
+    if kind not in FULL_MODEL_KINDS:
+        raise VariantError(f"quantize is for full models ({', '.join(FULL_MODEL_KINDS)}); "
+                           f"an {kind}'s weights are small: remove quantize")
+    mode = _get(data, "quantize", str, "none")
+    if mode not in QUANTIZE_MODES:
+        raise VariantError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {mode!r}")
+    return mode
 
 
 def _read_refiner(data: Mapping[str, Any], role: str) -> dict[str, Any]:
