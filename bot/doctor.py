@@ -81,7 +81,8 @@ def _model_size_lines(config: Config, specs) -> list[str]:
     cannot run here."""
     from bot.engine.devices import EngineSetupError, pick_device
     from bot.engine.loader import weight_file_bytes
-    from bot.engine.quantize import QuantizeUnsupported, check_supported, default_components
+    import bot.engine.families as families
+    from bot.engine.quantize import QuantizeUnsupported, check_supported
     from bot.models.spec import FULL_MODEL_KINDS
 
     try:
@@ -97,11 +98,12 @@ def _model_size_lines(config: Config, specs) -> list[str]:
         except QuantizeUnsupported as error:
             lines.append(f"model {spec.name}: cannot be used here: {error}")
             continue
-        components = default_components(spec)
+        family = spec.defaults.family
+        components = families.by_name(family.name).quantizable
         size = weight_file_bytes(spec, components)
         what = f"~{_size(size)} on {device.type}" if size else f"size not known until downloaded; runs on {device.type}"
-        lines.append(f"model {spec.name}: {what}" + (f" ({spec.quantize}: {', '.join(components)})"
-                                                     if spec.quantize != "none" else ""))
+        lines.append(f"model {spec.name} ({family.label}): {what}"
+                     + (f" ({spec.quantize}: {', '.join(components)})" if spec.quantize != "none" else ""))
     return lines
 
 

@@ -82,7 +82,7 @@ def test_int8_weights_are_counted_at_what_they_store(store):
     engine = make_engine(store)
     draw(engine, "plain")
     draw(engine, "q-int8")
-    plain, int8 = engine._resident["plain"], engine._resident["q-int8"]
+    plain, int8 = engine.residency.models["plain"], engine.residency.models["q-int8"]
     quantized = linear_weights(int8.pipe.unet)
     assert quantized and all(type(w).__name__ == "Int8Tensor" for w in quantized)
     assert all(type(w).__name__ != "Int8Tensor" for w in linear_weights(int8.pipe.text_encoder))  # denoiser only
@@ -126,9 +126,9 @@ def test_a_single_file_int8_variant_is_quantized_after_loading(tmp_path, tiny_pi
     engine = make_engine(models)
     plain, int8 = draw(engine, "file"), draw(engine, "file-int8")
     assert not np.array_equal(plain, int8) and np.abs(plain - int8).mean() < 1.0
-    resident = engine._resident["file-int8"]
+    resident = engine.residency.models["file-int8"]
     assert all(type(w).__name__ == "Int8Tensor" for w in linear_weights(resident.pipe.unet))
-    assert resident.nbytes < engine._resident["file"].nbytes
+    assert resident.nbytes < engine.residency.models["file"].nbytes
     estimate = weight_file_bytes(engine.registry.get("file-int8"))
     assert abs(estimate - resident.nbytes) / resident.nbytes < 0.02, (estimate, resident.nbytes)
 
@@ -255,8 +255,8 @@ def test_doctor_says_what_each_model_takes_and_which_modes_cannot_run(store, tmp
     lines = report(config, Secrets())
     plain = weight_file_bytes(read_variant(store / "plain")) / 2**20
     int8 = weight_file_bytes(read_variant(store / "q-int8")) / 2**20
-    assert f"model plain: ~{plain:.1f} MiB on cpu" in lines, lines
-    assert f"model q-int8: ~{int8:.1f} MiB on cpu (int8: unet)" in lines, lines
+    assert f"model plain (Stable Diffusion 1.x): ~{plain:.1f} MiB on cpu" in lines, lines
+    assert f"model q-int8 (Stable Diffusion 1.x): ~{int8:.1f} MiB on cpu (int8: unet)" in lines, lines
     [nf4] = [line for line in lines if line.startswith("model q-nf4:")]
     assert nf4.startswith('model q-nf4: cannot be used here: quantize = "nf4" needs a CUDA GPU')
     [fp8] = [line for line in lines if line.startswith("model q-fp8:")]
