@@ -58,6 +58,9 @@ class ImageParameters:
     upscaler: str | None = None  # an upscale: the upscaler variant, or "Lanczos" (resized, then redrawn)
     refiner: str | None = None  # the refiner variant that ran the last steps (SDXL)
     refiner_switch: float | None = None  # the fraction of the steps before the refiner took over
+    # A guidance-distilled model (FLUX.1 dev): its guidance, which Forge writes as "Distilled CFG
+    # Scale" next to "CFG scale" 1 (or the true CFG scale it ran with).
+    distilled_guidance: float | None = None
 
 
 # Our short sampler name -> (A1111 "Sampler", A1111 "Schedule type"). Every
@@ -145,6 +148,7 @@ def a1111_parameters(p: ImageParameters) -> str:
         "Sampler": sampler,
         "Schedule type": schedule,
         "CFG scale": _number(p.guidance),
+        "Distilled CFG Scale": None if p.distilled_guidance is None else _number(p.distilled_guidance),
         "Seed": str(p.seed),
         "Size": f"{p.width}x{p.height}",
         "Model hash": p.model_hash,
@@ -254,6 +258,7 @@ def parameters_from_a1111(text: str) -> ImageParameters:
         upscaler=raw.get("Postprocess upscaler"),
         refiner=raw.get("Refiner"),
         refiner_switch=get("Refiner switch at", float) if "Refiner switch at" in raw else None,
+        distilled_guidance=get("Distilled CFG Scale", float) if "Distilled CFG Scale" in raw else None,
     )
 
 
@@ -393,10 +398,14 @@ def save_result(result: Any, version: str, out_dir: Path, stem: str) -> SavedIma
     request = result.request
     loras = getattr(result, "lora_fingerprints", ())
     prompt = prompt_with_lora_tags(request.prompt, getattr(request, "loras", ()))
+    guidance, distilled = request.guidance, None
+    kind = getattr(result, "guidance_kind", "cfg")
+    if kind != "cfg":  # what Forge writes for FLUX: CFG scale 1 unless true CFG ran
+        guidance, distilled = getattr(request, "true_cfg", 0.0) or 1.0, (request.guidance if kind == "distilled" else None)
     params = [
         ImageParameters(
             prompt=prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-            sampler=request.scheduler, guidance=request.guidance, seed=seed, width=request.width,
+            sampler=request.scheduler, guidance=guidance, distilled_guidance=distilled, seed=seed, width=request.width,
             height=request.height, model=request.model, model_hash=result.model_fingerprint[:10],
             strength=request.strength, version=version or None,
             lora_hashes=", ".join(f"{name}: {fingerprint[:12]}" for name, fingerprint in loras) or None,

@@ -37,6 +37,7 @@ class GenerationResult:
     model_fingerprint: str
     fast_lora: str | None = None  # the LCM-LoRA a fast-mode request ran with
     lora_fingerprints: tuple[tuple[str, str], ...] = ()  # (LoRA variant, fingerprint) applied, in order
+    guidance_kind: str = "cfg"  # how the model's family took the guidance (its PNG parameters say so)
 
 
 @dataclass
@@ -109,7 +110,8 @@ class Engine:
         else:
             images = self._draw(call, requests, spec, on_progress, should_cancel)
         return [GenerationResult(request, mine, request.seeds(), spec.fingerprint,
-                                 fast_lora=fast_lora.name if fast_lora else None, lora_fingerprints=loras)
+                                 fast_lora=fast_lora.name if fast_lora else None, lora_fingerprints=loras,
+                                 guidance_kind=spec.defaults.family.guidance_kind)
                 for request, mine in zip(requests, images)]
 
     # --- drawing -------------------------------------------------------------------------------

@@ -170,13 +170,22 @@ def _image_arguments(call: Call, items: list[Item]) -> dict[str, Any]:
         # img2img runs int(steps * strength) steps; make that at least one.
         kwargs.update(image=[item.init_image for item in items], strength=strength,
                       num_inference_steps=max(request.steps, math.ceil(1 / strength)))
+        if request.mask_image is not None or _takes_size(call.pipe):
+            # The transformer families' image-to-image pipelines draw at their native size unless told.
+            kwargs.update(width=request.width, height=request.height)
         if request.mask_image is not None:
-            kwargs.update(mask_image=[item.mask for item in items], width=request.width, height=request.height)
+            kwargs.update(mask_image=[item.mask for item in items])
     else:
         kwargs.update(width=request.width, height=request.height)
     if call.stage == "base":
         kwargs.update(denoising_end=call.handoff, output_type="latent")
     return kwargs
+
+
+def _takes_size(pipe: Any) -> bool:
+    import inspect
+
+    return "width" in inspect.signature(type(pipe).__call__).parameters
 
 
 def refiner_handoff(scheduler, steps: int, switch: float) -> float:

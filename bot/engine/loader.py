@@ -143,5 +143,8 @@ def weight_file_bytes(spec: VariantSpec, components: Sequence[str] | None = None
                                         else default_components(spec))
         if estimate is not None:
             return estimate
-    files = [spec.file] if spec.kind == "single_file" and spec.file is not None else spec.folder.rglob("*")
+    files = [spec.file] if spec.kind == "single_file" and spec.file is not None else list(spec.folder.rglob("*"))
+    if spec.components_dir is not None:  # a transformer file draws with another pipeline's other components
+        files += [path for path in spec.components_dir.rglob("*")
+                  if path.relative_to(spec.components_dir).parts[0] != "transformer"]
     return sum(path.stat().st_size for path in files if path.suffix.lower() in WEIGHT_SUFFIXES and path.is_file())

@@ -240,3 +240,16 @@ def _check_fits(checkpoint: Mapping[str, torch.Tensor], model_class: Any, folder
     for name, shape in expected.items():
         if found[name] != shape:
             raise ValueError(f"{where}: {name} is {list(found[name])} in the file, {list(shape)} in the config")
+
+
+def load_transformer_pipeline(spec, dtype: torch.dtype):
+    """A transformer-only variant as a pipeline: its transformer from its file, the rest (text
+    encoders, VAE, tokenizers, scheduler) from the pipeline folder of its `components` variant."""
+    from diffusers import DiffusionPipeline
+
+    if spec.components_dir is None:
+        raise ValueError(f"{spec.file.name} holds only a transformer and no components variant is usable")
+    arch = spec.arch if spec.arch != "auto" else detect_file_family(spec.file)
+    transformer = load_transformer(spec.file, arch, spec.components_dir, dtype)
+    return DiffusionPipeline.from_pretrained(str(spec.components_dir), transformer=transformer, torch_dtype=dtype,
+                                             local_files_only=True)

@@ -67,6 +67,7 @@ class Registry:
                 found[folder.name] = self._read_entry(folder)
         found = {name: self._with_override(entry) for name, entry in found.items()}
         _check_lora_bases(found, self.overrides)
+        _check_components(found)
         _check_fast_loras(found)
         _check_refiners(found)
         with self._lock:
@@ -173,6 +174,29 @@ def _check_lora_bases(entries: dict[str, VariantEntry], overrides: Mapping[str, 
             if name in overrides:
                 defaults = overridden(defaults, overrides[name])
             entries[name] = replace(entry, spec=replace(spec, defaults=defaults))
+
+
+def _check_components(entries: dict[str, VariantEntry]) -> None:
+    """A transformer-only variant needs a usable pipeline variant of its family for the rest of the
+    model; mark it broken otherwise. Its fingerprint takes in the other's, so a change to either
+    reloads it."""
+    for name, entry in entries.items():
+        spec = entry.spec
+        if spec is None or entry.error or not spec.components:
+            continue
+        other = entries.get(spec.components)
+        problem = _unusable(other, "components variant", spec.components)
+        family = spec.defaults.family
+        if problem is None and other.spec.kind != "pipeline":
+            problem = f"its components variant '{spec.components}' is a {other.spec.kind}; name a diffusers pipeline folder"
+        elif problem is None and other.spec.defaults.family.name != family.name:
+            problem = (f"its components variant '{spec.components}' is {other.spec.defaults.family.label}, "
+                       f"this transformer is {family.label}")
+        if problem:
+            entries[name] = replace(entry, error=problem)
+        else:
+            entries[name] = replace(entry, spec=replace(spec, components_dir=other.spec.folder,
+                                                        fingerprint=f"{spec.fingerprint}+{other.spec.fingerprint}"))
 
 
 def _check_fast_loras(entries: dict[str, VariantEntry]) -> None:

@@ -21,6 +21,8 @@ variant.toml:
     refiner_switch = 0.8         # the fraction of the steps this model runs before the refiner takes over
     inpaint = "sd15-inpainting"  # the variant that repaints masked regions for this one (else this one does)
     family = "flux1-dev"         # pipeline, hub: the model family, where the folder or repo name cannot tell
+    transformer = "flux1-dev-Q4_K_S.gguf"  # FLUX.1, SD 3.5: the transformer alone (.safetensors or .gguf) ...
+    components = "flux1-dev"     # ... and the pipeline variant that gives the rest (text encoders, VAE)
     quantize = "none"            # pipeline, single_file, hub: none | int8 | nf4 | fp8, smaller weights for the
                                  # denoiser (and a family's big text encoders); see docs/models.md
 
@@ -56,7 +58,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import bot.engine.families as families
-from bot.models.families import FAMILIES, detect_family, read_safetensors_header
+from bot.models.families import FAMILIES, TRANSFORMER_FAMILIES, detect_file_family
 from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, FamilyTraits, VariantDefaults, check_defaults
 
 VARIANT_FILE = "variant.toml"
@@ -72,7 +74,8 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ARCH_NATIVE_SIZE = {name: size for name, (_, size) in FAMILIES.items()}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOP_KEYS = {"kind", "description", "examples", "file", "arch", "config", "base", "scale", "repo", "revision",
-             "allow_pickle", "defaults", "refiner", "refiner_switch", "inpaint", "fast_lora", "quantize", "family"}
+             "allow_pickle", "defaults", "refiner", "refiner_switch", "inpaint", "fast_lora", "quantize", "family",
+             "transformer", "components"}
 # The types variant.toml may use for each default (a whole number is a fine guidance).
 _DEFAULT_KEYS = {name: (int, float) if kind is float else kind for name, kind in DEFAULT_TYPES.items()}
 
@@ -102,6 +105,10 @@ class VariantSpec:
     fast_lora: str | None = None  # the LoRA variant --fast applies (an LCM-LoRA)
     inpaint: str | None = None  # the variant that repaints masked regions for this one
     quantize: str = "none"  # one of QUANTIZE_MODES: how the big components' weights are stored in memory
+    # A transformer-only file (FLUX.1, SD 3.5): the pipeline variant whose other components it draws
+    # with, and that variant's folder (the registry fills it in once it knows the variant is usable).
+    components: str | None = None
+    components_dir: Path | None = None
 
 
 def read_variant(folder: Path) -> VariantSpec:
@@ -191,20 +198,42 @@ def read_variant(folder: Path) -> VariantSpec:
 
 def _single_file_fields(folder: Path, data: Mapping[str, Any],
                         spec_fields: dict[str, Any]) -> tuple[int, str, FamilyTraits | None]:
-    """A single checkpoint file's keys, checked into `spec_fields`; its native size, role and family."""
-    file = _inside(folder, _get(data, "file", str, None), "file", required=True)
+    """A single checkpoint file's keys, checked into `spec_fields`; its native size, role and family.
+
+    `file` is a whole checkpoint (SD 1.x/2.x/XL) or a transformer; `transformer` says the latter.
+    A transformer (FLUX.1, SD 3.5) draws with the other components of the variant `components` names."""
+    if "file" in data and "transformer" in data:
+        raise VariantError("give the checkpoint as file = \"...\" or a transformer as transformer = \"...\", not both")
+    key = "transformer" if "transformer" in data else "file"
+    file = _inside(folder, _get(data, key, str, None), key, required=True)
     allow_pickle = _get(data, "allow_pickle", bool, False)
-    if file.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+    suffix = file.suffix.lower()
+    if suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise VariantError(f"{file.name} is a pickled checkpoint, which can run arbitrary code when loaded; "
                            "convert it to .safetensors, or set allow_pickle = true if you trust it")
-    if file.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
-        raise VariantError(f"file must be a .safetensors checkpoint, got {file.name}")
+    if suffix not in (".safetensors", ".gguf", *PICKLE_SUFFIXES):
+        raise VariantError(f"{key} must be a .safetensors checkpoint (or a .gguf transformer), got {file.name}")
     arch = _get(data, "arch", str, "auto")
     if arch not in SINGLE_FILE_ARCHS:
         raise VariantError(f"arch must be one of {', '.join(SINGLE_FILE_ARCHS)}, got {arch!r}")
     config_value = _get(data, "config", str, None)
     config_dir = _inside(folder, config_value, "config", required=False) if config_value else None
-    detected = arch if arch != "auto" else _guess_arch(file)
+    if arch != "auto":
+        detected = arch
+    elif key == "transformer" or suffix == ".gguf":
+        try:  # nothing to fall back on: say what the file is
+            detected = detect_file_family(file)
+        except (OSError, ValueError) as error:
+            raise VariantError(f"{file.name}: {error}") from None
+    else:
+        detected = _guess_arch(file)
+    components = _get(data, "components", str, None)
+    if detected in TRANSFORMER_FAMILIES or suffix == ".gguf" or key == "transformer":
+        _check_transformer_file(file, detected, components, data)
+        spec_fields["components"] = components
+    elif components is not None:
+        raise VariantError(f"components is for a transformer-only file (FLUX.1, SD 3.5); {file.name} is a whole "
+                           f"{detected} checkpoint: remove components")
     role = FAMILIES.get(detected, ("text2image", 512))[0]
     if config_dir is not None:
         native = _pipeline_native_size(config_dir)
@@ -215,12 +244,24 @@ def _single_file_fields(folder: Path, data: Mapping[str, Any],
     return native, role, found.traits if found else None
 
 
+def _check_transformer_file(file: Path, detected: str, components: str | None, data: Mapping[str, Any]) -> None:
+    if detected not in TRANSFORMER_FAMILIES:
+        raise VariantError(f"{file.name} is a {detected} checkpoint, not a transformer this bot loads alone "
+                           f"({', '.join(TRANSFORMER_FAMILIES)}); give it as file = \"{file.name}\"")
+    if not components or not MODEL_NAME.fullmatch(components):
+        raise VariantError(f"{file.name} holds only the {detected} transformer: name the pipeline variant that gives "
+                           "its text encoders and VAE, e.g. components = \"flux1-dev\" (a diffusers folder of the "
+                           "same model)")
+    if file.suffix.lower() == ".gguf" and _get(data, "quantize", str, "none") != "none":
+        raise VariantError(f"{file.name} is quantized already (GGUF): remove quantize")
+
+
 def _infer_kind(data: Mapping[str, Any]) -> str:
     if "repo" in data:
         return "hub"
     if "base" in data:
         return "lora"
-    if "file" in data:
+    if "file" in data or "transformer" in data:
         return "single_file"
     return "pipeline"
 
@@ -394,9 +435,9 @@ def _check_family_defaults(values: Mapping[str, Any], family: FamilyTraits) -> N
 
 
 def _guess_arch(file: Path) -> str:
-    """The family of a .safetensors checkpoint from its header (JSON, no weights); "sd15" when unsure."""
+    """The family of a .safetensors or .gguf file from its header (no weights); "sd15" when unsure."""
     try:
-        return detect_family(*read_safetensors_header(file))
+        return detect_file_family(file)
     except (OSError, ValueError):
         return "sd15"
 
