@@ -303,3 +303,37 @@ def test_fast_mode_runs_the_base_alone_unless_the_refiner_is_asked_for():
     asked = resolve(parse_prompt("a fox --fast --refiner 0.7"), variants, "xl", LIMITS)
     assert (asked.refiner, asked.refiner_switch) == ("refiner", 0.7)
     assert resolve(parse_prompt("a fox"), variants, "xl", LIMITS).refiner == "refiner"
+
+
+@pytest.mark.parametrize("scheduler", ["dpm++", "euler", "euler_trailing", "ddim"])
+@pytest.mark.parametrize("steps", [2, 3, 4, 7, 30])
+@pytest.mark.parametrize("switch", [0.01, 0.5, 0.8, 0.99])
+def test_the_refiner_takes_over_after_int_steps_times_switch_and_runs_at_least_one_step(scheduler, steps, switch):
+    """A1111 switches at int(steps * switch); each model runs at least one step. Counted as diffusers
+    counts them: the base runs the timesteps at or above the cut, the refiner those below."""
+    from diffusers import EulerDiscreteScheduler
+
+    from bot.engine.generation import refiner_handoff
+    from bot.engine.schedulers import make_scheduler
+
+    config = dict(EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         steps_offset=1, timestep_spacing="leading").config)
+    if scheduler == "euler_trailing":
+        scheduler, config = "euler", {**config, "timestep_spacing": "trailing"}
+    sampler = make_scheduler(scheduler, config)
+    fraction = refiner_handoff(sampler, steps, switch)
+    sampler.set_timesteps(steps)
+    cutoff = int(round(1000 - fraction * 1000))
+    timesteps = [float(t) for t in sampler.timesteps]
+    base = sum(t >= cutoff for t in timesteps)
+    assert base == min(steps - 1, max(1, int(steps * switch)))
+    assert len(timesteps) - base >= 1
+
+
+def test_a_one_step_request_runs_no_refiner_and_its_png_claims_none(sdxl_store):
+    engine = make_engine(sdxl_store)
+    req = request(engine, "a lighthouse --seed 3 --steps 1", "xl")
+    assert (req.refiner, req.refiner_switch) == (None, None)
+    [result] = engine.generate([req])
+    assert len(result.images) == 1
+    assert set(engine.loaded()) == {"xl"}  # the refiner never loaded
