@@ -171,6 +171,8 @@ def read_variant(folder: Path) -> VariantSpec:
             raise VariantError("a hub variant needs repo = \"owner/name\", e.g. stabilityai/stable-diffusion-2-1")
         spec_fields.update(repo=repo, revision=_get(data, "revision", str, None))
         native = 768 if repo.rstrip("/").endswith("stable-diffusion-2-1") else 0
+        found = families.for_repo(repo)
+        family = family or (found.traits if found else None)
         role = "refiner" if "refiner" in repo.lower() else "inpainting" if "inpaint" in repo.lower() else role
 
     fast_lora = _get(data, "fast_lora", str, None)

@@ -50,3 +50,11 @@ def for_pipeline_folder(folder: Path) -> Family | None:
     if len(candidates) > 1:
         candidates = [family for family in candidates if family.claims is None or family.claims(folder)]
     return candidates[0] if candidates else None
+
+
+def for_repo(repo: str) -> Family | None:
+    """The family a hub repository's name says (its longest matching word wins: "flux.1-dev" over
+    a shorter word of another family); None when it says none."""
+    name = repo.lower()
+    matches = [(len(word), family) for family in ALL for word in family.repo_words if word in name]
+    return max(matches, key=lambda match: match[0])[1] if matches else None

@@ -25,6 +25,8 @@ class Family:
     pipelines: Mapping[str, str]
     # The `arch` names (variant.toml, single-file detection) whose checkpoints are this family.
     arches: tuple[str, ...] = ()
+    # Words in a hub repository's name that say it is this family (lowercase), e.g. "flux.1-dev".
+    repo_words: tuple[str, ...] = ()
     denoiser: str = "unet"  # the component that runs at every step ("unet" or "transformer")
     # Components worth quantizing to fit a card: the denoiser and the large text encoder(s).
     quantizable: tuple[str, ...] = ("unet",)

@@ -49,6 +49,7 @@ KLEIN = Family(
     pipelines=PIPELINES,
     denoiser="transformer",
     quantizable=("transformer", "text_encoder"),
+    repo_words=("flux.2-klein",),
     claims=_distilled,
     call_arguments=_distilled_arguments,
     make_scheduler=flow_scheduler,

@@ -28,6 +28,7 @@ FAMILY = Family(
                         fast_scheduler="euler"),
     pipelines={"text": "QwenImagePipeline", "img2img": "QwenImageImg2ImgPipeline",
                "inpaint": "QwenImageInpaintPipeline"},
+    repo_words=("qwen-image",),
     denoiser="transformer",
     quantizable=("transformer", "text_encoder"),
     call_arguments=_call_arguments,

@@ -21,6 +21,7 @@ FAMILY = Family(
     pipelines={"text": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
                "inpaint": "StableDiffusionInpaintPipeline"},
     arches=("sd21", "sd21-v", "sd21-inpaint"),
+    repo_words=("stable-diffusion-2",),
     claims=_claims,
     call_arguments=clip_call_arguments,
     make_scheduler=sd_scheduler,

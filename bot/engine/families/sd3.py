@@ -23,6 +23,7 @@ FAMILY = Family(
     pipelines={"text": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
                "inpaint": "StableDiffusion3InpaintPipeline"},
     arches=("sd3",),
+    repo_words=("stable-diffusion-3",),
     denoiser="transformer",
     quantizable=("transformer", "text_encoder_3"),
     call_arguments=_call_arguments,

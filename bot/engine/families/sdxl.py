@@ -16,6 +16,7 @@ FAMILY = Family(
     pipelines={"text": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
                "inpaint": "StableDiffusionXLInpaintPipeline"},
     arches=("sdxl", "sdxl-refiner", "sdxl-inpaint"),
+    repo_words=("stable-diffusion-xl", "sdxl"),
     call_arguments=clip_call_arguments,
     make_scheduler=sd_scheduler,
     load_file=sd_single_file,

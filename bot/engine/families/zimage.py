@@ -22,6 +22,7 @@ FAMILY = Family(
                         cfg_above=0.0, scheduler="euler", schedulers=("euler",), prompt_weights=False,
                         prompt_tokens=TOKENS, fast_scheduler="euler"),
     pipelines={"text": "ZImagePipeline", "img2img": "ZImageImg2ImgPipeline", "inpaint": "ZImageInpaintPipeline"},
+    repo_words=("z-image",),
     denoiser="transformer",
     quantizable=("transformer", "text_encoder"),
     call_arguments=_call_arguments,
