@@ -41,6 +41,9 @@ class BaseModel:
     defaults: VariantDefaults | None  # a variant's drawing defaults; None: read them from the pipeline
 
 
+TRAINABLE_FAMILIES = ("sd1", "sd2")  # what load_base() takes: a StableDiffusionPipeline
+
+
 def resolve_base(c: FinetuneConfig) -> BaseModel:
     """Find `c.base` in the model store (or as a diffusers folder); FinetuneError if it is not usable."""
     from bot.models.registry import Registry
@@ -54,6 +57,10 @@ def resolve_base(c: FinetuneConfig) -> BaseModel:
         spec = entry.spec
         if spec.kind == "lora":
             raise FinetuneError(f"base '{c.base}' is itself a LoRA; fine-tune a full model (its base is '{spec.base}')")
+        family = spec.defaults.family
+        if family.name not in TRAINABLE_FAMILIES:  # say so before loading gigabytes
+            raise FinetuneError(f"base '{c.base}' is a {family.label} model; only Stable Diffusion 1.x and 2.x "
+                                "models can be fine-tuned here")
         return BaseModel(c.base, spec, spec.folder, spec.fingerprint, spec.defaults)
     folder = Path(c.base)
     if (folder / "model_index.json").is_file():
