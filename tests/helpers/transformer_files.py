@@ -17,6 +17,7 @@ import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
 from bot.engine.transformer_files import FLUX_BLOCKS, FLUX_RENAMED, FLUX_SWAPPED, renamed
+from tests.helpers.transformer_headers import write_gguf
 
 Tensors = dict[str, torch.Tensor]
 
@@ -208,24 +209,9 @@ def save_gguf(transformer: torch.nn.Module, path: str | Path, qtype: str = "F32"
     """The transformer as a GGUF file the way the published FLUX.1 / SD 3.5 ones are made: original
     tensor names (no prefix), `general.architecture` "flux" or "sd3", matrices in `qtype` and
     everything else (and a matrix whose rows do not split into whole blocks) in F32."""
-    import gguf
-
     if qtype not in GGUF_TYPES:
         raise ValueError(f"cannot write GGUF type {qtype!r}; supported: {', '.join(GGUF_TYPES)}")
-    target = gguf.GGMLQuantizationType[qtype]
-    writer = gguf.GGUFWriter(str(path), arch=GGUF_ARCHITECTURES[type(transformer).__name__])
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_file_type(gguf.LlamaFileType[GGUF_FILE_TYPES[qtype]])
-    for name, tensor in to_original(transformer).items():
-        data = tensor.float().cpu().numpy()  # numpy (torch) dimension order: the writer reverses it
-        kind = target if data.ndim == 2 and not name.startswith(GGUF_FULL_PRECISION) else gguf.GGMLQuantizationType.F32
-        try:
-            stored = gguf.quants.quantize(data, kind)
-        except gguf.QuantError:  # a row width that is not a whole number of blocks
-            kind, stored = gguf.GGMLQuantizationType.F32, data
-        writer.add_tensor(name, stored, raw_dtype=kind)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return Path(path)
+    arrays = ((name, tensor.float().cpu().numpy())  # numpy (torch) dimension order: the writer reverses it
+              for name, tensor in to_original(transformer).items())
+    return write_gguf(Path(path), GGUF_ARCHITECTURES[type(transformer).__name__], arrays, qtype,
+                      keep_f32=lambda name: name.startswith(GGUF_FULL_PRECISION), file_type=GGUF_FILE_TYPES[qtype])

@@ -165,14 +165,25 @@ def header_only_safetensors(path: Path, shapes: Shapes, metadata: dict[str, str]
 def gguf_file(path: Path, shapes: Shapes, architecture: str = "flux", qtype: str = "Q8_0") -> Path:
     """A GGUF file of zeros with these tensors (numpy and gguf only): matrices whose rows split into
     whole blocks in `qtype`, the rest in F32."""
-    import gguf
     import numpy as np
 
+    arrays = ((name, np.zeros(shape, dtype=np.float32)) for name, shape in shapes.items())
+    return write_gguf(path, architecture, arrays, qtype)
+
+
+def write_gguf(path: Path, architecture: str, arrays, qtype: str, keep_f32=lambda name: False,
+               file_type: str | None = None) -> Path:
+    """Write (name, float32 numpy array) pairs as a GGUF file: matrices in `qtype` unless
+    `keep_f32(name)` or their rows do not split into whole blocks, everything else in F32."""
+    import gguf
+
     writer = gguf.GGUFWriter(str(path), arch=architecture)
+    if file_type is not None:
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.add_file_type(gguf.LlamaFileType[file_type])
     target = gguf.GGMLQuantizationType[qtype]
-    for name, shape in shapes.items():
-        data = np.zeros(shape, dtype=np.float32)
-        kind = target if data.ndim == 2 else gguf.GGMLQuantizationType.F32
+    for name, data in arrays:
+        kind = target if data.ndim == 2 and not keep_f32(name) else gguf.GGMLQuantizationType.F32
         try:
             stored = gguf.quants.quantize(data, kind)
         except gguf.QuantError:  # a row width that is not a whole number of blocks
@@ -182,4 +193,4 @@ def gguf_file(path: Path, shapes: Shapes, architecture: str = "flux", qtype: str
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
+    return Path(path)

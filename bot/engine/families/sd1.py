@@ -19,15 +19,20 @@ def _claims(folder: Path) -> bool:
     return read_config(folder, "text_encoder").get("hidden_act", "quick_gelu") == "quick_gelu"
 
 
-FAMILY = Family(
-    traits=FamilyTraits(name="sd1", label="Stable Diffusion 1.x", native_size=512),
+# What SD 1.x and 2.x share: their pipelines, CLIP prompts, schedulers and checkpoint files.
+SD_HOOKS = dict(
     pipelines={"text": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
                "inpaint": "StableDiffusionInpaintPipeline"},
-    arches=("sd15", "sd15-inpaint"),
-    claims=_claims,
     call_arguments=clip_call_arguments,
     make_scheduler=sd_scheduler,
     load_file=sd_single_file,
     preview_factors=SD_PREVIEW,
+)
+
+FAMILY = Family(
+    traits=FamilyTraits(name="sd1", label="Stable Diffusion 1.x", native_size=512),
+    arches=("sd15", "sd15-inpaint"),
+    claims=_claims,
+    **SD_HOOKS,
 )
 FAMILIES = (FAMILY,)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.engine.families.base import Family
-from bot.engine.families.common import clip_call_arguments, read_config, sd_scheduler, sd_single_file
-from bot.engine.families.sd1 import SD_PREVIEW
+from bot.engine.families.common import read_config
+from bot.engine.families.sd1 import SD_HOOKS
 from bot.models.variant import FamilyTraits
 
 
@@ -18,14 +18,9 @@ def _claims(folder: Path) -> bool:
 
 FAMILY = Family(
     traits=FamilyTraits(name="sd2", label="Stable Diffusion 2.x", native_size=768),
-    pipelines={"text": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
-               "inpaint": "StableDiffusionInpaintPipeline"},
     arches=("sd21", "sd21-v", "sd21-inpaint"),
     repo_words=("stable-diffusion-2",),
     claims=_claims,
-    call_arguments=clip_call_arguments,
-    make_scheduler=sd_scheduler,
-    load_file=sd_single_file,
-    preview_factors=SD_PREVIEW,
+    **SD_HOOKS,
 )
 FAMILIES = (FAMILY,)
