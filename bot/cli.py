@@ -394,12 +394,13 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
         if not entries:
             print(f"No models in {config.storage.models_dir}. See docs/models.md.")
             return 0
-        rows = [("NAME", "KIND", "BASE", "STATUS", "DEFAULTS")]
+        rows = [("NAME", "KIND", "FAMILY", "BASE", "STATUS", "DEFAULTS")]
         for entry in entries:
             spec = entry.spec
             rows.append((
                 entry.name + (" *" if entry.name == config.models.default else ""),
                 spec.kind if spec else "?",
+                spec.defaults.family.name if spec and spec.kind != "upscaler" else "-",
                 (spec.base or "-") if spec else "-",
                 _status(entry),
                 _defaults_text(spec.defaults) if spec else "-",
@@ -422,9 +423,12 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
     spec = entry.spec
     if spec is not None:
         print(f"kind:        {spec.kind}")
+        if spec.kind != "upscaler":
+            print(f"family:      {spec.defaults.family.label}")
         print(f"folder:      {spec.folder}")
         for label, value in (("description", spec.description), ("file", spec.file), ("base", spec.base),
-                             ("repo", spec.repo), ("revision", spec.revision)):
+                             ("components", spec.components), ("repo", spec.repo), ("revision", spec.revision),
+                             ("quantize", spec.quantize if spec.quantize != "none" else None)):
             if value:
                 print(f"{label + ':':<13}{value}")
         if spec.kind == "single_file":

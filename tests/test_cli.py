@@ -351,12 +351,12 @@ def test_models_list(busy_store):
     assert result.stderr == ""
     out = result.stdout
     lines = out.splitlines()
-    assert re.fullmatch(r"NAME\s+KIND\s+BASE\s+STATUS\s+DEFAULTS", lines[0])
+    assert re.fullmatch(r"NAME\s+KIND\s+FAMILY\s+BASE\s+STATUS\s+DEFAULTS", lines[0])
     rows = {
-        "broken": r"broken\s+\?\s+-\s+broken\s+-",
-        "demo": r"demo \*\s+pipeline\s+-\s+ready\s+" + re.escape(DEMO_DEFAULTS),
-        "off": r"off\s+pipeline\s+-\s+disabled\s+" + re.escape(DEMO_DEFAULTS),
-        "style": r"style\s+lora\s+demo\s+ready\s+" + re.escape(DEMO_DEFAULTS),
+        "broken": r"broken\s+\?\s+-\s+-\s+broken\s+-",
+        "demo": r"demo \*\s+pipeline\s+sd1\s+-\s+ready\s+" + re.escape(DEMO_DEFAULTS),
+        "off": r"off\s+pipeline\s+sd1\s+-\s+disabled\s+" + re.escape(DEMO_DEFAULTS),
+        "style": r"style\s+lora\s+sd1\s+demo\s+ready\s+" + re.escape(DEMO_DEFAULTS),
     }
     assert len(lines) == 1 + len(rows) + 2
     for line, (name, pattern) in zip(lines[1:5], sorted(rows.items())):
@@ -375,6 +375,7 @@ def test_models_show(busy_store, capsys):
         "name:        demo (default)",
         "status:      ready",
         "kind:        pipeline",
+        "family:      Stable Diffusion 1.x",
         f"folder:      {busy_store.models / 'demo'}",
         f"defaults:    {DEMO_DEFAULTS}",
     ]
