@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="apply a LoRA variant made for the model, with a weight (default 1); repeatable")
     imagine.add_argument("--refiner", help="where the model's refiner takes over, 0-0.99 of the steps (0: off)")
     imagine.add_argument("--fast", action="store_true", default=None,
-                         help="the model's fast mode (an LCM-LoRA or an LCM/Turbo model): 1-8 steps, guidance 0-2")
+                         help="the model's fast mode (a few-step LoRA or an LCM/Turbo model): 1-8 steps, guidance 0-2")
     imagine.add_argument("-o", "--output", type=Path, help="folder for the PNGs (default: the configured outputs)")
     where = imagine.add_mutually_exclusive_group()
     where.add_argument("--server", metavar="URL",

@@ -103,8 +103,7 @@ def resolve(
         raise UserError("no_fast_mode", model=model, fast_models=": " + ", ".join(names) if names else "")
     steps = (defaults.fast_steps if fast else defaults.steps) if options.steps is None else options.steps
     _check_range("steps", steps, 1, FAST_MAX_STEPS if fast else limits.max_steps)
-    guidance = (defaults.fast_guidance if fast else defaults.guidance) if options.guidance is None else options.guidance
-    _check_range("guidance", guidance, 0, min(FAST_MAX_GUIDANCE, limits.max_guidance) if fast else limits.max_guidance)
+    guidance = _guidance(options, defaults, limits, fast)
     check_guidance(model, defaults, options, guidance)
     count = 1 if options.count is None else options.count
     _check_range("count", count, 1, limits.max_images)
@@ -188,6 +187,18 @@ def image_strength(options: RequestOptions, default: float) -> float:
             raise UserError("strength_out_of_range", got=_num(options.strength))
         return options.strength
     return default
+
+
+def _guidance(options: RequestOptions, defaults: VariantDefaults, limits: Limits, fast: bool) -> float:
+    """The request's guidance, checked. Few-step models burn at high classifier-free guidance, so
+    fast mode holds it low; a distilled guidance (FLUX.1 [dev]'s embedding) is no CFG, and its
+    few-step LoRAs are made at the model's own."""
+    fast_cfg = fast and defaults.family.guidance_kind == "cfg"
+    guidance = options.guidance
+    if guidance is None:
+        guidance = defaults.fast_guidance if fast_cfg else defaults.guidance
+    _check_range("guidance", guidance, 0, min(FAST_MAX_GUIDANCE, limits.max_guidance) if fast_cfg else limits.max_guidance)
+    return guidance
 
 
 def _check_role(model: str, defaults: VariantDefaults, variants: Mapping[str, VariantDefaults],

@@ -112,10 +112,28 @@ def load_lora(pipe: DiffusionPipeline, spec: VariantSpec) -> None:
 
 
 def _load_lora(pipe: DiffusionPipeline, spec: VariantSpec) -> None:
+    if not hasattr(pipe, "load_lora_weights"):
+        raise ValueError(f"{type(pipe).__name__} takes no LoRAs")
     if spec.file is not None:
         pipe.load_lora_weights(str(spec.file.parent), weight_name=spec.file.name, adapter_name=spec.name)
     else:
         pipe.load_lora_weights(str(spec.folder), adapter_name=spec.name)
+    # A file none of whose keys name a layer of this model (a LoRA for another family) loads
+    # nothing, with no more than a warning; it would fail later, on every request, as an unknown adapter.
+    if not any(spec.name in names for names in pipe.get_list_adapters().values()):
+        raise ValueError("none of its weights fit this model's layers (is it a LoRA for another model family?)")
+
+
+class _TextEncoderWithoutLora(logging.Filter):
+    """Most LoRAs of the transformer families train the transformer alone; diffusers then warns, for
+    each text encoder at every load, that the file has none of its keys, "safe to ignore"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("No LoRA keys associated to") and "prefix='text_encoder" in message)
+
+
+logging.getLogger("diffusers.loaders.lora_base").addFilter(_TextEncoderWithoutLora())
 
 
 def model_bytes(pipe: DiffusionPipeline) -> int:

@@ -16,7 +16,7 @@ variant.toml:
     repo = "stabilityai/stable-diffusion-2-1"   # hub
     revision = "main"            # hub
     allow_pickle = false         # single_file, upscaler: permit pickled .ckpt/.pth files (they can run code)
-    fast_lora = "lcm-sd15"       # --fast applies this LoRA variant (an LCM-LoRA); see fast_steps below
+    fast_lora = "lcm-sd15"       # --fast applies this LoRA variant (an LCM-LoRA, a FLUX.1 turbo LoRA)
     refiner = "sdxl-refiner"     # a refiner variant that finishes this model's images (SDXL)
     refiner_switch = 0.8         # the fraction of the steps this model runs before the refiner takes over
     inpaint = "sd15-inpainting"  # the variant that repaints masked regions for this one (else this one does)
@@ -34,7 +34,7 @@ variant.toml:
     scheduler = "dpm++"
     negative_prompt = "blurry"
     fast_steps = 6               # --fast: 1-8 steps (default 6 with fast_lora; 0 = no fast mode)
-    fast_guidance = 1.5          # --fast: 0-2
+    fast_guidance = 1.5          # --fast: 0-2 (classifier-free guidance; FLUX.1 [dev] keeps its own)
     fast_scheduler = "lcm"
 
 An upscaler (`kind = "upscaler"`, `file = "4x-model.safetensors"`) is an ESRGAN-family network that
@@ -102,7 +102,7 @@ class VariantSpec:
     repo: str | None = None
     revision: str | None = None
     allow_pickle: bool = False
-    fast_lora: str | None = None  # the LoRA variant --fast applies (an LCM-LoRA)
+    fast_lora: str | None = None  # the LoRA variant --fast applies (an LCM-LoRA or another few-step LoRA)
     inpaint: str | None = None  # the variant that repaints masked regions for this one
     quantize: str = "none"  # one of QUANTIZE_MODES: how the big components' weights are stored in memory
     # A transformer-only file (FLUX.1, SD 3.5): the pipeline variant whose other components it draws

@@ -64,8 +64,10 @@ class VariantDefaults:
     # only GPU worker for half an hour.
     max_side: int = 0
     max_pixels: int = 0
-    # --fast: few steps at low guidance with the LCM scheduler, for a variant that names an
-    # LCM-LoRA (`fast_lora`) or is itself an LCM or Turbo model. fast_steps = 0: no fast mode.
+    # --fast: few steps at low guidance with the family's fast scheduler (LCM for the UNet
+    # families, flow-matching Euler for the transformers), for a variant that names a few-step
+    # LoRA (`fast_lora`) or is itself an LCM or Turbo model. fast_steps = 0: no fast mode.
+    # fast_guidance is classifier-free guidance: a guidance-distilled family keeps its own.
     fast_steps: int = 0
     fast_guidance: float = 1.5
     fast_scheduler: str = "lcm"
