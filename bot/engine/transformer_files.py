@@ -134,7 +134,7 @@ def _check_file(path: Path, arch: str) -> None:
     if not path.is_file():
         raise ValueError(f"{path.name}: no such file ({path})")
     if suffix == ".gguf" and importlib.util.find_spec("gguf") is None:
-        raise ValueError(f"{path.name}: loading GGUF files needs the gguf package (pip install gguf)")
+        raise ValueError(f"{path.name}: loading GGUF files needs the gguf package: pip install 'imagebot[gguf]'")
 
 
 def _check_config(folder: Path, arch: str, label: str) -> None:

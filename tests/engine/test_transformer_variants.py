@@ -46,15 +46,20 @@ CLOSE_MAX, CLOSE_MEAN = 8, 1.0
 
 def add_transformer_variant(models: Path, name: str, transformer: torch.nn.Module, layout: str,
                             toml: str) -> Path:
-    """Variant `name`: `transformer` as the one file users download ("bfl": the original layout,
-    "comfyui": the same with ComfyUI's prefix, a GGUF type: GGUF), and `toml` after its name."""
+    """Variant `name`: `transformer` as the one file users download ("original": Black Forest Labs'
+    or Stability's MMDiT layout, "comfyui": the same with ComfyUI's prefix, a GGUF type: GGUF),
+    and `toml` after its name."""
     folder = models / name
     folder.mkdir()
-    if layout in ("bfl", "comfyui"):
-        file = "flux1-dev.safetensors" if isinstance(transformer, FluxTransformer2DModel) else "sd3.5.safetensors"
+    if not isinstance(transformer, FluxTransformer2DModel):
+        stem = "sd3.5_medium"
+    else:
+        stem = "flux1-dev" if transformer.config.guidance_embeds else "flux1-schnell"
+    if layout in ("original", "comfyui"):
+        file = f"{stem}.safetensors"
         save_original_safetensors(transformer, folder / file, prefix=COMFY if layout == "comfyui" else "")
     else:
-        file = "flux1-dev.gguf"
+        file = f"{stem}.gguf"
         save_gguf(transformer, folder / file, layout)
     (folder / "variant.toml").write_text(f'transformer = "{file}"\n{toml}{SMALL}', encoding="utf-8")
     return folder
@@ -92,22 +97,23 @@ def store(tmp_path_factory, tiny_folders) -> Path:
     schnell = FluxTransformer2DModel.from_pretrained(tiny_folders["flux1-schnell"] / "transformer")
     sd3 = SD3Transformer2DModel.from_pretrained(tiny_folders["sd3"] / "transformer")
     flux = 'components = "flux-folder"\n'
-    for name, layout in (("flux-bfl", "bfl"), ("flux-comfyui", "comfyui"), ("flux-f32", "F32"), ("flux-q8", "Q8_0")):
+    for name, layout in (("flux-original", "original"), ("flux-comfyui", "comfyui"), ("flux-f32", "F32"),
+                         ("flux-q8", "Q8_0")):
         add_transformer_variant(models, name, dev, layout, flux)
-    add_transformer_variant(models, "flux-file-int8", dev, "bfl", flux + 'quantize = "int8"\n')
-    add_transformer_variant(models, "schnell-file", schnell, "bfl", 'components = "schnell-folder"\n')
-    add_transformer_variant(models, "sd3-file", sd3, "bfl", 'components = "sd3-folder"\n')
+    add_transformer_variant(models, "flux-file-int8", dev, "original", flux + 'quantize = "int8"\n')
+    add_transformer_variant(models, "schnell-file", schnell, "original", 'components = "schnell-folder"\n')
+    add_transformer_variant(models, "sd3-file", sd3, "original", 'components = "sd3-folder"\n')
     # What is refused, at scan and at load.
-    add_transformer_variant(models, "no-components", dev, "bfl", "")
-    add_transformer_variant(models, "missing-components", dev, "bfl", 'components = "flux1-dev"\n')
-    add_transformer_variant(models, "sd3-components", dev, "bfl", 'components = "sd3-folder"\n')
-    add_transformer_variant(models, "schnell-components", dev, "bfl", 'components = "schnell-folder"\n')
-    add_transformer_variant(models, "lora-components", dev, "bfl", 'components = "flux-lora"\n')
+    add_transformer_variant(models, "no-components", dev, "original", "")
+    add_transformer_variant(models, "missing-components", dev, "original", 'components = "flux1-dev"\n')
+    add_transformer_variant(models, "sd3-components", dev, "original", 'components = "sd3-folder"\n')
+    add_transformer_variant(models, "schnell-components", dev, "original", 'components = "schnell-folder"\n')
+    add_transformer_variant(models, "lora-components", dev, "original", 'components = "flux-lora"\n')
     add_transformer_variant(models, "gguf-int8", dev, "Q8_0", flux + 'quantize = "int8"\n')
-    add_transformer_variant(models, "flux-wide", wide_flux(), "bfl", flux)
+    add_transformer_variant(models, "flux-wide", wide_flux(), "original", flux)
     # As in the official repository: the original single files beside the diffusers folders, which
     # loading the folder never reads (nor counts).
-    shutil.copy(models / "flux-bfl" / "flux1-dev.safetensors", models / "flux-folder" / "flux1-dev.safetensors")
+    shutil.copy(models / "flux-original" / "flux1-dev.safetensors", models / "flux-folder" / "flux1-dev.safetensors")
     shutil.copy(models / "flux-folder" / "vae" / "diffusion_pytorch_model.safetensors",
                 models / "flux-folder" / "ae.safetensors")
     (models / "flux-lora").mkdir()
@@ -162,7 +168,7 @@ def weight_files(folder: Path, *components: str) -> int:
 # --------------------------------------------------------------------------- same pixels
 
 
-@pytest.mark.parametrize("name", ["flux-bfl", "flux-comfyui", "flux-f32"])
+@pytest.mark.parametrize("name", ["flux-original", "flux-comfyui", "flux-f32"])
 def test_a_flux_dev_file_draws_the_pixels_of_its_folder(engine, store, folder_image, name):
     """The transformer the folder holds, written as users download it, draws the same image, bit for
     bit: the weights are the same numbers, and on the CPU the engine copies every weight into
@@ -275,22 +281,22 @@ def test_a_file_of_another_size_fails_to_load_naming_the_variant_and_the_mismatc
 def test_changing_the_components_reloads_the_transformer_variant(tmp_path, store):
     models = tmp_path / "models"
     shutil.copytree(store / "flux-folder", models / "flux-folder")
-    shutil.copytree(store / "flux-bfl", models / "flux-bfl")
+    shutil.copytree(store / "flux-original", models / "flux-original")
     engine = make_engine(models)
-    first = draw(engine, "flux-bfl")
-    fingerprint = engine.registry.get("flux-bfl").fingerprint
-    draw(engine, "flux-bfl")
+    first = draw(engine, "flux-original")
+    fingerprint = engine.registry.get("flux-original").fingerprint
+    draw(engine, "flux-original")
     assert engine.stats.model_loads == 1
 
     vae = models / "flux-folder" / "vae" / "diffusion_pytorch_model.safetensors"
     stat = vae.stat()
     os.utime(vae, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a copy over it, same bytes
     engine.refresh()
-    assert engine.registry.get("flux-bfl").fingerprint != fingerprint
-    assert "flux-bfl" not in engine.loaded()
-    [result] = engine.generate([request(engine, "flux-bfl")])
+    assert engine.registry.get("flux-original").fingerprint != fingerprint
+    assert "flux-original" not in engine.loaded()
+    [result] = engine.generate([request(engine, "flux-original")])
     assert engine.stats.model_loads == 2
-    assert result.model_fingerprint == engine.registry.get("flux-bfl").fingerprint
+    assert result.model_fingerprint == engine.registry.get("flux-original").fingerprint
     assert np.array_equal(np.asarray(result.images[0]).astype(np.int16), first)
 
 
@@ -299,11 +305,11 @@ def test_changing_the_components_reloads_the_transformer_variant(tmp_path, store
 
 def test_the_estimate_counts_the_file_and_the_components_other_weights(engine, store):
     quantizable = families.by_name("flux1-dev").quantizable
-    file = store / "flux-bfl" / "flux1-dev.safetensors"
+    file = store / "flux-original" / "flux1-dev.safetensors"
     others = weight_files(store / "flux-folder", "vae", "text_encoder", "text_encoder_2")
     transformer = weight_files(store / "flux-folder", "transformer")
     assert others > 0 and transformer > 0
-    assert weight_file_bytes(engine.registry.get("flux-bfl"), quantizable) == file.stat().st_size + others
+    assert weight_file_bytes(engine.registry.get("flux-original"), quantizable) == file.stat().st_size + others
     assert weight_file_bytes(engine.registry.get("flux-folder"), quantizable) == transformer + others
     gguf = store / "flux-q8" / "flux1-dev.gguf"
     assert weight_file_bytes(engine.registry.get("flux-q8"), quantizable) == gguf.stat().st_size + others
