@@ -17,7 +17,7 @@ import bot.engine.families as families
 from bot.core.errors import UserError
 from bot.engine.quantize import (QuantizeUnsupported, check_supported, default_components, missing_components,
                                  quantization_config, quantize_loaded, quantized_file_bytes, tensor_bytes)
-from bot.models.spec import VariantSpec
+from bot.models.spec import VariantSpec, pipeline_files
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ def _load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: b
     except UserError:
         raise
     except Exception as error:  # diffusers raises many types; the user needs the variant and the cause
-        raise ModelLoadError(f"model '{spec.name}' could not be loaded: {type(error).__name__}: {error}") from error
+        # The loaders' own checks raise ValueError with a message written to be read as it is.
+        cause = str(error) if type(error) is ValueError else f"{type(error).__name__}: {error}"
+        raise ModelLoadError(f"model '{spec.name}' could not be loaded: {cause}") from error
     raise ModelLoadError(f"model '{spec.name}' of kind {spec.kind} is not a full model")
 
 
@@ -161,8 +163,11 @@ def weight_file_bytes(spec: VariantSpec, components: Sequence[str] | None = None
                                         else default_components(spec))
         if estimate is not None:
             return estimate
-    files = [spec.file] if spec.kind == "single_file" and spec.file is not None else list(spec.folder.rglob("*"))
+    if spec.kind == "single_file" and spec.file is not None:
+        files = [spec.file]
+    else:
+        files = pipeline_files(spec.folder) if spec.kind == "pipeline" else list(spec.folder.rglob("*"))
     if spec.components_dir is not None:  # a transformer file draws with another pipeline's other components
-        files += [path for path in spec.components_dir.rglob("*")
+        files += [path for path in pipeline_files(spec.components_dir)
                   if path.relative_to(spec.components_dir).parts[0] != "transformer"]
     return sum(path.stat().st_size for path in files if path.suffix.lower() in WEIGHT_SUFFIXES and path.is_file())

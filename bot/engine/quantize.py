@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, PipelineQuantizationConfig
 
-from bot.models.spec import QUANTIZE_MODES, VariantSpec
+from bot.models.spec import QUANTIZE_MODES, VariantSpec, pipeline_files
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def default_components(spec: VariantSpec) -> tuple[str, ...]:
     if spec.kind == "pipeline":
         return ("unet",) if (spec.folder / "unet").is_dir() else ("transformer",)
     if spec.kind == "single_file":
-        return ("unet",)  # every single-file family the loader knows is a UNet model
+        # A whole checkpoint is a UNet model's; a transformer-only file (FLUX.1, SD 3.5) names its components.
+        return ("transformer",) if spec.components else ("unet",)
     index = _cached_hub_index(spec)
     if index is not None:
         return ("unet",) if "unet" in index else ("transformer",)
@@ -232,20 +233,32 @@ def quantized_file_bytes(spec: VariantSpec, components: Sequence[str]) -> int | 
     quarter of float32, nf4 a little over a quarter of float16); everything else (convolutions,
     norms, biases, embeddings) at its size in the file. A pickled file, whose tensors cannot be
     listed without loading it, counts as float16 weights throughout in a quantized component's
-    folder, and at its size as a single-file checkpoint."""
+    folder, and at its size as a single-file checkpoint. A transformer-only file counts with the
+    other components of its components variant's folder."""
     if spec.quantize == "none" or spec.kind == "hub":
         return None
     per_weight = BYTES_PER_WEIGHT[spec.quantize]
+    if spec.kind == "single_file" and spec.components_dir is not None:
+        assert spec.file is not None
+        return (_file_bytes(spec.file, per_weight, lambda key: "transformer" in components)
+                + _folder_bytes(spec.components_dir, components, per_weight, skip="transformer"))
     if spec.kind == "single_file":
         assert spec.file is not None
         prefixes = tuple(p for name in components for p in _SINGLE_FILE_PREFIXES.get(name, ()))
         return _file_bytes(spec.file, per_weight, lambda key: key.startswith(prefixes))
+    return _folder_bytes(spec.folder, components, per_weight)
+
+
+def _folder_bytes(folder: Path, components: Sequence[str], per_weight: float, skip: str = "") -> int:
+    """The weights of a pipeline folder, `components` quantized, the component `skip` left out."""
     total = 0
-    for path in spec.folder.rglob("*"):
-        if not path.is_file() or path.suffix.lower() not in (".safetensors", ".bin", ".ckpt", ".pt", ".pth"):
+    for path in pipeline_files(folder):
+        if path.suffix.lower() not in (".safetensors", ".bin", ".ckpt", ".pt", ".pth"):
             continue
-        quantized = path.relative_to(spec.folder).parts[0] in components
-        total += _file_bytes(path, per_weight, lambda key: True) if quantized else path.stat().st_size
+        component = path.relative_to(folder).parts[0]
+        if component == skip:
+            continue
+        total += _file_bytes(path, per_weight, lambda key: True) if component in components else path.stat().st_size
     return total
 
 

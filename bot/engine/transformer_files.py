@@ -87,20 +87,21 @@ _BLOCK = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)")
 
 
 def load_transformer(path: str | Path, arch: str, config_folder: str | Path,
-                     torch_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+                     torch_dtype: torch.dtype = torch.float32, *, config_name: str | None = None) -> torch.nn.Module:
     """The diffusers transformer of ``arch`` (a key of TRANSFORMER_CLASSES) with the weights of one
     ``.safetensors`` or ``.gguf`` file, without touching the network.
 
     ``config_folder`` is a diffusers pipeline folder with ``transformer/config.json`` (weights not
     needed). A ``.gguf`` file stays quantized (``GGUFQuantizationConfig``), computing in
     ``torch_dtype``; a ``.safetensors`` one is cast to ``torch_dtype``. Raises ValueError naming
-    the file and the problem: a pickle, a missing config, a file of another family or size.
+    the file and the problem: a pickle, a missing config, a file of another family or size;
+    ``config_name`` is how those messages name the config folder (by default its path).
     """
     import diffusers
 
     path, folder = Path(path), Path(config_folder)
     _check_file(path, arch)
-    _check_config(folder, arch)
+    _check_config(folder, arch, config_name or f"the config folder {folder}")
     try:
         found = detect_file_family(path)
     except ValueError as error:
@@ -112,7 +113,7 @@ def load_transformer(path: str | Path, arch: str, config_folder: str | Path,
         checkpoint = _to_diffusers(_read_weights(path), arch)
     except (ValueError, KeyError) as error:  # diffusers' SD 3 conversion pops what it expects
         raise ValueError(f"{path.name} is not a complete {arch} transformer: {error}") from None
-    _check_fits(checkpoint, model_class, folder, path)
+    _check_fits(checkpoint, model_class, folder, path, config_name or str(folder))
     options: dict[str, Any] = {}
     if path.suffix.lower() == ".gguf":
         options["quantization_config"] = diffusers.GGUFQuantizationConfig(compute_dtype=torch_dtype)
@@ -133,15 +134,15 @@ def _check_file(path: Path, arch: str) -> None:
     if not path.is_file():
         raise ValueError(f"{path.name}: no such file ({path})")
     if suffix == ".gguf" and importlib.util.find_spec("gguf") is None:
-        raise ValueError(f"{path.name}: loading GGUF files needs the gguf package (pip install gguf)")
+        raise ValueError(f"{path.name}: loading GGUF files needs the gguf package: pip install 'imagebot[gguf]'")
 
 
-def _check_config(folder: Path, arch: str) -> None:
-    """The config folder has a transformer/config.json, of ``arch``."""
+def _check_config(folder: Path, arch: str, label: str) -> None:
+    """The config folder (``label`` in messages) has a transformer/config.json, of ``arch``."""
     file = folder / "transformer" / "config.json"
     # A folder that is not there would be taken for a hub repository id by diffusers.
     if not file.is_file():
-        raise ValueError(f"no transformer/config.json in the config folder {folder} "
+        raise ValueError(f"no transformer/config.json in {label} "
                          f"(a diffusers pipeline folder with the {arch} transformer's config)")
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
@@ -149,11 +150,11 @@ def _check_config(folder: Path, arch: str) -> None:
         raise ValueError(f"{file} is not valid JSON: {error}") from None
     expected = TRANSFORMER_CLASSES[arch]
     if config.get("_class_name") != expected:
-        raise ValueError(f"the config folder {folder} describes a {config.get('_class_name')}, "
+        raise ValueError(f"{label} describes a {config.get('_class_name')}, "
                          f"not the {expected} of {arch}")
     if arch.startswith("flux1-") and bool(config.get("guidance_embeds")) != (arch == "flux1-dev"):
         which = "dev (with a guidance embedding)" if config.get("guidance_embeds") else "schnell (no guidance embedding)"
-        raise ValueError(f"the config folder {folder} describes FLUX.1 {which}, not {arch}")
+        raise ValueError(f"{label} describes FLUX.1 {which}, not {arch}")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -222,9 +223,10 @@ def renamed(name: str, table: Mapping[str, str], full_name: str | None = None) -
     raise ValueError(f"unexpected tensor {full_name or name}")
 
 
-def _check_fits(checkpoint: Mapping[str, torch.Tensor], model_class: Any, folder: Path, path: Path) -> None:
-    """The file's tensors are the config's, name for name and shape for shape (quantized ones by
-    the shape they decode to)."""
+def _check_fits(checkpoint: Mapping[str, torch.Tensor], model_class: Any, folder: Path, path: Path,
+                label: str) -> None:
+    """The file's tensors are the config's (in ``folder``, ``label`` in messages), name for name and
+    shape for shape (quantized ones by the shape they decode to)."""
     from accelerate import init_empty_weights
 
     with init_empty_weights():  # meta device: names and shapes, no memory
@@ -232,7 +234,7 @@ def _check_fits(checkpoint: Mapping[str, torch.Tensor], model_class: Any, folder
                                                                 local_files_only=True))
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     found = {name: tuple(getattr(tensor, "quant_shape", tensor.shape)) for name, tensor in checkpoint.items()}
-    where = f"{path.name} does not fit the transformer config in {folder}"
+    where = f"{path.name} does not fit the transformer config in {label}"
     if missing := sorted(expected.keys() - found.keys()):
         raise ValueError(f"{where}: {len(missing)} tensors missing, such as {missing[0]}")
     if extra := sorted(found.keys() - expected.keys()):
@@ -250,6 +252,8 @@ def load_transformer_pipeline(spec, dtype: torch.dtype):
     if spec.components_dir is None:
         raise ValueError(f"{spec.file.name} holds only a transformer and no components variant is usable")
     arch = spec.arch if spec.arch != "auto" else detect_file_family(spec.file)
-    transformer = load_transformer(spec.file, arch, spec.components_dir, dtype)
+    # Messages name the variant the admin wrote in variant.toml, not a path on the server.
+    transformer = load_transformer(spec.file, arch, spec.components_dir, dtype,
+                                   config_name=f"the components variant '{spec.components}'")
     return DiffusionPipeline.from_pretrained(str(spec.components_dir), transformer=transformer, torch_dtype=dtype,
                                              local_files_only=True)

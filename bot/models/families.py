@@ -127,7 +127,7 @@ def read_gguf_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict
     try:
         from gguf import GGUFReader
     except ImportError:
-        raise ValueError(f"{name}: reading GGUF files needs the gguf package (pip install gguf)") from None
+        raise ValueError(f"{name}: reading GGUF files needs the gguf package: pip install 'imagebot[gguf]'") from None
     if not Path(path).is_file():
         raise FileNotFoundError(path)
     try:

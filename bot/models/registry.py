@@ -176,6 +176,11 @@ def _check_lora_bases(entries: dict[str, VariantEntry], overrides: Mapping[str, 
             entries[name] = replace(entry, spec=replace(spec, defaults=defaults))
 
 
+# A variant's kind as a sentence names it.
+_KIND_NAMES = {"pipeline": "a pipeline folder", "single_file": "a single-file model", "lora": "a LoRA",
+               "hub": "a hub model", "upscaler": "an upscaler"}
+
+
 def _check_components(entries: dict[str, VariantEntry]) -> None:
     """A transformer-only variant needs a usable pipeline variant of its family for the rest of the
     model; mark it broken otherwise. Its fingerprint takes in the other's, so a change to either
@@ -188,10 +193,11 @@ def _check_components(entries: dict[str, VariantEntry]) -> None:
         problem = _unusable(other, "components variant", spec.components)
         family = spec.defaults.family
         if problem is None and other.spec.kind != "pipeline":
-            problem = f"its components variant '{spec.components}' is a {other.spec.kind}; name a diffusers pipeline folder"
+            problem = (f"its components variant '{spec.components}' is {_KIND_NAMES[other.spec.kind]}; name a "
+                       f"diffusers pipeline folder of {family.label}")
         elif problem is None and other.spec.defaults.family.name != family.name:
             problem = (f"its components variant '{spec.components}' is {other.spec.defaults.family.label}, "
-                       f"this transformer is {family.label}")
+                       f"this transformer is {family.label}; name a diffusers pipeline folder of {family.label}")
         if problem:
             entries[name] = replace(entry, error=problem)
         else:

@@ -251,9 +251,11 @@ def _check_transformer_file(file: Path, detected: str, components: str | None, d
         raise VariantError(f"{file.name} is a {detected} checkpoint, not a transformer this bot loads alone "
                            f"({', '.join(TRANSFORMER_FAMILIES)}); give it as file = \"{file.name}\"")
     if not components or not MODEL_NAME.fullmatch(components):
-        raise VariantError(f"{file.name} holds only the {detected} transformer: name the pipeline variant that gives "
-                           "its text encoders and VAE, e.g. components = \"flux1-dev\" (a diffusers folder of the "
-                           "same model)")
+        family = families.for_arch(detected)
+        example = "sd3.5-large" if detected == "sd3" else detected
+        raise VariantError(f"{file.name} holds only the {family.traits.label if family else detected} transformer: "
+                           "name the pipeline variant that gives its text encoders and VAE, e.g. "
+                           f"components = \"{example}\" (a diffusers folder of the same model)")
     if file.suffix.lower() == ".gguf" and _get(data, "quantize", str, "none") != "none":
         raise VariantError(f"{file.name} is quantized already (GGUF): remove quantize")
 
@@ -354,6 +356,21 @@ def _read_refiner(data: Mapping[str, Any], role: str) -> dict[str, Any]:
                                f"(e.g. 0.8), got {switch}")
         traits["refiner_switch"] = switch
     return traits
+
+
+def pipeline_files(folder: Path) -> list[Path]:
+    """The files a diffusers pipeline folder loads from: those in the component folders its
+    model_index.json names (every subfolder when it names none). A repository downloaded whole holds
+    more beside them that loading the folder never reads: FLUX.1's and SD 3.5's original single
+    files, ComfyUI's text_encoders/."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    named = {key for key in index if not key.startswith("_")} if isinstance(index, dict) else set()
+    return sorted(path for path in folder.rglob("*")
+                  if path.is_file() and len(parts := path.relative_to(folder).parts) > 1
+                  and (not named or parts[0] in named))
 
 
 def _pipeline_role(folder: Path) -> str:
