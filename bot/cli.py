@@ -422,6 +422,8 @@ def cmd_models(args: argparse.Namespace, config: Config) -> int:
     spec = entry.spec
     if spec is not None:
         print(f"kind:        {spec.kind}")
+        if spec.kind != "upscaler":
+            print(f"family:      {spec.defaults.family.label}")
         print(f"folder:      {spec.folder}")
         for label, value in (("description", spec.description), ("file", spec.file), ("base", spec.base),
                              ("repo", spec.repo), ("revision", spec.revision)):

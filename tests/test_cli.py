@@ -187,6 +187,8 @@ def test_a_flux_model_writes_what_forge_writes_and_refuses_a_negative_prompt(wor
     code, out, err = run_main(["imagine", "a red fox", "--model", "flux", "--negative", "x"], capsys)
     assert code == 2 and out == ""
     assert_one_line_error(err, "'flux' is a FLUX.1 [dev] model, which has no negative prompt")
+    code, out, _ = run_main(["models", "show", "flux"], capsys)
+    assert code == 0 and "family:      FLUX.1 [dev]\n" in out
 
 
 # --- imagine: bad input --------------------------------------------------------------------
@@ -394,6 +396,7 @@ def test_models_show(busy_store, capsys):
         "name:        demo (default)",
         "status:      ready",
         "kind:        pipeline",
+        "family:      Stable Diffusion 1.x",
         f"folder:      {busy_store.models / 'demo'}",
         f"defaults:    {DEMO_DEFAULTS}",
     ]
@@ -402,6 +405,7 @@ def test_models_show(busy_store, capsys):
     assert code == 0
     assert "name:        style\n" in out and "kind:        lora\n" in out
     assert "description: ink style\n" in out and "base:        demo\n" in out and "scale:       0.7\n" in out
+    assert "family:      Stable Diffusion 1.x\n" in out
 
     code, out, err = run_main(["models", "show", "broken"], capsys)
     assert code == 0

@@ -139,8 +139,6 @@ def _with_defaults(user: RequestOptions, defaults: RequestOptions) -> RequestOpt
               for name in RequestOptions.__dataclass_fields__}
     if user.aspect is not None or user.width is not None or user.height is not None:
         values.update(aspect=user.aspect, width=user.width, height=user.height)
-    if user.cfg_scale is not None or user.distilled_cfg_scale is not None:
-        values["guidance"] = user.guidance  # an A1111 caller's guidance, in its own terms
     return RequestOptions(**values)
 
 
