@@ -67,3 +67,19 @@ def tiny_inpaint_dir(tmp_path_factory) -> Path:
     from tests.helpers.tiny import save_pipeline, tiny_sd15_inpaint_pipeline
 
     return save_pipeline(tiny_sd15_inpaint_pipeline(), tmp_path_factory.mktemp("tiny") / "inpaint")
+
+
+@pytest.fixture(scope="session")
+def tiny_dit_dir(tmp_path_factory):
+    """tiny_dit_dir(family) -> that diffusion-transformer family's tiny pipeline folder ("flux1-dev",
+    "qwenimage", ... as tests/helpers/tiny_dit.py names them), each built once per run when first asked for."""
+    built: dict[str, Path] = {}
+
+    def folder(family: str) -> Path:
+        if family not in built:
+            from tests.helpers.tiny_dit import save_tiny_dit
+
+            built[family] = save_tiny_dit(family, tmp_path_factory.mktemp("tiny-dit") / family)
+        return built[family]
+
+    return folder

@@ -22,7 +22,7 @@ from PIL import Image
 
 from bot.cli import main
 from bot.outputs import read_png_parameters
-from tests.helpers.models import add_pipeline_variant
+from tests.helpers.models import SMALL_DIT_TOML, add_pipeline_variant
 from tests.helpers.ports import free_port
 
 IMAGEBOT = Path(sys.executable).with_name("imagebot")
@@ -168,6 +168,27 @@ def test_explicit_flags_reach_the_png_metadata(work, capsys):
     assert "Negative prompt: blurry" in a1111
     for text in ("Seed: 5", "Steps: 2", "Size: 64x48", "Sampler: Euler", "CFG scale: 5.5"):
         assert text in a1111, a1111
+
+
+def test_a_flux_model_writes_what_forge_writes_and_refuses_a_negative_prompt(work, capsys, tiny_dit_dir):
+    add_pipeline_variant(work.models, "flux", tiny_dit_dir("flux1-dev"), SMALL_DIT_TOML)
+    code, stdout, err = run_main(["imagine", "a red fox --seed 3", "--model", "flux", "-o", str(work.cwd / "out")],
+                                 capsys)
+    assert code == 0, err
+    [line] = stdout.splitlines()
+    with Image.open(line) as image:
+        assert image.size == (64, 64)
+        a1111 = image.text["parameters"]
+    # FLUX.1 dev's guidance is distilled into the model: Forge writes it apart from the CFG scale.
+    assert "Sampler: Euler, CFG scale: 1, Distilled CFG Scale: 3.5, Seed: 3" in a1111, a1111
+    params = read_png_parameters(Path(line))
+    assert (params.guidance, params.distilled_guidance, params.model) == (1.0, 3.5, "flux")
+
+    code, out, err = run_main(["imagine", "a red fox", "--model", "flux", "--negative", "x"], capsys)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "'flux' is a FLUX.1 [dev] model, which has no negative prompt")
+    code, out, _ = run_main(["models", "show", "flux"], capsys)
+    assert code == 0 and "family:      FLUX.1 [dev]\n" in out
 
 
 # --- imagine: bad input --------------------------------------------------------------------
@@ -384,6 +405,7 @@ def test_models_show(busy_store, capsys):
     assert code == 0
     assert "name:        style\n" in out and "kind:        lora\n" in out
     assert "description: ink style\n" in out and "base:        demo\n" in out and "scale:       0.7\n" in out
+    assert "family:      Stable Diffusion 1.x\n" in out
 
     code, out, err = run_main(["models", "show", "broken"], capsys)
     assert code == 0

@@ -10,6 +10,8 @@ says what works instead. Sizes are not refused but snapped to the family's grid.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from typing import Any
 
 from bot.core.errors import UserError
 from bot.core.prompt_syntax import strip_lora_tags
@@ -56,7 +58,48 @@ def check_guidance(model: str, defaults: VariantDefaults, options: RequestOption
         raise UserError("negative_needs_cfg", model=model, low=f"{family.cfg_above:g}", got=f"{guidance:g}")
 
 
+def forge_guidance(options: RequestOptions, defaults: VariantDefaults) -> RequestOptions:
+    """`options` with AUTOMATIC1111's and Forge's CFG scale and Distilled CFG Scale made its one
+    guidance number, as Forge reads them for the family: a family that guides with CFG takes the
+    CFG scale, a guidance-distilled one (FLUX.1 dev) the distilled scale, a family without guidance
+    neither. There the CFG scale would be Forge's per-image true CFG, which a variant turns on here
+    (true_cfg): it is left out, since every A1111 client sends one (webuiapi 7, unasked) and
+    refusing it would shut those families out. The answer's infotext says what ran."""
+    if options.cfg_scale is None and options.distilled_cfg_scale is None:
+        return options
+    kind = defaults.family.guidance_kind
+    asked = options.cfg_scale if kind == "cfg" else options.distilled_cfg_scale if kind == "distilled" else None
+    if asked is not None and options.guidance is not None and asked != options.guidance:
+        raise UserError("flag_twice", flag="cfg")
+    guidance = options.guidance if asked is None else asked
+    return replace(options, guidance=guidance, cfg_scale=None, distilled_cfg_scale=None)
+
+
 def negative_prompt_works(defaults: VariantDefaults) -> bool:
     """A negative prompt needs classifier-free guidance: the family's own, or true CFG switched on
     for a guidance-distilled model."""
     return defaults.family.negative_prompt or defaults.true_cfg > 1
+
+
+def family_view(defaults: VariantDefaults) -> dict[str, Any]:
+    """What a variant's family lets a user do, as every frontend shows it: decided here, so that a
+    page greys out the negative prompt exactly where a request with one is refused."""
+    family = defaults.family
+    return {
+        "name": family.name,
+        "label": family.label,
+        "native_size": family.native_size,
+        "size_step": family.size_step,
+        "negative_prompt": negative_prompt_works(defaults),
+        "guidance": family.guidance_kind != "none",
+        "guidance_kind": family.guidance_kind,
+        "prompt_weights": family.prompt_weights,
+        "loras": family.loras,
+        "img2img": family.img2img,
+        "inpaint": family.inpaint,
+        # The family's own defaults (the variant's, which may differ, are its "defaults").
+        "default_steps": family.steps,
+        "default_guidance": family.guidance,
+        "default_scheduler": family.scheduler,
+        "schedulers": list(family.schedulers),
+    }

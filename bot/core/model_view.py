@@ -13,9 +13,11 @@ from typing import Any
 from bot.core.admission import CHAT_MODEL_SETTING, DEFAULT_MODEL_SETTING, Admission, Catalog
 from bot.core.errors import UserError, require_admin
 from bot.core.executor import Executor
+from bot.core.family_rules import family_view
 from bot.core.jobs import Origin
 from bot.core.option_values import parse_model_name
 from bot.core.store import Store
+from bot.models.variant import VariantDefaults
 
 
 class ModelView:
@@ -48,7 +50,9 @@ class ModelView:
                 "error": entry.error,
                 "loaded": entry.name in loaded or entry.name in attached,
                 "default": entry.name == default,
-                "defaults": asdict(spec.defaults) if spec else None,
+                # Drawing defaults; what the family can do is "family", worked out by the core.
+                "defaults": _drawing_defaults(spec.defaults) if spec else None,
+                "family": family_view(spec.defaults) if spec else None,
                 **({"where": where.get(entry.name, [])} if where else {}),
             })
         return out
@@ -76,3 +80,7 @@ class ModelView:
         summary = {"added": sorted(changes.added), "changed": sorted(changes.changed), "removed": sorted(changes.removed)}
         await self.store.audit(by.user_key, "reload_models", summary)
         return summary
+
+
+def _drawing_defaults(defaults: VariantDefaults) -> dict[str, Any]:
+    return {name: value for name, value in asdict(defaults).items() if name != "family"}

@@ -80,6 +80,11 @@ class RequestOptions:
     mask_image: str | None = None  # inpainting: white where the image is redrawn
     image_weight: float | None = None  # Midjourney's --iw: how much the image prompt counts (0-2)
     refiner: float | None = None  # where the model's refiner takes over (0.7), or 0 for no refiner
+    # AUTOMATIC1111's and Forge's two guidance numbers (the sdapi): "CFG scale", classifier-free
+    # guidance, and "Distilled CFG Scale", the guidance a distilled model (FLUX.1 dev) was made
+    # with. Which one is the model's guidance is its family's business (family_rules.forge_guidance).
+    cfg_scale: float | None = None
+    distilled_cfg_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,8 @@ def options_from_fields(
     mask_image: str | None = None,
     image_weight: object = None,
     refiner: object = None,
+    cfg_scale: object = None,
+    distilled_cfg_scale: object = None,
 ) -> RequestOptions:
     """Keyword options (slash commands, HTTP JSON, CLI) -> RequestOptions, checking types.
 
@@ -248,6 +255,9 @@ def options_from_fields(
         mask_image=mask_image,
         image_weight=None if image_weight is None else to_float("iw", image_weight),
         refiner=None if refiner is None else parse_refiner(refiner),
+        cfg_scale=None if cfg_scale is None else to_float("cfg_scale", cfg_scale),
+        distilled_cfg_scale=None if distilled_cfg_scale is None else to_float("distilled_cfg_scale",
+                                                                               distilled_cfg_scale),
     )
 
 
@@ -273,5 +283,5 @@ def merge_options(inline: RequestOptions, explicit: RequestOptions) -> RequestOp
 
 
 # How a RequestOptions field is called in messages (the flag a user would type).
-_FIELD_FLAG = {"negative_prompt": "no", "width": "size", "height": "size", "guidance": "cfg",
+_FIELD_FLAG = {"negative_prompt": "no", "width": "size", "height": "size", "guidance": "cfg", "cfg_scale": "cfg",
                "count": "n", "aspect": "ar", "image_weight": "iw", "loras": "lora"}

@@ -12,7 +12,7 @@ from typing import Mapping
 
 from bot.config import Limits
 from bot.core.errors import UserError
-from bot.core.family_rules import check_family, check_guidance, snap
+from bot.core.family_rules import check_family, check_guidance, forge_guidance, snap
 from bot.core.option_values import shorten
 from bot.core.prompt_syntax import check_prompt_syntax, lora_tags
 from bot.core.request import MAX_SEED, GenerationRequest, RequestOptions
@@ -75,6 +75,7 @@ def resolve(
         raise UserError("unknown_model", got=model, available=", ".join(sorted(variants)))
     defaults = variants[model]
     _check_role(model, defaults, variants, options)
+    options = forge_guidance(options, defaults)
 
     negative = defaults.negative_prompt if options.negative_prompt is None else options.negative_prompt
     if len(negative) > limits.max_prompt_chars:

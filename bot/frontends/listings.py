@@ -55,6 +55,7 @@ class ModelLine:
     error: str  # why a broken model cannot be used, without the server's paths; "" otherwise
     loaded: bool
     default: bool  # the model the caller's requests use when they name none
+    family: str = ""  # what kind of model it is, e.g. "FLUX.1 [dev]" ("" when its variant cannot be read)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ def model_lines(variants: Iterable[Mapping[str, Any]]) -> list[ModelLine]:
     """`Service.list_variants` as a list's lines."""
     return [ModelLine(name=v["name"], description=v["description"] or "", availability=_availability(v),
                       error=without_paths(v["error"] or "") if v["status"] == "broken" else "",
-                      loaded=bool(v["loaded"]), default=bool(v["default"])) for v in variants]
+                      loaded=bool(v["loaded"]), default=bool(v["default"]),
+                      family=(v.get("family") or {}).get("label", "")) for v in variants]
 
 
 def usable_names(variants: Iterable[Mapping[str, Any]]) -> list[str]:

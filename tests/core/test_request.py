@@ -844,3 +844,36 @@ def test_variant_limits_are_checked_where_they_are_written():
         check_defaults({"width": 256, "max_side": 128}, "defaults")
     with pytest.raises(ValueError, match="max_pixels must be 0"):
         check_defaults({"max_pixels": -1}, "defaults")
+
+
+# --- AUTOMATIC1111's and Forge's guidance numbers ------------------------------------------------
+
+
+def _forge(cfg_scale=None, distilled=None, text: str = "a fox", model: str = "demo"):
+    from bot.models.variant import FamilyTraits
+
+    variants = {**VARIANTS,
+                "flux": VariantDefaults(guidance=3.5, family=FamilyTraits(name="flux1-dev", guidance_kind="distilled",
+                                                                           negative_prompt=False)),
+                "schnell": VariantDefaults(guidance=0.0, family=FamilyTraits(name="flux1-schnell", guidance_kind="none",
+                                                                              negative_prompt=False))}
+    options = merge_options(parse_prompt(text), options_from_fields(cfg_scale=cfg_scale,
+                                                                    distilled_cfg_scale=distilled))
+    return resolve(options, variants, model, LIMITS)
+
+
+def test_the_cfg_scale_is_the_guidance_of_a_family_that_guides_with_cfg():
+    assert _forge(cfg_scale=6, distilled=2).guidance == 6
+    assert _forge().guidance == 7  # neither: the model's default
+
+
+def test_a_distilled_family_takes_the_distilled_scale_and_leaves_the_cfg_scale_out():
+    assert _forge(cfg_scale=7, model="flux").guidance == 3.5  # webuiapi sends CFG scale 7 unasked
+    assert _forge(cfg_scale=1, distilled=5, model="flux").guidance == 5
+    assert _forge(cfg_scale=7, distilled=5, model="schnell").guidance == 0.0  # no guidance: neither
+
+
+def test_an_inline_cfg_that_disagrees_with_the_scale_the_family_reads_is_refused():
+    assert user_error(_forge, cfg_scale=6, text="a fox --cfg 5").key == "flag_twice"
+    assert _forge(cfg_scale=5, text="a fox --cfg 5").guidance == 5
+    assert _forge(cfg_scale=7, text="a fox --cfg 4", model="flux").guidance == 4

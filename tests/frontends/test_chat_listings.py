@@ -125,24 +125,24 @@ def telegram_history(text: str) -> list[tuple[str, str]]:
     return [(found[1], found[2]) for found in re.finditer(r"^#(\w+) (\w+) · ", text, re.M)]
 
 
-def discord_models(text: str) -> tuple[dict[str, str], str]:
-    """({model: availability}, the default) of Discord's /model list."""
+def discord_models(text: str) -> tuple[dict[str, tuple[str, str]], str]:
+    """({model: (availability, family)}, the default) of Discord's /model list."""
     models, default = {}, None
-    for found in re.finditer(r"^• \*\*([\w.-]+)\*\*(?: \((.*?)\))?(?::|$)", text, re.M):
-        tags = found[2] or ""
+    for found in re.finditer(r"^• \*\*([\w.-]+)\*\*(?: · ([^(:]+))?(?: \((.*?)\))?(?::|$)", text, re.M):
+        tags = found[3] or ""
         models[found[1]] = ("broken" if "cannot be used" in tags else "disabled" if "disabled" in tags
-                            else "usable")
+                            else "usable", found[2] or "")
         if tags.startswith("default"):
             default = found[1]
     return models, default
 
 
-def telegram_models(text: str) -> tuple[dict[str, str], str]:
+def telegram_models(text: str) -> tuple[dict[str, tuple[str, str]], str]:
     models = {}
-    for found in re.finditer(r"^• ([\w.-]+): (.*)$", text, re.M):
-        rest = found[2]
+    for found in re.finditer(r"^• ([\w.-]+)(?: \(([^)]*)\))?: (.*)$", text, re.M):
+        rest = found[3]
         models[found[1]] = ("broken" if rest.startswith("cannot be used") else "disabled"
-                            if rest.endswith("(disabled)") else "usable")
+                            if rest.endswith("(disabled)") else "usable", found[2] or "")
     return models, re.search(r"this chat uses ([\w.-]+);", text)[1]
 
 
@@ -178,4 +178,5 @@ async def test_queue_history_and_models_show_the_same_facts_on_discord_and_teleg
 
     models = discord_models(await ask_discord("model"))
     assert models == telegram_models(await ask_telegram("model"))
-    assert models == ({"cracked": "broken", "demo": "usable", "off": "disabled"}, "demo")
+    assert models == ({"cracked": ("broken", ""), "demo": ("usable", "Stable Diffusion 1.x"),
+                       "off": ("disabled", "Stable Diffusion 1.x")}, "demo")

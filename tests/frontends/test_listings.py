@@ -58,3 +58,9 @@ def test_disabled_models_are_disabled_not_broken_and_errors_lose_their_paths():
                      ModelLine("off", "", DISABLED, "", loaded=False, default=False),
                      ModelLine("cracked", "", BROKEN, "cannot read variant.toml", loaded=False, default=False)]
     assert usable_names([variant("demo"), variant("off", "disabled"), variant("cracked", "broken", "x")]) == ["demo"]
+
+
+def test_a_model_line_names_the_models_family_when_its_variant_can_be_read():
+    flux = {**variant("flux"), "family": {"name": "flux1-dev", "label": "FLUX.1 [dev]"}}
+    cracked = {**variant("cracked", "broken", "x"), "family": None}
+    assert [line.family for line in model_lines([flux, cracked])] == ["FLUX.1 [dev]", ""]

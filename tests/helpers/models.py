@@ -5,6 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+# variant.toml of a tiny diffusion-transformer variant (tests/helpers/tiny_dit.py): its own size, two steps.
+SMALL_DIT_TOML = "[defaults]\nwidth = 64\nheight = 64\nsteps = 2\n"
+
 
 def add_pipeline_variant(models_dir: Path, name: str, source: Path, toml: str = 'kind = "pipeline"\n') -> Path:
     """A copy of the pipeline folder `source` as variant `name`, with its variant.toml."""

@@ -50,7 +50,8 @@ def models_text(listing: ModelList, locale: str | None) -> str:
             tags.append(render("dc_tag_broken", locale, error=model.error))
         elif model.availability == DISABLED:
             tags.append(render("dc_tag_disabled", locale))
-        line = f"• **{model.name}**" + (f" ({', '.join(tags)})" if tags else "")
+        line = f"• **{model.name}**" + (f" · {model.family}" if model.family else "")
+        line += f" ({', '.join(tags)})" if tags else ""
         if model.description:
             line += f": {model.description}"
         lines.append(line)

@@ -52,10 +52,11 @@ def models_text(listing: ModelList, locale: str | None, *, is_admin: bool) -> st
         if model.availability == BROKEN:
             lines.append(render("tg_models_item_broken", locale, name=model.name, error=clip(model.error, ERROR_CHARS)))
         elif model.availability == DISABLED:
-            lines.append(render("tg_models_item_disabled", locale, name=model.name, description=description))
+            lines.append(render("tg_models_item_disabled", locale, name=model.name, description=description,
+                                family=model.family or "?"))
         else:
             key = "tg_models_item_loaded" if model.loaded else "tg_models_item"
-            lines.append(render(key, locale, name=model.name, description=description))
+            lines.append(render(key, locale, name=model.name, description=description, family=model.family or "?"))
     if len(lines) == 1:
         lines.append(render("tg_none", locale))
     lines.append("" if is_admin else render("tg_models_hint", locale))

@@ -74,6 +74,7 @@ class Txt2ImgIn(BaseModel):
     n_iter: int | None = Field(default=1, ge=1)
     steps: int | None = None
     cfg_scale: float | None = None
+    distilled_cfg_scale: float | None = None  # Forge's: a guidance-distilled model's (FLUX.1 dev) guidance
     width: int | None = None
     height: int | None = None
     override_settings: dict[str, Any] | None = None
@@ -109,8 +110,10 @@ def request_fields(body: Txt2ImgIn, limits: Limits) -> dict[str, Any]:
     if batch_size * n_iter > limits.max_images:
         raise UserError("a1111_too_many_images", batch_size=batch_size, n_iter=n_iter, count=batch_size * n_iter,
                         limit=limits.max_images)
+    # Both guidance numbers go to the core, which takes the one the model's family guides with.
     fields = {"negative_prompt": body.negative_prompt or None, "seed": body.seed, "steps": body.steps,
-              "guidance": body.cfg_scale, "width": body.width, "height": body.height, "count": batch_size * n_iter,
+              "cfg_scale": body.cfg_scale, "distilled_cfg_scale": body.distilled_cfg_scale,
+              "width": body.width, "height": body.height, "count": batch_size * n_iter,
               "scheduler": scheduler_of(body.sampler_name or body.sampler_index, body.scheduler),
               "model": checkpoint_name((body.override_settings or {}).get("sd_model_checkpoint"))}
     return {name: value for name, value in fields.items() if value is not None}
@@ -219,6 +222,12 @@ def info_json(job: Job, pictures: list[Picture], body: Txt2ImgIn) -> dict[str, A
     made = [picture.parameters for picture in pictures]
     seeds = [parameters.seed for parameters in made]
     sampler, schedule = A1111_SAMPLER_NAMES[request.scheduler]
+    # The numbers the images were drawn with, as their infotexts have them: for a FLUX.1 model,
+    # CFG scale 1 and its guidance as the Distilled CFG Scale, as Forge writes them.
+    cfg_scale = made[0].guidance if made else request.guidance
+    distilled = made[0].distilled_guidance if made else None
+    extra = {**({"Schedule type": schedule} if schedule else {}),
+             **({"Distilled CFG Scale": distilled} if distilled is not None else {})}
     return {
         "prompt": made[0].prompt if made else request.prompt,
         "all_prompts": [parameters.prompt for parameters in made],
@@ -232,7 +241,8 @@ def info_json(job: Job, pictures: list[Picture], body: Txt2ImgIn) -> dict[str, A
         "width": request.width,
         "height": request.height,
         "sampler_name": sampler,
-        "cfg_scale": request.guidance,
+        "cfg_scale": cfg_scale,
+        **({"distilled_cfg_scale": distilled} if distilled is not None else {}),
         "steps": request.steps,
         "batch_size": body.batch_size or 1,
         "restore_faces": False,
@@ -244,7 +254,7 @@ def info_json(job: Job, pictures: list[Picture], body: Txt2ImgIn) -> dict[str, A
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": request.strength,
-        "extra_generation_params": {"Schedule type": schedule} if schedule else {},
+        "extra_generation_params": extra,
         "index_of_first_image": 0,
         "infotexts": [picture.infotext for picture in pictures],
         "styles": [],

@@ -28,8 +28,9 @@ async def test_model_admin_versus_non_admin(make_stack, fake, models_dir, tiny_p
 
     listing = await ask(stack, fake, command("model", user=BOB))
     assert listing["data"]["flags"] & EPHEMERAL
-    assert listing["data"]["content"].splitlines() == ["Models (default here: demo):", "• **demo** (default)",
-                                                       "• **finetuned**"]
+    assert listing["data"]["content"].splitlines() == ["Models (default here: demo):",
+                                                       "• **demo** · Stable Diffusion 1.x (default)",
+                                                       "• **finetuned** · Stable Diffusion 1.x"]
 
     for payload in (command("model", user=BOB, default="finetuned"),
                     command("model", user=BOB, default="finetuned", scope="global"),

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bot.core.errors import UserError
 from bot.core.jobs import Origin, short_id
 from tests.helpers.fake_telegram import BOT_USER, Call
-from tests.helpers.models import add_pipeline_variant
+from tests.helpers.models import SMALL_DIT_TOML, add_pipeline_variant
 from tests.helpers.ports import free_port
 from tests.helpers.telegram import (ALICE, BOB, GROUP, LAN, ROOT, TOKEN, buttons, is_result, message_update, open_image,
                                     private, replied_to)
@@ -160,6 +161,20 @@ async def test_a_refiner_model_asked_to_draw_says_what_it_is_for(make_stack, mod
     status = await bot.reply_to(asked)
     await bot.status_text(status.result["message_id"], "'refiner' is a refiner: it finishes the images of a base model")
     assert await bot.jobs_of(ALICE) == []
+
+
+async def test_a_flux_model_refuses_a_negative_prompt_and_the_model_list_names_each_family(make_stack, models_dir,
+                                                                                          tiny_dit_dir):
+    add_pipeline_variant(models_dir, "flux", tiny_dit_dir("flux1-dev"), SMALL_DIT_TOML)
+    bot = await make_stack()
+    asked = bot.send(ALICE, "/imagine a cat --no blurry --model flux")
+    status = await bot.reply_to(asked)
+    await bot.status_text(status.result["message_id"],
+                          str(UserError("family_no_negative", model="flux", family="FLUX.1 [dev]")))
+    assert await bot.jobs_of(ALICE) == []
+    listed = bot.send(ALICE, "/model")
+    text = (await bot.reply_to(listed)).params["text"]
+    assert "• demo (Stable Diffusion 1.x): -" in text and "• flux (FLUX.1 [dev]): -" in text, text
 
 
 async def test_bad_input_gets_a_clear_reply_and_queues_nothing(make_stack):

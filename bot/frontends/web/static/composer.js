@@ -23,8 +23,9 @@ async function submitPrompt(prompt) {
   }
   const body = { prompt };
   for (const name of SETTINGS) {
-    const value = $(`#composer [name="${name}"]`).value.trim();
-    if (value !== "") body[name] = value;
+    const field = $(`#composer [name="${name}"]`);
+    const value = field.value.trim();
+    if (value !== "" && !field.disabled) body[name] = value;  // disabled: the model's family has no such thing
   }
   if ($("#fast").checked) body.fast = true;
   const size = attachedSize();
@@ -126,17 +127,18 @@ function endRemix() {
 export function reuse(request) {
   showTab("chat");
   $("#prompt").value = request.prompt;
-  $("#negative").value = request.negative_prompt || "";
   $("#model").value = request.model;
+  updateModelInfo();  // first: the model's family decides which fields and schedulers there are
+  const fill = (selector, value) => { if (!$(selector).disabled) $(selector).value = value; };
+  fill("#negative", request.negative_prompt || "");
   $("#size").value = `${request.width}x${request.height}`;
   $("#aspect").value = "";
   $("#steps").value = request.steps;
-  $("#guidance").value = request.guidance;
+  fill("#guidance", request.guidance);
   $("#seed").value = request.seed;
   $("#count").value = request.count;
   $("#scheduler").value = request.scheduler;
   $("#fast").checked = Boolean(request.fast);
-  updateModelInfo();
   openDrawer(false);
   $("#prompt").focus();
 }

@@ -2,7 +2,7 @@
 // is shown.
 
 import { $, $$, showError } from "./dom.js";
-import { updateModelInfo } from "./models.js";
+import { snapSize, updateModelInfo } from "./models.js";
 import { subscribe } from "./store.js";
 
 export function openDrawer(focus = true) {
@@ -30,6 +30,7 @@ function clearSettings() {
 
 export function setupDrawer() {
   $("#model").addEventListener("change", updateModelInfo);
+  $("#size").addEventListener("change", snapSize);
   $("#advanced-toggle").addEventListener("click", () => ($("#advanced").hidden ? openDrawer() : closeDrawer()));
   $("#advanced-close").addEventListener("click", closeDrawer);
   $("#advanced-clear").addEventListener("click", clearSettings);

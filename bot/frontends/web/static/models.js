@@ -8,10 +8,6 @@ import { get, set } from "./store.js";
 
 export async function loadOptions() {
   const options = await api("/api/options");
-  const scheduler = $("#scheduler");
-  const current = scheduler.value;
-  scheduler.replaceChildren(new Option(t("ui_auto"), ""), ...options.schedulers.map((name) => new Option(name, name)));
-  scheduler.value = current;
   $("#steps").max = options.limits.max_steps;
   $("#count").max = options.limits.max_images;
   $("#guidance").max = options.limits.max_guidance;
@@ -51,10 +47,13 @@ export function currentModel() {
 export function helpText() {
   const model = currentModel();
   const defaults = model?.defaults || { width: 512, height: 512, steps: 25, guidance: 7 };
+  const family = model?.family;
   const limits = get("options").limits || {};
-  const schedulers = get("options").schedulers || [];
-  const options = ["--ar 3:2", `--size ${defaults.width}x${defaults.height}`, "--seed 42", t("ui_help_no"),
-                   `--steps ${defaults.steps}`, `--cfg ${defaults.guidance}`];
+  const schedulers = offeredSchedulers(family);
+  const options = ["--ar 3:2", `--size ${defaults.width}x${defaults.height}`, "--seed 42"];
+  if (family?.negative_prompt !== false) options.push(t("ui_help_no"));
+  options.push(`--steps ${defaults.steps}`);
+  if (family?.guidance !== false) options.push(`--cfg ${defaults.guidance}`);
   const most = Math.min(4, limits.max_images ?? 4);
   if (most > 1) options.push(`--n ${most}`);
   options.push("--model NAME");
@@ -79,6 +78,7 @@ export function updateModelInfo() {
   $("#prompt").placeholder = examples.length ? t("ui_placeholder_example", { example: examples[0] })
     : t("ui_placeholder_plain");
   const defaults = model?.defaults;
+  showFamily(model?.family);
   // Fast mode is offered only for a model that has one (a variant with fast_steps).
   $("#fast-field").hidden = !defaults?.fast_steps;
   if (!defaults?.fast_steps) $("#fast").checked = false;
@@ -91,4 +91,47 @@ export function updateModelInfo() {
   $("#count").placeholder = "1";
   const automatic = $("#scheduler").options[0];
   if (automatic) automatic.textContent = t("ui_model_default", { name: defaults.scheduler });
+}
+
+// The schedulers the server runs that the model's family can draw with (all of them for a model
+// the page knows nothing of yet).
+function offeredSchedulers(family) {
+  const all = get("options")?.schedulers || [];
+  return family ? all.filter((name) => family.schedulers.includes(name)) : all;
+}
+
+// What the model's family cannot take is greyed out, with a note why; the server decides what a
+// family can do (/api/models' "family"), the page only shows it.
+function showFamily(family) {
+  const scheduler = $("#scheduler");
+  const chosen = scheduler.value;
+  const names = offeredSchedulers(family);
+  scheduler.replaceChildren(new Option(t("ui_auto"), ""), ...names.map((name) => new Option(name, name)));
+  scheduler.value = names.includes(chosen) ? chosen : "";
+  setAvailable("#negative", "#negative-note", family?.negative_prompt !== false,
+               t("ui_negative_unavailable", { family: family?.label }));
+  setAvailable("#guidance", "#guidance-note", family?.guidance !== false,
+               t("ui_guidance_unavailable", { family: family?.label }));
+  const step = family?.size_step || 8;
+  $("#size").dataset.step = String(step);
+  $("#size").title = t("ui_size_step", { step });
+  snapSize();
+}
+
+function setAvailable(field, note, available, why) {
+  const input = $(field);
+  input.disabled = !available;
+  if (!available) input.value = "";
+  $(note).textContent = available ? "" : why;
+  $(note).hidden = available;
+}
+
+// A typed size goes onto the family's grid (multiples of 8 or 16 px), as the server would put it.
+export function snapSize() {
+  const input = $("#size");
+  const found = /^\s*(\d+)\s*[xX]\s*(\d+)\s*$/.exec(input.value);
+  if (!found) return;
+  const step = Number(input.dataset.step) || 8;
+  const snap = (side) => Math.max(step, Math.round(Number(side) / step) * step);
+  input.value = `${snap(found[1])}x${snap(found[2])}`;
 }
