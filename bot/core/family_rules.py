@@ -34,7 +34,9 @@ def check_family(model: str, defaults: VariantDefaults, options: RequestOptions,
     family = defaults.family
     label = family.label
     if options.negative_prompt and not negative_prompt_works(defaults):
-        raise UserError("family_no_negative", model=model, family=label)
+        # Only where true CFG could give it one is an admin's switch worth naming.
+        raise UserError("family_no_negative" if family.true_cfg else "family_no_negative_ever", model=model,
+                        family=label)
     if not family.prompt_weights and any(_EXPLICIT_WEIGHT.search(strip_lora_tags(text))
                                          for text in (options.prompt, negative)):
         raise UserError("family_no_weights", model=model, family=label)
@@ -78,7 +80,7 @@ def forge_guidance(options: RequestOptions, defaults: VariantDefaults) -> Reques
 def negative_prompt_works(defaults: VariantDefaults) -> bool:
     """A negative prompt needs classifier-free guidance: the family's own, or true CFG switched on
     for a guidance-distilled model."""
-    return defaults.family.negative_prompt or defaults.true_cfg > 1
+    return defaults.family.negative_prompt or defaults.family.true_cfg and defaults.true_cfg > 1
 
 
 def family_view(defaults: VariantDefaults) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def resolve(
         upscaler=options.upscaler if options.upscale and options.init_image else None,
         refiner=refiner,
         refiner_switch=switch,
-        true_cfg=defaults.true_cfg if defaults.true_cfg > 1 else 0.0,
+        true_cfg=defaults.true_cfg if defaults.family.true_cfg and defaults.true_cfg > 1 else 0.0,
     )
 
 

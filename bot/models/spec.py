@@ -444,6 +444,9 @@ def _check_family_defaults(values: Mapping[str, Any], family: FamilyTraits) -> N
         if key in values and values[key] not in family.schedulers:
             raise VariantError(f"defaults.{key} = {values[key]!r} is not a scheduler {family.label} can use "
                                f"(it can use: {', '.join(family.schedulers)})")
+    if values.get("true_cfg") and not family.true_cfg:
+        raise VariantError(f"true_cfg is for guidance-distilled models that can run true CFG (FLUX.1); "
+                           f"{family.label} models cannot: remove it")
     if values.get("negative_prompt") and not family.negative_prompt and not values.get("true_cfg", 0) > 1:
         raise VariantError(f"defaults.negative_prompt has no effect on {family.label} models: they have no negative "
                            "prompt unless true_cfg (e.g. 4) is set too")

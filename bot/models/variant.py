@@ -40,6 +40,7 @@ class FamilyTraits:
     guidance_kind: str = "cfg"  # one of GUIDANCE_KINDS
     negative_prompt: bool = True  # whether a negative prompt does anything (true CFG can add it: true_cfg)
     cfg_above: float = 1.0  # classifier-free guidance (and so the negative prompt) runs above this guidance
+    true_cfg: bool = False  # a guidance-distilled family that can run true CFG (variant.toml's true_cfg)
     prompt_weights: bool = True  # AUTOMATIC1111 (word:1.3) weights (CLIP text encoders, through compel)
     prompt_tokens: int = 77  # tokens its text encoder reads in one window (longer CLIP prompts take more)
     loras: bool = True

@@ -85,6 +85,7 @@ def test_family_defaults_fill_what_the_variant_leaves_out(engine):
 @pytest.mark.parametrize("text, model, key", [
     ("a fox --no blurry", "flux1-dev", "family_no_negative"),
     ("a fox --no blurry", "flux1-schnell", "family_no_negative"),
+    ("a fox --no blurry", "flux2-klein", "family_no_negative_ever"),  # no true CFG to switch on
     ("a (red:1.4) fox", "flux1-dev", "family_no_weights"),
     ("a (red:1.4) fox", "sd3", "family_no_weights"),
     ("a fox --sampler dpm++", "flux1-dev", "family_scheduler"),

@@ -83,3 +83,10 @@ def test_a_family_default_the_family_cannot_use_is_refused(tmp_path):
         read_variant(folder)
     (folder / "variant.toml").write_text('[defaults]\nnegative_prompt = "blurry"\ntrue_cfg = 4\n', encoding="utf-8")
     assert read_variant(folder).defaults.true_cfg == 4.0
+
+
+def test_true_cfg_is_only_for_families_that_can_run_it(tmp_path):
+    folder = pipeline_folder(tmp_path / "m", "Flux2KleinPipeline", {}, is_distilled=True)
+    (folder / "variant.toml").write_text('[defaults]\ntrue_cfg = 4\n', encoding="utf-8")
+    with pytest.raises(VariantError, match="FLUX.2 \\[klein\\] models cannot: remove it"):
+        read_variant(folder)

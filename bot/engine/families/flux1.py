@@ -41,7 +41,7 @@ def _unpack(pipe: Any, latents: Any, height: int, width: int) -> Any:
 
 
 FLUX_TRAITS = dict(native_size=1024, size_step=16, scheduler="euler", schedulers=("euler",),
-                   negative_prompt=False, prompt_weights=False, fast_scheduler="euler")
+                   negative_prompt=False, true_cfg=True, prompt_weights=False, fast_scheduler="euler")
 
 DEV = Family(
     traits=FamilyTraits(name="flux1-dev", label="FLUX.1 [dev]", steps=28, guidance=3.5, guidance_kind="distilled",
