@@ -11,35 +11,46 @@ In batch-invariant mode the convolutions of the UNet run on PyTorch's own convol
 the threads), which is the same arithmetic for every sample whatever the batch size and nearly as
 fast batched as oneDNN. Group norms run batched on NCHW tensors (their channels-last kernel, which
 a one-sample tensor can fall into, differs by batch size), and the one-row-per-sample linear
-layers run one sample at a time; they are tiny. Attention and the large matrix products over all
-tokens are batch-invariant on the CPU as they are, so they stay batched. The text encoders get the
-same treatment (their pooled output goes through a one-row-per-prompt projection). The VAE, which
-runs once per image rather than once per step, encodes and decodes one image at a time. `bench/service.py`
-measures the throughput of both modes; tests check the pixels.
+layers (the timestep embedding; a transformer's AdaLN modulation, one row of shifts and scales per
+sample) run one sample at a time; they are tiny. The large matrix products over all tokens are
+batch-invariant on the CPU as they are, and so is attention without a mask, so they stay batched.
+Attention with a mask (prompts padded to the longest in the batch, causal text encoders) runs one
+sample at a time over the keys that sample can see, as it would alone. Every network of the
+pipeline but the VAE gets this treatment: the denoiser (UNet or transformer) and the text encoders
+(CLIP, T5, Qwen; their pooled outputs go through a one-row-per-prompt projection). The VAE, which
+runs once per image rather than once per step, encodes and decodes one image at a time.
+`bench/service.py` measures the throughput of both modes, `bench/batch_invariance.py` each family's
+pixels; tests check the pixels.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from collections.abc import Iterator
 
 import torch
+from diffusers import UNet2DConditionModel
+from torch.overrides import TorchFunctionMode
 
 
 def make_pipeline_batch_invariant(pipe) -> None:
-    denoiser = getattr(pipe, "unet", None)
-    if denoiser is not None:
-        make_batch_invariant(denoiser)
-    # The text encoders see every prompt of the batch at once; their pooled outputs go through a
-    # projection of one row per prompt, whose kernel changes with the number of rows.
-    for name in ("text_encoder", "text_encoder_2"):
-        encoder = getattr(pipe, name, None)
-        if isinstance(encoder, torch.nn.Module):
-            make_batch_invariant(encoder)
+    # Every network but the VAE runs with a batch dimension: the denoiser (UNet or transformer) and
+    # the text encoders, which see every prompt of the batch at once (their pooled outputs go through
+    # a projection of one row per prompt, whose kernel changes with the number of rows).
+    for module in _networks(pipe):
+        make_batch_invariant(module)
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "enable_slicing"):
         vae.enable_slicing()  # encodes and decodes one image at a time: once per image, not per step
+
+
+def _networks(pipe) -> list[torch.nn.Module]:
+    """The pipeline's networks other than the VAE, whatever the family calls them (unet,
+    transformer, text_encoder, text_encoder_2, text_encoder_3, ...)."""
+    return [module for name, module in pipe.components.items()
+            if isinstance(module, torch.nn.Module) and name != "vae"]
 
 
 @contextlib.contextmanager
@@ -50,10 +61,7 @@ def batch_invariant(pipe) -> Iterator[None]:
     try:
         yield
     finally:
-        for name in ("unet", "text_encoder", "text_encoder_2"):
-            component = getattr(pipe, name, None)
-            if isinstance(component, torch.nn.Module):
-                undo_batch_invariant(component)
+        undo_batch_invariant(*_networks(pipe))
         vae = getattr(pipe, "vae", None)
         if vae is not None and hasattr(vae, "disable_slicing"):
             vae.disable_slicing()
@@ -64,10 +72,22 @@ def undo_batch_invariant(*modules: torch.nn.Module) -> None:
         for module in root.modules():
             if module.__dict__.pop("_imagebot_per_sample", False):
                 del module.forward  # the class's own forward again
+                before = module.__dict__.pop("_imagebot_forward_before", None)
+                if before is not None:
+                    module.forward = before  # a forward someone else had put there (offloading hooks)
 
 
 def make_batch_invariant(*modules: torch.nn.Module) -> None:
     for root in modules:
+        if not getattr(root, "_imagebot_per_sample", False) and not isinstance(root, UNet2DConditionModel):
+            # UNet attention never takes a mask; elsewhere the whole network runs in a mode that
+            # catches masked attention, whose dispatch costs about a tenth of a tiny model's time.
+            before = root.__dict__.get("forward")
+            if before is not None:
+                root._imagebot_forward_before = before
+            root.forward = types.MethodType(_masked_attention_per_sample(before or type(root).forward,
+                                                                         bound=before is not None), root)
+            root._imagebot_per_sample = True
         for module in root.modules():
             if getattr(module, "_imagebot_per_sample", False):
                 continue
@@ -80,6 +100,55 @@ def make_batch_invariant(*modules: torch.nn.Module) -> None:
             elif isinstance(module, torch.nn.Linear):
                 module.forward = types.MethodType(_per_row(type(module).forward), module)
                 module._imagebot_per_sample = True
+
+
+def _masked_attention_per_sample(forward, bound: bool):
+    def run(self, *args, **kwargs):
+        with _AttentionPerSample():
+            return forward(*args, **kwargs) if bound else forward(self, *args, **kwargs)
+    return run
+
+
+class _AttentionPerSample(TorchFunctionMode):
+    """Attention with a mask, one sample at a time over the keys that sample can see.
+
+    A batch pads its prompts to the longest (Qwen-Image's text, its transformer's joint text and
+    image tokens) and masks the padding; a prompt alone has none. The CPU attention kernel sums over
+    however many keys there are, masked or not, so the same prompt's tokens come out a few float
+    bits apart padded and unpadded. Dropping the keys no query of the sample can see gives each
+    sample the sum it has alone. Unmasked attention is batch-invariant as it is and stays batched."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            return _attention_per_sample(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _attention_per_sample(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                          enable_gqa=False):
+    attention = functools.partial(torch.nn.functional.scaled_dot_product_attention, dropout_p=dropout_p,
+                                  scale=scale, enable_gqa=enable_gqa)
+    if query.device.type != "cpu" or query.dim() != 4 or key.dim() != 4 or (attn_mask is None and not is_causal):
+        return attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal)
+    keys = key.shape[-2]
+    mask = attn_mask
+    if is_causal:  # as an explicit mask, the same whether the caller said is_causal or built the mask
+        mask = torch.ones(query.shape[-2], keys, dtype=torch.bool, device=query.device).tril()
+    mask = mask if mask.dim() == 4 else mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    out = []
+    for i in range(query.shape[0]):
+        own = mask[i: i + 1] if mask.shape[0] > 1 else mask
+        # Additive masks hide a key with -inf or the dtype's lowest value (exp of it is 0 either way).
+        visible = own if own.dtype == torch.bool else own > torch.finfo(own.dtype).min
+        visible = torch.broadcast_to(visible, (*visible.shape[:-1], keys)).reshape(-1, keys).any(dim=0)
+        k, v = (t[i: i + 1] if t.shape[0] > 1 else t for t in (key, value))
+        if not visible.all() and visible.any():
+            kept = visible.nonzero().squeeze(1)
+            own, k, v = own[..., kept] if own.shape[-1] > 1 else own, k[:, :, kept], v[:, :, kept]
+        nothing_hidden = own.all() if own.dtype == torch.bool else not own.any()
+        out.append(attention(query[i: i + 1], k, v, attn_mask=None if nothing_hidden else own))
+    return torch.cat(out)
 
 
 def _same_kernel_conv(forward):
