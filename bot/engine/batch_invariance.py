@@ -1,26 +1,36 @@
 """Make each image's result independent of the batch it ran in (CPU).
 
 PyTorch's CPU kernels choose their algorithm and work split by tensor shape: oneDNN convolutions
-pick other blockings for other batch sizes, and small matrix products (the timestep embedding,
-whose row count is the batch size) another kernel for few rows. Results then differ in the last
-float bits, and after 20 denoising steps an image can differ by one level in a few pixels depending
-on what else was in the batch.
+pick other blockings for other batch sizes, and matrix products another kernel for few rows (the
+timestep embedding, whose row count is the batch size); with several threads, MKL's matrix product
+also splits the inner sums of products with up to a few hundred rows differently by row count (at
+FLUX's widths, 512 text tokens alone and 1,024 in a batch of two), and a convolution's product runs
+on all threads alone but on one inside a batch. Results then differ in the last float bits, and
+after 20 denoising steps an image can differ by one level in a few pixels depending on what else
+was in the batch.
 
-In batch-invariant mode the convolutions of the UNet run on PyTorch's own convolution
-(`thnn_conv2d`: one im2col and one matrix product of the same shape per sample, samples spread over
-the threads), which is the same arithmetic for every sample whatever the batch size and nearly as
-fast batched as oneDNN. Group norms run batched on NCHW tensors (their channels-last kernel, which
-a one-sample tensor can fall into, differs by batch size), and the one-row-per-sample linear
-layers (the timestep embedding; a transformer's AdaLN modulation, one row of shifts and scales per
-sample) run one sample at a time; they are tiny. The large matrix products over all tokens are
-batch-invariant on the CPU as they are, and so is attention without a mask, so they stay batched.
-Attention with a mask (prompts padded to the longest in the batch, causal text encoders) runs one
-sample at a time over the keys that sample can see, as it would alone. Every network of the
-pipeline but the VAE gets this treatment: the denoiser (UNet or transformer) and the text encoders
-(CLIP, T5, Qwen; their pooled outputs go through a one-row-per-prompt projection). The VAE, which
-runs once per image rather than once per step, encodes and decodes one image at a time.
-`bench/service.py` measures the throughput of both modes, `bench/batch_invariance.py` each family's
-pixels; tests check the pixels.
+In batch-invariant mode every network of the pipeline but the VAE is treated; the VAE, which runs
+once per image rather than once per step, encodes and decodes one image at a time.
+
+A UNet's convolutions run on PyTorch's own convolution (`thnn_conv2d`: one im2col and one matrix
+product of the same shape per sample, samples spread over the threads), nearly as fast batched as
+oneDNN. Its group norms run batched on NCHW tensors (their channels-last kernel, which a one-sample
+tensor can fall into, differs by batch size), its one-row-per-sample linear layers one sample at a
+time, and its token-wide products and attention batched. That is the same arithmetic for every
+sample at the tiny widths of the tests; at SD's real widths it is not (the MKL effects above;
+docs/performance.md has the numbers), and running a UNet's products one sample at a time as below
+would cost it 1.7x of its batched throughput on the tiny model.
+
+Every other network (a diffusion transformer, the CLIP, T5 and Qwen text encoders) runs its
+linear layers and convolutions one sample at a time, with the shapes and threads an image alone
+has; at real widths that costs little, since each sample's product is large. Its attention stays
+batched where there is no mask (the attention kernel works per sample and head). Attention with a
+mask (prompts padded to the longest in the batch, causal text encoders) runs one sample at a time
+over the keys that sample can see, as it would alone.
+
+`bench/service.py` measures the throughput of both modes, `bench/batch_invariance.py` each
+family's pixels; tests check the pixels (tests/engine/test_dit_batch_identity.py also at FLUX's
+real widths).
 """
 
 from __future__ import annotations
@@ -79,9 +89,11 @@ def undo_batch_invariant(*modules: torch.nn.Module) -> None:
 
 def make_batch_invariant(*modules: torch.nn.Module) -> None:
     for root in modules:
-        if not getattr(root, "_imagebot_per_sample", False) and not isinstance(root, UNet2DConditionModel):
-            # UNet attention never takes a mask; elsewhere the whole network runs in a mode that
-            # catches masked attention, whose dispatch costs about a tenth of a tiny model's time.
+        # A UNet keeps its batched products (measured invariant at the tiny widths of the tests, and
+        # fast); every other network runs its products one sample at a time, with the shapes and
+        # threads it has alone: the CPU's matrix product splits its sums by row count and threads.
+        unet = isinstance(root, UNet2DConditionModel)
+        if not unet and not getattr(root, "_imagebot_per_sample", False):
             before = root.__dict__.get("forward")
             if before is not None:
                 root._imagebot_forward_before = before
@@ -92,14 +104,15 @@ def make_batch_invariant(*modules: torch.nn.Module) -> None:
             if getattr(module, "_imagebot_per_sample", False):
                 continue
             if isinstance(module, torch.nn.Conv2d):
-                module.forward = types.MethodType(_same_kernel_conv(type(module).forward), module)
-                module._imagebot_per_sample = True
+                wrap = _same_kernel_conv if unet else _per_sample
             elif isinstance(module, torch.nn.GroupNorm):
-                module.forward = types.MethodType(_contiguous(type(module).forward), module)
-                module._imagebot_per_sample = True
+                wrap = _contiguous
             elif isinstance(module, torch.nn.Linear):
-                module.forward = types.MethodType(_per_row(type(module).forward), module)
-                module._imagebot_per_sample = True
+                wrap = _per_row if unet else _per_sample
+            else:
+                continue
+            module.forward = types.MethodType(wrap(type(module).forward), module)
+            module._imagebot_per_sample = True
 
 
 def _masked_attention_per_sample(forward, bound: bool):
@@ -173,9 +186,19 @@ def _contiguous(forward):
 
 def _per_row(forward):
     def run(self, x, *args, **kwargs):
-        # Only 2-D inputs (one row per sample) are at risk; [batch, tokens, channels] inputs
-        # have many rows per sample and use the same kernel at every batch size.
+        # 2-D inputs (one row per sample) take another kernel for other row counts; a UNet's
+        # [batch, tokens, channels] inputs kept the same results at the widths measured.
         if x.dim() != 2 or x.shape[0] == 1:
+            return forward(self, x, *args, **kwargs)
+        return torch.cat([forward(self, x[i: i + 1], *args, **kwargs) for i in range(x.shape[0])])
+    return run
+
+
+def _per_sample(forward):
+    def run(self, x, *args, **kwargs):
+        # One call per sample ([batch, ...] inputs; a 2-D input's rows, which are samples or, for
+        # a few transformers, tokens of several samples): the same call an image alone makes.
+        if x.dim() < 2 or x.shape[0] == 1:
             return forward(self, x, *args, **kwargs)
         return torch.cat([forward(self, x[i: i + 1], *args, **kwargs) for i in range(x.shape[0])])
     return run
