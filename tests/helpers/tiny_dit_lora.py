@@ -13,15 +13,9 @@ from pathlib import Path
 
 import torch
 
-# The family (as tiny_dit.BUILDERS names it) -> the pipeline class that saves its LoRAs.
-PIPELINE_CLASSES = {
-    "sd3": "StableDiffusion3Pipeline",
-    "flux1-dev": "FluxPipeline",
-    "flux1-schnell": "FluxPipeline",
-    "flux2-klein": "Flux2KleinPipeline",
-    "zimage": "ZImagePipeline",
-    "qwenimage": "QwenImagePipeline",
-}
+import bot.engine.families as families
+from tests.helpers.tiny_dit import BUILDERS
+
 # The attention projections every one of these transformers names alike (FLUX.2's single-stream
 # blocks fuse theirs into `to_qkv_mlp_proj`; the double-stream blocks still have these).
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -37,8 +31,8 @@ def save_tiny_dit_lora(base_folder: Path, out_folder: Path, family: str, seed: i
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    if family not in PIPELINE_CLASSES:
-        raise ValueError(f"no LoRA layout for {family!r}; there are: {', '.join(PIPELINE_CLASSES)}")
+    if family not in BUILDERS:
+        raise ValueError(f"no tiny pipeline for {family!r}; there are: {', '.join(BUILDERS)}")
     config = json.loads((Path(base_folder) / "transformer" / "config.json").read_text(encoding="utf-8"))
     transformer = getattr(diffusers, config["_class_name"]).from_pretrained(
         str(Path(base_folder) / "transformer"), local_files_only=True)
@@ -49,7 +43,8 @@ def save_tiny_dit_lora(base_folder: Path, out_folder: Path, family: str, seed: i
         for name, parameter in transformer.named_parameters():
             if "lora_" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * SCALE)
-    pipeline_class = getattr(diffusers, PIPELINE_CLASSES[family])
+    # The family's own pipeline class saves its LoRAs (the model store's catalogue names it).
+    pipeline_class = getattr(diffusers, families.by_name(family).pipeline_class_name("text"))
     out_folder.mkdir(parents=True, exist_ok=True)
     pipeline_class.save_lora_weights(str(out_folder), transformer_lora_layers=get_peft_model_state_dict(transformer),
                                      safe_serialization=True)
