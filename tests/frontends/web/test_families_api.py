@@ -1,6 +1,7 @@
 """The diffusion-transformer families through the HTTP API and the AUTOMATIC1111-compatible API: one
 real `imagebot serve` for the module on a store of tiny variants (an SD 1.x model, FLUX.1 dev, FLUX.1
-dev with true CFG, FLUX.1 schnell, Qwen-Image), driven over HTTP (httpx) and by the `webuiapi` client.
+dev with true CFG, FLUX.1 schnell, Qwen-Image, SD 3.5, FLUX.2 klein, Z-Image), driven over HTTP (httpx)
+and by the `webuiapi` client.
 
 What a family cannot do comes back as a 4xx with the catalogue's message; /api/models says, per
 model, what its family can do, as the core decides it."""
@@ -32,7 +33,8 @@ ALICE = {"X-Imagebot-User": "alice-0123456789abcdef"}
 WAIT = 180.0  # seconds any one wait may take on a busy CPU; never a timing assertion
 FINISHED = ("done", "failed", "cancelled")
 VARIANTS = {"flux": ("flux1-dev", ""), "flux-cfg": ("flux1-dev", "true_cfg = 3\n"),
-            "schnell": ("flux1-schnell", ""), "qwen": ("qwenimage", "")}
+            "schnell": ("flux1-schnell", ""), "qwen": ("qwenimage", ""), "sd3": ("sd3", ""),
+            "klein": ("flux2-klein", ""), "zimage": ("zimage", "")}
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +155,18 @@ def webui(server, sampler: str = "Euler"):
 
 def test_sd_models_lists_every_family(server):
     titles = [model["title"] for model in webui(server).get_sd_models()]
-    assert sorted(titles) == ["demo", "flux", "flux-cfg", "qwen", "schnell"]
+    assert sorted(titles) == ["demo", "flux", "flux-cfg", "klein", "qwen", "schnell", "sd3", "zimage"]
+
+
+@pytest.mark.parametrize("model", sorted(VARIANTS))
+def test_every_family_draws_through_the_api_and_txt2img(server, model):
+    job = draw(server, {"prompt": "a red circle on a blue background", "model": model, "seed": 4})
+    assert job["status"] == "done", job
+    assert len(job["images"]) == 1
+    result = webui(server).txt2img(prompt="a red circle", seed=4, width=64, height=64,
+                                   override_settings={"sd_model_checkpoint": model})
+    assert result.image.size == (64, 64)
+    assert f"Model: {model}" in result.info["infotexts"][0]
 
 
 def test_txt2img_on_flux_answers_with_its_distilled_guidance(server):
