@@ -169,3 +169,17 @@ def test_png_parameters_say_what_forge_writes_for_flux(engine, tmp_path):
     with Image.open(path) as png:
         text = png.text["parameters"]
     assert "CFG scale: 3," in text and "Distilled" not in text
+
+
+def test_flux2_klein_inpaints_though_it_has_no_image_to_image(engine, tmp_path):
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(source)
+    mask = tmp_path / "mask.png"
+    black = Image.new("L", (64, 64), 0)
+    black.paste(255, (0, 0, 32, 64))
+    black.save(mask)
+    options = replace(parse_prompt("a blue square --seed 1 --steps 4"), init_image=str(source), mask_image=str(mask))
+    [painted] = engine.generate([resolve(options, engine.registry.ready_defaults(), "flux2-klein", LIMITS)])
+    pixels = np.asarray(painted.images[0]).astype(int)
+    assert (pixels[:, 40:] == (200, 30, 30)).all()  # outside the mask the source stays
+    assert np.abs(pixels[:, :24] - (200, 30, 30)).mean() > 10  # inside it is redrawn
