@@ -17,7 +17,7 @@ from bot.core.resolve import resolve
 from bot.engine.engine import Engine
 from bot.models.registry import Registry
 from bot.outputs import read_png_parameters, save_result
-from tests.helpers.tiny_dit import save_tiny_dit
+from tests.helpers.tiny_dit import save_tiny_dit, tiny_flux2_klein_pipeline
 
 LIMITS = Limits(min_side=32)
 SMALL = '[defaults]\nwidth = 64\nheight = 64\nsteps = 2\n'
@@ -33,13 +33,16 @@ def tiny_dit_dirs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_dit_dirs) -> Path:
-    """One variant per family, named after it, plus 'flux-true-cfg' (FLUX.1 dev with true CFG)."""
+    """One variant per family, named after it, plus 'flux-true-cfg' (FLUX.1 dev with true CFG) and
+    'klein-base' (FLUX.2 klein's undistilled release)."""
     import shutil
 
     models = tmp_path_factory.mktemp("models")
     for name, source in tiny_dit_dirs.items():
         shutil.copytree(source, models / name)
         (models / name / "variant.toml").write_text(SMALL, encoding="utf-8")
+    tiny_flux2_klein_pipeline(distilled=False).save_pretrained(models / "klein-base")
+    (models / "klein-base" / "variant.toml").write_text(SMALL, encoding="utf-8")
     shutil.copytree(tiny_dit_dirs["flux1-dev"], models / "flux-true-cfg")
     (models / "flux-true-cfg" / "variant.toml").write_text(SMALL + "true_cfg = 3\n", encoding="utf-8")
     return models
@@ -183,3 +186,10 @@ def test_flux2_klein_inpaints_though_it_has_no_image_to_image(engine, tmp_path):
     pixels = np.asarray(painted.images[0]).astype(int)
     assert (pixels[:, 40:] == (200, 30, 30)).all()  # outside the mask the source stays
     assert np.abs(pixels[:, :24] - (200, 30, 30)).mean() > 10  # inside it is redrawn
+
+
+def test_flux2_klein_base_guides_with_a_negative_prompt(engine):
+    assert engine.registry.get("klein-base").defaults.family.name == "flux2-klein-base"
+    plain = draw(engine, "a red circle --seed 2 --cfg 4", "klein-base")
+    negated = draw(engine, "a red circle --seed 2 --cfg 4 --no blue green", "klein-base")
+    assert not np.array_equal(plain, negated)  # the negative's own embeddings, not the empty prompt's
