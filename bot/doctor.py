@@ -80,8 +80,7 @@ def _model_size_lines(config: Config, specs) -> list[str]:
     budget counts before loading), with its quantize mode and what it quantizes; or why the mode
     cannot run here."""
     from bot.engine.devices import EngineSetupError, pick_device
-    from bot.engine.loader import weight_file_bytes
-    import bot.engine.families as families
+    from bot.engine.loader import quantizable, weight_file_bytes
     from bot.engine.quantize import QuantizeUnsupported, check_supported
     from bot.models.spec import FULL_MODEL_KINDS
 
@@ -99,7 +98,7 @@ def _model_size_lines(config: Config, specs) -> list[str]:
             lines.append(f"model {spec.name}: cannot be used here: {error}")
             continue
         family = spec.defaults.family
-        components = families.by_name(family.name).quantizable
+        components = quantizable(spec)
         size = weight_file_bytes(spec, components)
         what = f"~{_size(size)} on {device.type}" if size else f"size not known until downloaded; runs on {device.type}"
         lines.append(f"model {spec.name} ({family.label}): {what}"

@@ -8,6 +8,8 @@ guidance (embeddings, a negative prompt, distilled or true guidance) the family'
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -170,7 +172,7 @@ def _image_arguments(call: Call, items: list[Item]) -> dict[str, Any]:
         # img2img runs int(steps * strength) steps; make that at least one.
         kwargs.update(image=[item.init_image for item in items], strength=strength,
                       num_inference_steps=max(request.steps, math.ceil(1 / strength)))
-        if request.mask_image is not None or _takes_size(call.pipe):
+        if request.mask_image is not None or "width" in call_parameters(type(call.pipe)):
             # The transformer families' image-to-image pipelines draw at their native size unless told.
             kwargs.update(width=request.width, height=request.height)
         if request.mask_image is not None:
@@ -182,10 +184,10 @@ def _image_arguments(call: Call, items: list[Item]) -> dict[str, Any]:
     return kwargs
 
 
-def _takes_size(pipe: Any) -> bool:
-    import inspect
-
-    return "width" in inspect.signature(type(pipe).__call__).parameters
+@functools.cache
+def call_parameters(pipeline_class: type) -> frozenset[str]:
+    """The keyword arguments a pipeline class's call takes (what it can do: an image, a mask, a size)."""
+    return frozenset(inspect.signature(pipeline_class.__call__).parameters)
 
 
 def refiner_handoff(scheduler, steps: int, switch: float) -> float:

@@ -15,7 +15,7 @@ from transformers.utils import logging as transformers_logging
 
 import bot.engine.families as families
 from bot.core.errors import UserError
-from bot.engine.quantize import (QuantizeUnsupported, check_supported, default_components, missing_components,
+from bot.engine.quantize import (QuantizeUnsupported, check_supported, missing_components,
                                  quantization_config, quantize_loaded, quantized_file_bytes, tensor_bytes)
 from bot.models.spec import VariantSpec, pipeline_files
 
@@ -43,7 +43,7 @@ def load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bo
     """Load a full model (pipeline folder, single checkpoint file or hub id).
 
     With `quantize_for` (the device the model will run on), the variant's `quantize` applies to
-    `components` (by default the denoiser); without it the weights load as they are stored, as
+    `components` (by default what its family names as quantizable); without it the weights load as they are stored, as
     training needs them. A mode the device cannot run raises ModelLoadError saying what would."""
     quantize = spec.quantize if quantize_for is not None else "none"
     if quantize != "none":
@@ -55,7 +55,7 @@ def load_base_pipeline(spec: VariantSpec, dtype: torch.dtype, allow_download: bo
     on_device = torch.cuda.device(quantize_for) if quantize != "none" and quantize_for.type == "cuda" else nullcontext()
     with _ONE_LOAD_AT_A_TIME, on_device:
         pipe = _load_base_pipeline(spec, dtype, allow_download, quantize, quantize_for,
-                                   tuple(components) if components is not None else default_components(spec))
+                                   tuple(components) if components is not None else quantizable(spec))
     if quantize != "none" and components is not None and missing_components(pipe, components):
         log.warning("model %s: quantize names components it does not have: %s", spec.name,
                     ", ".join(missing_components(pipe, components)))
@@ -138,6 +138,11 @@ class _TextEncoderWithoutLora(logging.Filter):
 logging.getLogger("diffusers.loaders.lora_base").addFilter(_TextEncoderWithoutLora())
 
 
+def quantizable(spec: VariantSpec) -> tuple[str, ...]:
+    """What `quantize` shrinks in a variant: its family's denoiser and big text encoders."""
+    return families.by_name(spec.defaults.family.name).quantizable
+
+
 def model_bytes(pipe: DiffusionPipeline) -> int:
     """Memory held by a pipeline's weights (what the resident-model budget counts), quantized
     weights at what they store."""
@@ -155,12 +160,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".ckpt", ".pt", ".pth")
 def weight_file_bytes(spec: VariantSpec, components: Sequence[str] | None = None) -> int:
     """The size of a variant's weight files on disk: what loading it will roughly take in memory
     (0 for a hub model, whose files are elsewhere), with the quantized `components` (by default
-    the denoiser) at their quantized size when the variant says quantize."""
+    its family's quantizable ones) at their quantized size when the variant says quantize."""
     if spec.kind == "hub":
         return 0
     if spec.quantize != "none":
-        estimate = quantized_file_bytes(spec, tuple(components) if components is not None
-                                        else default_components(spec))
+        estimate = quantized_file_bytes(spec, tuple(components) if components is not None else quantizable(spec))
         if estimate is not None:
             return estimate
     if spec.kind == "single_file" and spec.file is not None:

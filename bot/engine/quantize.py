@@ -10,8 +10,8 @@ fit in half precision. What each mode needs:
 - fp8: torchao float8 weight-only; the GPU must have FP8 (compute capability 8.9+: RTX 40xx, L4,
   H100).
 
-Apple's `mps` backend has none of them. Which components are quantized is the caller's choice
-(a model family knows its big parts); `default_components` is the denoiser alone.
+Apple's `mps` backend has none of them. Which components are quantized is the caller's choice:
+the model family's `quantizable` (its denoiser and big text encoders).
 """
 
 from __future__ import annotations
@@ -85,36 +85,6 @@ def _describe_device(device: torch.device) -> str:
     if device.type == "cpu":
         return "this machine has CPU only" if not torch.cuda.is_available() else "the engine runs on the CPU"
     return f"the engine runs on {device.type}"
-
-
-def default_components(spec: VariantSpec) -> tuple[str, ...]:
-    """The denoiser: `unet` where the model has one, else `transformer`. A hub model not yet in
-    the local cache names both (whichever the pipeline has is quantized)."""
-    if spec.kind == "pipeline":
-        return ("unet",) if (spec.folder / "unet").is_dir() else ("transformer",)
-    if spec.kind == "single_file":
-        # A whole checkpoint is a UNet model's; a transformer-only file (FLUX.1, SD 3.5) names its components.
-        return ("transformer",) if spec.components else ("unet",)
-    index = _cached_hub_index(spec)
-    if index is not None:
-        return ("unet",) if "unet" in index else ("transformer",)
-    return ("unet", "transformer")
-
-
-def _cached_hub_index(spec: VariantSpec) -> dict | None:
-    """A hub model's model_index.json from the local cache (never the network), if it is there."""
-    if not spec.repo:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(spec.repo, "model_index.json", revision=spec.revision)
-        if isinstance(path, str):
-            index = json.loads(Path(path).read_text(encoding="utf-8"))
-            return index if isinstance(index, dict) else None
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def quantization_config(mode: str, components: Sequence[str], device: torch.device,

@@ -25,6 +25,7 @@ from bot.core.errors import UserError, model_refusal
 from bot.engine.batch_invariance import make_pipeline_batch_invariant
 from bot.engine.devices import EngineSetupError
 from bot.engine.families.base import Family
+from bot.engine.generation import call_parameters
 from bot.engine.loader import load_base_pipeline, load_lora, model_bytes, weight_file_bytes
 from bot.models.errors import ModelUnavailable
 from bot.models.registry import Registry
@@ -66,9 +67,7 @@ class Resident:
 
 
 def _takes(pipe: DiffusionPipeline, task: str) -> bool:
-    import inspect
-
-    parameters = inspect.signature(type(pipe).__call__).parameters
+    parameters = call_parameters(type(pipe))
     return "mask_image" in parameters if task == "inpaint" else "image" in parameters and "strength" in parameters
 
 
