@@ -50,7 +50,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import bot.engine.families as families
+from bot.engine.families.common import read_config, read_index
 from bot.models.families import FAMILIES, TRANSFORMER_FAMILIES, detect_file_family
 from bot.models.variant import DEFAULT_TYPES, MODEL_NAME, FamilyTraits, VariantDefaults, check_defaults
 
@@ -363,11 +363,7 @@ def pipeline_files(folder: Path) -> list[Path]:
     model_index.json names (every subfolder when it names none). A repository downloaded whole holds
     more beside them that loading the folder never reads: FLUX.1's and SD 3.5's original single
     files, ComfyUI's text_encoders/."""
-    try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        index = {}
-    named = {key for key in index if not key.startswith("_")} if isinstance(index, dict) else set()
+    named = {key for key in read_index(folder) if not key.startswith("_")}
     return sorted(path for path in folder.rglob("*")
                   if path.is_file() and len(parts := path.relative_to(folder).parts) > 1
                   and (not named or parts[0] in named))
@@ -376,12 +372,8 @@ def pipeline_files(folder: Path) -> list[Path]:
 def _pipeline_role(folder: Path) -> str:
     """A refiner is an SDXL image-to-image pipeline without the first text encoder; an inpainting
     model's UNet takes 9 input channels."""
-    try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "text2image"
-    if not isinstance(index, dict) or not isinstance(unet, dict):
+    index, unet = read_index(folder), read_config(folder, "unet")
+    if not index or not unet:
         return "text2image"
     if unet.get("in_channels") == 9:
         return "inpainting"
@@ -396,9 +388,8 @@ def _pipeline_native_size(folder: Path) -> int:
     """The resolution the model was trained at: UNet sample size times the VAE's factor of 8 (0 when
     the configs do not say: the family's native size then)."""
     try:
-        config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-        return int(config["sample_size"]) * 8
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_config(folder, "unet")["sample_size"]) * 8
+    except (ValueError, KeyError, TypeError):
         return 0
 
 
@@ -417,10 +408,7 @@ def _pipeline_family(folder: Path) -> FamilyTraits:
     """The family of a pipeline folder, from its model_index.json; one the bot cannot run is refused."""
     found = families.for_pipeline_folder(folder)
     if found is None:
-        try:
-            class_name = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
-        except (OSError, ValueError, AttributeError):
-            class_name = None
+        class_name = read_index(folder).get("_class_name")
         raise VariantError(f"model_index.json names the pipeline {class_name!r}, which is no model family this bot "
                            f"runs (families: {', '.join(families.names())}); if it is one of them, say which with "
                            "family = \"...\" in variant.toml")

@@ -7,11 +7,11 @@ is one new module here, listed in `_MODULES`, plus its tests (docs/architecture.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from bot.engine.families import flux1, flux2, qwenimage, sd1, sd2, sd3, sdxl, zimage
 from bot.engine.families.base import Family
+from bot.engine.families.common import read_index
 
 _MODULES = (sd1, sd2, sdxl, sd3, flux1, flux2, zimage, qwenimage)
 ALL: tuple[Family, ...] = tuple(family for module in _MODULES for family in module.FAMILIES)
@@ -41,11 +41,9 @@ def for_arch(arch: str) -> Family | None:
 def for_pipeline_folder(folder: Path) -> Family | None:
     """The family of a diffusers pipeline folder, from model_index.json's class and, where families
     share a class, their configs."""
-    try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    class_name = read_index(folder).get("_class_name")
+    if class_name is None:
         return None
-    class_name = index.get("_class_name") if isinstance(index, dict) else None
     candidates = [family for family in ALL if class_name in family.pipelines.values()]
     if len(candidates) > 1:
         candidates = [family for family in candidates if family.claims is None or family.claims(folder)]

@@ -59,8 +59,17 @@ def sd_single_file(spec: Any, dtype: Any) -> Any:
 
 def read_config(folder: Path, component: str) -> dict:
     """A component's config.json in a pipeline folder ({} when missing or unreadable)."""
+    return _read_json(folder / component / "config.json")
+
+
+def read_index(folder: Path) -> dict:
+    """A pipeline folder's model_index.json ({} when missing or unreadable)."""
+    return _read_json(folder / "model_index.json")
+
+
+def _read_json(path: Path) -> dict:
     try:
-        config = json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return config if isinstance(config, dict) else {}
+    return data if isinstance(data, dict) else {}

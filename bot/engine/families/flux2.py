@@ -5,12 +5,11 @@ takes 50 steps with classifier-free guidance. model_index.json's `is_distilled` 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from bot.engine.families.base import Family
-from bot.engine.families.common import flow_scheduler
+from bot.engine.families.common import flow_scheduler, read_index
 from bot.models.variant import FamilyTraits
 
 TOKENS = 512
@@ -18,10 +17,7 @@ PIPELINES = {"text": "Flux2KleinPipeline", "inpaint": "Flux2KleinInpaintPipeline
 
 
 def _distilled(folder: Path) -> bool:
-    try:
-        return bool(json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("is_distilled"))
-    except (OSError, ValueError, AttributeError):
-        return False
+    return bool(read_index(folder).get("is_distilled"))
 
 
 def _distilled_arguments(pipe: Any, prompts: Sequence[str], negatives: Sequence[str], request: Any) -> dict:
